@@ -1,0 +1,68 @@
+"""Plots a person would rather look at than read: learning curves and parity plots (PNG)."""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ..io_utils import atomic_path  # noqa: E402
+
+
+def _save(fig, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
+    plt.close(fig)
+
+
+def plot_learning_curve(history: Sequence[dict], path: str | os.PathLike) -> None:
+    """Training loss, validation force MAE (meV/Å) and energy MAE (meV/atom) against step."""
+    steps = [h["step"] for h in history]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    axes[0].semilogy(steps, [h["train_loss"] for h in history], label="train (batch)")
+    axes[0].semilogy(steps, [h["valid_loss"] for h in history], label="validation")
+    axes[0].set_ylabel("loss")
+    axes[0].legend()
+    axes[1].semilogy(steps, [h["force_mae_mev_per_A"] for h in history], color="C2")
+    axes[1].set_ylabel("validation force MAE (meV/Å)")
+    axes[2].semilogy(steps, [h["energy_mae_mev_per_atom"] for h in history], color="C3")
+    axes[2].set_ylabel("validation energy MAE (meV/atom)")
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3, which="both")
+    fig.suptitle("learning curve")
+    _save(fig, path)
+
+
+def plot_parity(energy_true: np.ndarray, energy_pred: np.ndarray, n_atoms: np.ndarray,
+                forces_true: np.ndarray, forces_pred: np.ndarray, metrics: dict[str, float],
+                path: str | os.PathLike, title: str = "") -> None:
+    """Predicted against reference: energy per atom (eV, shifted by the reference mean) and
+    force components (eV/Å), with MAEs in the legends."""
+    fig, (ax_e, ax_f) = plt.subplots(1, 2, figsize=(10, 4.6))
+    e_t, e_p = energy_true / n_atoms, energy_pred / n_atoms
+    offset = e_t.mean()
+    ax_e.scatter(e_t - offset, e_p - offset, s=6, alpha=0.6,
+                 label=f"MAE {metrics['energy_mae_mev_per_atom']:.2f} meV/atom")
+    ax_e.set_xlabel(f"reference E/N - {offset:.3f} (eV/atom)")
+    ax_e.set_ylabel("predicted E/N (eV/atom)")
+    ax_f.scatter(forces_true, forces_pred, s=3, alpha=0.4, color="C1",
+                 label=f"MAE {metrics['force_mae_mev_per_A']:.1f} meV/Å")
+    ax_f.set_xlabel("reference force component (eV/Å)")
+    ax_f.set_ylabel("predicted force component (eV/Å)")
+    for ax in (ax_e, ax_f):
+        lo = min(ax.get_xlim()[0], ax.get_ylim()[0])
+        hi = max(ax.get_xlim()[1], ax.get_ylim()[1])
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+        ax.set_aspect("equal")
+        ax.legend(loc="upper left")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title or f"parity ({metrics['frames']} frames)")
+    _save(fig, path)

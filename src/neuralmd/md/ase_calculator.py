@@ -1,0 +1,54 @@
+"""A Potential as an ASE calculator, so ASE's MD, optimisers and NEB just work."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from ase import Atoms
+from ase.calculators.calculator import Calculator, all_changes
+
+from ..models.base import Potential
+from ..models.neural import NeuralPotential, load_potential
+from ..state import AtomsBatch
+
+
+class NeuralCalculator(Calculator):
+    """ASE calculator around any :class:`~neuralmd.models.base.Potential`.
+
+    Properties: ``energy`` and ``free_energy`` (eV), ``forces`` (eV/Å), ``energies`` per atom
+    (eV), and ``stress`` (eV/Å³, Voigt order) for cells periodic in all three directions.
+    Like every ASE calculator it caches ``results`` and recomputes only when
+    ``check_state`` sees positions, numbers, cell or pbc change.
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "energies", "stress"]
+
+    def __init__(self, potential: Potential, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.potential = potential.eval()
+
+    def calculate(self, atoms: Atoms | None = None, properties=("energy",), system_changes=all_changes) -> None:
+        super().calculate(atoms, properties, system_changes)
+        if isinstance(self.potential, NeuralPotential):
+            self.potential.check_elements(self.atoms.numbers, where="atoms")
+        stress = "stress" in properties and bool(self.atoms.pbc.all())
+        device = next(iter(self.potential.buffers())).device
+        batch = AtomsBatch.from_atoms([self.atoms], dtype=torch.float64, device=device)
+        out = self.potential(batch, forces=True, stress=stress)
+        energy = float(out["energy"][0])
+        self.results = {
+            "energy": energy,
+            "free_energy": energy,
+            "forces": out["forces"].detach().double().cpu().numpy(),
+            "energies": out["atom_energy"].detach().double().cpu().numpy(),
+        }
+        if stress:
+            s = out["stress"][0].detach().double().cpu().numpy()
+            self.results["stress"] = s[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+
+
+def load_calculator(path: str | os.PathLike, dtype: torch.dtype | None = None,
+                    device: str = "cpu") -> NeuralCalculator:
+    """ASE calculator from a neuralmd model file (``dtype=torch.float64`` for tight checks)."""
+    return NeuralCalculator(load_potential(path, dtype=dtype, device=device))

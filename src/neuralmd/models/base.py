@@ -1,0 +1,63 @@
+"""Potential: the one interface the engine, the ASE calculator and training rely on.
+
+A Potential maps an :class:`~neuralmd.state.AtomsBatch` to per-atom energies; this base class
+turns them into per-system energies (accumulated in float64), forces as the exact negative
+gradient of that energy, and stress by the strain derivative. Subclasses implement
+:meth:`atomic_energies` only, so forces can never be non-conservative.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..state import AtomsBatch
+
+
+class Potential(nn.Module):
+    """Base class of all potentials. Energies in eV, forces in eV/Å, stress in eV/Å³."""
+
+    #: Cutoff radius in Å (0 for potentials that need no neighbour list).
+    cutoff: float = 0.0
+
+    def atomic_energies(self, batch: AtomsBatch) -> torch.Tensor:
+        """Per-atom energies (N,) in eV, float64, differentiable w.r.t. batch.positions/cell."""
+        raise NotImplementedError
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Floating dtype the potential computes in."""
+        for p in self.parameters():
+            return p.dtype
+        return torch.float64
+
+    def forward(self, batch: AtomsBatch, forces: bool = True, stress: bool = False,
+                create_graph: bool = False) -> dict[str, torch.Tensor]:
+        """Evaluate the batch.
+
+        Returns ``energy`` (B,) float64 eV and ``atom_energy`` (N,) eV; ``forces`` (N, 3) eV/Å
+        when ``forces``; ``stress`` (B, 3, 3) eV/Å³ (ASE sign: (1/V) dE/dε) when ``stress``.
+        ``create_graph`` keeps the graph of the forces so a loss on them can be trained.
+        """
+        dtype = self.dtype
+        pos = batch.positions.detach().to(dtype).requires_grad_(forces or stress)
+        cell = batch.cell.detach().to(dtype)
+        inputs = [pos]
+        if stress:
+            strain = torch.zeros_like(cell).requires_grad_(True)
+            sym = 0.5 * (strain + strain.transpose(1, 2))
+            pos = pos + torch.einsum("ni,nij->nj", pos, sym[batch.system])
+            cell = cell + torch.bmm(cell, sym)
+            inputs.append(strain)
+        atom_energy = self.atomic_energies(batch.replace(positions=pos, cell=cell))
+        energy = torch.zeros(batch.n_systems, dtype=torch.float64, device=pos.device)
+        energy = energy.index_add(0, batch.system, atom_energy.to(torch.float64))
+        out = {"energy": energy, "atom_energy": atom_energy}
+        if forces or stress:
+            grads = torch.autograd.grad(energy.sum(), inputs, create_graph=create_graph)
+            if forces:
+                out["forces"] = -grads[0]
+            if stress:
+                volume = torch.linalg.det(batch.cell.to(dtype)).abs()
+                out["stress"] = grads[1] / volume.view(-1, 1, 1)
+        return out

@@ -1,0 +1,126 @@
+"""NeuralPotential: a network's per-atom output turned into energies, plus its model file.
+
+E_i = E0[Z_i] + shift + scale * network_i, with E0 the per-element reference energies (eV,
+float64), ``shift`` the mean residual energy per atom (eV) and ``scale`` the RMS force (eV/Å
+times 1 Å), so the network learns numbers of order one. The model file is self-contained:
+format version, class, hyperparameters, element list, units, normalisation and weights.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from ase.data import chemical_symbols
+
+from ..errors import InputError, ModelFormatError
+from ..io_utils import atomic_save
+from ..neighbors import neighbor_list
+from ..state import AtomsBatch
+from .base import Potential
+from .equivariant import PaiNN
+
+FORMAT = "neuralmd.potential"
+FORMAT_VERSION = 1
+ARCHITECTURES = {"painn": PaiNN}
+
+
+class NeuralPotential(Potential):
+    """A neural network potential over a fixed element set.
+
+    Args:
+        elements: atomic numbers the model knows, in the order of its species index.
+        e0: per-element reference energies in eV, same order as ``elements``.
+        scale: energy scale in eV; shift: energy per atom in eV.
+        architecture: key of :data:`ARCHITECTURES`; hyperparameters: its keyword arguments.
+    """
+
+    def __init__(self, elements: Sequence[int], e0: Sequence[float] | None = None,
+                 scale: float = 1.0, shift: float = 0.0, architecture: str = "painn",
+                 **hyperparameters: Any) -> None:
+        super().__init__()
+        self.elements = [int(z) for z in elements]
+        self.architecture = architecture
+        self.hyperparameters = dict(hyperparameters)
+        self.network = ARCHITECTURES[architecture](num_species=len(self.elements), **hyperparameters)
+        self.cutoff = float(self.network.cutoff)
+        lookup = torch.full((119,), -1, dtype=torch.long)
+        lookup[torch.tensor(self.elements)] = torch.arange(len(self.elements))
+        self.register_buffer("species_of", lookup, persistent=False)
+        e0 = torch.zeros(len(self.elements)) if e0 is None else torch.as_tensor(e0)
+        self.register_buffer("e0", e0.to(torch.float64))
+        self.register_buffer("scale", torch.tensor(float(scale), dtype=torch.float64))
+        self.register_buffer("shift", torch.tensor(float(shift), dtype=torch.float64))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.network.embedding.weight.dtype
+
+    def check_elements(self, numbers: torch.Tensor | Sequence[int], where: str = "input") -> None:
+        """Raise InputError if ``numbers`` holds an element the model was not trained on."""
+        unknown = sorted(set(int(z) for z in torch.as_tensor(numbers).unique().tolist()) - set(self.elements))
+        if unknown:
+            names = ", ".join(chemical_symbols[z] for z in unknown)
+            known = ", ".join(chemical_symbols[z] for z in self.elements)
+            raise InputError(f"{where}: element(s) {names} not known to the model (trained on {known})")
+
+    def atomic_energies(self, batch: AtomsBatch) -> torch.Tensor:
+        i, j, shifts = neighbor_list(batch, self.cutoff)
+        vectors = batch.positions[j] - batch.positions[i]
+        if batch.periodic:
+            vectors = vectors + torch.einsum("ek,ekl->el", shifts.to(vectors.dtype), batch.cell[batch.system[i]])
+        species = self.species_of[batch.numbers]
+        out = self.network(species, vectors, i, j).to(torch.float64)
+        return self.e0[species] + self.shift + self.scale * out
+
+    # --- model file -------------------------------------------------------------------
+    def metadata(self) -> dict[str, Any]:
+        """Everything but the weights needed to rebuild this model."""
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "architecture": self.architecture,
+            "hyperparameters": self.hyperparameters,
+            "elements": self.elements,
+            "units": {"energy": "eV", "length": "Angstrom", "forces": "eV/Angstrom"},
+            "normalisation": {"e0": self.e0.tolist(), "scale": float(self.scale), "shift": float(self.shift)},
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }
+
+    def save(self, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> None:
+        """Write the self-contained model file atomically."""
+        payload = {**self.metadata(), "state_dict": self.state_dict(), "extra": extra or {}}
+        atomic_save(payload, path)
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, Any]) -> "NeuralPotential":
+        norm = meta["normalisation"]
+        model = cls(meta["elements"], norm["e0"], norm["scale"], norm["shift"], meta["architecture"],
+                    **meta["hyperparameters"])
+        return model.to(getattr(torch, meta.get("dtype", "float32")))
+
+
+def load_potential(path: str | os.PathLike, dtype: torch.dtype | None = None,
+                   device: str | torch.device = "cpu") -> NeuralPotential:
+    """Load a model file written by :meth:`NeuralPotential.save` (optionally cast to ``dtype``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: model file not found")
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # pickle errors, truncated files, foreign formats
+        raise ModelFormatError(f"{path}: not a readable neuralmd model file ({type(exc).__name__}: {exc})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ModelFormatError(f"{path}: field 'format': not a neuralmd model file (expected {FORMAT!r})")
+    version = payload.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ModelFormatError(
+            f"{path}: field 'format_version': found {version!r}, this neuralmd reads version {FORMAT_VERSION}"
+        )
+    model = NeuralPotential.from_metadata(payload)
+    model.load_state_dict(payload["state_dict"])
+    if dtype is not None:
+        model = model.to(dtype)
+    return model.to(device).eval()

@@ -1,0 +1,73 @@
+"""Errors of a potential on labelled frames: MAE/RMSE per property and parity data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..data.dataset import FrameDataset
+from ..models.base import Potential
+
+
+@dataclass
+class Predictions:
+    """Reference and predicted energies (eV, per structure), atom counts and force components
+    (eV/Å, flattened)."""
+
+    energy_true: np.ndarray
+    energy_pred: np.ndarray
+    n_atoms: np.ndarray
+    forces_true: np.ndarray
+    forces_pred: np.ndarray
+
+
+def predict(model: Potential, data: FrameDataset, batch_size: int = 32) -> Predictions:
+    """Run ``model`` over ``data`` (no parameter gradients kept)."""
+    e_t, e_p, n, f_t, f_p = [], [], [], [], []
+    for batch in data.batches(batch_size, dtype=model.dtype):
+        out = model(batch.atoms)
+        e_t.append(batch.energy.numpy())
+        e_p.append(out["energy"].detach().numpy())
+        n.append(batch.atoms.counts.numpy())
+        f_t.append(batch.forces.double().numpy().ravel())
+        f_p.append(out["forces"].detach().double().numpy().ravel())
+    return Predictions(*(np.concatenate(x) for x in (e_t, e_p, n, f_t, f_p)))
+
+
+def error_metrics(p: Predictions) -> dict[str, float]:
+    """MAE and RMSE: energy per structure and per atom (meV), force components (meV/Å)."""
+    de = p.energy_pred - p.energy_true
+    de_atom = de / p.n_atoms
+    df = p.forces_pred - p.forces_true
+    mae = lambda x: float(np.mean(np.abs(x)) * 1000)  # noqa: E731
+    rmse = lambda x: float(np.sqrt(np.mean(x**2)) * 1000)  # noqa: E731
+    return {
+        "energy_mae_mev": mae(de),
+        "energy_rmse_mev": rmse(de),
+        "energy_mae_mev_per_atom": mae(de_atom),
+        "energy_rmse_mev_per_atom": rmse(de_atom),
+        "force_mae_mev_per_A": mae(df),
+        "force_rmse_mev_per_A": rmse(df),
+        "frames": int(len(de)),
+    }
+
+
+def evaluate(model: Potential, data: FrameDataset, batch_size: int = 32) -> tuple[dict[str, float], Predictions]:
+    """Metrics and parity data of ``model`` on ``data``."""
+    preds = predict(model, data, batch_size)
+    return error_metrics(preds), preds
+
+
+def baseline_metrics(train: FrameDataset, data: FrameDataset, elements: list[int], e0: np.ndarray) -> dict[str, float]:
+    """Errors of the trivial model: per-element reference energies and zero forces."""
+    from ..data.dataset import composition_matrix
+
+    energy_true = np.array([a.info["energy"] for a in data.frames])
+    counts = composition_matrix(data.frames, elements)
+    forces = np.concatenate([a.arrays["forces"].ravel() for a in data.frames])
+    shift = train.mean_residual_per_atom(elements, e0)
+    pred = Predictions(energy_true, counts @ e0 + shift * counts.sum(1), counts.sum(1), forces, np.zeros_like(forces))
+    return error_metrics(pred)
+

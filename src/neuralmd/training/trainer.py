@@ -1,0 +1,296 @@
+"""Training a NeuralPotential on energies and forces.
+
+Loss: ``energy_weight * MSE(E/N) + force_weight * MSE(F)`` in eV and eV/Å. AdamW, an
+exponential moving average (EMA) of the weights that is what gets validated and saved,
+ReduceLROnPlateau on the validation loss, early stopping, checkpoints every N steps.
+
+Exact resume: the order of frames at step ``s`` is a function of the seed and ``s`` only (one
+seeded permutation per epoch), and the checkpoint holds weights, EMA, optimiser, scheduler and
+history, so a run killed and resumed reaches the same step with identical weights as one that
+was never interrupted.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ..config import load_config, save_config
+from ..data.dataset import Batch, FrameDataset, reference_energies
+from ..data.io import read_frames
+from ..errors import InputError
+from ..io_utils import atomic_save, atomic_write_json
+from ..models.neural import NeuralPotential
+from ..threads import set_threads
+from .metrics import baseline_metrics, evaluate
+
+CHECKPOINT = "checkpoint.pt"
+MODEL = "model.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Options of ``neuralmd train`` (units in the names; energies eV, forces eV/Å)."""
+
+    train: str = ""
+    valid: str = ""
+    valid_fraction: float = 0.05
+    energy_unit: str = "eV"
+    force_unit: str = "eV/A"
+    isolated_atoms: str = ""
+    features: int = 64
+    interactions: int = 3
+    cutoff_A: float = 5.0
+    num_basis: int = 16
+    dtype: str = "float32"
+    batch_size: int = 16
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    weight_decay: float = 0.0
+    energy_weight: float = 1.0
+    force_weight: float = 100.0
+    ema_decay: float = 0.99
+    max_steps: int = 200_000
+    time_budget_min: float = 0.0
+    eval_every: int = 100
+    checkpoint_every: int = 100
+    lr_patience: int = 5
+    patience: int = 25
+    seed: int = 0
+    threads: int = 0
+
+    def validate(self) -> None:
+        checks = [
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.lr > 0, "lr must be > 0"),
+            (self.cutoff_A > 0, "cutoff_A must be > 0"),
+            (self.max_steps >= 1, "max_steps must be >= 1"),
+            (self.eval_every >= 1 and self.checkpoint_every >= 1, "eval_every and checkpoint_every must be >= 1"),
+            (self.dtype in ("float32", "float64"), f"dtype must be float32 or float64, not {self.dtype!r}"),
+            (self.time_budget_min >= 0, "time_budget_min must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InputError(f"train options: {message}")
+
+
+def load_data(cfg: TrainConfig) -> tuple[FrameDataset, FrameDataset]:
+    """Training and validation sets from the config (split off when no valid file is given)."""
+    frames = read_frames(cfg.train, energy_unit=cfg.energy_unit, force_unit=cfg.force_unit)
+    data = FrameDataset(frames)
+    if cfg.valid:
+        return data, FrameDataset(read_frames(cfg.valid, energy_unit=cfg.energy_unit, force_unit=cfg.force_unit))
+    return data.split(cfg.valid_fraction, cfg.seed)
+
+
+def build_model(cfg: TrainConfig, train: FrameDataset) -> NeuralPotential:
+    """A fresh model with reference energies, shift and scale fitted to the training set."""
+    elements = train.elements
+    isolated = read_frames(cfg.isolated_atoms, require_labels=False) if cfg.isolated_atoms else None
+    e0 = reference_energies(train.frames, elements, isolated)
+    shift = train.mean_residual_per_atom(elements, e0)
+    torch.manual_seed(cfg.seed)
+    model = NeuralPotential(elements, e0, scale=train.force_rms(), shift=shift, features=cfg.features,
+                            interactions=cfg.interactions, cutoff=cfg.cutoff_A, num_basis=cfg.num_basis)
+    return model.to(getattr(torch, cfg.dtype))
+
+
+def loss_fn(model: NeuralPotential, batch: Batch, cfg: TrainConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    """Weighted energy-per-atom + force MSE and its parts."""
+    out = model(batch.atoms, create_graph=model.training)
+    n = batch.atoms.counts.to(torch.float64)
+    e_mse = ((out["energy"] - batch.energy) / n).pow(2).mean()
+    f_mse = (out["forces"] - batch.forces).pow(2).mean().to(torch.float64)
+    loss = cfg.energy_weight * e_mse + cfg.force_weight * f_mse
+    d = lambda t: float(t.detach())  # noqa: E731
+    return loss, {"loss": d(loss), "energy_rmse_per_atom": math.sqrt(d(e_mse)), "force_rmse": math.sqrt(d(f_mse))}
+
+
+def batch_indices(step: int, n_frames: int, batch_size: int, seed: int) -> list[int]:
+    """Frame indices of training step ``step``: epoch-wise seeded permutations, so resuming at
+    any step sees the same data as an uninterrupted run."""
+    per_epoch = math.ceil(n_frames / batch_size)
+    epoch, k = divmod(step, per_epoch)
+    gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(n_frames, generator=gen)
+    return order[k * batch_size : (k + 1) * batch_size].tolist()
+
+
+class Trainer:
+    """Trains into a run directory: config.toml, checkpoint.pt, model.pt (best EMA weights),
+    history.json, results.json, learning_curve.png.
+
+    Args:
+        run_dir: output folder. ``resume=True`` continues from its checkpoint.
+        progress: show a live progress bar.
+        on_step: optional hook called with the step number after each step (tests use it).
+    """
+
+    def __init__(self, cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
+                 on_step: Callable[[int], None] | None = None) -> None:
+        cfg.validate()
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.progress = progress
+        self.on_step = on_step
+        self.threads = set_threads(cfg.threads or None)
+        self.train_data, self.valid_data = load_data(cfg)
+        checkpoint_path = self.run_dir / CHECKPOINT
+        if resume:
+            if not checkpoint_path.is_file():
+                raise InputError(f"{checkpoint_path}: no checkpoint to resume from")
+            ckpt = torch.load(checkpoint_path, weights_only=True)
+            self.model = NeuralPotential.from_metadata(ckpt["model_metadata"])
+        else:
+            if checkpoint_path.exists():
+                raise InputError(f"{self.run_dir}: already holds a training run; resume it or choose another -o")
+            self.model = build_model(cfg, self.train_data)
+            ckpt = None
+        self.ema = copy.deepcopy(self.model)
+        for p in self.ema.parameters():
+            p.requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, factor=0.5, patience=cfg.lr_patience, min_lr=cfg.min_lr)
+        self.step = 0
+        self.elapsed = 0.0
+        self.best = math.inf
+        self.bad_evals = 0
+        self.history: list[dict[str, float]] = []
+        if ckpt is not None:
+            self._restore(ckpt)
+        else:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.toml")
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, progress: bool = True, **overrides: Any) -> "Trainer":
+        """Continue the run in ``run_dir`` with its stored config (``overrides`` replace options,
+        e.g. a longer ``max_steps``)."""
+        cfg = load_config(TrainConfig, Path(run_dir) / "config.toml")
+        for key, value in overrides.items():
+            setattr(cfg, key, value)
+        return cls(cfg, run_dir, resume=True, progress=progress)
+
+    # --- state ------------------------------------------------------------------------
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.ema.load_state_dict(ckpt["ema"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.step, self.elapsed = ckpt["step"], ckpt["elapsed"]
+        self.best, self.bad_evals, self.history = ckpt["best"], ckpt["bad_evals"], ckpt["history"]
+
+    def save_checkpoint(self) -> None:
+        atomic_save({
+            "model_metadata": self.model.metadata(),
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step, "elapsed": self.elapsed, "best": self.best,
+            "bad_evals": self.bad_evals, "history": self.history,
+        }, self.run_dir / CHECKPOINT)
+
+    # --- loop -------------------------------------------------------------------------
+    def _update_ema(self) -> None:
+        d = self.cfg.ema_decay
+        with torch.no_grad():
+            for pe, pm in zip(self.ema.parameters(), self.model.parameters()):
+                pe.mul_(d).add_(pm, alpha=1.0 - d)
+
+    def _train_step(self) -> dict[str, float]:
+        cfg = self.cfg
+        idx = batch_indices(self.step, len(self.train_data), cfg.batch_size, cfg.seed)
+        batch = self.train_data.collate(idx, dtype=self.model.dtype)
+        self.model.train()
+        loss, parts = loss_fn(self.model, batch, cfg)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 10.0)
+        self.optimizer.step()
+        self._update_ema()
+        return parts
+
+    def _validate(self, train_parts: dict[str, float]) -> dict[str, float]:
+        self.ema.eval()
+        metrics, _ = evaluate(self.ema, self.valid_data, batch_size=64)
+        # the validation loss in the units of the training loss (RMSE-based, eV and eV/Å)
+        val_loss = (self.cfg.energy_weight * (metrics["energy_rmse_mev_per_atom"] / 1000) ** 2
+                    + self.cfg.force_weight * (metrics["force_rmse_mev_per_A"] / 1000) ** 2)
+        self.scheduler.step(val_loss)
+        record = {"step": self.step, "seconds": round(self.elapsed, 2), "lr": self.optimizer.param_groups[0]["lr"],
+                  "train_loss": train_parts["loss"], "valid_loss": val_loss, **metrics}
+        self.history.append(record)
+        if val_loss < self.best:
+            self.best, self.bad_evals = val_loss, 0
+            self.ema.save(self.run_dir / MODEL, extra={"step": self.step, "valid": metrics})
+        else:
+            self.bad_evals += 1
+        return record
+
+    def _should_stop(self) -> str | None:
+        cfg = self.cfg
+        if self.step >= cfg.max_steps:
+            return "max_steps reached"
+        if cfg.time_budget_min and self.elapsed >= cfg.time_budget_min * 60:
+            return "time budget reached"
+        if self.bad_evals >= cfg.patience:
+            return f"early stopping (no improvement in {cfg.patience} evaluations)"
+        return None
+
+    def run(self) -> dict[str, Any]:
+        """Train until a stop condition; return (and write) the results."""
+        cfg = self.cfg
+        columns = [TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("{task.fields[status]}")]
+        parts = {"loss": float("nan")}
+        with Progress(*columns, disable=not self.progress, transient=False) as bar:
+            task = bar.add_task("train", total=cfg.max_steps, completed=self.step, status="")
+            reason = self._should_stop()
+            while reason is None:
+                t0 = time.perf_counter()
+                parts = self._train_step()
+                self.step += 1
+                self.elapsed += time.perf_counter() - t0
+                if self.step % cfg.eval_every == 0:
+                    rec = self._validate(parts)
+                    status = (f"loss {parts['loss']:.4g} | valid E {rec['energy_mae_mev_per_atom']:.2f} meV/atom"
+                              f" F {rec['force_mae_mev_per_A']:.1f} meV/Å | lr {rec['lr']:.1e}")
+                    bar.update(task, status=status)
+                if self.step % cfg.checkpoint_every == 0:
+                    self.save_checkpoint()
+                bar.update(task, completed=self.step)
+                if self.on_step is not None:
+                    self.on_step(self.step)
+                reason = self._should_stop()
+        if not self.history or self.history[-1]["step"] != self.step:
+            self._validate(parts)
+        self.save_checkpoint()
+        return self._finish(reason)
+
+    def _finish(self, reason: str) -> dict[str, Any]:
+        from ..analysis.plots import plot_learning_curve
+        from ..models.neural import load_potential
+
+        best = load_potential(self.run_dir / MODEL)
+        metrics, _ = evaluate(best, self.valid_data, batch_size=64)
+        baseline = baseline_metrics(self.train_data, self.valid_data, best.elements, best.e0.numpy())
+        results = {
+            "stop_reason": reason, "steps": self.step, "train_seconds": round(self.elapsed, 2),
+            "threads": self.threads, "train_frames": len(self.train_data), "valid_frames": len(self.valid_data),
+            "parameters": sum(p.numel() for p in best.parameters()),
+            "valid": metrics, "baseline_valid": baseline, "config": asdict(self.cfg),
+        }
+        atomic_write_json(self.history, self.run_dir / "history.json")
+        atomic_write_json(results, self.run_dir / "results.json")
+        plot_learning_curve(self.history, self.run_dir / "learning_curve.png")
+        return results
+
