@@ -36,6 +36,7 @@ def plot_learning_curve(history: Sequence[dict], path: str | os.PathLike) -> Non
         ax.set_xlabel("step")
         ax.grid(alpha=0.3, which="both")
     fig.suptitle("learning curve")
+    fig.tight_layout()
     _save(fig, path)
 
 
@@ -49,8 +50,8 @@ def plot_parity(energy_true: np.ndarray, energy_pred: np.ndarray, n_atoms: np.nd
     offset = e_t.mean()
     ax_e.scatter(e_t - offset, e_p - offset, s=6, alpha=0.6,
                  label=f"MAE {metrics['energy_mae_mev_per_atom']:.2f} meV/atom")
-    ax_e.set_xlabel(f"reference E/N - {offset:.3f} (eV/atom)")
-    ax_e.set_ylabel("predicted E/N (eV/atom)")
+    ax_e.set_xlabel(f"reference E/N (eV/atom, minus its mean {offset:.3f})")
+    ax_e.set_ylabel("predicted E/N (eV/atom, same offset)")
     ax_f.scatter(forces_true, forces_pred, s=3, alpha=0.4, color="C1",
                  label=f"MAE {metrics['force_mae_mev_per_A']:.1f} meV/Å")
     ax_f.set_xlabel("reference force component (eV/Å)")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..config import load_config, save_config
 from ..data.dataset import Batch, FrameDataset, reference_energies
@@ -249,11 +249,15 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         """Train until a stop condition; return (and write) the results."""
         cfg = self.cfg
-        columns = [TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        # with a time budget the bar shows the budget spent; otherwise steps out of max_steps
+        budget_s = cfg.time_budget_min * 60
+        columns = [TextColumn("training step {task.fields[step]}"), BarColumn(), TimeElapsedColumn(),
                    TextColumn("{task.fields[status]}")]
         parts = {"loss": float("nan")}
         with Progress(*columns, disable=not self.progress, transient=False) as bar:
-            task = bar.add_task("train", total=cfg.max_steps, completed=self.step, status="")
+            progress_of = (lambda: min(self.elapsed, budget_s)) if budget_s else (lambda: self.step)
+            task = bar.add_task("train", total=budget_s or cfg.max_steps, completed=progress_of(),
+                                step=self.step, status="")
             reason = self._should_stop()
             while reason is None:
                 t0 = time.perf_counter()
@@ -267,7 +271,7 @@ class Trainer:
                     bar.update(task, status=status)
                 if self.step % cfg.checkpoint_every == 0:
                     self.save_checkpoint()
-                bar.update(task, completed=self.step)
+                bar.update(task, completed=progress_of(), step=self.step)
                 if self.on_step is not None:
                     self.on_step(self.step)
                 reason = self._should_stop()

@@ -1,0 +1,183 @@
+"""The ``neuralmd`` command line. Bad input prints one line and exits with status 2."""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import InputError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="neuralmd: neural potentials, fast MD and enhanced sampling.")
+console = Console(stderr=True)
+
+
+class Method(str, Enum):
+    xtb = "xtb"
+    gfn1 = "gfn1"
+    dft = "dft"
+    hf = "hf"
+
+
+@app.command()
+def label(
+    geometries: Path = typer.Argument(..., help="frames to label (.xyz/.extxyz, .db, .npz, DeePMD folder)"),
+    output: Path = typer.Option(..., "-o", "--output", help="labelled frames (.xyz or .db)"),
+    method: Method = typer.Option(Method.xtb, help="xtb (GFN2-xTB), gfn1 (GFN1-xTB), dft or hf (PySCF)"),
+    functional: str = typer.Option("PBE", help="DFT functional (PySCF name)"),
+    basis: str = typer.Option("def2-SVP", help="basis set (dft/hf)"),
+    density_fit: bool = typer.Option(True, help="density fitting (dft/hf)"),
+    charge: int = typer.Option(0, help="total charge in e (a frame's info['charge'] wins)"),
+    spin: int = typer.Option(0, help="unpaired electrons, 2S (a frame's info['spin'] wins)"),
+    threads: int = typer.Option(0, help="threads for the QM code (0: library default)"),
+) -> None:
+    """Label geometries with energies (eV) and forces (eV/Å) from xTB or DFT."""
+    from .data.io import detect_format, read_frames, write_frames
+    from .io_utils import atomic_write_json
+    from .reference import PySCFLabeler, XTBLabeler
+
+    detect_format(output)  # fail before any work if the output cannot be written
+    frames = read_frames(geometries, require_labels=False, energy_unit="eV", force_unit="eV/A")
+    if method in (Method.xtb, Method.gfn1):
+        labeler = XTBLabeler("GFN2-xTB" if method == Method.xtb else "GFN1-xTB", charge=charge, uhf=spin)
+    else:
+        labeler = PySCFLabeler("HF" if method == Method.hf else functional, basis, density_fit, charge, spin,
+                               threads or None)
+    result = labeler.label(frames, progress=True)
+    failures_file = output.with_name(output.name + ".failures.json")
+    if result.failures:
+        table = Table(title=f"{len(result.failures)} of {len(frames)} frames failed")
+        table.add_column("frame")
+        table.add_column("reason")
+        for f in result.failures:
+            table.add_row(str(f.index), f.reason)
+        console.print(table)
+        atomic_write_json({"input": str(geometries), "settings": labeler.settings(),
+                           "failures": [{"frame": f.index, "reason": f.reason} for f in result.failures]},
+                          failures_file)
+        console.print(f"failures recorded in {failures_file}")
+    if not result.frames:
+        console.print("error: no frame could be labelled; nothing written")
+        raise typer.Exit(1)
+    write_frames(result.frames, output)
+    console.print(f"labelled {len(result.frames)}/{len(frames)} frames with {labeler.name} in "
+                  f"{result.seconds:.1f} s -> {output}")
+
+
+@app.command()
+def train(
+    train_file: Optional[Path] = typer.Option(None, "--train", help="training frames"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="run directory"),
+    resume: Optional[Path] = typer.Option(None, help="continue the run in this directory"),
+    valid: Optional[Path] = typer.Option(None, help="validation frames (default: split off --train)"),
+    valid_fraction: float = typer.Option(0.05, help="fraction of --train held out for validation"),
+    energy_unit: str = typer.Option("eV", help="energy unit of the data files"),
+    force_unit: str = typer.Option("eV/A", help="force unit of the data files"),
+    isolated_atoms: Optional[Path] = typer.Option(None, help="single-atom frames giving reference energies"),
+    features: int = typer.Option(64), interactions: int = typer.Option(3),
+    cutoff: float = typer.Option(5.0, help="cutoff radius in Å"),
+    batch_size: int = typer.Option(16), lr: float = typer.Option(1e-3),
+    force_weight: float = typer.Option(100.0), energy_weight: float = typer.Option(1.0),
+    max_steps: int = typer.Option(200_000), time_budget_min: float = typer.Option(0.0, help="stop after this many minutes of training (0: no limit)"),
+    eval_every: int = typer.Option(100), checkpoint_every: int = typer.Option(100),
+    patience: int = typer.Option(25, help="evaluations without improvement before early stopping"),
+    float64: bool = typer.Option(False, help="train in float64"),
+    seed: int = typer.Option(0), threads: int = typer.Option(0, help="torch threads (0: all cores)"),
+) -> None:
+    """Train a PaiNN potential on energies and forces; writes model.pt, results.json, plots."""
+    from .training.trainer import TrainConfig, Trainer
+
+    if resume is not None:
+        trainer = Trainer.resume(resume)
+    else:
+        if train_file is None or output is None:
+            raise InputError("train: give --train FILE and -o RUN_DIR (or --resume RUN_DIR)")
+        cfg = TrainConfig(train=str(train_file), valid=str(valid or ""), valid_fraction=valid_fraction,
+                          energy_unit=energy_unit, force_unit=force_unit,
+                          isolated_atoms=str(isolated_atoms or ""), features=features, interactions=interactions,
+                          cutoff_A=cutoff, batch_size=batch_size, lr=lr, force_weight=force_weight,
+                          energy_weight=energy_weight, max_steps=max_steps, time_budget_min=time_budget_min,
+                          eval_every=eval_every, checkpoint_every=checkpoint_every, patience=patience,
+                          dtype="float64" if float64 else "float32", seed=seed, threads=threads)
+        trainer = Trainer(cfg, output)
+    results = trainer.run()
+    v, b = results["valid"], results["baseline_valid"]
+    console.print(f"{results['stop_reason']} after {results['steps']} steps ({results['train_seconds']:.0f} s); "
+                  f"validation: E {v['energy_mae_mev_per_atom']:.2f} meV/atom, F {v['force_mae_mev_per_A']:.1f} meV/Å "
+                  f"(baseline F {b['force_mae_mev_per_A']:.0f} meV/Å) -> {trainer.run_dir / 'model.pt'}")
+
+
+@app.command("eval")
+def evaluate_cmd(
+    model: Path = typer.Argument(..., help="model file (model.pt)"),
+    data: Path = typer.Argument(..., help="labelled frames"),
+    energy_unit: str = typer.Option("eV"), force_unit: str = typer.Option("eV/A"),
+    as_json: bool = typer.Option(False, "--json", help="print the metrics as JSON on stdout"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="folder for the parity plot (default: beside the model)"),
+    float64: bool = typer.Option(False, help="evaluate in float64"),
+    threads: int = typer.Option(0, help="torch threads (0: all cores)"),
+) -> None:
+    """Energy and force errors of a model on labelled frames, and a parity plot."""
+    import torch
+
+    from .analysis.plots import plot_parity
+    from .data.dataset import FrameDataset
+    from .data.io import read_frames
+    from .models.neural import load_potential
+    from .threads import set_threads
+    from .training.metrics import evaluate
+
+    set_threads(threads or None)
+    potential = load_potential(model, dtype=torch.float64 if float64 else None)
+    frames = read_frames(data, energy_unit=energy_unit, force_unit=force_unit)
+    for k, atoms in enumerate(frames):
+        potential.check_elements(atoms.numbers, where=f"{data}: frame {k}")
+    metrics, preds = evaluate(potential, FrameDataset(frames))
+    plot = (output or model.parent) / f"parity_{data.stem}.png"
+    plot_parity(preds.energy_true, preds.energy_pred, preds.n_atoms, preds.forces_true, preds.forces_pred,
+                metrics, plot, title=f"{model.name} on {data.name}")
+    if as_json:
+        print(json.dumps(metrics, indent=2))
+        return
+    table = Table(title=f"{model} on {data} ({metrics['frames']} frames)")
+    for col in ("property", "MAE", "RMSE", "unit"):
+        table.add_column(col)
+    table.add_row("energy per structure", f"{metrics['energy_mae_mev']:.2f}", f"{metrics['energy_rmse_mev']:.2f}", "meV")
+    table.add_row("energy per atom", f"{metrics['energy_mae_mev_per_atom']:.3f}",
+                  f"{metrics['energy_rmse_mev_per_atom']:.3f}", "meV/atom")
+    table.add_row("force component", f"{metrics['force_mae_mev_per_A']:.2f}", f"{metrics['force_rmse_mev_per_A']:.2f}", "meV/Å")
+    Console().print(table)
+    console.print(f"parity plot: {plot}")
+
+
+@app.command()
+def demo(
+    output: Path = typer.Option(Path("neuralmd-demo"), "-o", "--output", help="run directory"),
+    train_minutes: float = typer.Option(1.5, help="training time budget in minutes"),
+    threads: int = typer.Option(0, help="torch threads (0: all cores)"),
+) -> None:
+    """Built-in ethanol: xTB-sampled geometries, xTB labels, training, evaluation, plots."""
+    from .demo import run_demo
+
+    run_demo(output, train_minutes=train_minutes, threads=threads or None, console=Console())
+
+
+def main() -> None:
+    """Entry point. Usage errors exit 2 (click's own handling); an InputError prints its one-line
+    message without a traceback and exits 2."""
+    try:
+        app()
+    except InputError as exc:
+        console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
