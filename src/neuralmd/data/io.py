@@ -213,7 +213,7 @@ def _read_db(path: Path) -> Iterable[Atoms]:
         yield atoms
 
 
-def write_frames(frames: Sequence[Atoms], path: str | os.PathLike) -> None:
+def write_frames(frames: Iterable[Atoms], path: str | os.PathLike) -> None:
     """Write frames to extxyz (.xyz/.extxyz) or ase.db (.db) atomically, in eV and eV/Å."""
     path = Path(path)
     fmt = detect_format(path)

@@ -36,7 +36,7 @@ class NeuralCalculator(Calculator):
         device = next(iter(self.potential.buffers())).device
         batch = AtomsBatch.from_atoms([self.atoms], dtype=torch.float64, device=device)
         out = self.potential(batch, forces=True, stress=stress)
-        energy = float(out["energy"][0])
+        energy = float(out["energy"][0].detach())
         self.results = {
             "energy": energy,
             "free_energy": energy,
