@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import InputError
+from .errors import InputError, NeuralMDError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="neuralmd: neural potentials, fast MD and enhanced sampling.")
@@ -78,8 +78,8 @@ def train(
     resume: Optional[Path] = typer.Option(None, help="continue the run in this directory"),
     valid: Optional[Path] = typer.Option(None, help="validation frames (default: split off --train)"),
     valid_fraction: float = typer.Option(0.05, help="fraction of --train held out for validation"),
-    energy_unit: str = typer.Option("eV", help="energy unit of the data files"),
-    force_unit: str = typer.Option("eV/A", help="force unit of the data files"),
+    energy_unit: Optional[str] = typer.Option(None, help="energy unit of the data (default eV; required for .npz)"),
+    force_unit: Optional[str] = typer.Option(None, help="force unit of the data (default eV/A; required for .npz)"),
     isolated_atoms: Optional[Path] = typer.Option(None, help="single-atom frames giving reference energies"),
     features: int = typer.Option(64), interactions: int = typer.Option(3),
     cutoff: float = typer.Option(5.0, help="cutoff radius in Å"),
@@ -100,7 +100,7 @@ def train(
         if train_file is None or output is None:
             raise InputError("train: give --train FILE and -o RUN_DIR (or --resume RUN_DIR)")
         cfg = TrainConfig(train=str(train_file), valid=str(valid or ""), valid_fraction=valid_fraction,
-                          energy_unit=energy_unit, force_unit=force_unit,
+                          energy_unit=energy_unit or "", force_unit=force_unit or "",
                           isolated_atoms=str(isolated_atoms or ""), features=features, interactions=interactions,
                           cutoff_A=cutoff, batch_size=batch_size, lr=lr, force_weight=force_weight,
                           energy_weight=energy_weight, max_steps=max_steps, time_budget_min=time_budget_min,
@@ -118,7 +118,8 @@ def train(
 def evaluate_cmd(
     model: Path = typer.Argument(..., help="model file (model.pt)"),
     data: Path = typer.Argument(..., help="labelled frames"),
-    energy_unit: str = typer.Option("eV"), force_unit: str = typer.Option("eV/A"),
+    energy_unit: Optional[str] = typer.Option(None, help="energy unit of the data (default eV; required for .npz)"),
+    force_unit: Optional[str] = typer.Option(None, help="force unit of the data (default eV/A; required for .npz)"),
     as_json: bool = typer.Option(False, "--json", help="print the metrics as JSON on stdout"),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="folder for the parity plot (default: beside the model)"),
     float64: bool = typer.Option(False, help="evaluate in float64"),
@@ -177,6 +178,9 @@ def main() -> None:
     except InputError as exc:
         console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
+    except NeuralMDError as exc:
+        console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

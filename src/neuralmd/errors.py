@@ -23,6 +23,10 @@ class ModelFormatError(InputError):
     """A model file that is not a neuralmd model, or of another format version."""
 
 
+class TrainingError(NeuralMDError):
+    """Training that cannot go on (diverged to NaN)."""
+
+
 class LabelingError(NeuralMDError):
     """A reference calculation that failed on one frame (SCF not converged, crash)."""
 

@@ -89,9 +89,24 @@ def _take_labels(atoms: Atoms) -> Atoms:
     return atoms
 
 
-def _convert_and_validate(atoms: Atoms, path: Path, k: int, e_fac: float, f_fac: float, require: bool) -> None:
+#: Atoms closer than this (Å) are an input error: no chemistry happens there.
+MIN_DISTANCE_A = 0.1
+
+
+def _check_positions(atoms: Atoms, path: Path, k: int) -> None:
     if not np.isfinite(atoms.positions).all():
         raise InputError(f"{where(path, k, 'positions')}: non-finite coordinates")
+    if 1 < len(atoms) <= 1000 and not atoms.pbc.any():
+        d = np.linalg.norm(atoms.positions[:, None] - atoms.positions[None], axis=-1)
+        d[np.diag_indices(len(atoms))] = np.inf
+        if d.min() < MIN_DISTANCE_A:
+            i, j = np.unravel_index(np.argmin(d), d.shape)
+            raise InputError(f"{where(path, k, 'positions')}: atoms {min(i, j)} and {max(i, j)} are "
+                             f"{d.min():.3f} Å apart (expected > {MIN_DISTANCE_A} Å)")
+
+
+def _convert_and_validate(atoms: Atoms, path: Path, k: int, e_fac: float, f_fac: float, require: bool) -> None:
+    _check_positions(atoms, path, k)
     energy = atoms.info.get("energy")
     if energy is None:
         if require:

@@ -25,7 +25,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from ..config import load_config, save_config
 from ..data.dataset import Batch, FrameDataset, reference_energies
 from ..data.io import read_frames
-from ..errors import InputError
+from ..errors import InputError, TrainingError
 from ..io_utils import atomic_save, atomic_write_json
 from ..models.neural import NeuralPotential
 from ..threads import set_threads
@@ -42,8 +42,8 @@ class TrainConfig:
     train: str = ""
     valid: str = ""
     valid_fraction: float = 0.05
-    energy_unit: str = "eV"
-    force_unit: str = "eV/A"
+    energy_unit: str = ""  # "" = the format's own unit (eV for extxyz, DeePMD, ase.db)
+    force_unit: str = ""
     isolated_atoms: str = ""
     features: int = 64
     interactions: int = 3
@@ -83,10 +83,10 @@ class TrainConfig:
 
 def load_data(cfg: TrainConfig) -> tuple[FrameDataset, FrameDataset]:
     """Training and validation sets from the config (split off when no valid file is given)."""
-    frames = read_frames(cfg.train, energy_unit=cfg.energy_unit, force_unit=cfg.force_unit)
-    data = FrameDataset(frames)
+    units = {"energy_unit": cfg.energy_unit or None, "force_unit": cfg.force_unit or None}
+    data = FrameDataset(read_frames(cfg.train, **units))
     if cfg.valid:
-        return data, FrameDataset(read_frames(cfg.valid, energy_unit=cfg.energy_unit, force_unit=cfg.force_unit))
+        return data, FrameDataset(read_frames(cfg.valid, **units))
     return data.split(cfg.valid_fraction, cfg.seed)
 
 
@@ -222,6 +222,9 @@ class Trainer:
     def _validate(self, train_parts: dict[str, float]) -> dict[str, float]:
         self.ema.eval()
         metrics, _ = evaluate(self.ema, self.valid_data, batch_size=64)
+        if not all(math.isfinite(metrics[k]) for k in ("energy_rmse_mev_per_atom", "force_rmse_mev_per_A")):
+            raise TrainingError(f"training diverged: non-finite validation error at step {self.step}; "
+                                f"lower the learning rate (now {self.optimizer.param_groups[0]['lr']:.1e})")
         # the validation loss in the units of the training loss (RMSE-based, eV and eV/Å)
         val_loss = (self.cfg.energy_weight * (metrics["energy_rmse_mev_per_atom"] / 1000) ** 2
                     + self.cfg.force_weight * (metrics["force_rmse_mev_per_A"] / 1000) ** 2)
