@@ -158,6 +158,86 @@ def evaluate_cmd(
     console.print(f"parity plot: {plot}")
 
 
+class Ensemble(str, Enum):
+    nvt = "nvt"
+    nve = "nve"
+
+
+@app.command()
+def md(
+    model: Optional[Path] = typer.Argument(None, help="model file (model.pt)"),
+    structure: Optional[Path] = typer.Option(None, help="starting structure(s): one frame, or one per replica"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="run directory"),
+    resume: Optional[Path] = typer.Option(None, help="continue the run in this directory"),
+    ensemble: Ensemble = typer.Option(Ensemble.nvt, help="nvt (Langevin BAOAB) or nve (velocity Verlet)"),
+    temperature: str = typer.Option("300", help="K; one value or one per replica, comma-separated"),
+    timestep_fs: float = typer.Option(0.5, help="timestep in fs"),
+    friction_per_ps: float = typer.Option(1.0, help="Langevin friction in 1/ps"),
+    steps: Optional[int] = typer.Option(None, help="total number of steps (default 10000; with --resume: a new total)"),
+    replicas: int = typer.Option(1, help="replicas of the structure, run as one batch"),
+    report_every: int = typer.Option(100, help="steps between trajectory frames and log rows"),
+    checkpoint_every: int = typer.Option(1000, help="steps between checkpoints"),
+    seed: int = typer.Option(0),
+    float64: bool = typer.Option(True, help="evaluate the model in float64 (exact energy conservation)"),
+    threads: int = typer.Option(0, help="torch threads (0: all cores)"),
+) -> None:
+    """Molecular dynamics with a neural potential: many replicas in one batch, H5MD trajectories,
+    CSV log, checkpoints; --resume continues exactly where a run stopped."""
+    import torch
+
+    from .analysis.plots import plot_md_log
+    from .data.io import read_frames
+    from .md.simulation import MDSettings, Simulation
+    from .models.neural import load_potential
+    from .state import AtomsBatch
+    from .threads import set_threads
+
+    set_threads(threads or None)
+    dtype = torch.float64 if float64 else None
+    if resume is not None:
+        import tomllib
+
+        settings_file = resume / "md.toml"
+        if not settings_file.is_file():
+            raise InputError(f"{settings_file}: not found; is {resume} an MD run directory?")
+        stored = tomllib.loads(settings_file.read_text())
+        potential = load_potential(model or stored["model_path"], dtype=dtype)
+        sim = Simulation.resume(resume, potential, progress=True)
+        if steps is not None:
+            sim.settings.total_steps = steps
+        run_dir = resume
+    else:
+        if model is None or structure is None or output is None:
+            raise InputError("md: give MODEL --structure FILE -o RUN_DIR (or --resume RUN_DIR)")
+        if (output / "checkpoint.pt").exists():
+            raise InputError(f"{output}: already holds an MD run; use --resume {output} or another -o")
+        if replicas < 1:
+            raise InputError(f"replicas: {replicas}; expected >= 1")
+        try:
+            temps = [float(t) for t in temperature.split(",")]
+        except ValueError:
+            raise InputError(f"temperature: cannot read {temperature!r} as K values") from None
+        potential = load_potential(model, dtype=dtype)
+        frames = read_frames(structure, require_labels=False)
+        if len(frames) == 1:
+            frames = [frames[0].copy() for _ in range(replicas)]
+        elif replicas not in (1, len(frames)):
+            raise InputError(f"{structure}: {len(frames)} frames for {replicas} replicas; give one frame or one per replica")
+        settings = MDSettings(ensemble=ensemble.value, timestep_fs=timestep_fs, temperature_K=temps,
+                              friction_per_ps=friction_per_ps, seed=seed, report_every=report_every,
+                              checkpoint_every=checkpoint_every, total_steps=steps or 10_000, model_path=str(model.resolve()))
+        sim = Simulation(potential, AtomsBatch.from_atoms(frames), settings, run_dir=output, progress=True)
+        from .config import save_config
+
+        output.mkdir(parents=True, exist_ok=True)
+        save_config(settings, output / "md.toml")
+        run_dir = output
+    sim.run()
+    plot_md_log(run_dir / "log.csv", run_dir / "md.png")
+    console.print(f"{sim.state.step} steps ({sim.time_ps(sim.state.step):.2f} ps) of {sim.state.batch.n_systems} "
+                  f"replica(s), {sim.ns_per_day():.2f} ns/day -> {run_dir}/ (traj_*.h5md, log.csv, md.png)")
+
+
 @app.command()
 def demo(
     output: Path = typer.Option(Path("neuralmd-demo"), "-o", "--output", help="run directory"),

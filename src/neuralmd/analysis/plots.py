@@ -67,3 +67,24 @@ def plot_parity(energy_true: np.ndarray, energy_pred: np.ndarray, n_atoms: np.nd
         ax.grid(alpha=0.3)
     fig.suptitle(title or f"parity ({metrics['frames']} frames)")
     _save(fig, path)
+
+
+def plot_md_log(log_csv: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Temperature (K) and total energy drift (eV) of every replica against time (ps), from an
+    MD log written by :class:`~neuralmd.md.reporters.LogReporter`."""
+    data = np.genfromtxt(log_csv, delimiter=",", names=True)
+    data = np.atleast_1d(data)
+    fig, (ax_t, ax_e) = plt.subplots(1, 2, figsize=(11, 3.8))
+    replicas = np.unique(data["replica"]).astype(int)
+    for r in replicas[:16]:
+        rows = data[data["replica"] == r]
+        ax_t.plot(rows["time_ps"], rows["temperature_K"], lw=0.8, alpha=0.7)
+        ax_e.plot(rows["time_ps"], rows["total_energy_eV"] - rows["total_energy_eV"][0], lw=0.8, alpha=0.7)
+    ax_t.set_ylabel("temperature (K)")
+    ax_e.set_ylabel("total energy - initial (eV)")
+    for ax in (ax_t, ax_e):
+        ax.set_xlabel("time (ps)")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"MD: {len(replicas)} replica(s)" + (" (first 16 shown)" if len(replicas) > 16 else ""))
+    fig.tight_layout()
+    _save(fig, path)

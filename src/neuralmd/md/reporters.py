@@ -1,0 +1,182 @@
+"""Reporters: small objects with ``report(simulation, state)`` (OpenMM's shape) that write
+what a run produces, plus ``truncate(step)`` so a resumed run first drops what was written
+after its checkpoint.
+
+- :class:`H5MDReporter`: one H5MD (HDF5) file per replica, readable by MDAnalysis
+  (``mda.Universe("traj_000.pdb", "traj_000.h5md")``); positions Å, velocities Å/ps, time ps.
+- :class:`LogReporter`: a CSV log, one row per replica and report: step, time (ps), potential,
+  kinetic and total energy (eV), temperature (K).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import h5py
+import numpy as np
+from ase import units
+from ase.io import write
+
+from .. import __version__
+from .integrators import MDState, kinetic_energy, temperature
+
+if TYPE_CHECKING:
+    from .simulation import Simulation
+
+#: ASE velocity units (Å per ASE time) to Å/ps.
+VELOCITY_TO_A_PER_PS = 1000.0 * units.fs
+
+
+class H5MDReporter:
+    """Appends frames every ``interval`` steps to ``folder/traj_XXX.h5md``; the file is flushed
+    after every frame, so a crash leaves it readable up to the last complete frame."""
+
+    def __init__(self, folder: str | Path, interval: int, replicas: list[int] | None = None,
+                 velocities: bool = True) -> None:
+        self.folder = Path(folder)
+        self.interval = interval
+        self.replicas = replicas
+        self.velocities = velocities
+        self._files: dict[int, h5py.File] = {}
+
+    def path(self, replica: int) -> Path:
+        return self.folder / f"traj_{replica:03d}.h5md"
+
+    def _open(self, sim: "Simulation", replica: int, atoms) -> h5py.File:
+        path = self.path(replica)
+        if path.exists():
+            return h5py.File(path, "a")
+        f = h5py.File(path, "w")
+        f.create_group("h5md").attrs["version"] = np.array([1, 1])
+        f["h5md"].create_group("author").attrs["name"] = "neuralmd"
+        creator = f["h5md"].create_group("creator")
+        creator.attrs["name"], creator.attrs["version"] = "neuralmd", __version__
+        group = f.create_group("particles/trajectory")
+        n = len(atoms)
+        group.create_dataset("species", data=atoms.numbers.astype(np.int32))
+        box = group.create_group("box")
+        box.attrs["dimension"] = 3
+        periodic = bool(atoms.pbc.all())
+        box.attrs["boundary"] = np.array([b"periodic" if periodic else b"none"] * 3)
+        elements = [("position", (n, 3), "Angstrom")]
+        if self.velocities:
+            elements.append(("velocity", (n, 3), "Angstrom ps-1"))
+        if periodic:
+            elements.append(("box/edges", (3, 3), "Angstrom"))
+        for name, shape, unit in elements:
+            self._element(group, name, shape, unit)
+        obs = f.create_group("observables")
+        for name in ("potential_energy", "kinetic_energy", "temperature"):
+            self._element(obs, name, (), "K" if name == "temperature" else "eV")
+        write(self.folder / f"traj_{replica:03d}.pdb", atoms)  # topology for MDAnalysis
+        return f
+
+    @staticmethod
+    def _element(group: h5py.Group, name: str, shape: tuple, unit: str) -> None:
+        element = group.create_group(name)
+        element.create_dataset("value", shape=(0, *shape), maxshape=(None, *shape), dtype="f8",
+                               chunks=(16, *shape)).attrs["unit"] = unit
+        element.create_dataset("step", shape=(0,), maxshape=(None,), dtype="i8", chunks=(256,))
+        element.create_dataset("time", shape=(0,), maxshape=(None,), dtype="f8", chunks=(256,)).attrs["unit"] = "ps"
+
+    @staticmethod
+    def _append(element: h5py.Group, value: np.ndarray, step: int, time_ps: float) -> None:
+        k = element["value"].shape[0]
+        for name, data in (("value", value), ("step", step), ("time", time_ps)):
+            element[name].resize(k + 1, axis=0)
+            element[name][k] = data
+
+    def report(self, sim: "Simulation", state: MDState) -> None:
+        if state.step % self.interval:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        frames = state.batch.to_atoms()
+        epot = state.energy.detach().cpu().numpy()
+        ekin = kinetic_energy(state.batch).cpu().numpy()
+        temp = temperature(state.batch).cpu().numpy()
+        velocities = state.batch.velocities.detach().cpu().numpy().astype(float)
+        starts = np.cumsum([0] + [len(a) for a in frames])
+        time_ps = sim.time_ps(state.step)
+        for b in self.replicas if self.replicas is not None else range(len(frames)):
+            f = self._files.get(b)
+            if f is None:
+                f = self._files[b] = self._open(sim, b, frames[b])
+            group = f["particles/trajectory"]
+            self._append(group["position"], frames[b].positions, state.step, time_ps)
+            if self.velocities:
+                v = velocities[starts[b] : starts[b + 1]] * VELOCITY_TO_A_PER_PS
+                self._append(group["velocity"], v, state.step, time_ps)
+            if "edges" in group["box"]:
+                self._append(group["box/edges"], frames[b].cell.array, state.step, time_ps)
+            obs = f["observables"]
+            for name, values in (("potential_energy", epot), ("kinetic_energy", ekin), ("temperature", temp)):
+                self._append(obs[name], values[b], state.step, time_ps)
+            f.flush()
+
+    def truncate(self, step: int) -> None:
+        """Drop frames written after ``step`` (and any partly written frame)."""
+        for path in sorted(self.folder.glob("traj_*.h5md")):
+            with h5py.File(path, "a") as f:
+                elements = []
+                f.visititems(lambda name, obj: elements.append(obj) if isinstance(obj, h5py.Group) and "step" in obj else None)
+                for element in elements:
+                    steps = element["step"][()]
+                    keep = int(np.searchsorted(steps, step, side="right"))
+                    keep = min(keep, element["value"].shape[0], element["time"].shape[0])
+                    for name in ("value", "step", "time"):
+                        element[name].resize(keep, axis=0)
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+
+
+class LogReporter:
+    """CSV log ``folder/log.csv`` every ``interval`` steps, flushed after each report."""
+
+    FIELDS = ["step", "time_ps", "replica", "potential_energy_eV", "kinetic_energy_eV", "total_energy_eV",
+              "temperature_K"]
+
+    def __init__(self, path: str | Path, interval: int) -> None:
+        self.path = Path(path)
+        self.interval = interval
+        self._fh = None
+
+    def report(self, sim: "Simulation", state: MDState) -> None:
+        if state.step % self.interval:
+            return
+        if self._fh is None:
+            new = not self.path.exists()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "a", newline="")
+            if new:
+                csv.writer(self._fh).writerow(self.FIELDS)
+        epot = state.energy.detach().cpu().numpy()
+        ekin = kinetic_energy(state.batch).cpu().numpy()
+        temp = temperature(state.batch).cpu().numpy()
+        writer = csv.writer(self._fh)
+        t = sim.time_ps(state.step)
+        for b in range(len(epot)):
+            writer.writerow([state.step, f"{t:.6f}", b, f"{epot[b]:.8f}", f"{ekin[b]:.8f}",
+                             f"{epot[b] + ekin[b]:.8f}", f"{temp[b]:.3f}"])
+        self._fh.flush()
+
+    def truncate(self, step: int) -> None:
+        """Keep the header and rows up to ``step`` (drops a torn last line)."""
+        if not self.path.exists():
+            return
+        lines = self.path.read_text().splitlines(keepends=True)
+        kept = [lines[0]] if lines else []
+        for line in lines[1:]:
+            parts = line.rstrip("\n").split(",")
+            if line.endswith("\n") and len(parts) == len(self.FIELDS) and int(parts[0]) <= step:
+                kept.append(line)
+        self.path.write_text("".join(kept))
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
