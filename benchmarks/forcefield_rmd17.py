@@ -38,7 +38,7 @@ import platform
 import sys
 import tempfile
 import time
-from dataclasses import asdict
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -118,6 +118,38 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+class LoadMonitor:
+    """CPU used by *other* processes during each phase (cores on average), from /proc/stat minus
+    this process's own CPU time: two busy torch processes on the same 2 cores slow each other
+    down many times over, so a benchmark run next to other work is not worth reading."""
+
+    def __init__(self) -> None:
+        self.phases: dict[str, float | None] = {}
+        self._mark = self._read()
+
+    @staticmethod
+    def _read() -> tuple[float, float, float] | None:
+        try:
+            fields = [float(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        except (OSError, ValueError, IndexError):
+            return None
+        tick = os.sysconf("SC_CLK_TCK")
+        busy = (sum(fields[:8]) - fields[3] - fields[4]) / tick  # all but idle and iowait
+        return time.perf_counter(), busy, time.process_time()
+
+    def phase(self, name: str) -> None:
+        now = self._read()
+        if now is None or self._mark is None:
+            self.phases[name] = None
+        else:
+            wall, busy, own = (a - b for a, b in zip(now, self._mark))
+            self.phases[name] = round(max(0.0, busy - own) / wall, 2) if wall > 0 else None
+        self._mark = now
+
+    def busy(self, threshold: float = 0.25) -> list[str]:
+        return [k for k, v in self.phases.items() if v is not None and v > threshold]
+
+
 def versions() -> dict[str, str]:
     import ase
     from mace.__version__ import __version__ as mace_version
@@ -174,15 +206,27 @@ def time_direct(fn: Callable[[np.ndarray], Any], positions: np.ndarray, calls: i
 
 
 # --- neuralmd -----------------------------------------------------------------------------
-def train_neuralmd(args: argparse.Namespace, run_dir: Path) -> tuple[Trainer, dict[str, Any], float]:
+def step_stats(cumulative: list[float]) -> dict[str, float]:
+    """First and median step seconds from the cumulative training seconds after each step."""
+    steps = np.diff([0.0, *cumulative])
+    if len(steps) == 0:
+        return {}
+    return {"first_step_seconds": round(float(steps[0]), 3),
+            "median_step_seconds": round(float(np.median(steps[1:] if len(steps) > 1 else steps)), 4)}
+
+
+def train_neuralmd(args: argparse.Namespace, run_dir: Path) -> tuple[Trainer, dict[str, Any], float, list[float]]:
     cfg = TrainConfig(train=str(ETHANOL / "train.xyz"), valid_fraction=0.05, features=args.features,
                       interactions=args.interactions, batch_size=args.nm_batch_size, lr=args.nm_lr,
                       time_budget_min=args.budget_min, eval_every=args.eval_every,
                       checkpoint_every=10**9, threads=args.threads, seed=args.seed)
-    trainer = Trainer(cfg, run_dir, progress=False)
+    holder: list[Trainer] = []
+    cumulative: list[float] = []  # Trainer.elapsed (training-step seconds) after each step
+    trainer = Trainer(cfg, run_dir, progress=False, on_step=lambda _: cumulative.append(holder[0].elapsed))
+    holder.append(trainer)
     t0 = time.perf_counter()
     results = trainer.run()
-    return trainer, results, time.perf_counter() - t0
+    return trainer, results, time.perf_counter() - t0, cumulative
 
 
 # --- MACE ---------------------------------------------------------------------------------
@@ -317,6 +361,7 @@ def train_mace(args: argparse.Namespace, train_frames, valid_frames, budget_s: f
 
     step, elapsed, best, best_state = 0, 0.0, math.inf, None
     history: list[dict[str, Any]] = []
+    cumulative: list[float] = []
     last_validated = -1
     t_wall = time.perf_counter()
     it = iter(loader)
@@ -339,6 +384,7 @@ def train_mace(args: argparse.Namespace, train_frames, valid_frames, budget_s: f
         ema.update()
         step += 1
         elapsed += time.perf_counter() - t0
+        cumulative.append(elapsed)
         if step % args.eval_every == 0:
             validate()
             last_validated = step
@@ -352,7 +398,7 @@ def train_mace(args: argparse.Namespace, train_frames, valid_frames, budget_s: f
         "steps": step, "train_seconds": round(elapsed, 2), "wall_seconds": round(wall_s + preprocess_s, 2),
         "preprocess_seconds": round(preprocess_s, 2), "history": history,
         "best_step": min(history, key=lambda r: r["valid_loss"])["step"],
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": sum(p.numel() for p in model.parameters()), **step_stats(cumulative),
     }
 
 
@@ -431,6 +477,7 @@ def print_table(res: dict[str, Any]) -> None:
         ("force MAE (meV/Å)", nm["force_mae_mev_per_A"], mc["force_mae_mev_per_A"], r["force_mae_neuralmd_over_mace"]),
         ("training steps", nm["steps"], mc["steps"], None),
         ("training seconds", nm["train_seconds"], mc["train_seconds"], None),
+        ("median step (s)", nm.get("median_step_seconds"), mc.get("median_step_seconds"), None),
         ("parameters", nm["parameters"], mc["parameters"], None),
         ("E+F call ethanol, ASE (ms)", nm["ef_call_ms"]["ethanol"], mc["ef_call_ms"]["ethanol"],
          r["ef_call_ms_mace_over_neuralmd"]["ethanol"]),
@@ -450,10 +497,10 @@ def print_table(res: dict[str, Any]) -> None:
     print(f"\nrMD17 ethanol, {res['budget_min']} min training each, {nm['threads']} threads, "
           f"test_MD.xyz ({nm['test_frames']} frames)")
     print(f"{'':30s} {'neuralmd':>12s} {'MACE':>12s} {'neuralmd/MACE':>14s}")
-    for name, a, b, q in rows[:5]:
+    for name, a, b, q in rows[:6]:
         print(f"{name:30s} {fmt(a):>12s} {fmt(b):>12s} {fmt(q):>14s}")
     print(f"{'':30s} {'':>12s} {'':>12s} {'MACE/neuralmd':>14s}")
-    for name, a, b, q in rows[5:]:
+    for name, a, b, q in rows[6:]:
         print(f"{name:30s} {fmt(a):>12s} {fmt(b):>12s} {fmt(q):>14s}")
 
 
@@ -480,6 +527,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # e3nn/MACE print hundreds of TorchScript annotation warnings when the model is built
+    warnings.filterwarnings("ignore", message=".*TorchScript type system.*")
+    warnings.filterwarnings("ignore", message=".*TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD.*")
     threads = set_threads(args.threads)  # before any parallel torch work, so interop threads = 1 sticks
     torch.set_default_dtype(torch.float32)
     try:
@@ -492,6 +542,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{f}: data file not found (expected the project's ../shared/data)", file=sys.stderr)
             return 2
     machine = machine_info()
+    load = LoadMonitor()
     budget_s = args.budget_min * 60
 
     with tempfile.TemporaryDirectory(prefix="ff_rmd17_") as tmp:
@@ -503,13 +554,15 @@ def main(argv: list[str] | None = None) -> int:
             return 2
 
         log(f"neuralmd: training {args.budget_min} min on {threads} threads")
-        trainer, nm_results, nm_wall = train_neuralmd(args, run_dir)
+        trainer, nm_results, nm_wall, nm_cumulative = train_neuralmd(args, run_dir)
         log(f"neuralmd: {nm_results['steps']} steps in {nm_results['train_seconds']} s ({nm_results['stop_reason']})")
+        load.phase("neuralmd_training")
         train_frames, valid_frames = trainer.train_data.frames, trainer.valid_data.frames
 
         log(f"MACE: training {args.budget_min} min on {torch.get_num_threads()} threads")
         mace_res = train_mace(args, train_frames, valid_frames, budget_s)
         log(f"MACE: {mace_res['steps']} steps in {mace_res['train_seconds']} s")
+        load.phase("mace_training")
 
         log("evaluating both on test_MD.xyz")
         test_frames = read_frames(ETHANOL / "test_MD.xyz")
@@ -519,9 +572,11 @@ def main(argv: list[str] | None = None) -> int:
         mace_preds, mace_total32 = mace_predict(mace_res["model"], test)
         mace_test = error_metrics(mace_preds)
         mace_test["energy_mae_mev_float32_total"] = float(np.mean(np.abs(mace_total32 - test.energy)) * 1000)
+        load.phase("evaluation")
 
         log(f"timing E+F calls ({args.calls} after {args.warmup} warm-up)")
         timing = time_models(args, run_dir / "model.pt", mace_res, work)
+        load.phase("timing")
 
     nm_best_step = min(trainer.history, key=lambda r: r["valid_loss"])["step"] if trainer.history else None
     result: dict[str, Any] = {
@@ -547,6 +602,7 @@ def main(argv: list[str] | None = None) -> int:
             "best_step": nm_best_step,
             "stop_reason": nm_results["stop_reason"],
             "wall_seconds": round(nm_wall, 2),
+            **step_stats(nm_cumulative),
             "settings": {**nm_results["config"], "architecture": "PaiNN (neuralmd native)",
                          "model_kept": "best-validation EMA weights (model.pt)"},
         },
@@ -561,10 +617,12 @@ def main(argv: list[str] | None = None) -> int:
             "parameters": mace_res["parameters"],
             "test": mace_test,
             "test_frames": mace_test["frames"],
-            "valid": mace_res["history"][-1] if mace_res["history"] else None,
+            "valid": min(mace_res["history"], key=lambda r: r["valid_loss"]),
             "best_step": mace_res["best_step"],
             "wall_seconds": mace_res["wall_seconds"],
             "preprocess_seconds": mace_res["preprocess_seconds"],
+            "first_step_seconds": mace_res.get("first_step_seconds"),
+            "median_step_seconds": mace_res.get("median_step_seconds"),
             "settings": {**MACE_SETTINGS, "batch_size": args.mace_batch_size, "lr": args.mace_lr,
                          "eval_every": args.eval_every, "seed": args.seed,
                          "avg_num_neighbors": mace_res["avg_num_neighbors"],
@@ -597,8 +655,15 @@ def main(argv: list[str] | None = None) -> int:
         result["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     except OSError:
         pass
+    busy = load.busy()
+    result["machine"]["other_processes_cpu_cores"] = load.phases
+    result["machine"]["busy_phases"] = busy
     atomic_write_json(result, args.out)
     print_table(result)
+    if busy:
+        print(f"\nWARNING: other processes used CPU during {', '.join(busy)} "
+              f"(cores on average: {load.phases}); step counts and timings of those phases are not "
+              "comparable: rerun on an idle machine")
     print(f"\nwrote {args.out}")
     return 0
 

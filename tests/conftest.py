@@ -28,15 +28,21 @@ def ethanol_xyz() -> Path:
 
 
 @pytest.fixture(scope="session")
-def trained_model(tmp_path_factory, ethanol_xyz) -> Path:
-    """A small PaiNN model trained briefly on rMD17 ethanol (its model.pt)."""
+def trained_run(tmp_path_factory, ethanol_xyz) -> Path:
+    """Run directory of a small PaiNN model trained for 1000 steps on rMD17 ethanol."""
     from neuralmd.training import TrainConfig, Trainer
 
     run = tmp_path_factory.mktemp("trained")
-    cfg = TrainConfig(train=str(ethanol_xyz), features=16, interactions=2, max_steps=60, eval_every=30,
-                      checkpoint_every=60, batch_size=8, threads=2)
+    cfg = TrainConfig(train=str(ethanol_xyz), features=32, interactions=2, batch_size=16, max_steps=1000, lr=2e-3,
+                      eval_every=250, checkpoint_every=1000, threads=2)
     Trainer(cfg, run, progress=False).run()
-    return run / "model.pt"
+    return run
+
+
+@pytest.fixture(scope="session")
+def trained_model(trained_run) -> Path:
+    """model.pt of :func:`trained_run`."""
+    return trained_run / "model.pt"
 
 
 @pytest.fixture

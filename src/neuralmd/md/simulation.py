@@ -127,7 +127,8 @@ class Simulation:
         self.stop_conditions = list(stop_conditions)
         self.progress = progress
         self.fingerprint = potential_fingerprint(potential)
-        self.noise = ReplicaNoise([settings.seed * 1_000_003 + b for b in range(batch.n_systems)])
+        # replica b draws from seed + b: replica b of a batch follows the single run seeded seed + b
+        self.noise = ReplicaNoise([settings.seed + b for b in range(batch.n_systems)])
         force_fn = make_force_fn(potential, self.terms)
         if settings.ensemble == "nve":
             init_fn, self.step_fn = nve(force_fn, settings.timestep_fs)
