@@ -179,6 +179,7 @@ def md(
     checkpoint_every: int = typer.Option(1000, help="steps between checkpoints"),
     seed: int = typer.Option(0),
     float64: bool = typer.Option(True, help="evaluate the model in float64 (exact energy conservation)"),
+    export_xyz: bool = typer.Option(False, help="also write each replica's trajectory as extxyz (traj_XXX.xyz)"),
     threads: int = typer.Option(0, help="torch threads (0: all cores)"),
 ) -> None:
     """Molecular dynamics with a neural potential: many replicas in one batch, H5MD trajectories,
@@ -234,6 +235,12 @@ def md(
         run_dir = output
     sim.run()
     plot_md_log(run_dir / "log.csv", run_dir / "md.png")
+    if export_xyz:
+        from .data.io import write_frames
+        from .md.reporters import read_h5md
+
+        for path in sorted(run_dir.glob("traj_*.h5md")):
+            write_frames(read_h5md(path), path.with_suffix(".xyz"))
     console.print(f"{sim.state.step} steps ({sim.time_ps(sim.state.step):.2f} ps) of {sim.state.batch.n_systems} "
                   f"replica(s), {sim.ns_per_day():.2f} ns/day -> {run_dir}/ (traj_*.h5md, log.csv, md.png)")
 

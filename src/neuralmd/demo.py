@@ -50,6 +50,26 @@ def sample_geometries(atoms: Atoms, n_frames: int, temperature_K: float, every: 
     return frames
 
 
+def run_md_stage(model, start: Atoms, out: Path, console: Console, replicas: int = 8,
+                 steps: int = 2000) -> dict[str, Any]:
+    """Langevin MD (0.5 fs, 300 K) of ``replicas`` copies of ``start`` in one batch."""
+    from .analysis.plots import plot_md_log
+    from .md.simulation import Simulation
+    from .state import AtomsBatch
+
+    sim = Simulation(model, AtomsBatch.from_atoms([start] * replicas), ensemble="nvt", timestep_fs=0.5,
+                     temperature_K=300.0, friction_per_ps=5.0, seed=7, report_every=50, run_dir=out, progress=True)
+    state = sim.run(steps)
+    plot_md_log(out / "log.csv", out / "md.png")
+    from .md.integrators import temperature
+
+    mean_t = float(temperature(state.batch).mean())
+    console.print(f"{steps} steps x {replicas} replicas ({sim.time_ps(steps):.1f} ps each) at "
+                  f"{sim.ns_per_day():.1f} ns/day per replica; final mean T {mean_t:.0f} K")
+    return {"replicas": replicas, "steps": steps, "ns_per_day_per_replica": sim.ns_per_day(),
+            "final_mean_temperature_K": mean_t}
+
+
 def run_demo(out: str | Path = "neuralmd-demo", train_minutes: float = 1.5, n_train: int = 300,
              n_test: int = 100, threads: int | None = None, console: Console | None = None) -> dict[str, Any]:
     """Run the demo into ``out``; return its results."""
@@ -89,6 +109,9 @@ def run_demo(out: str | Path = "neuralmd-demo", train_minutes: float = 1.5, n_tr
     plot_parity(preds.energy_true, preds.energy_pred, preds.n_atoms, preds.forces_true, preds.forces_pred,
                 metrics, out / "parity_test.png", title="demo: ethanol, PaiNN vs GFN2-xTB (test)")
 
+    console.rule("[bold]5. MD with the learned potential (8 replicas, NVT 300 K, batched)")
+    md = run_md_stage(model, labelled["test"][0], out / "md", console)
+
     table = Table(title="neuralmd demo: ethanol, PaiNN vs GFN2-xTB")
     for col in ("set", "energy MAE (meV/atom)", "force MAE (meV/Å)", "force RMSE (meV/Å)"):
         table.add_column(col)
@@ -100,8 +123,9 @@ def run_demo(out: str | Path = "neuralmd-demo", train_minutes: float = 1.5, n_tr
                       f"{m['force_rmse_mev_per_A']:.1f}")
     console.print(table)
     results = {"molecule": "ethanol", "labeler": labeler.settings(), "train": train_results, "test": metrics,
-               "seconds": round(time.perf_counter() - start, 1)}
+               "md": md, "seconds": round(time.perf_counter() - start, 1)}
     atomic_write_json(results, out / "results.json")
-    console.print(f"run directory: {out}/ (learning curve: train/learning_curve.png, parity: parity_test.png)")
+    console.print(f"run directory: {out}/ (learning curve: train/learning_curve.png, parity: parity_test.png, "
+                  f"MD: md/md.png and md/traj_*.h5md)")
     console.print(f"demo finished in {results['seconds']:.0f} s")
     return json.loads(json.dumps(results))

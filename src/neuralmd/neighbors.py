@@ -72,3 +72,42 @@ def neighbor_list(batch: AtomsBatch, cutoff: float) -> tuple[torch.Tensor, torch
         ss.append(s)
     cat = lambda xs: torch.as_tensor(np.concatenate(xs), device=device)  # noqa: E731
     return cat(ii), cat(jj), cat(ss).to(dtype)
+
+
+class NeighborCache:
+    """A neighbour list with a skin (Verlet list): built for ``cutoff + skin`` Å and reused
+    until some atom has moved more than ``skin / 2`` Å or the cell or composition changed.
+
+    Pairs between ``cutoff`` and ``cutoff + skin`` are kept; a potential whose radial envelope
+    is zero beyond ``cutoff`` gives exactly the same energy and forces with or without them.
+    Molecules on the dense path are cheaper to rebuild than to check, so they bypass the cache.
+    """
+
+    def __init__(self, cutoff: float, skin: float = 1.0) -> None:
+        self.cutoff = cutoff
+        self.skin = skin
+        self.rebuilds = 0
+        self._pairs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._positions: torch.Tensor | None = None
+        self._cell: torch.Tensor | None = None
+        self._numbers: torch.Tensor | None = None
+
+    def _valid(self, batch: AtomsBatch) -> bool:
+        if self._pairs is None or self._numbers is None or self._numbers.shape != batch.numbers.shape:
+            return False
+        if not (torch.equal(self._numbers, batch.numbers) and torch.equal(self._cell, batch.cell.detach())):
+            return False
+        moved = (batch.positions.detach() - self._positions).pow(2).sum(-1).max()
+        return bool(moved < (0.5 * self.skin) ** 2)
+
+    def __call__(self, batch: AtomsBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Pairs (i, j, shifts) as :func:`neighbor_list`, possibly reaching ``cutoff + skin``."""
+        if self.skin <= 0 or (not batch.periodic and int(batch.counts.max()) <= DENSE_MAX_ATOMS):
+            return neighbor_list(batch, self.cutoff)
+        if not self._valid(batch):
+            self._pairs = neighbor_list(batch, self.cutoff + self.skin)
+            self._positions = batch.positions.detach().clone()
+            self._cell = batch.cell.detach().clone()
+            self._numbers = batch.numbers.clone()
+            self.rebuilds += 1
+        return self._pairs

@@ -180,3 +180,31 @@ class LogReporter:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+
+
+def read_h5md(path: str | Path) -> list:
+    """Frames of a trajectory written by :class:`H5MDReporter` as ``ase.Atoms`` (positions Å,
+    velocities in ASE units, ``info["energy"]`` the potential energy in eV, ``info["step"]``)."""
+    from ase import Atoms
+
+    with h5py.File(path, "r") as f:
+        group = f["particles/trajectory"]
+        numbers = group["species"][()]
+        positions = group["position/value"][()]
+        steps = group["position/step"][()]
+        n = min(len(positions), len(steps))
+        velocities = group["velocity/value"][()] if "velocity" in group else None
+        edges = group["box/edges/value"][()] if "edges" in group["box"] else None
+        epot = f["observables/potential_energy/value"][()]
+    frames = []
+    for k in range(n):
+        atoms = Atoms(numbers=numbers, positions=positions[k])
+        if edges is not None and k < len(edges):
+            atoms.cell, atoms.pbc = edges[k], True
+        if velocities is not None and k < len(velocities):
+            atoms.set_velocities(velocities[k] / VELOCITY_TO_A_PER_PS)
+        if k < len(epot):
+            atoms.info["energy"] = float(epot[k])
+        atoms.info["step"] = int(steps[k])
+        frames.append(atoms)
+    return frames

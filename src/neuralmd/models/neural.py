@@ -17,7 +17,7 @@ from ase.data import chemical_symbols
 
 from ..errors import InputError, ModelFormatError
 from ..io_utils import atomic_save
-from ..neighbors import neighbor_list
+from ..neighbors import NeighborCache
 from ..state import AtomsBatch
 from .base import Potential
 from .equivariant import PaiNN
@@ -46,6 +46,8 @@ class NeuralPotential(Potential):
         self.hyperparameters = dict(hyperparameters)
         self.network = ARCHITECTURES[architecture](num_species=len(self.elements), **hyperparameters)
         self.cutoff = float(self.network.cutoff)
+        #: Verlet-list cache for periodic and large systems (skin in Å; 0 disables it).
+        self.neighbors = NeighborCache(self.cutoff, skin=1.0)
         lookup = torch.full((119,), -1, dtype=torch.long)
         lookup[torch.tensor(self.elements)] = torch.arange(len(self.elements))
         self.register_buffer("species_of", lookup, persistent=False)
@@ -67,7 +69,7 @@ class NeuralPotential(Potential):
             raise InputError(f"{where}: element(s) {names} not known to the model (trained on {known})")
 
     def atomic_energies(self, batch: AtomsBatch) -> torch.Tensor:
-        i, j, shifts = neighbor_list(batch, self.cutoff)
+        i, j, shifts = self.neighbors(batch)
         vectors = batch.positions[j] - batch.positions[i]
         if batch.periodic:
             vectors = vectors + torch.einsum("ek,ekl->el", shifts.to(vectors.dtype), batch.cell[batch.system[i]])
