@@ -38,3 +38,22 @@ def test_vesin_list_matches_ase_for_periodic_crystal():
     expected = _pairs(ai, aj, aS) + _pairs(ai + n, aj + n, aS)
     assert _pairs(i, j, s) == sorted(expected)
     assert s.dtype == torch.float64
+
+
+def test_skin_cache_gives_identical_md_with_fewer_rebuilds(float64_model):
+    import copy
+
+    from neuralmd.md.simulation import Simulation
+    from tests.models.test_equivariant import _water_box
+
+    no_skin = copy.deepcopy(float64_model)
+    no_skin.neighbors.skin = 0.0
+    runs = []
+    for model in (float64_model, no_skin):
+        sim = Simulation(model, AtomsBatch.from_atoms([_water_box()]), temperature_K=600, timestep_fs=1.0,
+                         seed=4, report_every=10)
+        sim.run(60)
+        runs.append(sim.state.batch.positions)
+    np.testing.assert_allclose(runs[0].numpy(), runs[1].numpy(), atol=1e-10)
+    assert 1 <= float64_model.neighbors.rebuilds < 30
+    assert no_skin.neighbors.rebuilds == 0

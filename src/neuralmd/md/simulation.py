@@ -88,8 +88,10 @@ def make_force_fn(potential: Potential, terms: Sequence[EnergyTerm] = ()) -> For
             pos = batch.positions.detach().requires_grad_(True)
             moved = batch.replace(positions=pos)
             extra = sum(term(moved) for term in terms)
-            (grad,) = torch.autograd.grad(extra.sum(), pos)
-            energy, forces = energy + extra.detach(), forces - grad
+            if extra.requires_grad:  # a bias with nothing deposited yet is a constant
+                (grad,) = torch.autograd.grad(extra.sum(), pos)
+                forces = forces - grad
+            energy = energy + extra.detach()
         return energy, forces
 
     return force_fn
@@ -106,12 +108,14 @@ class Simulation:
         terms: extra energy terms (biases, restraints) added to the potential.
         run_dir: where the trajectory, log and checkpoints go (None: nothing is written).
         stop_conditions: checked at every report; a returned string stops the run.
+        reporters: extra objects with ``report(simulation, state)``, called every
+            ``report_every`` steps (they skip steps themselves if they want fewer).
     """
 
     def __init__(self, potential: Potential, batch: AtomsBatch, settings: MDSettings | None = None, *,
                  terms: Sequence[EnergyTerm] = (), run_dir: str | Path | None = None,
-                 stop_conditions: Sequence[StopCondition] = (), progress: bool = False,
-                 _restore: dict | None = None, **kwargs) -> None:
+                 stop_conditions: Sequence[StopCondition] = (), reporters: Sequence = (),
+                 progress: bool = False, _restore: dict | None = None, **kwargs) -> None:
         settings = settings or MDSettings(**kwargs)
         if isinstance(settings.temperature_K, (int, float)):
             settings.temperature_K = [float(settings.temperature_K)]
@@ -123,6 +127,8 @@ class Simulation:
         self.potential = potential.eval()
         self.settings = settings
         self.terms = list(terms)
+        #: terms that learn as the run goes (adaptive biases): updated after every step
+        self.adaptive = [t for t in self.terms if hasattr(t, "update")]
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.stop_conditions = list(stop_conditions)
         self.progress = progress
@@ -147,6 +153,7 @@ class Simulation:
         if self.run_dir is not None:
             self.reporters = [H5MDReporter(self.run_dir, settings.report_every),
                               LogReporter(self.run_dir / "log.csv", settings.report_every)]
+        self.reporters += list(reporters)
         self._last_good = self.state
         self._centres_ok = self._spread(self.state.batch) + settings.max_spread_A
         self.wall_seconds = 0.0
@@ -197,6 +204,7 @@ class Simulation:
             "batch": {k: getattr(b, k) for k in ("positions", "numbers", "system", "cell", "pbc", "masses", "velocities")},
             "forces": self.state.forces, "energy": self.state.energy, "step": self.state.step,
             "noise": self.noise.get_state(), "wall_seconds": self.wall_seconds,
+            "terms": [t.get_state() if hasattr(t, "get_state") else {} for t in self.terms],
         }, self.run_dir / CHECKPOINT)
 
     @classmethod
@@ -219,8 +227,13 @@ class Simulation:
         sim = cls(potential, AtomsBatch(**ckpt["batch"]), MDSettings(**ckpt["settings"]), terms=terms,
                   run_dir=run_dir, stop_conditions=stop_conditions, progress=progress, _restore=ckpt)
         sim.wall_seconds = ckpt["wall_seconds"]
+        if len(ckpt["terms"]) != len(sim.terms):
+            raise InputError(f"{path}: the run had {len(ckpt['terms'])} extra energy terms, {len(sim.terms)} given")
+        for term, state in zip(sim.terms, ckpt["terms"]):
+            if hasattr(term, "set_state"):
+                term.set_state(state)
         for reporter in sim.reporters:
-            reporter.truncate(ckpt["step"])
+            getattr(reporter, "truncate", lambda step: None)(ckpt["step"])
         return sim
 
     # --- loop ------------------------------------------------------------------------
@@ -245,6 +258,8 @@ class Simulation:
             while self.state.step < s.total_steps and reason is None:
                 t0 = time.perf_counter()
                 self.state = self.step_fn(self.state)
+                for term in self.adaptive:
+                    term.update(self.state)
                 self.wall_seconds += time.perf_counter() - t0
                 if self.state.step % s.report_every == 0 or self.state.step == s.total_steps:
                     reason = self._report(self.state)
@@ -275,7 +290,7 @@ class Simulation:
 
     def _keep_last_good(self) -> None:
         for reporter in self.reporters:
-            reporter.close()
+            getattr(reporter, "close", lambda: None)()
         if self.run_dir is not None:
             write_frames(self._last_good.batch.to_atoms(), self.run_dir / "last_good.xyz")
 
@@ -287,7 +302,7 @@ class Simulation:
 
     def _finish(self, reason: str | None) -> None:
         for reporter in self.reporters:
-            reporter.close()
+            getattr(reporter, "close", lambda: None)()
         if self.run_dir is None:
             return
         frames = self.state.batch.to_atoms()

@@ -2,7 +2,8 @@
 
 Loss: ``energy_weight * MSE(E/N) + force_weight * MSE(F)`` in eV and eV/Å. AdamW, an
 exponential moving average (EMA) of the weights that is what gets validated and saved,
-ReduceLROnPlateau on the validation loss, early stopping, checkpoints every N steps.
+and a learning-rate schedule: cosine decay over a time budget (or max_steps) or
+ReduceLROnPlateau on the validation loss; early stopping, checkpoints every N steps.
 
 Exact resume: the order of frames at step ``s`` is a function of the seed and ``s`` only (one
 seeded permutation per epoch), and the checkpoint holds weights, EMA, optimiser, scheduler and
@@ -61,6 +62,7 @@ class TrainConfig:
     time_budget_min: float = 0.0
     eval_every: int = 100
     checkpoint_every: int = 100
+    lr_schedule: str = "auto"  # "plateau", "cosine", or "auto": cosine over a time budget, else plateau
     lr_patience: int = 5
     patience: int = 25
     seed: int = 0
@@ -75,6 +77,8 @@ class TrainConfig:
             (self.eval_every >= 1 and self.checkpoint_every >= 1, "eval_every and checkpoint_every must be >= 1"),
             (self.dtype in ("float32", "float64"), f"dtype must be float32 or float64, not {self.dtype!r}"),
             (self.time_budget_min >= 0, "time_budget_min must be >= 0"),
+            (self.lr_schedule in ("auto", "plateau", "cosine"),
+             f"lr_schedule must be auto, plateau or cosine, not {self.lr_schedule!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -159,6 +163,10 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, factor=0.5, patience=cfg.lr_patience, min_lr=cfg.min_lr)
+        schedule = cfg.lr_schedule
+        if schedule == "auto":
+            schedule = "cosine" if cfg.time_budget_min > 0 else "plateau"
+        self.cosine = schedule == "cosine"
         self.step = 0
         self.elapsed = 0.0
         self.best = math.inf
@@ -206,8 +214,20 @@ class Trainer:
             for pe, pm in zip(self.ema.parameters(), self.model.parameters()):
                 pe.mul_(d).add_(pm, alpha=1.0 - d)
 
+    def _cosine_lr(self) -> float:
+        """Cosine decay from lr to min_lr over the time budget (or max_steps without one)."""
+        cfg = self.cfg
+        if cfg.time_budget_min > 0:
+            progress = self.elapsed / (cfg.time_budget_min * 60)
+        else:
+            progress = self.step / cfg.max_steps
+        return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(progress, 1.0)))
+
     def _train_step(self) -> dict[str, float]:
         cfg = self.cfg
+        if self.cosine:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self._cosine_lr()
         idx = batch_indices(self.step, len(self.train_data), cfg.batch_size, cfg.seed)
         batch = self.train_data.collate(idx, dtype=self.model.dtype)
         self.model.train()
@@ -228,7 +248,8 @@ class Trainer:
         # the validation loss in the units of the training loss (RMSE-based, eV and eV/Å)
         val_loss = (self.cfg.energy_weight * (metrics["energy_rmse_mev_per_atom"] / 1000) ** 2
                     + self.cfg.force_weight * (metrics["force_rmse_mev_per_A"] / 1000) ** 2)
-        self.scheduler.step(val_loss)
+        if not self.cosine:
+            self.scheduler.step(val_loss)
         record = {"step": self.step, "seconds": round(self.elapsed, 2), "lr": self.optimizer.param_groups[0]["lr"],
                   "train_loss": train_parts["loss"], "valid_loss": val_loss, **metrics}
         self.history.append(record)

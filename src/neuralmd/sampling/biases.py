@@ -1,0 +1,258 @@
+"""Biases: torch modules from a batch to a bias energy per replica (eV), through a CV.
+
+Forces come from autograd like every other energy term, so a bias plugs into the native
+engine (``Simulation(..., terms=[bias])``) and, through ``openmm.PythonForce``, into OpenMM.
+Adaptive biases have ``update(state)``, called by the engine after every step, and
+``get_state()/set_state()`` for restarts; all replicas of a batch are walkers that share one
+bias. User-facing energies are in kJ/mol (as PLUMED), internal ones in eV.
+
+- :class:`HarmonicRestraint`, :class:`Wall`
+- :class:`WellTemperedMetaD`: Gaussians deposited every ``pace`` steps with heights decaying as
+  exp(-V/(k_B ΔT)), ΔT = (γ - 1) T (Barducci, Bussi & Parrinello 2008).
+- :class:`OPES`: on-the-fly probability enhanced sampling (Invernizzi & Parrinello 2020):
+  ``mode="metad"`` (OPES_METAD: bias from a compressed, reweighted kernel density estimate of
+  the unbiased distribution, with BARRIER and BIASFACTOR) or ``mode="explore"`` (OPES_EXPLORE:
+  estimate of the sampled, well-tempered distribution).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from ase import units
+from torch import nn
+
+from ..errors import InputError
+from ..state import AtomsBatch
+from .cvs import CV, replica_positions
+
+KJMOL = units.kJ / units.mol  # 1 kJ/mol in eV
+
+
+def _kT(temperature_K: float) -> float:
+    if not temperature_K > 0:
+        raise InputError(f"temperature_K: {temperature_K}; expected > 0")
+    return units.kB * temperature_K
+
+
+class Bias(nn.Module):
+    """Base class: ``forward(batch) -> (B,)`` bias energy in eV via ``self.cv``.
+
+    Args:
+        cv: the collective variable module.
+        periods: period of each CV component (2π for torsions), or 0 where not periodic.
+    """
+
+    def __init__(self, cv: CV, periods: Sequence[float] | None = None) -> None:
+        super().__init__()
+        self.cv = cv
+        periods = [0.0] * cv.dim if periods is None else list(periods)
+        if len(periods) != cv.dim:
+            raise InputError(f"periods: {len(periods)} values for a {cv.dim}-dimensional CV")
+        self.register_buffer("periods", torch.tensor(periods, dtype=torch.float64))
+
+    def cv_values(self, batch: AtomsBatch) -> torch.Tensor:
+        return self.cv(replica_positions(batch)).to(torch.float64)
+
+    def delta(self, s: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+        """s (B, d) - centres (K, d) -> (B, K, d), wrapped where the CV is periodic."""
+        d = s.unsqueeze(1) - centres.unsqueeze(0)
+        p = self.periods
+        return torch.where(p > 0, d - p * torch.round(d / torch.where(p > 0, p, 1.0)), d)
+
+    def energy_of_cv(self, s: torch.Tensor) -> torch.Tensor:
+        """Bias (eV) at CV values s (M, d)."""
+        raise NotImplementedError
+
+    def forward(self, batch: AtomsBatch) -> torch.Tensor:
+        return self.energy_of_cv(self.cv_values(batch))
+
+
+class HarmonicRestraint(Bias):
+    """0.5 κ |s - s0|² with κ in kJ/mol per CV unit²."""
+
+    def __init__(self, cv: CV, centre: Sequence[float], kappa_kjmol: float, periods=None) -> None:
+        super().__init__(cv, periods)
+        self.register_buffer("centre", torch.tensor(list(centre), dtype=torch.float64))
+        self.kappa = kappa_kjmol * KJMOL
+
+    def energy_of_cv(self, s: torch.Tensor) -> torch.Tensor:
+        return 0.5 * self.kappa * self.delta(s, self.centre.unsqueeze(0)).squeeze(1).pow(2).sum(-1)
+
+
+class Wall(Bias):
+    """Flat-bottom wall on one CV component: κ (s - at)^2 beyond ``at`` (upper) or below it."""
+
+    def __init__(self, cv: CV, at: float, kappa_kjmol: float, upper: bool = True, component: int = 0) -> None:
+        super().__init__(cv)
+        self.at, self.kappa, self.upper, self.component = at, kappa_kjmol * KJMOL, upper, component
+
+    def energy_of_cv(self, s: torch.Tensor) -> torch.Tensor:
+        x = s[:, self.component] - self.at
+        return self.kappa * torch.clamp(x if self.upper else -x, min=0.0).pow(2)
+
+
+class _KernelBias(Bias):
+    """Shared machinery: a growing list of Gaussian kernels (centres, widths, heights)."""
+
+    def __init__(self, cv: CV, sigma: Sequence[float], pace: int, temperature_K: float, periods=None) -> None:
+        super().__init__(cv, periods)
+        if len(sigma) != cv.dim or min(sigma) <= 0:
+            raise InputError(f"sigma: expected {cv.dim} positive widths, got {list(sigma)}")
+        if pace < 1:
+            raise InputError(f"pace: {pace}; expected >= 1 step")
+        self.register_buffer("sigma0", torch.tensor(list(sigma), dtype=torch.float64))
+        self.pace = pace
+        self.kT = _kT(temperature_K)
+        self.centres = torch.zeros(0, cv.dim, dtype=torch.float64)
+        self.widths = torch.zeros(0, cv.dim, dtype=torch.float64)
+        self.heights = torch.zeros(0, dtype=torch.float64)
+
+    def kernel_sum(self, s: torch.Tensor) -> torch.Tensor:
+        """Σ_k h_k exp(-|s - c_k|²/2σ_k²) at s (M, d) -> (M,)."""
+        if self.heights.numel() == 0:
+            return s.new_zeros(s.shape[0])
+        z = self.delta(s, self.centres) / self.widths.unsqueeze(0)
+        return (self.heights * torch.exp(-0.5 * z.pow(2).sum(-1))).sum(-1)
+
+    def get_state(self) -> dict[str, torch.Tensor]:
+        return {"centres": self.centres.clone(), "widths": self.widths.clone(), "heights": self.heights.clone()}
+
+    def set_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.centres, self.widths, self.heights = state["centres"], state["widths"], state["heights"]
+
+    def save(self, path) -> None:
+        """Write the bias state (restart file)."""
+        from ..io_utils import atomic_save
+
+        atomic_save({"class": type(self).__name__, "state": self.get_state()}, path)
+
+    def load(self, path) -> None:
+        payload = torch.load(path, weights_only=True)
+        if payload.get("class") != type(self).__name__:
+            raise InputError(f"{path}: holds a {payload.get('class')} state, not {type(self).__name__}")
+        self.set_state(payload["state"])
+
+
+class WellTemperedMetaD(_KernelBias):
+    """Well-tempered metadynamics.
+
+    Args:
+        height_kjmol: initial Gaussian height (kJ/mol); sigma: widths (CV units); pace: steps
+        between depositions; biasfactor: γ = (T + ΔT)/T; temperature_K: system temperature.
+    """
+
+    def __init__(self, cv: CV, sigma: Sequence[float], height_kjmol: float, pace: int, biasfactor: float,
+                 temperature_K: float, periods=None) -> None:
+        super().__init__(cv, sigma, pace, temperature_K, periods)
+        if biasfactor <= 1:
+            raise InputError(f"biasfactor: {biasfactor}; expected > 1")
+        self.height0 = height_kjmol * KJMOL
+        self.biasfactor = biasfactor
+
+    def energy_of_cv(self, s: torch.Tensor) -> torch.Tensor:
+        return self.kernel_sum(s)
+
+    @torch.no_grad()
+    def update(self, state) -> None:
+        if state.step % self.pace:
+            return
+        s = self.cv_values(state.batch)
+        for row in s:  # walkers deposit one after another into the shared bias
+            v = self.kernel_sum(row.unsqueeze(0))[0]
+            h = self.height0 * torch.exp(-v / (self.kT * (self.biasfactor - 1)))
+            self.centres = torch.cat([self.centres, row.unsqueeze(0)])
+            self.widths = torch.cat([self.widths, self.sigma0.unsqueeze(0)])
+            self.heights = torch.cat([self.heights, h.reshape(1)])
+
+    def free_energy_of_cv(self, s: torch.Tensor) -> torch.Tensor:
+        """Final-bias estimate F(s) = -γ/(γ-1) V(s) (eV, up to a constant)."""
+        return -self.biasfactor / (self.biasfactor - 1) * self.kernel_sum(s)
+
+
+class OPES(_KernelBias):
+    """OPES_METAD (``mode="metad"``) or OPES_EXPLORE (``mode="explore"``).
+
+    Args:
+        barrier_kjmol: ΔE, the barrier to overcome (sets ε and the default γ = ΔE/k_BT).
+        sigma: initial kernel widths (CV units); shrunk as the effective sample size grows.
+        pace: steps between depositions; biasfactor: γ (default βΔE for metad; required > 1).
+        compression_threshold: merge a new kernel into the nearest one closer than this (in σ).
+    """
+
+    def __init__(self, cv: CV, sigma: Sequence[float], barrier_kjmol: float, pace: int, temperature_K: float,
+                 biasfactor: float | None = None, mode: str = "metad", compression_threshold: float = 1.0,
+                 periods=None) -> None:
+        super().__init__(cv, sigma, pace, temperature_K, periods)
+        if mode not in ("metad", "explore"):
+            raise InputError(f"mode: {mode!r}; expected 'metad' or 'explore'")
+        if not barrier_kjmol > 0:
+            raise InputError(f"barrier_kjmol: {barrier_kjmol}; expected > 0")
+        self.mode = mode
+        beta_barrier = barrier_kjmol * KJMOL / self.kT
+        self.biasfactor = beta_barrier if biasfactor is None else biasfactor
+        if self.biasfactor <= 1:
+            raise InputError(f"biasfactor: {self.biasfactor}; expected > 1")
+        # prefactor of log(P/Z + eps): (1 - 1/γ) k_BT for METAD, (γ - 1) k_BT for EXPLORE
+        self.prefactor = (1 - 1 / self.biasfactor if mode == "metad" else self.biasfactor - 1) * self.kT
+        self.epsilon = math.exp(-barrier_kjmol * KJMOL / self.prefactor)
+        self.threshold = compression_threshold
+        self.sum_w = torch.zeros((), dtype=torch.float64)
+        self.sum_w2 = torch.zeros((), dtype=torch.float64)
+        self.zed = torch.ones((), dtype=torch.float64)
+
+    def probability(self, s: torch.Tensor) -> torch.Tensor:
+        """The (unnormalised by Z) kernel density estimate P(s) at s (M, d)."""
+        if self.heights.numel() == 0:
+            return s.new_zeros(s.shape[0])
+        return self.kernel_sum(s) / self.sum_w
+
+    def energy_of_cv(self, s: torch.Tensor) -> torch.Tensor:
+        if self.heights.numel() == 0:
+            return s.new_zeros(s.shape[0])
+        return self.prefactor * torch.log(self.probability(s) / self.zed + self.epsilon)
+
+    def _add_kernel(self, centre: torch.Tensor, width: torch.Tensor, height: torch.Tensor) -> None:
+        if self.heights.numel():
+            dist = (self.delta(centre.unsqueeze(0), self.centres)[0] / self.widths).pow(2).sum(-1).sqrt()
+            k = int(dist.argmin())
+            if float(dist[k]) < self.threshold:  # compression: merge into kernel k
+                h1, h2 = self.heights[k], height
+                c1 = self.centres[k]
+                c2 = c1 + self.delta(centre.unsqueeze(0), c1.unsqueeze(0))[0, 0]  # nearest image
+                h = h1 + h2
+                c = (h1 * c1 + h2 * c2) / h
+                var = (h1 * (self.widths[k] ** 2 + c1**2) + h2 * (width**2 + c2**2)) / h - c**2
+                self.heights[k], self.centres[k], self.widths[k] = h, c, var.clamp(min=1e-30).sqrt()
+                return
+        self.centres = torch.cat([self.centres, centre.unsqueeze(0)])
+        self.widths = torch.cat([self.widths, width.unsqueeze(0)])
+        self.heights = torch.cat([self.heights, height.reshape(1)])
+
+    @torch.no_grad()
+    def update(self, state) -> None:
+        if state.step % self.pace:
+            return
+        s = self.cv_values(state.batch)
+        v = self.energy_of_cv(s)  # all walkers see the bias as it was before this deposition
+        weights = torch.exp(v / self.kT) if self.mode == "metad" else torch.ones_like(v)
+        for row, w in zip(s, weights):
+            self.sum_w += w
+            self.sum_w2 += w * w
+            d = s.shape[1]
+            n_eff = self.sum_w**2 / self.sum_w2
+            width = self.sigma0 * (n_eff * (d + 2) / 4) ** (-1 / (4 + d))
+            height = w * torch.prod(self.sigma0 / width)
+            self._add_kernel(row, width, height)
+        # Z: the mean of P over the kernel centres, a proxy for its integral over explored space
+        self.zed = self.probability(self.centres).mean()
+
+    def get_state(self) -> dict[str, torch.Tensor]:
+        return {**super().get_state(), "sum_w": self.sum_w.clone(), "sum_w2": self.sum_w2.clone(),
+                "zed": self.zed.clone()}
+
+    def set_state(self, state: dict[str, torch.Tensor]) -> None:
+        super().set_state(state)
+        self.sum_w, self.sum_w2, self.zed = state["sum_w"], state["sum_w2"], state["zed"]

@@ -1,0 +1,125 @@
+"""Collective variables: differentiable torch modules from positions to CV values.
+
+A CV module maps positions of shape (B, n, 3) in Å (B replicas of the same n-atom system) to
+values of shape (B, d). Atom indices are 0-based within one system. Distances are in Å, angles
+and torsions in radians. Modules compose: :class:`Stack` concatenates CVs, and any torch
+module after them (a learned network) makes a new CV.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+from ..state import AtomsBatch
+
+
+def replica_positions(batch: AtomsBatch) -> torch.Tensor:
+    """(B, n, 3) view of a batch whose systems all have the same number of atoms."""
+    n = batch.n_atoms // batch.n_systems
+    if n * batch.n_systems != batch.n_atoms:
+        raise InputError("collective variables need replicas of one system (equal atom counts)")
+    return batch.positions.view(batch.n_systems, n, 3)
+
+
+class CV(nn.Module):
+    """Base class: ``forward(positions (B, n, 3)) -> (B, dim)``; ``names`` label the outputs."""
+
+    names: list[str]
+
+    @property
+    def dim(self) -> int:
+        return len(self.names)
+
+    def check_atoms(self, n_atoms: int) -> None:
+        """InputError if the CV refers to atoms beyond ``n_atoms``."""
+        for buf in self.buffers():
+            if buf.dtype == torch.long and buf.numel() and int(buf.max()) >= n_atoms:
+                raise InputError(f"CV {self.names}: atom index {int(buf.max())} but the system has {n_atoms} atoms")
+
+
+class Distance(CV):
+    """|x_j - x_i| in Å."""
+
+    def __init__(self, i: int, j: int) -> None:
+        super().__init__()
+        self.register_buffer("idx", torch.tensor([i, j]))
+        self.names = [f"d{i}-{j}"]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.vector_norm(x[:, self.idx[1]] - x[:, self.idx[0]], dim=-1, keepdim=True)
+
+
+class Angle(CV):
+    """Angle i-j-k at j, in radians."""
+
+    def __init__(self, i: int, j: int, k: int) -> None:
+        super().__init__()
+        self.register_buffer("idx", torch.tensor([i, j, k]))
+        self.names = [f"a{i}-{j}-{k}"]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = x[:, self.idx[0]] - x[:, self.idx[1]]
+        b = x[:, self.idx[2]] - x[:, self.idx[1]]
+        cos = (a * b).sum(-1) / (torch.linalg.vector_norm(a, dim=-1) * torch.linalg.vector_norm(b, dim=-1))
+        return torch.acos(cos.clamp(-1 + 1e-12, 1 - 1e-12)).unsqueeze(-1)
+
+
+class Torsion(CV):
+    """Dihedral angle i-j-k-l in radians, in (-π, π] (IUPAC sign, as PLUMED's TORSION)."""
+
+    def __init__(self, i: int, j: int, k: int, l: int, name: str | None = None) -> None:  # noqa: E741
+        super().__init__()
+        self.register_buffer("idx", torch.tensor([i, j, k, l]))
+        self.names = [name or f"t{i}-{j}-{k}-{l}"]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p0, p1, p2, p3 = (x[:, self.idx[m]] for m in range(4))
+        b0, b1, b2 = p1 - p0, p2 - p1, p3 - p2
+        n1, n2 = torch.linalg.cross(b0, b1), torch.linalg.cross(b1, b2)
+        m1 = torch.linalg.cross(n1, b1 / torch.linalg.vector_norm(b1, dim=-1, keepdim=True))
+        return torch.atan2((m1 * n2).sum(-1), (n1 * n2).sum(-1)).unsqueeze(-1)
+
+
+class PairwiseDistances(CV):
+    """All distances between the given atoms (i < j), in Å: the usual descriptor set of learned CVs."""
+
+    def __init__(self, atoms: Sequence[int]) -> None:
+        super().__init__()
+        atoms = list(atoms)
+        pairs = [(a, b) for n, a in enumerate(atoms) for b in atoms[n + 1 :]]
+        if not pairs:
+            raise InputError("PairwiseDistances needs at least two atoms")
+        self.register_buffer("pairs", torch.tensor(pairs))
+        self.names = [f"d{a}-{b}" for a, b in pairs]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.vector_norm(x[:, self.pairs[:, 1]] - x[:, self.pairs[:, 0]], dim=-1)
+
+
+class Position(CV):
+    """Cartesian coordinates (Å) of one atom along the given axes (0=x, 1=y, 2=z)."""
+
+    def __init__(self, atom: int, axes: Sequence[int] = (0, 1, 2)) -> None:
+        super().__init__()
+        self.register_buffer("atom", torch.tensor(atom))
+        self.register_buffer("axes", torch.tensor(list(axes)))
+        self.names = [f"{'xyz'[a]}{atom}" for a in axes]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, self.atom][:, self.axes]
+
+
+class Stack(CV):
+    """Several CVs side by side."""
+
+    def __init__(self, cvs: Sequence[CV]) -> None:
+        super().__init__()
+        self.cvs = nn.ModuleList(cvs)
+        self.names = [name for cv in cvs for name in cv.names]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([cv(x) for cv in self.cvs], dim=-1)

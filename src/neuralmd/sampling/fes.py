@@ -1,0 +1,78 @@
+"""Free energies from (biased) samples: reweighting, FES on one or two CVs, basin free-energy
+differences with block-averaged errors, and convergence curves ΔF(t).
+
+Weights: for OPES and for metadynamics in its quasi-stationary regime, a frame sampled with
+bias V has weight exp(βV) (``weights_from_bias``); unbiased frames have weight 1. Free energies
+are returned in kJ/mol (the enhanced-sampling convention) and converted with :func:`to_kT`.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from ase import units
+
+KJMOL_PER_EV = units.mol / units.kJ
+
+
+def kT_kjmol(temperature_K: float) -> float:
+    """k_B T in kJ/mol."""
+    return units.kB * temperature_K * KJMOL_PER_EV
+
+
+def to_kT(value_kjmol: float, temperature_K: float) -> float:
+    return value_kjmol / kT_kjmol(temperature_K)
+
+
+def weights_from_bias(bias_eV: np.ndarray, temperature_K: float) -> np.ndarray:
+    """exp(βV) for bias energies V (eV), scaled so the largest weight is 1."""
+    b = np.asarray(bias_eV, dtype=float) / (units.kB * temperature_K)
+    return np.exp(b - b.max())
+
+
+def _in(values: np.ndarray, region: Sequence[tuple[float, float]]) -> np.ndarray:
+    values = np.atleast_2d(np.asarray(values, dtype=float).T).T
+    mask = np.ones(len(values), dtype=bool)
+    for k, (lo, hi) in enumerate(region):
+        mask &= (values[:, k] >= lo) & (values[:, k] < hi)
+    return mask
+
+
+def delta_f(values: np.ndarray, weights: np.ndarray, region_a, region_b, temperature_K: float) -> float:
+    """F(B) - F(A) in kJ/mol from weighted samples; regions are lists of (low, high) per CV."""
+    w = np.asarray(weights, dtype=float)
+    pa, pb = w[_in(values, region_a)].sum(), w[_in(values, region_b)].sum()
+    if pa <= 0 or pb <= 0:
+        return float("nan")
+    return float(-kT_kjmol(temperature_K) * np.log(pb / pa))
+
+
+def delta_f_blocks(values, weights, region_a, region_b, temperature_K: float, blocks: int = 5) -> tuple[float, float]:
+    """ΔF (kJ/mol) from all samples and its standard error from ``blocks`` contiguous blocks."""
+    values, weights = np.asarray(values), np.asarray(weights)
+    full = delta_f(values, weights, region_a, region_b, temperature_K)
+    parts = [delta_f(v, w, region_a, region_b, temperature_K)
+             for v, w in zip(np.array_split(values, blocks), np.array_split(weights, blocks))]
+    parts = np.array([p for p in parts if np.isfinite(p)])
+    err = float(parts.std(ddof=1) / np.sqrt(len(parts))) if len(parts) > 1 else float("nan")
+    return full, err
+
+
+def convergence(values, weights, region_a, region_b, temperature_K: float, points: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    """ΔF (kJ/mol) from the first fraction of the samples, at ``points`` fractions in (0, 1]."""
+    n = len(values)
+    ends = np.linspace(n / points, n, points).astype(int)
+    return ends, np.array([delta_f(values[:e], weights[:e], region_a, region_b, temperature_K) for e in ends])
+
+
+def fes(values: np.ndarray, weights: np.ndarray, bins: int | Sequence[int], ranges, temperature_K: float):
+    """Free-energy surface on a 1D or 2D grid: (bin centres per CV, F in kJ/mol with min 0,
+    NaN where no sample fell)."""
+    values = np.atleast_2d(np.asarray(values, dtype=float).T).T
+    hist, edges = np.histogramdd(values, bins=bins, range=ranges, weights=weights)
+    with np.errstate(divide="ignore"):
+        f = -kT_kjmol(temperature_K) * np.log(hist / hist.sum())
+    f[~np.isfinite(f)] = np.nan
+    f -= np.nanmin(f)
+    return [0.5 * (e[1:] + e[:-1]) for e in edges], f

@@ -1,0 +1,251 @@
+"""Learned collective variables: autoencoder, Deep-LDA and Deep-TICA, written natively (mlcolvar
+pins pydantic<2) in mlcolvar's block style: descriptors -> normalise -> network -> projection.
+
+A :class:`LearnedCV` is itself a CV module (positions (B, n, 3) -> (B, k)), so it drives any
+bias. :meth:`LearnedCV.export` writes the TorchScript model in the form PLUMED's PYTORCH module
+and mlcolvar use (descriptors in, CVs out) plus a JSON description of the descriptors.
+
+Training (:func:`train_autoencoder`, :func:`train_deep_lda`, :func:`train_deep_tica`) works on
+descriptor arrays; a validation split picks the best epoch.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import InputError
+from ..io_utils import atomic_path, atomic_write_json
+from .cvs import CV
+
+
+def mlp(sizes: Sequence[int]) -> nn.Sequential:
+    """Linear layers with tanh in between (smooth, as CV networks need)."""
+    layers: list[nn.Module] = []
+    for k in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[k], sizes[k + 1]))
+        if k < len(sizes) - 2:
+            layers.append(nn.Tanh())
+    return nn.Sequential(*layers)
+
+
+class Normalise(nn.Module):
+    """(x - mean) / std with statistics fixed from training data."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean.float())
+        self.register_buffer("std", std.float().clamp(min=1e-8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class CVNetwork(nn.Module):
+    """descriptors -> normalise -> network -> projection (the part that is exported)."""
+
+    def __init__(self, normalise: Normalise, network: nn.Module, projection: torch.Tensor) -> None:
+        super().__init__()
+        self.normalise = normalise
+        self.network = network
+        self.register_buffer("projection", projection.float())
+
+    def forward(self, descriptors: torch.Tensor) -> torch.Tensor:
+        return self.network(self.normalise(descriptors)) @ self.projection
+
+
+class LearnedCV(CV):
+    """A CV from a descriptor CV (e.g. PairwiseDistances) and a trained :class:`CVNetwork`."""
+
+    def __init__(self, descriptors: CV, model: CVNetwork, method: str, names: Sequence[str] | None = None) -> None:
+        super().__init__()
+        self.descriptors = descriptors
+        self.model = model
+        self.method = method
+        k = model.projection.shape[1]
+        self.names = list(names) if names else [f"{method}_{i}" for i in range(k)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = self.descriptors(x)
+        return self.model(d.to(self.model.projection.dtype)).to(x.dtype)
+
+    def export(self, folder: str | Path) -> Path:
+        """Write ``cv.pt`` (TorchScript: descriptors (n, m) -> CVs (n, k)), ``descriptors.json``
+        and a PLUMED input snippet ``plumed.dat``; returns the folder."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        scripted = torch.jit.script(self.model.cpu().float())
+        with atomic_path(folder / "cv.pt") as tmp:
+            torch.jit.save(scripted, str(tmp))
+        desc = {"type": type(self.descriptors).__name__, "names": self.descriptors.names,
+                "method": self.method, "cv_names": self.names, "units": "Angstrom (distances), radians (angles)"}
+        if hasattr(self.descriptors, "pairs"):
+            desc["pairs_0based"] = self.descriptors.pairs.tolist()
+        atomic_write_json(desc, folder / "descriptors.json")
+        lines = []
+        if hasattr(self.descriptors, "pairs"):
+            for (a, b), name in zip(self.descriptors.pairs.tolist(), self.descriptors.names):
+                lines.append(f"{name.replace('-', '_')}: DISTANCE ATOMS={a + 1},{b + 1}")
+            args = ",".join(n.replace("-", "_") for n in self.descriptors.names)
+            lines.append(f"cv: PYTORCH_MODEL FILE=cv.pt ARG={args}")
+        with atomic_path(folder / "plumed.dat") as tmp:
+            tmp.write_text("\n".join(lines) + "\n")
+        return folder
+
+
+def _split(n: int, valid_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.random.default_rng(seed).permutation(n)
+    n_valid = max(1, int(round(valid_fraction * n)))
+    return order[n_valid:], order[:n_valid]
+
+
+def _fit(params, loss_of: Callable[[np.ndarray], torch.Tensor], n: int, epochs: int, lr: float,
+         valid_fraction: float, seed: int, batch_size: int, modules: Sequence[nn.Module], progress: bool) -> list[dict]:
+    """Adam on ``loss_of(indices)``; keeps the weights of the best validation loss."""
+    from rich.progress import track
+
+    train_idx, valid_idx = _split(n, valid_fraction, seed)
+    opt = torch.optim.Adam(params, lr=lr)
+    rng = np.random.default_rng(seed)
+    best, best_state, history = float("inf"), None, []
+    for epoch in track(range(epochs), description="training CV", disable=not progress):
+        order = rng.permutation(train_idx)
+        for start in range(0, len(order), batch_size):
+            loss = loss_of(order[start : start + batch_size])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            valid = float(loss_of(valid_idx))
+        history.append({"epoch": epoch, "train_loss": float(loss.detach()), "valid_loss": valid})
+        if valid < best:
+            best = valid
+            best_state = [{k: v.clone() for k, v in m.state_dict().items()} for m in modules]
+    for m, state in zip(modules, best_state):
+        m.load_state_dict(state)
+    return history
+
+
+def _normaliser(x: torch.Tensor) -> Normalise:
+    return Normalise(x.mean(0), x.std(0))
+
+
+def train_autoencoder(descriptors: np.ndarray, n_cv: int = 1, hidden: Sequence[int] = (32, 16), epochs: int = 200,
+                      lr: float = 1e-3, valid_fraction: float = 0.1, seed: int = 0, batch_size: int = 256,
+                      progress: bool = False) -> tuple[CVNetwork, list[dict]]:
+    """Encoder of an autoencoder trained to reconstruct the normalised descriptors."""
+    x = torch.as_tensor(descriptors, dtype=torch.float32)
+    torch.manual_seed(seed)
+    norm = _normaliser(x)
+    encoder = mlp([x.shape[1], *hidden, n_cv])
+    decoder = mlp([n_cv, *reversed(hidden), x.shape[1]])
+    xn = norm(x)
+
+    def loss_of(idx):
+        return (decoder(encoder(xn[idx])) - xn[idx]).pow(2).mean()
+
+    history = _fit([*encoder.parameters(), *decoder.parameters()], loss_of, len(x), epochs, lr, valid_fraction,
+                   seed, batch_size, [encoder, decoder], progress)
+    return CVNetwork(norm, encoder, torch.eye(n_cv)), history
+
+
+def _generalised_eig(a: torch.Tensor, b: torch.Tensor, reg: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues (descending) and vectors of a v = λ b v for symmetric a, b (b regularised)."""
+    b = b + reg * torch.eye(b.shape[0], dtype=b.dtype)
+    lower = torch.linalg.cholesky(b)
+    inv = torch.linalg.inv(lower)
+    vals, vecs = torch.linalg.eigh(inv @ a @ inv.T)
+    vecs = inv.T @ vecs
+    order = torch.argsort(vals, descending=True)
+    return vals[order], vecs[:, order]
+
+
+def train_deep_lda(descriptors: np.ndarray, labels: np.ndarray, n_cv: int = 1, hidden: Sequence[int] = (24, 12),
+                   epochs: int = 200, lr: float = 1e-3, valid_fraction: float = 0.1, seed: int = 0,
+                   batch_size: int = 512, progress: bool = False) -> tuple[CVNetwork, list[dict]]:
+    """Deep-LDA (Bonati, Rizzi & Parrinello 2020): a network whose outputs maximise the Fisher
+    ratio between labelled states; the CV is their LDA projection."""
+    x = torch.as_tensor(descriptors, dtype=torch.float32)
+    y = torch.as_tensor(labels, dtype=torch.long)
+    classes = torch.unique(y)
+    if len(classes) < 2:
+        raise InputError(f"Deep-LDA needs at least two labelled states, found {classes.tolist()}")
+    torch.manual_seed(seed)
+    norm = _normaliser(x)
+    net = mlp([x.shape[1], *hidden])
+    xn = norm(x)
+
+    def scatter(h, yy):
+        mu = h.mean(0)
+        sw = torch.zeros(h.shape[1], h.shape[1])
+        sb = torch.zeros_like(sw)
+        for c in classes:
+            hc = h[yy == c]
+            if len(hc) < 2:
+                continue
+            d = hc - hc.mean(0)
+            sw = sw + d.T @ d / len(hc)
+            m = (hc.mean(0) - mu).unsqueeze(-1)
+            sb = sb + m @ m.T
+        return sb, sw
+
+    def loss_of(idx):
+        sb, sw = scatter(net(xn[idx]), y[idx])
+        vals, _ = _generalised_eig(sb, sw)
+        return -vals[:n_cv].sum()
+
+    history = _fit(net.parameters(), loss_of, len(x), epochs, lr, valid_fraction, seed, batch_size, [net], progress)
+    with torch.no_grad():
+        _, vecs = _generalised_eig(*scatter(net(xn), y))
+    return CVNetwork(norm, net, vecs[:, :n_cv].contiguous()), history
+
+
+def train_deep_tica(descriptors: np.ndarray, lag: int, n_cv: int = 1, weights: np.ndarray | None = None,
+                    hidden: Sequence[int] = (24, 12), epochs: int = 200, lr: float = 1e-3,
+                    valid_fraction: float = 0.1, seed: int = 0, batch_size: int = 512,
+                    progress: bool = False) -> tuple[CVNetwork, list[dict]]:
+    """Deep-TICA (Bonati, Piccini & Parrinello 2021): network outputs whose time-lagged
+    autocorrelations (TICA eigenvalues at ``lag`` frames) are maximal; the CV is the leading
+    TICA projection. ``weights`` (exp(βV) of biased frames) reweight the correlation matrices."""
+    x = torch.as_tensor(descriptors, dtype=torch.float32)
+    if not 0 < lag < len(x) // 2:
+        raise InputError(f"lag: {lag} frames; expected between 1 and {len(x) // 2 - 1} for {len(x)} frames")
+    w = torch.ones(len(x)) if weights is None else torch.as_tensor(weights, dtype=torch.float32)
+    torch.manual_seed(seed)
+    norm = _normaliser(x)
+    net = mlp([x.shape[1], *hidden])
+    xn = norm(x)
+    pairs = np.arange(len(x) - lag)
+
+    def correlations(h0, ht, wt):
+        wt = wt / wt.sum()
+        mean = (wt[:, None] * 0.5 * (h0 + ht)).sum(0)
+        a, b = h0 - mean, ht - mean
+        c0 = 0.5 * ((wt[:, None] * a).T @ a + (wt[:, None] * b).T @ b)
+        ct = 0.5 * ((wt[:, None] * a).T @ b + (wt[:, None] * b).T @ a)
+        return ct, c0
+
+    def loss_of(idx):
+        idx = pairs[idx]
+        ct, c0 = correlations(net(xn[idx]), net(xn[idx + lag]), w[idx])
+        vals, _ = _generalised_eig(ct, c0)
+        return -vals[:n_cv].pow(2).sum()
+
+    history = _fit(net.parameters(), loss_of, len(pairs), epochs, lr, valid_fraction, seed, batch_size, [net],
+                   progress)
+    with torch.no_grad():
+        _, vecs = _generalised_eig(*correlations(net(xn[pairs]), net(xn[pairs + lag]), w[pairs]))
+    return CVNetwork(norm, net, vecs[:, :n_cv].contiguous()), history
+
+
+def load_exported(folder: str | Path) -> tuple[torch.jit.ScriptModule, dict]:
+    """The TorchScript model and descriptor description written by :meth:`LearnedCV.export`."""
+    folder = Path(folder)
+    if not (folder / "cv.pt").is_file():
+        raise InputError(f"{folder / 'cv.pt'}: exported CV not found")
+    return torch.jit.load(str(folder / "cv.pt")), json.loads((folder / "descriptors.json").read_text())
