@@ -88,6 +88,7 @@ def train(
     max_steps: int = typer.Option(200_000), time_budget_min: float = typer.Option(0.0, help="stop after this many minutes of training (0: no limit)"),
     eval_every: int = typer.Option(100), checkpoint_every: int = typer.Option(100),
     patience: int = typer.Option(25, help="evaluations without improvement before early stopping"),
+    lr_schedule: str = typer.Option("auto", help="cosine, plateau, or auto (cosine over --time-budget-min, else plateau)"),
     float64: bool = typer.Option(False, help="train in float64"),
     seed: int = typer.Option(0), threads: int = typer.Option(0, help="torch threads (0: all cores)"),
 ) -> None:
@@ -104,7 +105,7 @@ def train(
                           isolated_atoms=str(isolated_atoms or ""), features=features, interactions=interactions,
                           cutoff_A=cutoff, batch_size=batch_size, lr=lr, force_weight=force_weight,
                           energy_weight=energy_weight, max_steps=max_steps, time_budget_min=time_budget_min,
-                          eval_every=eval_every, checkpoint_every=checkpoint_every, patience=patience,
+                          eval_every=eval_every, checkpoint_every=checkpoint_every, patience=patience, lr_schedule=lr_schedule,
                           dtype="float64" if float64 else "float32", seed=seed, threads=threads)
         trainer = Trainer(cfg, output)
     results = trainer.run()

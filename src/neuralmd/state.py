@@ -55,6 +55,18 @@ class AtomsBatch:
         """A copy with some fields replaced (the batch itself is immutable)."""
         return replace(self, **changes)
 
+    def slice_systems(self, start: int, stop: int, atom_start: int, atom_stop: int) -> "AtomsBatch":
+        """Systems ``start:stop`` (whose atoms are ``atom_start:atom_stop``) as a batch."""
+        return AtomsBatch(
+            positions=self.positions[atom_start:atom_stop],
+            numbers=self.numbers[atom_start:atom_stop],
+            system=self.system[atom_start:atom_stop] - start,
+            cell=self.cell[start:stop],
+            pbc=self.pbc[start:stop],
+            masses=self.masses[atom_start:atom_stop],
+            velocities=None if self.velocities is None else self.velocities[atom_start:atom_stop],
+        )
+
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "AtomsBatch":
         """Move to a device; floating-point fields are cast to ``dtype`` when given."""
         out = {}

@@ -19,6 +19,10 @@ class Potential(nn.Module):
 
     #: Cutoff radius in Å (0 for potentials that need no neighbour list).
     cutoff: float = 0.0
+    #: Large batches of molecules are evaluated in chunks of whole systems of about this many
+    #: atoms: on a CPU the per-edge tensors of one huge graph fall out of cache and cost more
+    #: than the extra calls (measured in benchmarks/md_speed.py). None: never chunk (GPUs).
+    max_atoms_per_chunk: int | None = 256
 
     def atomic_energies(self, batch: AtomsBatch) -> torch.Tensor:
         """Per-atom energies (N,) in eV, float64, differentiable w.r.t. batch.positions/cell."""
@@ -39,6 +43,9 @@ class Potential(nn.Module):
         when ``forces``; ``stress`` (B, 3, 3) eV/Å³ (ASE sign: (1/V) dE/dε) when ``stress``.
         ``create_graph`` keeps the graph of the forces so a loss on them can be trained.
         """
+        chunk = self.max_atoms_per_chunk
+        if chunk and not create_graph and not batch.periodic and batch.n_atoms > 2 * chunk and batch.n_systems > 1:
+            return self._chunked(batch, forces, stress, chunk)
         dtype = self.dtype
         pos = batch.positions.detach().to(dtype).requires_grad_(forces or stress)
         cell = batch.cell.detach().to(dtype)
@@ -61,3 +68,16 @@ class Potential(nn.Module):
                 volume = torch.linalg.det(batch.cell.to(dtype)).abs()
                 out["stress"] = grads[1] / volume.view(-1, 1, 1)
         return out
+
+    def _chunked(self, batch: AtomsBatch, forces: bool, stress: bool, chunk: int) -> dict[str, torch.Tensor]:
+        """Evaluate groups of whole systems of about ``chunk`` atoms and concatenate."""
+        counts = batch.counts.tolist()
+        outs, start, atom_start = [], 0, 0
+        while start < len(counts):
+            stop, atom_stop = start, atom_start
+            while stop < len(counts) and (stop == start or atom_stop - atom_start + counts[stop] <= chunk):
+                atom_stop += counts[stop]
+                stop += 1
+            outs.append(self.forward(batch.slice_systems(start, stop, atom_start, atom_stop), forces, stress))
+            start, atom_start = stop, atom_stop
+        return {key: torch.cat([o[key] for o in outs]) for key in outs[0]}
