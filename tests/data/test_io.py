@@ -132,3 +132,10 @@ def test_failed_write_leaves_no_partial_file(tmp_path):
         write_frames(frames_then_crash(), target)
     assert [p.name for p in tmp_path.iterdir()] == ["out.xyz"]
     assert target.read_text() == "previous content\n"
+
+
+def test_forces_for_the_wrong_number_of_atoms(tmp_path):
+    water = molecule("H2O").positions
+    np.savez(tmp_path / "short.npz", z=[8, 1, 1], R=np.stack([water, water]), E=np.zeros(2), F=np.zeros((2, 2, 3)))
+    with pytest.raises(InputError, match=r"short.npz: frame 0: field 'forces': shape \(2, 3\), expected \(3, 3\)"):
+        read_frames(tmp_path / "short.npz", energy_unit="eV", force_unit="eV/A")

@@ -67,7 +67,7 @@ def _run(bias, steps: int, walkers: int = 16, seed: int = 0):
     return np.concatenate(rec.x), np.concatenate(rec.v), sim
 
 
-def test_opes_recovers_the_reference_free_energy_difference():
+def test_opes_recovers_the_reference_free_energy_difference(tmp_path):
     bias = OPES(Position(0, axes=(0,)), sigma=[0.1], barrier_kjmol=10 * KT / KJMOL, pace=50, temperature_K=T)
     x, v, _ = _run(bias, 15_000)
     left, right = (x < 0).mean(), (x > 0).mean()
@@ -77,6 +77,16 @@ def test_opes_recovers_the_reference_free_energy_difference():
     assert to_kT(ref, T) > 1.5  # the test is not trivial: the basins differ by ~2.3 kT
     assert abs(to_kT(df - ref, T)) < 0.5, (df, err, ref)
     assert bias.heights.numel() < 200  # compression keeps the kernel list short
+    from neuralmd.analysis.plots import plot_convergence, plot_fes
+    from neuralmd.sampling.fes import convergence, fes
+
+    centres, f = fes(x, weights_from_bias(v, T), bins=40, ranges=[(-2, 2)], temperature_K=T)
+    assert np.nanargmin(f) < 20  # the lower basin is at x < 0
+    plot_fes(centres, f, ["x (Å)"], tmp_path / "fes.png")
+    ends, curve = convergence(x, weights_from_bias(v, T), [(-3, 0)], [(0, 3)], T, points=10)
+    plot_convergence(ends, curve, tmp_path / "convergence.png", "samples", reference=ref)
+    assert abs(to_kT(curve[-1] - ref, T)) < 0.5
+    assert (tmp_path / "fes.png").is_file() and (tmp_path / "convergence.png").is_file()
 
 
 def test_well_tempered_metad_final_bias_recovers_reference():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from ase.build import molecule
 
@@ -88,3 +89,17 @@ def test_torchscript_export_matches_python_values_and_gradients(tmp_path):
     pos = positions[:3].clone().requires_grad_(True)
     (g,) = torch.autograd.grad(cv(pos).sum(), pos)
     assert torch.isfinite(g).all() and g.abs().max() > 0
+
+
+def test_relevance_ranks_the_slow_descriptor_first(tmp_path):
+    from neuralmd.analysis.interpret import cv_relevance, plot_relevance
+
+    d, _ = _slow_fast_process(seed=3)
+    net, _ = train_deep_tica(d, lag=10, epochs=40, seed=0)
+    relevance = cv_relevance(net, d)
+    assert relevance.sum() == pytest.approx(1.0)
+    # column 0 is the slow x, column 2 mixes x with the fast y; columns 1 and 3 carry no slow signal
+    assert relevance[0] + relevance[2] > 0.7
+    assert relevance[3] < 0.1
+    plot_relevance(relevance, ["x", "y", "x+0.3y", "noise"], tmp_path / "relevance.png")
+    assert (tmp_path / "relevance.png").stat().st_size > 5000

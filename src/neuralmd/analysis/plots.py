@@ -88,3 +88,36 @@ def plot_md_log(log_csv: str | os.PathLike, path: str | os.PathLike) -> None:
     fig.suptitle(f"MD: {len(replicas)} replica(s)" + (" (first 16 shown)" if len(replicas) > 16 else ""))
     fig.tight_layout()
     _save(fig, path)
+
+
+def plot_fes(centres: Sequence[np.ndarray], free_energy: np.ndarray, names: Sequence[str],
+             path: str | os.PathLike, title: str = "free-energy surface") -> None:
+    """A 1D profile or 2D map of a free-energy surface in kJ/mol (from ``sampling.fes.fes``)."""
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    if len(centres) == 1:
+        ax.plot(centres[0], free_energy, color="C0")
+        ax.set_xlabel(names[0])
+        ax.set_ylabel("F (kJ/mol)")
+    else:
+        mesh = ax.contourf(centres[0], centres[1], free_energy.T, levels=20, cmap="viridis")
+        fig.colorbar(mesh, ax=ax, label="F (kJ/mol)")
+        ax.set_xlabel(names[0])
+        ax.set_ylabel(names[1])
+    ax.set_title(title)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_convergence(times: np.ndarray, delta_f: np.ndarray, path: str | os.PathLike, time_label: str = "time (ns)",
+                     reference: float | None = None) -> None:
+    """ΔF (kJ/mol) against simulated time, with an optional reference line."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.plot(times, delta_f, marker="o", ms=3)
+    if reference is not None:
+        ax.axhline(reference, color="k", ls="--", lw=0.8, label="reference")
+        ax.legend()
+    ax.set_xlabel(time_label)
+    ax.set_ylabel("ΔF (kJ/mol)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path)

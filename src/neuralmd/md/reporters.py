@@ -4,7 +4,8 @@ after its checkpoint.
 
 - :class:`H5MDReporter`: one H5MD (HDF5) file per replica, readable by MDAnalysis
   (``mda.Universe("traj_000.pdb", "traj_000.h5md")``); positions Å, velocities Å/ps, time ps.
-- :class:`LogReporter`: a CSV log, one row per replica and report: step, time (ps), potential,
+- :class:`LogReporter`: a CSV log, one row per replica and report: step, time (ps), potential
+  (including any bias terms),
   kinetic and total energy (eV), temperature (K).
 """
 

@@ -1,0 +1,37 @@
+"""Interpretability: which input descriptors a learned CV depends on.
+
+Relevance of descriptor i to CV component k (mlcolvar's sensitivity analysis): the mean over
+samples of |∂CV_k/∂d_i| times the standard deviation of d_i, normalised to sum to one, so a
+descriptor that barely varies or barely moves the CV scores low.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+import torch
+
+
+def cv_relevance(model: torch.nn.Module, descriptors: np.ndarray, component: int = 0) -> np.ndarray:
+    """Relevance (sums to 1) of each descriptor column to CV ``component`` of ``model``
+    (descriptors (n, m) -> CVs (n, k))."""
+    x = torch.as_tensor(descriptors, dtype=torch.float32).requires_grad_(True)
+    (grad,) = torch.autograd.grad(model(x)[:, component].sum(), x)
+    score = grad.abs().mean(0).numpy() * np.asarray(descriptors).std(0)
+    total = score.sum()
+    return score / total if total > 0 else score
+
+
+def plot_relevance(relevance: np.ndarray, names: Sequence[str], path: str | os.PathLike, top: int = 20) -> None:
+    """Horizontal bar chart of the ``top`` most relevant descriptors (PNG)."""
+    from .plots import _save, plt
+
+    order = np.argsort(relevance)[::-1][:top]
+    fig, ax = plt.subplots(figsize=(6, 0.3 * len(order) + 1.2))
+    ax.barh([names[i] for i in order][::-1], relevance[order][::-1], color="C0")
+    ax.set_xlabel("relevance (fraction)")
+    ax.set_title("descriptor relevance to the CV")
+    fig.tight_layout()
+    _save(fig, path)
