@@ -175,3 +175,23 @@ def test_bad_bias_settings():
         OPES(cv, sigma=[0.1], barrier_kjmol=-1, pace=10, temperature_K=T)
     with pytest.raises(InputError, match="biasfactor"):
         WellTemperedMetaD(cv, sigma=[0.1], height_kjmol=1, pace=10, biasfactor=0.5, temperature_K=T)
+
+
+def test_cv_atom_out_of_range_and_bias_state_files(tmp_path):
+    bias = OPES(Distance(0, 50), sigma=[0.1], barrier_kjmol=10, pace=1, temperature_K=T)
+    with pytest.raises(InputError, match="atom index 50 but the system has 1 atoms"):
+        Simulation(DoubleWell(), _walkers(2), terms=[bias])
+
+    opes = OPES(Position(0, axes=(0,)), sigma=[0.1], barrier_kjmol=10, pace=1, temperature_K=T)
+    for step, x in enumerate([-1.0, -0.8, 0.5]):
+        batch = _walkers(1)
+        opes.update(MDState(batch.replace(positions=batch.positions + torch.tensor([[x + 1.0, 0, 0]])), None, None, step))
+    opes.save(tmp_path / "opes.pt")
+    copy = OPES(Position(0, axes=(0,)), sigma=[0.1], barrier_kjmol=10, pace=1, temperature_K=T)
+    copy.load(tmp_path / "opes.pt")
+    grid = torch.linspace(-2, 2, 9, dtype=torch.float64).unsqueeze(-1)
+    torch.testing.assert_close(copy.energy_of_cv(grid), opes.energy_of_cv(grid), rtol=0, atol=0)
+    metad = WellTemperedMetaD(Position(0, axes=(0,)), sigma=[0.1], height_kjmol=1, pace=1, biasfactor=5,
+                              temperature_K=T)
+    with pytest.raises(InputError, match="holds a OPES state"):
+        metad.load(tmp_path / "opes.pt")

@@ -127,6 +127,9 @@ class Simulation:
         self.potential = potential.eval()
         self.settings = settings
         self.terms = list(terms)
+        for term in self.terms:
+            if hasattr(term, "cv"):
+                term.cv.check_atoms(int(batch.counts.min()))
         #: terms that learn as the run goes (adaptive biases): updated after every step
         self.adaptive = [t for t in self.terms if hasattr(t, "update")]
         self.run_dir = Path(run_dir) if run_dir is not None else None

@@ -26,6 +26,7 @@ def _batch(positions_nm: np.ndarray, masses: torch.Tensor) -> AtomsBatch:
 
 def bias_force(bias: Bias, system: openmm.System) -> openmm.PythonForce:
     """An ``openmm.PythonForce`` whose energy is ``bias`` (forces by autograd)."""
+    bias.cv.check_atoms(system.getNumParticles())
     masses = torch.tensor([system.getParticleMass(i).value_in_unit(unit.dalton)
                            for i in range(system.getNumParticles())], dtype=torch.float64)
 
