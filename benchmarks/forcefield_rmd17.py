@@ -53,6 +53,7 @@ from neuralmd.state import AtomsBatch
 from neuralmd.threads import set_threads
 from neuralmd.training import TrainConfig, Trainer, evaluate
 from neuralmd.training.metrics import Predictions, error_metrics
+from neuralmd.training.trainer import validation_loss
 
 HERE = Path(__file__).resolve().parent
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -162,12 +163,6 @@ def versions() -> dict[str, str]:
     except (ImportError, AttributeError):
         pass
     return out
-
-
-def val_loss_of(metrics: dict[str, float], energy_weight: float, force_weight: float) -> float:
-    """Validation loss in the units of the training loss, computed as neuralmd's Trainer does."""
-    return (energy_weight * (metrics["energy_rmse_mev_per_atom"] / 1000) ** 2
-            + force_weight * (metrics["force_rmse_mev_per_A"] / 1000) ** 2)
 
 
 def time_ef_calls(calc, atoms, calls: int, warmup: int, seed: int = 0) -> float:
@@ -348,7 +343,7 @@ def train_mace(args: argparse.Namespace, train_frames, valid_frames, budget_s: f
         nonlocal best, best_state
         with ema.average_parameters():
             metrics = error_metrics(mace_predict(model, valid, batch_size=64)[0])
-            loss = val_loss_of(metrics, ew, fw)
+            loss = validation_loss(metrics, ew, fw)
             if not math.isfinite(loss):
                 raise RuntimeError(f"MACE training diverged at step {step} (non-finite validation loss)")
             if loss < best:

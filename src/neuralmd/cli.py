@@ -197,13 +197,13 @@ def md(
     set_threads(threads or None)
     dtype = torch.float64 if float64 else None
     if resume is not None:
-        import tomllib
+        from .config import load_config
 
         settings_file = resume / "md.toml"
         if not settings_file.is_file():
             raise InputError(f"{settings_file}: not found; is {resume} an MD run directory?")
-        stored = tomllib.loads(settings_file.read_text())
-        potential = load_potential(model or stored["model_path"], dtype=dtype)
+        stored = load_config(MDSettings, settings_file)
+        potential = load_potential(model or stored.model_path, dtype=dtype)
         sim = Simulation.resume(resume, potential, progress=True)
         if steps is not None:
             sim.settings.total_steps = steps

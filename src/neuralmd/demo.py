@@ -7,7 +7,6 @@ independent trajectory, and write a run directory with plots and results.json.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -128,4 +127,4 @@ def run_demo(out: str | Path = "neuralmd-demo", train_minutes: float = 1.5, n_tr
     console.print(f"run directory: {out}/ (learning curve: train/learning_curve.png, parity: parity_test.png, "
                   f"MD: md/md.png and md/traj_*.h5md)")
     console.print(f"demo finished in {results['seconds']:.0f} s")
-    return json.loads(json.dumps(results))
+    return results

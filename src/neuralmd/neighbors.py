@@ -44,6 +44,11 @@ def _vesin_pairs(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutof
     return i.astype(np.int64), j.astype(np.int64), s.astype(np.int64)
 
 
+def uses_dense_list(batch: AtomsBatch) -> bool:
+    """True when :func:`neighbor_list` takes the all-pairs path (molecules, none too large)."""
+    return not batch.periodic and int(batch.counts.max()) <= DENSE_MAX_ATOMS
+
+
 def neighbor_list(batch: AtomsBatch, cutoff: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Directed pairs (i, j) with |r_ij| < ``cutoff`` Å, and their cell shifts.
 
@@ -54,7 +59,7 @@ def neighbor_list(batch: AtomsBatch, cutoff: float) -> tuple[torch.Tensor, torch
     pos = batch.positions.detach()
     counts = batch.counts
     dtype, device = pos.dtype, pos.device
-    if not batch.periodic and int(counts.max()) <= DENSE_MAX_ATOMS:
+    if uses_dense_list(batch):
         i, j = _dense_pairs(pos, batch.system, counts, cutoff)
         return i, j, torch.zeros(i.shape[0], 3, dtype=dtype, device=device)
 
@@ -102,7 +107,7 @@ class NeighborCache:
 
     def __call__(self, batch: AtomsBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Pairs (i, j, shifts) as :func:`neighbor_list`, possibly reaching ``cutoff + skin``."""
-        if self.skin <= 0 or (not batch.periodic and int(batch.counts.max()) <= DENSE_MAX_ATOMS):
+        if self.skin <= 0 or uses_dense_list(batch):
             return neighbor_list(batch, self.cutoff)
         if not self._valid(batch):
             self._pairs = neighbor_list(batch, self.cutoff + self.skin)

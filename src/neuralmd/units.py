@@ -27,6 +27,10 @@ FS = ase_units.fs
 #: Boltzmann constant in eV/K.
 KB_EV = ase_units.kB
 
+#: One kJ/mol in eV, and one eV in kJ/mol (free energies and OpenMM speak kJ/mol).
+KJMOL = ase_units.kJ / ase_units.mol
+EV_IN_KJMOL = ase_units.mol / ase_units.kJ
+
 
 def energy_factor(unit: str, what: str = "energy_unit") -> float:
     """Factor converting ``unit`` to eV; raises InputError naming ``what`` for unknown units."""
@@ -49,5 +53,7 @@ def force_factor(unit: str) -> float:
 
 
 def kT_eV(temperature_K: float) -> float:
-    """Thermal energy k_B T in eV for a temperature in K."""
+    """Thermal energy k_B T in eV for a temperature in K (InputError if not positive)."""
+    if not temperature_K > 0:
+        raise InputError(f"temperature_K: {temperature_K}; expected > 0")
     return KB_EV * temperature_K

@@ -30,6 +30,12 @@ if TYPE_CHECKING:
 VELOCITY_TO_A_PER_PS = 1000.0 * units.fs
 
 
+def thermo(state: MDState) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Potential and kinetic energy (eV) and temperature (K) of every replica, as numpy."""
+    return (state.energy.detach().cpu().numpy(), kinetic_energy(state.batch).cpu().numpy(),
+            temperature(state.batch).cpu().numpy())
+
+
 class H5MDReporter:
     """Appends frames every ``interval`` steps to ``folder/traj_XXX.h5md``; the file is flushed
     after every frame, so a crash leaves it readable up to the last complete frame."""
@@ -94,9 +100,7 @@ class H5MDReporter:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         frames = state.batch.to_atoms()
-        epot = state.energy.detach().cpu().numpy()
-        ekin = kinetic_energy(state.batch).cpu().numpy()
-        temp = temperature(state.batch).cpu().numpy()
+        epot, ekin, temp = thermo(state)
         velocities = state.batch.velocities.detach().cpu().numpy().astype(float)
         starts = np.cumsum([0] + [len(a) for a in frames])
         time_ps = sim.time_ps(state.step)
@@ -155,9 +159,7 @@ class LogReporter:
             self._fh = open(self.path, "a", newline="")
             if new:
                 csv.writer(self._fh).writerow(self.FIELDS)
-        epot = state.energy.detach().cpu().numpy()
-        ekin = kinetic_energy(state.batch).cpu().numpy()
-        temp = temperature(state.batch).cpu().numpy()
+        epot, ekin, temp = thermo(state)
         writer = csv.writer(self._fh)
         t = sim.time_ps(state.step)
         for b in range(len(epot)):

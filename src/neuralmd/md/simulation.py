@@ -77,21 +77,31 @@ def potential_fingerprint(potential: Potential) -> str:
     return h.hexdigest()[:16]
 
 
+def terms_force_fn(terms: Sequence[EnergyTerm]) -> ForceFn:
+    """Energy (B,) eV and forces (N, 3) eV/Å, float64, of the sum of ``terms`` (by autograd)."""
+
+    def force_fn(batch: AtomsBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        pos = batch.positions.detach().to(torch.float64).requires_grad_(True)
+        extra = sum(term(batch.replace(positions=pos)) for term in terms)
+        if not extra.requires_grad:  # a bias with nothing deposited yet is a constant
+            return extra.detach(), torch.zeros_like(pos)
+        (grad,) = torch.autograd.grad(extra.sum(), pos)
+        return extra.detach(), -grad
+
+    return force_fn
+
+
 def make_force_fn(potential: Potential, terms: Sequence[EnergyTerm] = ()) -> ForceFn:
     """Energy and forces of ``potential`` plus ``terms`` (each differentiated by autograd), in
     float64."""
+    extra_fn = terms_force_fn(terms) if terms else None
 
     def force_fn(batch: AtomsBatch) -> tuple[torch.Tensor, torch.Tensor]:
         out = potential(batch)
         energy, forces = out["energy"].detach(), out["forces"].detach().to(torch.float64)
-        if terms:
-            pos = batch.positions.detach().requires_grad_(True)
-            moved = batch.replace(positions=pos)
-            extra = sum(term(moved) for term in terms)
-            if extra.requires_grad:  # a bias with nothing deposited yet is a constant
-                (grad,) = torch.autograd.grad(extra.sum(), pos)
-                forces = forces - grad
-            energy = energy + extra.detach()
+        if extra_fn is not None:
+            extra_energy, extra_forces = extra_fn(batch)
+            energy, forces = energy + extra_energy, forces + extra_forces
         return energy, forces
 
     return force_fn
@@ -266,9 +276,10 @@ class Simulation:
                 self.wall_seconds += time.perf_counter() - t0
                 if self.state.step % s.report_every == 0 or self.state.step == s.total_steps:
                     reason = self._report(self.state)
-                    temps = temperature(self.state.batch)
-                    bar.update(task, completed=self.state.step,
-                               status=f"T {float(temps.mean()):.0f} K | {self.ns_per_day():.2f} ns/day")
+                    if self.progress:
+                        mean_t = float(temperature(self.state.batch).mean())
+                        bar.update(task, completed=self.state.step,
+                                   status=f"T {mean_t:.0f} K | {self.ns_per_day():.2f} ns/day")
                 if self.state.step % s.checkpoint_every == 0:
                     self.save_checkpoint()
         self.save_checkpoint()

@@ -21,21 +21,12 @@ import math
 from typing import Sequence
 
 import torch
-from ase import units
 from torch import nn
 
 from ..errors import InputError
 from ..state import AtomsBatch
+from ..units import KJMOL, kT_eV
 from .cvs import CV, replica_positions
-
-KJMOL = units.kJ / units.mol  # 1 kJ/mol in eV
-
-
-def _kT(temperature_K: float) -> float:
-    if not temperature_K > 0:
-        raise InputError(f"temperature_K: {temperature_K}; expected > 0")
-    return units.kB * temperature_K
-
 
 class Bias(nn.Module):
     """Base class: ``forward(batch) -> (B,)`` bias energy in eV via ``self.cv``.
@@ -105,7 +96,7 @@ class _KernelBias(Bias):
             raise InputError(f"pace: {pace}; expected >= 1 step")
         self.register_buffer("sigma0", torch.tensor(list(sigma), dtype=torch.float64))
         self.pace = pace
-        self.kT = _kT(temperature_K)
+        self.kT = kT_eV(temperature_K)
         self.centres = torch.zeros(0, cv.dim, dtype=torch.float64)
         self.widths = torch.zeros(0, cv.dim, dtype=torch.float64)
         self.heights = torch.zeros(0, dtype=torch.float64)

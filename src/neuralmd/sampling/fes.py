@@ -11,14 +11,13 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from ase import units
 
-KJMOL_PER_EV = units.mol / units.kJ
+from ..units import EV_IN_KJMOL, kT_eV
 
 
 def kT_kjmol(temperature_K: float) -> float:
     """k_B T in kJ/mol."""
-    return units.kB * temperature_K * KJMOL_PER_EV
+    return kT_eV(temperature_K) * EV_IN_KJMOL
 
 
 def to_kT(value_kjmol: float, temperature_K: float) -> float:
@@ -27,7 +26,7 @@ def to_kT(value_kjmol: float, temperature_K: float) -> float:
 
 def weights_from_bias(bias_eV: np.ndarray, temperature_K: float) -> np.ndarray:
     """exp(βV) for bias energies V (eV), scaled so the largest weight is 1."""
-    b = np.asarray(bias_eV, dtype=float) / (units.kB * temperature_K)
+    b = np.asarray(bias_eV, dtype=float) / kT_eV(temperature_K)
     return np.exp(b - b.max())
 
 

@@ -11,38 +11,26 @@ import torch
 from openmm import unit
 
 from ..md.integrators import MDState
-from ..md.openmm_force import EV_IN_KJMOL, NM_IN_A
+from ..md.openmm_force import NM_IN_A, python_force
+from ..md.simulation import terms_force_fn
 from ..state import AtomsBatch
 from .biases import Bias
 
 
-def _batch(positions_nm: np.ndarray, masses: torch.Tensor) -> AtomsBatch:
-    n = len(positions_nm)
-    return AtomsBatch(positions=torch.as_tensor(positions_nm * NM_IN_A, dtype=torch.float64),
-                      numbers=torch.ones(n, dtype=torch.long), system=torch.zeros(n, dtype=torch.long),
-                      cell=torch.zeros(1, 3, 3, dtype=torch.float64), pbc=torch.zeros(1, 3, dtype=torch.bool),
-                      masses=masses)
+def system_template(system: openmm.System) -> AtomsBatch:
+    """A one-system AtomsBatch with the System's masses (amu); positions are filled in per call.
+    Biases need no element types, so every atom is given number 1."""
+    n = system.getNumParticles()
+    masses = [system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(n)]
+    return AtomsBatch(positions=torch.zeros(n, 3, dtype=torch.float64), numbers=torch.ones(n, dtype=torch.long),
+                      system=torch.zeros(n, dtype=torch.long), cell=torch.zeros(1, 3, 3, dtype=torch.float64),
+                      pbc=torch.zeros(1, 3, dtype=torch.bool), masses=torch.tensor(masses, dtype=torch.float64))
 
 
 def bias_force(bias: Bias, system: openmm.System) -> openmm.PythonForce:
     """An ``openmm.PythonForce`` whose energy is ``bias`` (forces by autograd)."""
     bias.cv.check_atoms(system.getNumParticles())
-    masses = torch.tensor([system.getParticleMass(i).value_in_unit(unit.dalton)
-                           for i in range(system.getNumParticles())], dtype=torch.float64)
-
-    def compute(state: openmm.State):
-        pos = np.asarray(state.getPositions(asNumpy=True).value_in_unit(unit.nanometer))
-        batch = _batch(pos, masses)
-        x = batch.positions.requires_grad_(True)
-        energy = bias(batch.replace(positions=x))[0]
-        if not energy.requires_grad:  # nothing deposited yet
-            return float(energy) * EV_IN_KJMOL, np.zeros((len(pos), 3))
-        (grad,) = torch.autograd.grad(energy, x)
-        return float(energy.detach()) * EV_IN_KJMOL, -grad.numpy() * EV_IN_KJMOL * NM_IN_A
-
-    force = openmm.PythonForce(compute)
-    force.setName("neuralmd-bias")
-    return force
+    return python_force(terms_force_fn([bias]), system_template(system), periodic=False, name="neuralmd-bias")
 
 
 class BiasedOpenMM:
@@ -59,9 +47,7 @@ class BiasedOpenMM:
         self.simulation = simulation
         self.bias = bias
         self.record_every = record_every
-        system = simulation.system
-        self.masses = torch.tensor([system.getParticleMass(i).value_in_unit(unit.dalton)
-                                    for i in range(system.getNumParticles())], dtype=torch.float64)
+        self.template = system_template(simulation.system)
         self.steps = 0
         self.cv: list[np.ndarray] = []
         self.bias_eV: list[float] = []
@@ -69,7 +55,8 @@ class BiasedOpenMM:
 
     def _state(self) -> MDState:
         pos = self.simulation.context.getState(getPositions=True).getPositions(asNumpy=True)
-        return MDState(_batch(np.asarray(pos.value_in_unit(unit.nanometer)), self.masses), None, None, self.steps)
+        positions = torch.as_tensor(np.asarray(pos.value_in_unit(unit.nanometer)) * NM_IN_A, dtype=torch.float64)
+        return MDState(self.template.replace(positions=positions), None, None, self.steps)
 
     def run(self, steps: int) -> None:
         """Advance ``steps`` steps."""

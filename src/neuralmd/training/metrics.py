@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..data.dataset import FrameDataset
+from ..data.dataset import FrameDataset, composition_matrix
 from ..models.base import Potential
 
 
@@ -61,8 +61,6 @@ def evaluate(model: Potential, data: FrameDataset, batch_size: int = 32) -> tupl
 
 def baseline_metrics(train: FrameDataset, data: FrameDataset, elements: list[int], e0: np.ndarray) -> dict[str, float]:
     """Errors of the trivial model: per-element reference energies and zero forces."""
-    from ..data.dataset import composition_matrix
-
     energy_true = np.array([a.info["energy"] for a in data.frames])
     counts = composition_matrix(data.frames, elements)
     forces = np.concatenate([a.arrays["forces"].ravel() for a in data.frames])

@@ -117,6 +117,13 @@ def loss_fn(model: NeuralPotential, batch: Batch, cfg: TrainConfig) -> tuple[tor
     return loss, {"loss": d(loss), "energy_rmse_per_atom": math.sqrt(d(e_mse)), "force_rmse": math.sqrt(d(f_mse))}
 
 
+def validation_loss(metrics: dict[str, float], energy_weight: float, force_weight: float) -> float:
+    """The validation loss in the units of the training loss (RMSE-based, eV and eV/Å) from
+    :func:`~neuralmd.training.metrics.error_metrics` output."""
+    return (energy_weight * (metrics["energy_rmse_mev_per_atom"] / 1000) ** 2
+            + force_weight * (metrics["force_rmse_mev_per_A"] / 1000) ** 2)
+
+
 def batch_indices(step: int, n_frames: int, batch_size: int, seed: int) -> list[int]:
     """Frame indices of training step ``step``: epoch-wise seeded permutations, so resuming at
     any step sees the same data as an uninterrupted run."""
@@ -245,9 +252,7 @@ class Trainer:
         if not all(math.isfinite(metrics[k]) for k in ("energy_rmse_mev_per_atom", "force_rmse_mev_per_A")):
             raise TrainingError(f"training diverged: non-finite validation error at step {self.step}; "
                                 f"lower the learning rate (now {self.optimizer.param_groups[0]['lr']:.1e})")
-        # the validation loss in the units of the training loss (RMSE-based, eV and eV/Å)
-        val_loss = (self.cfg.energy_weight * (metrics["energy_rmse_mev_per_atom"] / 1000) ** 2
-                    + self.cfg.force_weight * (metrics["force_rmse_mev_per_A"] / 1000) ** 2)
+        val_loss = validation_loss(metrics, self.cfg.energy_weight, self.cfg.force_weight)
         if not self.cosine:
             self.scheduler.step(val_loss)
         record = {"step": self.step, "seconds": round(self.elapsed, 2), "lr": self.optimizer.param_groups[0]["lr"],
