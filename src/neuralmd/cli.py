@@ -164,15 +164,60 @@ class Ensemble(str, Enum):
     nve = "nve"
 
 
+class Engine(str, Enum):
+    native = "native"
+    openmm = "openmm"
+
+
+def _run_openmm(pdb: Optional[Path], forcefield: str, output: Optional[Path], temperature: str,
+                timestep_fs: Optional[float], friction_per_ps: float, steps: int, seed: int, report_every: int,
+                checkpoint_every: int, platform: str, bias_settings, threads: int) -> None:
+    """A new OpenMM run (md --engine openmm, sample --engine openmm)."""
+    from .sampling.openmm_engine import OpenMMSettings
+    from .sampling.runs import start_openmm
+    from .threads import set_threads
+
+    set_threads(threads or 1)  # torch only evaluates CVs here; one thread is fastest
+    if pdb is None or output is None:
+        raise InputError("--engine openmm: give --pdb FILE and -o RUN_DIR (or --resume RUN_DIR)")
+    settings = OpenMMSettings(pdb=str(pdb), forcefield=[f.strip() for f in forcefield.split(",")],
+                              temperature_K=_one_temperature(temperature), timestep_fs=timestep_fs or 2.0,
+                              friction_per_ps=friction_per_ps, seed=seed, report_every=report_every,
+                              checkpoint_every=checkpoint_every, total_steps=steps, platform=platform)
+    run = start_openmm(settings, bias_settings, output, progress=True)
+    run.run()
+    _finish_openmm(run)
+
+
+def _finish_openmm(run) -> None:
+    from .analysis.plots import plot_md_log
+
+    plot_md_log(run.run_dir / "log.csv", run.run_dir / "md.png")
+    console.print(f"{run.step} steps ({run.time_ps(run.step) / 1000:.3f} ns) with OpenMM at {run.ns_per_day():.0f} "
+                  f"ns/day -> {run.run_dir}/ (traj_000.h5md, log.csv, md.png"
+                  + (", colvar.csv)" if (run.run_dir / "colvar.csv").exists() else ")"))
+
+
+def _one_temperature(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise InputError(f"temperature: {text!r}; the OpenMM engine takes one value in K") from None
+
+
 @app.command()
 def md(
-    model: Optional[Path] = typer.Argument(None, help="model file (model.pt)"),
+    model: Optional[Path] = typer.Argument(None, help="model file (model.pt; native engine)"),
     structure: Optional[Path] = typer.Option(None, help="starting structure(s): one frame, or one per replica"),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="run directory"),
     resume: Optional[Path] = typer.Option(None, help="continue the run in this directory"),
+    engine: Engine = typer.Option(Engine.native, help="native (neural potential) or openmm (PDB + force field)"),
+    pdb: Optional[Path] = typer.Option(None, help="PDB file (openmm engine)"),
+    forcefield: str = typer.Option("amber99sbildn.xml", help="OpenMM force-field files, comma-separated (openmm engine)"),
+    platform: str = typer.Option("Reference", help="OpenMM platform (Reference is fastest for small molecules)"),
     ensemble: Ensemble = typer.Option(Ensemble.nvt, help="nvt (Langevin BAOAB) or nve (velocity Verlet)"),
     temperature: str = typer.Option("300", help="K; one value or one per replica, comma-separated"),
-    timestep_fs: float = typer.Option(0.5, help="timestep in fs"),
+    timestep_fs: Optional[float] = typer.Option(None, help="timestep in fs (default 0.5 native, 2 openmm)"),
     friction_per_ps: float = typer.Option(1.0, help="Langevin friction in 1/ps"),
     steps: Optional[int] = typer.Option(None, help="total number of steps (default 10000; with --resume: a new total)"),
     replicas: int = typer.Option(1, help="replicas of the structure, run as one batch"),
@@ -183,9 +228,18 @@ def md(
     export_xyz: bool = typer.Option(False, help="also write each replica's trajectory as extxyz (traj_XXX.xyz)"),
     threads: int = typer.Option(0, help="torch threads (0: all cores)"),
 ) -> None:
-    """Molecular dynamics with a neural potential: many replicas in one batch, H5MD trajectories,
-    CSV log, checkpoints; --resume continues exactly where a run stopped."""
+    """Molecular dynamics with a neural potential (many replicas in one batch) or a classical
+    force field through OpenMM: H5MD trajectories, CSV log, checkpoints; --resume continues
+    exactly where a run stopped."""
     import torch
+
+    if resume is not None and _engine_of(resume) == "openmm":
+        return _resume_openmm(resume, steps)
+    if resume is None and engine == Engine.openmm:
+        from .sampling.runs import BiasSettings
+
+        return _run_openmm(pdb, forcefield, output, temperature, timestep_fs, friction_per_ps, steps or 10_000, seed,
+                           report_every, checkpoint_every, platform, BiasSettings(bias="none"), threads)
 
     from .analysis.plots import plot_md_log
     from .data.io import read_frames
@@ -225,7 +279,7 @@ def md(
             frames = [frames[0].copy() for _ in range(replicas)]
         elif replicas not in (1, len(frames)):
             raise InputError(f"{structure}: {len(frames)} frames for {replicas} replicas; give one frame or one per replica")
-        settings = MDSettings(ensemble=ensemble.value, timestep_fs=timestep_fs, temperature_K=temps,
+        settings = MDSettings(ensemble=ensemble.value, timestep_fs=timestep_fs or 0.5, temperature_K=temps,
                               friction_per_ps=friction_per_ps, seed=seed, report_every=report_every,
                               checkpoint_every=checkpoint_every, total_steps=steps or 10_000, model_path=str(model.resolve()))
         sim = Simulation(potential, AtomsBatch.from_atoms(frames), settings, run_dir=output, progress=True)
@@ -244,6 +298,229 @@ def md(
             write_frames(read_h5md(path), path.with_suffix(".xyz"))
     console.print(f"{sim.state.step} steps ({sim.time_ps(sim.state.step):.2f} ps) of {sim.state.batch.n_systems} "
                   f"replica(s), {sim.ns_per_day():.2f} ns/day -> {run_dir}/ (traj_*.h5md, log.csv, md.png)")
+
+
+def _engine_of(run_dir: Path) -> str:
+    from .sampling.runs import engine_of
+
+    return engine_of(run_dir)
+
+
+def _resume_openmm(run_dir: Path, steps: Optional[int]) -> None:
+    from .sampling.runs import resume_run
+    from .threads import set_threads
+
+    set_threads(1)
+    run = resume_run(run_dir, progress=True)
+    run.run(None if steps is None else max(steps - run.step, 0))
+    _finish_openmm(run)
+
+
+class BiasKind(str, Enum):
+    opes = "opes"
+    opes_explore = "opes-explore"
+    metad = "metad"
+    none = "none"
+
+
+@app.command()
+def sample(
+    cv: Optional[str] = typer.Option(None, help="CVs: phi,psi | torsion(i,j,k,l) | distance(i,j) | angle(i,j,k) | "
+                                               "an exported CV folder (0-based atoms)"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="run directory"),
+    resume: Optional[Path] = typer.Option(None, help="continue the run in this directory"),
+    engine: Engine = typer.Option(Engine.openmm, help="openmm (PDB + force field) or native (--model)"),
+    pdb: Optional[Path] = typer.Option(None, help="PDB file (openmm engine)"),
+    forcefield: str = typer.Option("amber99sbildn.xml", help="OpenMM force-field files, comma-separated"),
+    platform: str = typer.Option("Reference", help="OpenMM platform"),
+    model: Optional[Path] = typer.Option(None, help="neural potential model.pt (native engine)"),
+    structure: Optional[Path] = typer.Option(None, help="starting structure(s) (native engine)"),
+    replicas: int = typer.Option(1, help="walkers sharing one bias (native engine)"),
+    bias: BiasKind = typer.Option(BiasKind.opes, help="opes (OPES_METAD), opes-explore, metad (well-tempered), none"),
+    barrier_kjmol: float = typer.Option(40.0, help="OPES BARRIER: the free-energy barrier to overcome (kJ/mol)"),
+    biasfactor: float = typer.Option(0.0, help="bias factor γ (0: OPES's βΔE, metad 10)"),
+    sigma: Optional[str] = typer.Option(None, help="kernel widths per CV, comma-separated (default: CV std in a "
+                                                  "short unbiased probe)"),
+    pace: int = typer.Option(500, help="steps between kernel depositions"),
+    height_kjmol: float = typer.Option(1.2, help="initial Gaussian height (metad)"),
+    grid: bool = typer.Option(True, help="tabulate the bias on a grid inside OpenMM (fast); --no-grid: exact "
+                                         "PythonForce"),
+    grid_range: Optional[str] = typer.Option(None, help="LOW:HIGH per non-periodic CV, comma-separated"),
+    ns: Optional[float] = typer.Option(None, help="simulated time in ns (or --steps)"),
+    steps: Optional[int] = typer.Option(None, help="number of steps"),
+    temperature: str = typer.Option("300", help="K"),
+    timestep_fs: Optional[float] = typer.Option(None, help="fs (default 2 openmm, 0.5 native)"),
+    friction_per_ps: float = typer.Option(1.0, help="Langevin friction in 1/ps"),
+    report_every: int = typer.Option(500, help="steps between trajectory frames and colvar rows"),
+    checkpoint_every: int = typer.Option(50_000, help="steps between checkpoints"),
+    seed: int = typer.Option(0),
+    threads: int = typer.Option(0, help="torch threads (0: 1 for openmm, all cores for native)"),
+) -> None:
+    """Enhanced sampling: OPES, OPES_EXPLORE or well-tempered metadynamics along CVs (torsions,
+    distances or a learned CV), in OpenMM or the native engine; writes colvar.csv for `neuralmd fes`."""
+    from .sampling.runs import BiasSettings
+
+    if resume is not None:
+        if _engine_of(resume) == "openmm":
+            return _resume_openmm(resume, steps)
+        return _resume_native(resume, steps, threads)
+    try:
+        sigmas = [float(v) for v in sigma.split(",")] if sigma else []
+        ranges = [[float(x) for x in r.split(":")] for r in grid_range.split(",")] if grid_range else []
+    except ValueError:
+        raise InputError(f"sigma/grid-range: cannot read {sigma!r} / {grid_range!r} as numbers") from None
+    if any(len(r) != 2 for r in ranges):
+        raise InputError(f"grid-range: {grid_range!r}; expected LOW:HIGH per CV")
+    bias_settings = BiasSettings(cv=cv or "", bias=bias.value, barrier_kjmol=barrier_kjmol, biasfactor=biasfactor,
+                                 sigma=sigmas, pace=pace, height_kjmol=height_kjmol, grid=grid, grid_ranges=ranges)
+    dt = timestep_fs or (2.0 if engine == Engine.openmm else 0.5)
+    if steps is None:
+        steps = int(round((ns if ns is not None else 0.1) * 1e6 / dt))
+    if engine == Engine.openmm:
+        return _run_openmm(pdb, forcefield, output, temperature, dt, friction_per_ps, steps, seed, report_every,
+                           checkpoint_every, platform, bias_settings, threads)
+    _run_native_sample(model, structure, output, replicas, temperature, dt, friction_per_ps, steps, seed, report_every,
+                       checkpoint_every, bias_settings, threads)
+
+
+def _run_native_sample(model, structure, output, replicas, temperature, dt, friction_per_ps, steps, seed,
+                       report_every, checkpoint_every, bias_settings, threads) -> None:
+    import torch
+
+    from .data.io import read_frames
+    from .md.simulation import MDSettings
+    from .models.neural import load_potential
+    from .sampling.runs import start_native
+    from .threads import set_threads
+
+    set_threads(threads or None)
+    if model is None or structure is None or output is None:
+        raise InputError("--engine native: give --model FILE --structure FILE -o RUN_DIR (or --resume RUN_DIR)")
+    frames = read_frames(structure, require_labels=False)
+    frames = [frames[0].copy() for _ in range(replicas)] if len(frames) == 1 else frames
+    settings = MDSettings(ensemble="nvt", timestep_fs=dt, temperature_K=[_one_temperature(temperature)],
+                          friction_per_ps=friction_per_ps, seed=seed, report_every=report_every,
+                          checkpoint_every=checkpoint_every, total_steps=steps, model_path=str(model.resolve()))
+    sim = start_native(load_potential(model, dtype=torch.float64), frames, settings, bias_settings, output,
+                       progress=True)
+    sim.run()
+    _finish_native(sim)
+
+
+def _resume_native(run_dir: Path, steps: Optional[int], threads: int) -> None:
+    from .sampling.runs import resume_run
+    from .threads import set_threads
+
+    set_threads(threads or None)
+    sim = resume_run(run_dir, progress=True)
+    if steps is not None:
+        sim.settings.total_steps = steps
+    sim.run()
+    _finish_native(sim)
+
+
+def _finish_native(sim) -> None:
+    from .analysis.plots import plot_md_log
+
+    plot_md_log(sim.run_dir / "log.csv", sim.run_dir / "md.png")
+    console.print(f"{sim.state.step} steps ({sim.time_ps(sim.state.step):.2f} ps) of {sim.state.batch.n_systems} "
+                  f"walker(s) at {sim.ns_per_day():.2f} ns/day -> {sim.run_dir}/ (colvar.csv, traj_*.h5md, log.csv)")
+
+
+@app.command()
+def fes(
+    run: Path = typer.Argument(..., help="run directory (sample or md)"),
+    cv: Optional[str] = typer.Option(None, help="CVs to project on (default: the run's biased CV), e.g. phi,psi"),
+    basin_a: Optional[str] = typer.Option(None, help="basin A, e.g. 'phi<0' (default for phi: phi<0)"),
+    basin_b: Optional[str] = typer.Option(None, help="basin B, e.g. 'phi>0' (default for phi: phi>0)"),
+    bins: int = typer.Option(60, help="histogram bins per CV"),
+    blocks: int = typer.Option(5, help="blocks for the error bar"),
+    skip_ns: float = typer.Option(0.0, help="discard the first ns (transient of the bias)"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="folder for fes.png/fes.json (default: RUN)"),
+) -> None:
+    """Reweighted free-energy surface on one or two CVs, the free-energy difference between two
+    basins with a block error, and its convergence curve ΔF(t)."""
+    import numpy as np
+
+    from .analysis.plots import plot_convergence, plot_fes
+    from .io_utils import atomic_write_json
+    from .sampling import fes as F
+    from .sampling.runs import load_samples
+
+    samples = load_samples(run, cv)
+    keep = samples.time_ns >= skip_ns
+    if keep.sum() < 2 * blocks:
+        raise InputError(f"{run}: {int(keep.sum())} frames after --skip-ns {skip_ns}; need at least {2 * blocks}")
+    values, weights, t = samples.values[keep], samples.weights[keep], samples.time_ns[keep]
+    names = samples.names
+    if len(names) > 2:
+        raise InputError(f"fes: {len(names)} CVs {names}; project on one or two (--cv)")
+    ranges = [(-p / 2, p / 2) if p else (float(values[:, k].min()), float(values[:, k].max()))
+              for k, p in enumerate(samples.periods)]
+    centres, surface = F.fes(values, weights, bins, ranges, samples.temperature_K)
+    out = output or run
+    out.mkdir(parents=True, exist_ok=True)
+    plot_fes(centres, surface, names, out / "fes.png", title=f"free energy ({samples.temperature_K:.0f} K), {run.name}")
+    result = {"run": str(run), "cvs": names, "frames": int(keep.sum()), "temperature_K": samples.temperature_K,
+              "simulated_ns": float(samples.time_ns.max())}
+    if basin_a is None and basin_b is None and "phi" in names:
+        basin_a, basin_b = "phi<0", "phi>0"
+    if basin_a and basin_b:
+        region_a, region_b = F.parse_region(basin_a, names), F.parse_region(basin_b, names)
+        report = F.basin_report(values, weights, t, region_a, region_b, samples.temperature_K, blocks)
+        result.update({"basin_a": basin_a, "basin_b": basin_b, **report})
+        curve = np.array(report["curve"])
+        plot_convergence(curve[:, 0], curve[:, 1], out / "fes_convergence.png")
+        console.print(f"ΔF = F({basin_b}) - F({basin_a}) = {report['deltaF_kjmol']:.2f} ± "
+                      f"{report['deltaF_err_kjmol']:.2f} kJ/mol ({int(keep.sum())} frames, {blocks} blocks)")
+    atomic_write_json(result, out / "fes.json")
+    console.print(f"-> {out / 'fes.png'}, {out / 'fes.json'}" + (", fes_convergence.png" if basin_a else ""))
+
+
+cv_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Learned collective variables.")
+app.add_typer(cv_app, name="cv")
+
+
+class CVMethod(str, Enum):
+    deep_tica = "deep-tica"
+    autoencoder = "autoencoder"
+    deep_lda = "deep-lda"
+
+
+@cv_app.command("train")
+def cv_train(
+    runs: list[Path] = typer.Argument(..., help="run directories with trajectories (deep-lda: one per state)"),
+    output: Path = typer.Option(..., "-o", "--output", help="folder for cv.pt, descriptors.json, plumed.dat"),
+    method: CVMethod = typer.Option(CVMethod.deep_tica),
+    descriptors: str = typer.Option("heavy-atom-distances", help="heavy-atom-distances | all-distances | atoms(i,j,...)"),
+    lag_ps: float = typer.Option(1.0, help="Deep-TICA lag time in ps"),
+    n_cv: int = typer.Option(1, help="number of CV outputs"),
+    hidden: str = typer.Option("24,12", help="hidden layer sizes"),
+    epochs: int = typer.Option(200),
+    seed: int = typer.Option(0),
+    reweight: bool = typer.Option(True, help="weight biased frames by exp(βV) (Deep-TICA)"),
+    threads: int = typer.Option(0, help="torch threads (0: all cores)"),
+) -> None:
+    """Train a learned CV (Deep-TICA, autoencoder, Deep-LDA) on run trajectories and export it
+    for `neuralmd sample --cv` and PLUMED's PYTORCH_MODEL."""
+    from .sampling.cv_training import train_cv_from_runs
+    from .threads import set_threads
+
+    set_threads(threads or None)
+    try:
+        layers = tuple(int(v) for v in hidden.split(","))
+    except ValueError:
+        raise InputError(f"hidden: {hidden!r}; expected sizes like 24,12") from None
+    summary = train_cv_from_runs(runs, output, method.value, descriptors, lag_ps, n_cv, layers, epochs, seed,
+                                 reweight, progress=True)
+    table = Table(title=f"{method.value} CV from {summary['frames']} frames")
+    table.add_column("descriptor")
+    table.add_column("relevance")
+    for name, rel in summary["top_descriptors"]:
+        table.add_row(name, f"{rel:.3f}")
+    Console().print(table)
+    console.print(f"CV range {summary['cv_range']}; best validation loss {summary['best_valid_loss']:.4f} -> "
+                  f"{output}/ (cv.pt, descriptors.json, plumed.dat, relevance.png)")
 
 
 @app.command()

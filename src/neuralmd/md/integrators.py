@@ -28,12 +28,15 @@ ForceFn = Callable[[AtomsBatch], tuple[torch.Tensor, torch.Tensor]]
 @dataclass(frozen=True)
 class MDState:
     """The integrator state: the batch (positions Å and velocities Å/ASE-time inside), the
-    forces (N, 3) eV/Å and potential energies (B,) eV at those positions, and the step count."""
+    forces (N, 3) eV/Å and potential energies (B,) eV at those positions, and the step count.
+    ``dof`` (B,), when set, are the degrees of freedom for the temperature (an engine with
+    constraints sets it); None means 3N."""
 
     batch: AtomsBatch
-    forces: torch.Tensor
+    forces: torch.Tensor | None
     energy: torch.Tensor
     step: int = 0
+    dof: torch.Tensor | None = None
 
 
 class ReplicaNoise:
@@ -77,9 +80,11 @@ def kinetic_energy(batch: AtomsBatch) -> torch.Tensor:
     return torch.zeros(batch.n_systems, dtype=per_atom.dtype, device=per_atom.device).index_add(0, batch.system, per_atom)
 
 
-def temperature(batch: AtomsBatch, remove_com_dof: bool = False) -> torch.Tensor:
-    """Instantaneous temperature per system (B,) in K from 3N (or 3N-3) degrees of freedom."""
-    dof = 3 * batch.counts.to(torch.float64) - (3 if remove_com_dof else 0)
+def temperature(batch: AtomsBatch, remove_com_dof: bool = False, dof: torch.Tensor | None = None) -> torch.Tensor:
+    """Instantaneous temperature per system (B,) in K from ``dof`` degrees of freedom (default
+    3N, or 3N-3 with ``remove_com_dof``)."""
+    if dof is None:
+        dof = 3 * batch.counts.to(torch.float64) - (3 if remove_com_dof else 0)
     return 2 * kinetic_energy(batch) / (dof * units.kB)
 
 

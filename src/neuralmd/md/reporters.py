@@ -33,7 +33,7 @@ VELOCITY_TO_A_PER_PS = 1000.0 * units.fs
 def thermo(state: MDState) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Potential and kinetic energy (eV) and temperature (K) of every replica, as numpy."""
     return (state.energy.detach().cpu().numpy(), kinetic_energy(state.batch).cpu().numpy(),
-            temperature(state.batch).cpu().numpy())
+            temperature(state.batch, dof=state.dof).cpu().numpy())
 
 
 class H5MDReporter:

@@ -222,7 +222,8 @@ class Simulation:
 
     @classmethod
     def resume(cls, run_dir: str | Path, potential: Potential, progress: bool = False,
-               stop_conditions: Sequence[StopCondition] = (), terms: Sequence[EnergyTerm] = ()) -> "Simulation":
+               stop_conditions: Sequence[StopCondition] = (), terms: Sequence[EnergyTerm] = (),
+               reporters: Sequence = ()) -> "Simulation":
         """Continue the run in ``run_dir`` from its checkpoint; trajectory frames and log rows
         written after the checkpoint are dropped first, so the files match an uninterrupted run."""
         path = Path(run_dir) / CHECKPOINT
@@ -238,7 +239,8 @@ class Simulation:
             raise InputError(f"{path}: field 'model_fingerprint': the checkpoint was written with another model "
                              f"({ckpt['model_fingerprint']}, given {potential_fingerprint(potential)})")
         sim = cls(potential, AtomsBatch(**ckpt["batch"]), MDSettings(**ckpt["settings"]), terms=terms,
-                  run_dir=run_dir, stop_conditions=stop_conditions, progress=progress, _restore=ckpt)
+                  run_dir=run_dir, stop_conditions=stop_conditions, reporters=reporters, progress=progress,
+                  _restore=ckpt)
         sim.wall_seconds = ckpt["wall_seconds"]
         if len(ckpt["terms"]) != len(sim.terms):
             raise InputError(f"{path}: the run had {len(ckpt['terms'])} extra energy terms, {len(sim.terms)} given")

@@ -33,13 +33,14 @@ class Bias(nn.Module):
 
     Args:
         cv: the collective variable module.
-        periods: period of each CV component (2π for torsions), or 0 where not periodic.
+        periods: period of each CV component (2π for torsions), or 0 where not periodic
+            (default: the CV's own ``periods``).
     """
 
     def __init__(self, cv: CV, periods: Sequence[float] | None = None) -> None:
         super().__init__()
         self.cv = cv
-        periods = [0.0] * cv.dim if periods is None else list(periods)
+        periods = cv.periods if periods is None else list(periods)
         if len(periods) != cv.dim:
             raise InputError(f"periods: {len(periods)} values for a {cv.dim}-dimensional CV")
         self.register_buffer("periods", torch.tensor(periods, dtype=torch.float64))
@@ -101,12 +102,24 @@ class _KernelBias(Bias):
         self.widths = torch.zeros(0, cv.dim, dtype=torch.float64)
         self.heights = torch.zeros(0, dtype=torch.float64)
 
-    def kernel_sum(self, s: torch.Tensor) -> torch.Tensor:
-        """Σ_k h_k exp(-|s - c_k|²/2σ_k²) at s (M, d) -> (M,)."""
-        if self.heights.numel() == 0:
+    def kernels(self, s: torch.Tensor, centres: torch.Tensor, widths: torch.Tensor,
+                heights: torch.Tensor) -> torch.Tensor:
+        """Σ_k h_k exp(-|s - c_k|²/2σ_k²) over the given kernels at s (M, d) -> (M,)."""
+        if heights.numel() == 0:
             return s.new_zeros(s.shape[0])
-        z = self.delta(s, self.centres) / self.widths.unsqueeze(0)
-        return (self.heights * torch.exp(-0.5 * z.pow(2).sum(-1))).sum(-1)
+        z = self.delta(s, centres) / widths.unsqueeze(0)
+        return (heights * torch.exp(-0.5 * z.pow(2).sum(-1))).sum(-1)
+
+    def kernel_sum(self, s: torch.Tensor) -> torch.Tensor:
+        """The sum of this bias's kernels at s (M, d) -> (M,)."""
+        return self.kernels(s, self.centres, self.widths, self.heights)
+
+    def energy_from_kernel_sum(self, kernel_sum: torch.Tensor) -> torch.Tensor:
+        """Bias (eV) from the kernel sum at the same points."""
+        raise NotImplementedError
+
+    def energy_of_cv(self, s: torch.Tensor) -> torch.Tensor:
+        return self.energy_from_kernel_sum(self.kernel_sum(s))
 
     def get_state(self) -> dict[str, torch.Tensor]:
         return {"centres": self.centres.clone(), "widths": self.widths.clone(), "heights": self.heights.clone()}
@@ -143,8 +156,8 @@ class WellTemperedMetaD(_KernelBias):
         self.height0 = height_kjmol * KJMOL
         self.biasfactor = biasfactor
 
-    def energy_of_cv(self, s: torch.Tensor) -> torch.Tensor:
-        return self.kernel_sum(s)
+    def energy_from_kernel_sum(self, kernel_sum: torch.Tensor) -> torch.Tensor:
+        return kernel_sum
 
     @torch.no_grad()
     def update(self, state) -> None:
@@ -200,10 +213,10 @@ class OPES(_KernelBias):
             return s.new_zeros(s.shape[0])
         return self.kernel_sum(s) / self.sum_w
 
-    def energy_of_cv(self, s: torch.Tensor) -> torch.Tensor:
+    def energy_from_kernel_sum(self, kernel_sum: torch.Tensor) -> torch.Tensor:
         if self.heights.numel() == 0:
-            return s.new_zeros(s.shape[0])
-        return self.prefactor * torch.log(self.probability(s) / self.zed + self.epsilon)
+            return torch.zeros_like(kernel_sum)
+        return self.prefactor * torch.log(kernel_sum / self.sum_w / self.zed + self.epsilon)
 
     def _add_kernel(self, centre: torch.Tensor, width: torch.Tensor, height: torch.Tensor) -> None:
         if self.heights.numel():

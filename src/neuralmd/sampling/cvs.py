@@ -8,6 +8,7 @@ module after them (a learned network) makes a new CV.
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -33,6 +34,11 @@ class CV(nn.Module):
     @property
     def dim(self) -> int:
         return len(self.names)
+
+    @property
+    def periods(self) -> list[float]:
+        """Period of each output (2π for torsions), 0 where the output is not periodic."""
+        return [0.0] * self.dim
 
     def check_atoms(self, n_atoms: int) -> None:
         """InputError if the CV refers to atoms beyond ``n_atoms``."""
@@ -76,11 +82,15 @@ class Torsion(CV):
         self.register_buffer("idx", torch.tensor([i, j, k, l]))
         self.names = [name or f"t{i}-{j}-{k}-{l}"]
 
+    @property
+    def periods(self) -> list[float]:
+        return [2 * math.pi]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p0, p1, p2, p3 = (x[:, self.idx[m]] for m in range(4))
         b0, b1, b2 = p1 - p0, p2 - p1, p3 - p2
         n1, n2 = torch.linalg.cross(b0, b1), torch.linalg.cross(b1, b2)
-        m1 = torch.linalg.cross(n1, b1 / torch.linalg.vector_norm(b1, dim=-1, keepdim=True))
+        m1 = torch.linalg.cross(b1 / torch.linalg.vector_norm(b1, dim=-1, keepdim=True), n1)
         return torch.atan2((m1 * n2).sum(-1), (n1 * n2).sum(-1)).unsqueeze(-1)
 
 
@@ -89,7 +99,8 @@ class PairwiseDistances(CV):
 
     def __init__(self, atoms: Sequence[int]) -> None:
         super().__init__()
-        atoms = list(atoms)
+        atoms = [int(a) for a in atoms]
+        self.atoms = atoms
         pairs = [(a, b) for n, a in enumerate(atoms) for b in atoms[n + 1 :]]
         if not pairs:
             raise InputError("PairwiseDistances needs at least two atoms")
@@ -120,6 +131,10 @@ class Stack(CV):
         super().__init__()
         self.cvs = nn.ModuleList(cvs)
         self.names = [name for cv in cvs for name in cv.names]
+
+    @property
+    def periods(self) -> list[float]:
+        return [p for cv in self.cvs for p in cv.periods]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([cv(x) for cv in self.cvs], dim=-1)

@@ -75,3 +75,38 @@ def fes(values: np.ndarray, weights: np.ndarray, bins: int | Sequence[int], rang
     f[~np.isfinite(f)] = np.nan
     f -= np.nanmin(f)
     return [0.5 * (e[1:] + e[:-1]) for e in edges], f
+
+
+def parse_region(text: str, names: Sequence[str]) -> list[tuple[float, float]]:
+    """A basin from text such as ``phi>0``, ``-2<phi<0`` or ``phi<0&psi>1`` (CV names from
+    ``names``): one (low, high) per CV, unbounded where not mentioned."""
+    import re
+
+    from ..errors import InputError
+
+    region = [(-np.inf, np.inf)] * len(names)
+    number = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+    for part in text.replace(" ", "").split("&"):
+        m = re.fullmatch(rf"(?:({number})<)?([A-Za-z_]\w*)(?:([<>])({number}))?", part)
+        if not m or m.group(2) not in names or (m.group(1) is None and m.group(3) is None):
+            raise InputError(f"basin {text!r}: cannot read {part!r}; expected e.g. 'phi>0', '-2<phi<0' with a CV "
+                             f"among {list(names)}")
+        k = names.index(m.group(2))
+        lo, hi = region[k]
+        if m.group(1) is not None:
+            lo = float(m.group(1))
+        if m.group(3) == "<":
+            hi = float(m.group(4))
+        elif m.group(3) == ">":
+            lo = float(m.group(4))
+        region[k] = (lo, hi)
+    return region
+
+
+def basin_report(values: np.ndarray, weights: np.ndarray, time_ns: np.ndarray, region_a, region_b,
+                 temperature_K: float, blocks: int = 5, points: int = 20) -> dict:
+    """ΔF = F(B) - F(A) (kJ/mol) with its block error and the convergence curve [ns, ΔF]."""
+    dF, err = delta_f_blocks(values, weights, region_a, region_b, temperature_K, blocks)
+    ends, curve = convergence(values, weights, region_a, region_b, temperature_K, points)
+    return {"deltaF_kjmol": dF, "deltaF_err_kjmol": err,
+            "curve": [[float(time_ns[e - 1]), float(c)] for e, c in zip(ends, curve)]}

@@ -74,19 +74,19 @@ class LearnedCV(CV):
         d = self.descriptors(x)
         return self.model(d.to(self.model.projection.dtype)).to(x.dtype)
 
-    def export(self, folder: str | Path) -> Path:
+    def export(self, folder: str | Path, meta: dict | None = None) -> Path:
         """Write ``cv.pt`` (TorchScript: descriptors (n, m) -> CVs (n, k)), ``descriptors.json``
-        and a PLUMED input snippet ``plumed.dat``; returns the folder."""
+        (the descriptor definition, plus ``meta``) and a PLUMED input snippet ``plumed.dat``;
+        returns the folder."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         scripted = torch.jit.script(self.model.cpu().float())
-        with atomic_path(folder / "cv.pt") as tmp:
-            torch.jit.save(scripted, str(tmp))
         desc = {"type": type(self.descriptors).__name__, "names": self.descriptors.names,
-                "method": self.method, "cv_names": self.names, "units": "Angstrom (distances), radians (angles)"}
+                "method": self.method, "cv_names": self.names, "units": "Angstrom (distances), radians (angles)",
+                **(meta or {})}
         if hasattr(self.descriptors, "pairs"):
+            desc["atoms_0based"] = self.descriptors.atoms
             desc["pairs_0based"] = self.descriptors.pairs.tolist()
-        atomic_write_json(desc, folder / "descriptors.json")
         lines = []
         if hasattr(self.descriptors, "pairs"):
             for (a, b), name in zip(self.descriptors.pairs.tolist(), self.descriptors.names):
@@ -95,6 +95,9 @@ class LearnedCV(CV):
             lines.append(f"cv: PYTORCH_MODEL FILE=cv.pt ARG={args}")
         with atomic_path(folder / "plumed.dat") as tmp:
             tmp.write_text("\n".join(lines) + "\n")
+        atomic_write_json(desc, folder / "descriptors.json")
+        with atomic_path(folder / "cv.pt") as tmp:  # last: its presence marks a complete export
+            torch.jit.save(scripted, str(tmp))
         return folder
 
 
@@ -208,19 +211,23 @@ def train_deep_lda(descriptors: np.ndarray, labels: np.ndarray, n_cv: int = 1, h
 def train_deep_tica(descriptors: np.ndarray, lag: int, n_cv: int = 1, weights: np.ndarray | None = None,
                     hidden: Sequence[int] = (24, 12), epochs: int = 200, lr: float = 1e-3,
                     valid_fraction: float = 0.1, seed: int = 0, batch_size: int = 512,
-                    progress: bool = False) -> tuple[CVNetwork, list[dict]]:
+                    segments: np.ndarray | None = None, progress: bool = False) -> tuple[CVNetwork, list[dict]]:
     """Deep-TICA (Bonati, Piccini & Parrinello 2021): network outputs whose time-lagged
     autocorrelations (TICA eigenvalues at ``lag`` frames) are maximal; the CV is the leading
-    TICA projection. ``weights`` (exp(βV) of biased frames) reweight the correlation matrices."""
+    TICA projection. ``weights`` (exp(βV) of biased frames) reweight the correlation matrices;
+    ``segments`` (one id per frame) marks separate trajectories, which lagged pairs never span."""
     x = torch.as_tensor(descriptors, dtype=torch.float32)
-    if not 0 < lag < len(x) // 2:
-        raise InputError(f"lag: {lag} frames; expected between 1 and {len(x) // 2 - 1} for {len(x)} frames")
+    seg = np.zeros(len(x), dtype=int) if segments is None else np.asarray(segments)
+    pairs = np.nonzero(seg[:-lag] == seg[lag:])[0] if lag > 0 else np.zeros(0, dtype=int)
+    if lag < 1 or len(pairs) < 20:
+        longest = int(np.bincount(seg).max())
+        raise InputError(f"lag: {lag} frames leaves {len(pairs)} time-lagged pairs; the longest trajectory has "
+                         f"{longest} frames (need lag >= 1 and at least 20 pairs: a longer run or a shorter lag)")
     w = torch.ones(len(x)) if weights is None else torch.as_tensor(weights, dtype=torch.float32)
     torch.manual_seed(seed)
     norm = _normaliser(x)
     net = mlp([x.shape[1], *hidden])
     xn = norm(x)
-    pairs = np.arange(len(x) - lag)
 
     def correlations(h0, ht, wt):
         wt = wt / wt.sum()

@@ -1,0 +1,112 @@
+"""``neuralmd cv train``: a learned CV from the trajectories of runs, exported with its
+descriptor definition, training history and descriptor relevance.
+
+Deep-TICA uses each run's frames in time order (pairs never straddle two runs or replicas)
+and reweights biased frames by exp(βV); Deep-LDA takes each run as one labelled state; the
+autoencoder pools all frames.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..io_utils import atomic_write_json
+from .cvs import PairwiseDistances
+from .learned import LearnedCV, train_autoencoder, train_deep_lda, train_deep_tica
+from .runs import _timestep_fs, load_samples
+from .spec import descriptor_atoms
+
+METHODS = ("deep-tica", "autoencoder", "deep-lda")
+
+
+def train_cv_from_runs(runs: Sequence[str | Path], out: str | Path, method: str = "deep-tica",
+                       descriptors: str = "heavy-atom-distances", lag_ps: float = 1.0, n_cv: int = 1,
+                       hidden: Sequence[int] = (24, 12), epochs: int = 200, seed: int = 0,
+                       reweight: bool = True, progress: bool = False) -> dict:
+    """Train, export into ``out`` (cv.pt, descriptors.json, plumed.dat, history.json,
+    relevance.csv/png) and return a summary."""
+    from ..analysis.interpret import cv_relevance, plot_relevance
+
+    if method not in METHODS:
+        raise InputError(f"method: {method!r}; expected one of {', '.join(METHODS)}")
+    if method == "deep-lda" and len(runs) < 2:
+        raise InputError("deep-lda: give one run per state (at least two runs)")
+    parts, numbers, lag_frames = [], None, None
+    for run in runs:
+        run = Path(run)
+        frames_numbers = _numbers(run)
+        if numbers is None:
+            numbers = frames_numbers
+            atoms = descriptor_atoms(descriptors, numbers)
+            desc = PairwiseDistances(atoms)
+        elif not np.array_equal(numbers, frames_numbers):
+            raise InputError(f"{run}: a different system from {runs[0]} (atoms or elements differ)")
+        samples = load_samples(run, cv=desc)
+        if method == "deep-tica":
+            stride_ps = _report_every(run) * _timestep_fs(run) / 1000.0
+            lag = int(round(lag_ps / stride_ps))
+            if lag < 1:
+                raise InputError(f"lag: {lag_ps} ps is shorter than the frame interval {stride_ps} ps of {run}")
+            lag_frames = lag if lag_frames is None else lag_frames
+            if lag != lag_frames:
+                raise InputError(f"{run}: frame interval differs from {runs[0]}; the lag would differ")
+        parts.append(samples)
+    x_parts, w_parts, seg_parts, label_parts = [], [], [], []
+    for k, s in enumerate(parts):
+        for b in np.unique(s.replica):
+            rows = s.replica == b
+            x_parts.append(s.values[rows])
+            w_parts.append(s.weights[rows] / s.weights[rows].mean())  # each trajectory counts alike
+            seg_parts.append(np.full(rows.sum(), len(seg_parts)))
+            label_parts.append(np.full(rows.sum(), k))
+    x = np.concatenate(x_parts).astype(np.float32)
+    weights = np.concatenate(w_parts) if reweight else None
+    if method == "deep-tica":
+        net, history = train_deep_tica(x, lag_frames, n_cv, weights=weights, hidden=hidden, epochs=epochs, seed=seed,
+                                       segments=np.concatenate(seg_parts), progress=progress)
+    elif method == "deep-lda":
+        net, history = train_deep_lda(x, np.concatenate(label_parts), n_cv, hidden=hidden, epochs=epochs, seed=seed,
+                                      progress=progress)
+    else:
+        net, history = train_autoencoder(x, n_cv, hidden=hidden, epochs=epochs, seed=seed, progress=progress)
+    cv = LearnedCV(desc, net, method)
+    with torch.no_grad():
+        s = net(torch.as_tensor(x)).numpy()
+    meta = {"n_atoms": len(numbers), "elements": [int(numbers[a]) for a in atoms],
+            "cv_range": [[float(s[:, k].min()), float(s[:, k].max())] for k in range(n_cv)],
+            "training": {"runs": [str(Path(r).resolve()) for r in runs], "frames": len(x), "descriptors": descriptors,
+                         "lag_ps": lag_ps if method == "deep-tica" else None, "epochs": epochs, "seed": seed}}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    relevance = cv_relevance(net, x)
+    order = np.argsort(relevance)[::-1]
+    with open(out / "relevance.csv", "w") as fh:
+        fh.write("descriptor,relevance\n")
+        fh.writelines(f"{desc.names[i]},{relevance[i]:.6f}\n" for i in order)
+    plot_relevance(relevance, desc.names, out / "relevance.png")
+    atomic_write_json(history, out / "history.json")
+    cv.export(out, meta)
+    return {"method": method, "frames": len(x), "cv_range": meta["cv_range"], "final_valid_loss":
+            history[-1]["valid_loss"], "best_valid_loss": min(h["valid_loss"] for h in history),
+            "top_descriptors": [(desc.names[i], float(relevance[i])) for i in order[:5]]}
+
+
+def _numbers(run: Path) -> np.ndarray:
+    import h5py
+
+    path = run / "traj_000.h5md"
+    if not path.is_file():
+        raise InputError(f"{run}: no trajectory traj_000.h5md; is it a run directory?")
+    with h5py.File(path, "r") as f:
+        return f["particles/trajectory/species"][()]
+
+
+def _report_every(run: Path) -> int:
+    import tomllib
+
+    return int(tomllib.loads((run / "md.toml").read_text())["report_every"])

@@ -1,0 +1,294 @@
+"""Sampling runs as the command line makes them: a CV specification and bias settings, an engine
+(OpenMM with a PDB and force field, or the native engine with a neural potential), a run
+directory, and resume. Also reading a finished run back as weighted samples (for ``fes`` and
+``cv train``).
+
+Run directory: ``md.toml`` (engine settings), ``sample.toml`` (:class:`BiasSettings`),
+``traj_XXX.h5md`` (+ ``.pdb``), ``log.csv``, ``colvar.csv``, ``checkpoint.pt``, ``results.json``,
+``topology.pdb`` (OpenMM runs).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import load_config, save_config
+from ..errors import InputError
+from ..units import KJMOL
+from .biases import OPES, Bias, WellTemperedMetaD
+from .colvar import ColvarReporter, read_colvar
+from .cvs import CV, replica_positions
+from .fes import weights_from_bias
+from .spec import parse_cv
+
+BIASES = ("none", "opes", "opes-explore", "metad")
+
+
+@dataclass
+class BiasSettings:
+    """What to bias and how (stored as sample.toml). Energies in kJ/mol, as PLUMED."""
+
+    cv: str = ""
+    bias: str = "opes"
+    barrier_kjmol: float = 40.0
+    biasfactor: float = 0.0  # 0: OPES's βΔE, or 10 for metadynamics
+    sigma: list[float] = field(default_factory=list)  # empty: std of the CV in a short unbiased probe
+    pace: int = 500
+    height_kjmol: float = 1.2
+    grid: bool = True
+    grid_ranges: list[list[float]] = field(default_factory=list)
+    probe_steps: int = 2000
+
+    def validate(self) -> None:
+        if self.bias not in BIASES:
+            raise InputError(f"bias: {self.bias!r}; expected one of {', '.join(BIASES)}")
+        if self.bias != "none" and not self.cv:
+            raise InputError("bias: a biased run needs --cv")
+        if self.bias != "none" and not self.barrier_kjmol > 0:
+            raise InputError(f"barrier_kjmol: {self.barrier_kjmol}; expected > 0")
+        if self.biasfactor and not self.biasfactor > 1:
+            raise InputError(f"biasfactor: {self.biasfactor}; expected > 1 (or 0 for the default)")
+        if self.sigma and min(self.sigma) <= 0:
+            raise InputError(f"sigma: {self.sigma}; expected positive widths")
+        if self.pace < 1 or self.probe_steps < 100:
+            raise InputError("pace must be >= 1 and probe_steps >= 100")
+
+
+def estimate_sigma(values: np.ndarray, periods: list[float]) -> list[float]:
+    """Kernel widths from CV fluctuations (OPES's advice: the standard deviation in a basin);
+    circular standard deviation for periodic CVs."""
+    out = []
+    for k, p in enumerate(periods):
+        x = values[:, k]
+        if p > 0:
+            angle = x * 2 * np.pi / p
+            r = np.hypot(np.cos(angle).mean(), np.sin(angle).mean())
+            std = np.sqrt(-2 * np.log(max(r, 1e-12))) * p / (2 * np.pi)
+        else:
+            std = x.std()
+        out.append(float(max(std, 1e-6)))
+    return out
+
+
+def make_bias(settings: BiasSettings, cv: CV, temperature_K: float, sigma: list[float]) -> Bias | None:
+    """The bias named by ``settings`` over ``cv``."""
+    if settings.bias == "none":
+        return None
+    if len(sigma) != cv.dim:
+        raise InputError(f"sigma: {len(sigma)} widths for the {cv.dim} CV outputs {cv.names}")
+    if settings.bias == "metad":
+        return WellTemperedMetaD(cv, sigma, settings.height_kjmol, settings.pace, settings.biasfactor or 10.0,
+                                 temperature_K)
+    return OPES(cv, sigma, settings.barrier_kjmol, settings.pace, temperature_K, settings.biasfactor or None,
+                mode="explore" if settings.bias == "opes-explore" else "metad")
+
+
+def grid_ranges(settings: BiasSettings, cv: CV) -> list[tuple[float, float] | None]:
+    """Grid ranges for the non-periodic CV outputs: given ones, else a learned CV's training
+    range widened by half its width on each side."""
+    if settings.grid_ranges:
+        return [tuple(r) for r in settings.grid_ranges]
+    out: list[tuple[float, float] | None] = []
+    parts = list(cv.cvs) if hasattr(cv, "cvs") else [cv]
+    for part in parts:
+        meta = getattr(part, "meta", {})
+        for k, p in enumerate(part.periods):
+            if p > 0:
+                out.append(None)
+            elif "cv_range" in meta:
+                lo, hi = meta["cv_range"][k]
+                out.append((lo - 0.5 * (hi - lo), hi + 0.5 * (hi - lo)))
+            else:
+                raise InputError(f"CV {part.names[k]!r} is not periodic: give its grid range (--grid-range LOW:HIGH) "
+                                 f"or use --no-grid")
+    return out
+
+
+def _prepare(run_dir: Path, engine_settings, bias_settings: BiasSettings) -> None:
+    if (run_dir / "checkpoint.pt").exists():
+        raise InputError(f"{run_dir}: already holds a run; use --resume {run_dir} or another -o")
+    bias_settings.validate()
+    engine_settings.validate()
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def start_openmm(settings, bias_settings: BiasSettings, run_dir: str | Path, progress: bool = False):
+    """A new OpenMM run (``settings``: :class:`~.openmm_engine.OpenMMSettings`), sigma probed
+    if not given; returns the :class:`~.openmm_engine.OpenMMRun`, ready to ``run()``."""
+    from .openmm_engine import OpenMMRun
+
+    run_dir = Path(run_dir)
+    settings.pdb = str(Path(settings.pdb).resolve())
+    _prepare(run_dir, settings, bias_settings)
+    numbers = _pdb_numbers(settings.pdb)
+    cv = parse_cv(bias_settings.cv, numbers, settings.pdb) if bias_settings.cv else None
+    bias = None
+    if cv is not None and bias_settings.bias != "none":
+        sigma = bias_settings.sigma
+        if not sigma:
+            probe = OpenMMRun(settings, run_dir / "probe")
+            sigma = estimate_sigma(probe.equilibrate(bias_settings.probe_steps, cv), cv.periods)
+            bias_settings.sigma = sigma
+        bias = make_bias(bias_settings, cv, settings.temperature_K, sigma)
+    ranges = grid_ranges(bias_settings, cv) if bias is not None and bias_settings.grid else None
+    run = OpenMMRun(settings, run_dir, bias, cv, grid=bias_settings.grid, grid_ranges=ranges, progress=progress)
+    shutil.copyfile(settings.pdb, run_dir / "topology.pdb")
+    save_config(settings, run_dir / "md.toml")
+    save_config(bias_settings, run_dir / "sample.toml")
+    return run
+
+
+def _pdb_numbers(pdb: str | Path) -> np.ndarray:
+    from openmm import app
+
+    return np.array([a.element.atomic_number for a in app.PDBFile(str(pdb)).topology.atoms()])
+
+
+def start_native(potential, frames, md_settings, bias_settings: BiasSettings, run_dir: str | Path,
+                 progress: bool = False):
+    """A new native-engine run of ``frames`` (one per replica; all replicas are walkers of one
+    bias); returns the :class:`~neuralmd.md.simulation.Simulation`, ready to ``run()``."""
+    from ..md.simulation import Simulation
+    from ..state import AtomsBatch
+
+    run_dir = Path(run_dir)
+    _prepare(run_dir, md_settings, bias_settings)
+    batch = AtomsBatch.from_atoms(frames)
+    numbers = frames[0].numbers
+    cv = parse_cv(bias_settings.cv, numbers) if bias_settings.cv else None
+    bias = None
+    if cv is not None and bias_settings.bias != "none":
+        sigma = bias_settings.sigma
+        if not sigma:
+            probe = Simulation(potential, batch, md_settings)
+            values = []
+            for _ in range(bias_settings.probe_steps // 10):
+                state = probe.run(10)
+                with torch.no_grad():
+                    values.append(cv(replica_positions(state.batch)).numpy())
+            sigma = estimate_sigma(np.concatenate(values), cv.periods)
+            bias_settings.sigma = sigma
+        bias = make_bias(bias_settings, cv, md_settings.temperature_K[0], sigma)
+    reporters = [ColvarReporter(run_dir / "colvar.csv", cv, bias, md_settings.report_every)] if cv is not None else []
+    sim = Simulation(potential, batch, md_settings, terms=[bias] if bias is not None else [], run_dir=run_dir,
+                     reporters=reporters, progress=progress)
+    save_config(md_settings, run_dir / "md.toml")
+    save_config(bias_settings, run_dir / "sample.toml")
+    return sim
+
+
+def engine_of(run_dir: str | Path) -> str:
+    """'openmm' or 'native', from the run's md.toml."""
+    path = Path(run_dir) / "md.toml"
+    if not path.is_file():
+        raise InputError(f"{path}: not found; is {run_dir} a run directory?")
+    return tomllib.loads(path.read_text()).get("engine", "native")
+
+
+def resume_run(run_dir: str | Path, potential=None, progress: bool = False):
+    """The run in ``run_dir`` rebuilt from its settings and checkpoint, ready to ``run()``."""
+    from ..md.simulation import MDSettings, Simulation
+    from .openmm_engine import OpenMMRun, OpenMMSettings
+
+    run_dir = Path(run_dir)
+    bias_settings = (load_config(BiasSettings, run_dir / "sample.toml") if (run_dir / "sample.toml").exists()
+                     else BiasSettings(bias="none"))
+    if engine_of(run_dir) == "openmm":
+        settings = load_config(OpenMMSettings, run_dir / "md.toml")
+        settings.pdb = str(run_dir / "topology.pdb")
+        numbers = _pdb_numbers(settings.pdb)
+        cv = parse_cv(bias_settings.cv, numbers, settings.pdb) if bias_settings.cv else None
+        bias = make_bias(bias_settings, cv, settings.temperature_K, bias_settings.sigma) if cv is not None else None
+        ranges = grid_ranges(bias_settings, cv) if bias is not None and bias_settings.grid else None
+        run = OpenMMRun(settings, run_dir, bias, cv, grid=bias_settings.grid, grid_ranges=ranges, progress=progress)
+        run.restore()
+        return run
+    from ..models.neural import load_potential
+
+    settings = load_config(MDSettings, run_dir / "md.toml")
+    potential = potential or load_potential(settings.model_path, dtype=torch.float64)
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True) if (run_dir / "checkpoint.pt").exists() else None
+    if ckpt is None:
+        raise InputError(f"{run_dir / 'checkpoint.pt'}: no checkpoint to resume from")
+    numbers = ckpt["batch"]["numbers"][ckpt["batch"]["system"] == 0].numpy()
+    cv = parse_cv(bias_settings.cv, numbers) if bias_settings.cv else None
+    bias = make_bias(bias_settings, cv, settings.temperature_K[0], bias_settings.sigma) if cv is not None else None
+    reporters = [ColvarReporter(run_dir / "colvar.csv", cv, bias, settings.report_every)] if cv is not None else []
+    return Simulation.resume(run_dir, potential, progress=progress, terms=[bias] if bias is not None else [],
+                             reporters=reporters)
+
+
+@dataclass
+class Samples:
+    """Frames of a run read back: CV values (n, d), reweighting weights exp(βV), simulated
+    time (ns) of each frame, replica index, temperature (K) and the CV's names."""
+
+    values: np.ndarray
+    weights: np.ndarray
+    time_ns: np.ndarray
+    replica: np.ndarray
+    temperature_K: float
+    names: list[str]
+    periods: list[float]
+    positions: np.ndarray  # (n, atoms, 3) Å
+
+
+def run_temperature(run_dir: Path) -> float:
+    values = tomllib.loads((run_dir / "md.toml").read_text())["temperature_K"]
+    return float(values[0] if isinstance(values, list) else values)
+
+
+def load_samples(run_dir: str | Path, cv: str | CV | None = None) -> Samples:
+    """The frames of a run with their weights; CV values of ``cv`` (a CV module or a
+    specification) computed on the trajectory (default: the CV the run was biased along)."""
+    from ..md.reporters import read_h5md
+
+    run_dir = Path(run_dir)
+    temperature_K = run_temperature(run_dir) if (run_dir / "md.toml").exists() else None
+    if temperature_K is None:
+        raise InputError(f"{run_dir / 'md.toml'}: not found; is {run_dir} a run directory?")
+    trajectories = sorted(run_dir.glob("traj_*.h5md"))
+    if not trajectories:
+        raise InputError(f"{run_dir}: no trajectory (traj_*.h5md)")
+    frames = [read_h5md(path) for path in trajectories]
+    n = min(len(f) for f in frames)
+    steps = np.array([a.info["step"] for a in frames[0][:n]])
+    positions = np.stack([[a.positions for a in f[:n]] for f in frames], axis=1)  # (n, B, atoms, 3)
+    bias_kjmol = np.zeros((n, len(frames)))
+    if (run_dir / "colvar.csv").exists():
+        colvar = read_colvar(run_dir / "colvar.csv")
+        for b in range(len(frames)):
+            rows = colvar["replica"] == b
+            by_step = dict(zip(colvar["step"][rows], colvar["bias_kjmol"][rows]))
+            missing = [int(s) for s in steps if s not in by_step]
+            if missing:
+                raise InputError(f"{run_dir / 'colvar.csv'}: no row for replica {b} at step {missing[0]}")
+            bias_kjmol[:, b] = [by_step[s] for s in steps]
+    pdb = run_dir / "topology.pdb"
+    if not isinstance(cv, CV):
+        spec = cv or (load_config(BiasSettings, run_dir / "sample.toml").cv if (run_dir / "sample.toml").exists()
+                      else "")
+        if not spec:
+            raise InputError(f"{run_dir}: give the CVs (--cv) to compute on this run")
+        cv = parse_cv(spec, frames[0][0].numbers, pdb if pdb.exists() else None)
+    with torch.no_grad():
+        flat = torch.as_tensor(positions.reshape(-1, *positions.shape[2:]), dtype=torch.float64)
+        values = cv(flat).numpy().reshape(n, len(frames), -1)
+    dt_ns = _timestep_fs(run_dir) * 1e-6
+    return Samples(values=values.reshape(n * len(frames), -1),
+                   weights=weights_from_bias(bias_kjmol.reshape(-1) * KJMOL, temperature_K),
+                   time_ns=np.repeat(steps * dt_ns, len(frames)),
+                   replica=np.tile(np.arange(len(frames)), n), temperature_K=temperature_K, names=cv.names,
+                   periods=[float(p) for p in cv.periods],
+                   positions=positions.reshape(n * len(frames), *positions.shape[2:]))
+
+
+def _timestep_fs(run_dir: Path) -> float:
+    return float(tomllib.loads((run_dir / "md.toml").read_text())["timestep_fs"])
+
