@@ -109,7 +109,7 @@ class GridBias:
         system: the OpenMM System (for atom counts).
         ranges: (low, high) per CV output; periodic outputs use one period and need none.
             Outside a non-periodic range the bias is held at its boundary value (no force).
-        spacing: grid spacing per output (default: a fifth of the kernel width, or 1/100 of
+        spacing: grid spacing per output (default: a third of the kernel width, or 1/100 of
             the range for biases without kernels).
     """
 
@@ -132,7 +132,7 @@ class GridBias:
             if spacing is not None:
                 step = spacing[k]
             elif isinstance(bias, _KernelBias):
-                step = float(bias.sigma0[k]) / 5
+                step = float(bias.sigma0[k]) / 3
             else:
                 step = (hi - lo) / 100
             n = int(min(max(math.ceil((hi - lo) / step) + 1, 32), 400 if d == 1 else 160))
@@ -175,6 +175,15 @@ class GridBias:
                 self._sum -= b.kernels(self.points, c[changed], w[changed], h[changed])
         self._kernels = new
         return self._sum.clamp(min=0.0)
+
+    def get_state(self) -> dict:
+        """The tabulated kernel sum and the kernels it holds (so a restart re-tabulates the
+        very same numbers an uninterrupted run would)."""
+        return {"sum": self._sum.clone(), "kernels": list(self._kernels) if self._kernels is not None else []}
+
+    def set_state(self, state: dict) -> None:
+        self._sum = state["sum"].clone()
+        self._kernels = tuple(state["kernels"]) if state["kernels"] else None
 
     @torch.no_grad()
     def refresh(self, context: openmm.Context | None = None) -> None:
@@ -275,7 +284,9 @@ class OpenMMRun:
         self.step = 0
         self.wall_seconds = 0.0
         every = settings.report_every
-        self.reporters: list = [H5MDReporter(self.run_dir, every), LogReporter(self.run_dir / "log.csv", every)]
+        # velocities live in the checkpoints; the trajectory keeps positions only
+        self.reporters: list = [H5MDReporter(self.run_dir, every, velocities=False),
+                                LogReporter(self.run_dir / "log.csv", every)]
         cv = cv if cv is not None else (bias.cv if bias is not None else None)
         if cv is not None:
             cv.check_atoms(n)
@@ -361,7 +372,8 @@ class OpenMMRun:
         blob = self.simulation.context.createCheckpoint()
         atomic_save({"format": CHECKPOINT_FORMAT, "step": self.step, "wall_seconds": self.wall_seconds,
                      "context": torch.frombuffer(bytearray(blob), dtype=torch.uint8),
-                     "bias": self.bias.get_state() if hasattr(self.bias, "get_state") else {}},
+                     "bias": self.bias.get_state() if hasattr(self.bias, "get_state") else {},
+                     "grid": self.grid.get_state() if self.grid is not None else {}},
                     self.run_dir / CHECKPOINT)
 
     def restore(self) -> None:
@@ -378,6 +390,7 @@ class OpenMMRun:
         if hasattr(self.bias, "set_state"):
             self.bias.set_state(ckpt["bias"])
         if self.grid is not None:
+            self.grid.set_state(ckpt["grid"])
             self.grid.refresh(self.simulation.context)
         self.step, self.wall_seconds = ckpt["step"], ckpt["wall_seconds"]
         for reporter in self.reporters:

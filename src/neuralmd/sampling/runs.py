@@ -111,11 +111,11 @@ def grid_ranges(settings: BiasSettings, cv: CV) -> list[tuple[float, float] | No
 
 
 def _prepare(run_dir: Path, engine_settings, bias_settings: BiasSettings) -> None:
+    """Check everything that can be checked before anything is written."""
     if (run_dir / "checkpoint.pt").exists():
         raise InputError(f"{run_dir}: already holds a run; use --resume {run_dir} or another -o")
     bias_settings.validate()
     engine_settings.validate()
-    run_dir.mkdir(parents=True, exist_ok=True)
 
 
 def start_openmm(settings, bias_settings: BiasSettings, run_dir: str | Path, progress: bool = False):
@@ -129,6 +129,7 @@ def start_openmm(settings, bias_settings: BiasSettings, run_dir: str | Path, pro
     numbers = _pdb_numbers(settings.pdb)
     cv = parse_cv(bias_settings.cv, numbers, settings.pdb) if bias_settings.cv else None
     bias = None
+    run_dir.mkdir(parents=True, exist_ok=True)
     if cv is not None and bias_settings.bias != "none":
         sigma = bias_settings.sigma
         if not sigma:
@@ -163,6 +164,7 @@ def start_native(potential, frames, md_settings, bias_settings: BiasSettings, ru
     numbers = frames[0].numbers
     cv = parse_cv(bias_settings.cv, numbers) if bias_settings.cv else None
     bias = None
+    run_dir.mkdir(parents=True, exist_ok=True)
     if cv is not None and bias_settings.bias != "none":
         sigma = bias_settings.sigma
         if not sigma:

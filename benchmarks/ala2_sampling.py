@@ -1,0 +1,169 @@
+"""Alanine dipeptide in vacuum (amber99sb-ildn, 300 K, 2 fs, HBonds, OpenMM Reference platform):
+ΔF = F(phi > 0) - F(phi < 0) against simulated time for
+
+(a) unbiased MD; (b) OpenMM's own ``app.Metadynamics`` on phi, psi (the peer);
+(c) neuralmd OPES on phi, psi; (d) neuralmd OPES on a Deep-TICA CV trained only on a short
+unbiased run plus an OPES_EXPLORE run along an autoencoder CV (no phi/psi given to either).
+
+    python benchmarks/ala2_sampling.py [--scale 1.0]   # -> benchmarks/results/ala2_sampling.json
+
+``ns_to_1kjmol``: the simulated time after which ΔF(t) stays within 1 kJ/mol of the reference
+(the mean of the final (b) and (c) values). ``wall_s_per_ns``: wall time per simulated ns,
+bias updates and recording included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import openmm
+import torch
+from openmm import app, unit
+
+from neuralmd.sampling import fes as F
+from neuralmd.sampling.cv_training import train_cv_from_runs
+from neuralmd.sampling.openmm_engine import OpenMMSettings
+from neuralmd.sampling.runs import BiasSettings, load_samples, start_openmm
+from neuralmd.threads import set_threads
+
+HERE = Path(__file__).resolve().parent
+PDB = HERE.parents[1] / "shared" / "data" / "alanine_dipeptide" / "ala2.pdb"
+T = 300.0
+PHI, PSI = (4, 6, 8, 14), (6, 8, 14, 16)
+A, B = [(-np.pi, 0.0)], [(0.0, np.pi)]
+
+
+def run_neuralmd(out: Path, ns: float, bias: BiasSettings, seed: int) -> tuple[dict, float]:
+    settings = OpenMMSettings(pdb=str(PDB), temperature_K=T, seed=seed, report_every=500, checkpoint_every=10**9,
+                              total_steps=int(ns * 5e5))
+    run = start_openmm(settings, bias, out)
+    t0 = time.perf_counter()
+    run.run()
+    wall = time.perf_counter() - t0
+    s = load_samples(out, "phi")
+    report = F.basin_report(s.values, s.weights, s.time_ns, A, B, T, points=40)
+    return report, wall / ns
+
+
+def run_openmm_metad(ns: float, seed: int, points: int = 40) -> tuple[dict, float]:
+    """OpenMM's well-tempered metadynamics on phi, psi; ΔF(t) from its own free-energy grid."""
+    pdb = app.PDBFile(str(PDB))
+    system = app.ForceField("amber99sbildn.xml").createSystem(pdb.topology, nonbondedMethod=app.NoCutoff,
+                                                              constraints=app.HBonds)
+    variables = []
+    for idx in (PHI, PSI):
+        force = openmm.CustomTorsionForce("theta")
+        force.addTorsion(*idx, [])
+        variables.append(app.BiasVariable(force, -np.pi, np.pi, 0.35, True))
+    meta = app.Metadynamics(system, variables, T * unit.kelvin, 10.0, 1.2 * unit.kilojoule_per_mole, 500)
+    integrator = openmm.LangevinMiddleIntegrator(T * unit.kelvin, 1 / unit.picosecond, 2 * unit.femtosecond)
+    integrator.setRandomNumberSeed(seed + 1)
+    sim = app.Simulation(pdb.topology, system, integrator, openmm.Platform.getPlatformByName("Reference"))
+    sim.context.setPositions(pdb.positions)
+    sim.context.setVelocitiesToTemperature(T * unit.kelvin, seed + 1)
+    total = int(ns * 5e5)
+    chunk = total // points
+    curve, wall = [], 0.0
+    for k in range(points):
+        t0 = time.perf_counter()
+        for _ in range(chunk // 500):  # record the CVs every 500 steps, as the neuralmd runs do
+            meta.step(sim, 500)
+            meta.getCollectiveVariables(sim)
+        wall += time.perf_counter() - t0
+        free = meta.getFreeEnergy().value_in_unit(unit.kilojoule_per_mole)  # (psi, phi) grid
+        phi = np.linspace(-np.pi, np.pi, free.shape[1])
+        boltz = np.exp(-(free - free.min()) / F.kT_kjmol(T))
+        p_b, p_a = boltz[:, phi > 0].sum(), boltz[:, phi < 0].sum()
+        curve.append([(k + 1) * chunk / 5e5, float(-F.kT_kjmol(T) * np.log(p_b / p_a))])
+    tail = np.array([c[1] for c in curve[points // 2:]])
+    return {"deltaF_kjmol": curve[-1][1], "deltaF_err_kjmol": float(tail.std(ddof=1) / np.sqrt(len(tail))),
+            "curve": curve}, wall / ns
+
+
+def ns_to_within(curve: list, reference: float, tol: float = 1.0) -> float | None:
+    """Simulated ns after which ΔF(t) stays within ``tol`` of ``reference``."""
+    ok = [abs(d - reference) <= tol for _, d in curve]
+    if not ok[-1]:
+        return None
+    k = len(ok) - 1
+    while k > 0 and ok[k - 1]:
+        k -= 1
+    return curve[k][0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply all simulated times")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/neuralmd-ala2-bench"))
+    args = parser.parse_args()
+    set_threads(1)
+    torch.manual_seed(0)
+    work = args.work
+    if work.exists():
+        import shutil
+
+        shutil.rmtree(work)
+    ns = {k: v * args.scale for k, v in {"unbiased": 10.0, "metad": 3.0, "opes": 3.0, "short": 0.5, "explore": 1.0,
+                                         "learned": 3.0}.items()}
+    results: dict = {}
+    print("(a) unbiased MD")
+    results["unbiased"], wall = run_neuralmd(work / "unbiased", ns["unbiased"], BiasSettings(cv="phi", bias="none"), 1)
+    results["unbiased"]["wall_s_per_ns"] = wall
+    print("(b) OpenMM Metadynamics on phi, psi")
+    results["openmm_metad"], wall = run_openmm_metad(ns["metad"], 2)
+    results["openmm_metad"]["wall_s_per_ns"] = wall
+    print("(c) neuralmd OPES on phi, psi")
+    results["opes_phipsi"], wall = run_neuralmd(work / "opes", ns["opes"], BiasSettings(cv="phi,psi", barrier_kjmol=40), 3)
+    results["opes_phipsi"]["wall_s_per_ns"] = wall
+
+    print("(d) learned CV: short unbiased run -> autoencoder -> OPES_EXPLORE -> Deep-TICA -> OPES")
+    t_learn = time.perf_counter()
+    run_neuralmd(work / "short", ns["short"], BiasSettings(cv="phi", bias="none"), 4)
+    train_cv_from_runs([work / "short"], work / "cv-ae", method="autoencoder", epochs=100)
+    explore, _ = run_neuralmd(work / "explore", ns["explore"],
+                              BiasSettings(cv=str(work / "cv-ae"), bias="opes-explore", barrier_kjmol=40), 5)
+    train_cv_from_runs([work / "short", work / "explore"], work / "cv-tica", method="deep-tica", lag_ps=1.0,
+                       epochs=100)
+    prep_wall = time.perf_counter() - t_learn
+    results["opes_learned"], wall = run_neuralmd(work / "learned", ns["learned"],
+                                                 BiasSettings(cv=str(work / "cv-tica"), barrier_kjmol=40), 6)
+    results["opes_learned"]["wall_s_per_ns"] = wall
+    results["opes_learned"]["preparation"] = {"unbiased_ns": ns["short"], "explore_ns": ns["explore"],
+                                              "wall_s": prep_wall,
+                                              "explore_deltaF_kjmol": explore["deltaF_kjmol"]}
+
+    reference = 0.5 * (results["openmm_metad"]["deltaF_kjmol"] + results["opes_phipsi"]["deltaF_kjmol"])
+    for key in ("unbiased", "openmm_metad", "opes_phipsi", "opes_learned"):
+        results[key]["ns_to_1kjmol"] = ns_to_within(results[key]["curve"], reference)
+    bridge_ratio = results["opes_phipsi"]["wall_s_per_ns"] / results["openmm_metad"]["wall_s_per_ns"]
+    results.update({
+        "reference_deltaF_kjmol": reference, "reference": "mean of the final openmm_metad and opes_phipsi values",
+        "bridge_wall_ratio_opes_vs_openmm_metad": bridge_ratio,
+        "learned_cv_wall_ratio_vs_openmm_metad": results["opes_learned"]["wall_s_per_ns"]
+        / results["openmm_metad"]["wall_s_per_ns"],
+        "settings": {"temperature_K": T, "timestep_fs": 2.0, "constraints": "HBonds", "platform": "Reference",
+                     "opes_barrier_kjmol": 40, "metad": "height 1.2 kJ/mol, sigma 0.35 rad, pace 500, biasfactor 10",
+                     "ns": ns},
+        "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores, torch threads 1",
+        "versions": {"openmm": openmm.__version__, "torch": torch.__version__,
+                     "neuralmd": __import__("neuralmd").__version__},
+    })
+    out = HERE / "results" / "ala2_sampling.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    print(f"{'run':14s} {'ΔF kJ/mol':>16s} {'ns to 1 kJ/mol':>15s} {'wall s/ns':>10s}")
+    for key in ("unbiased", "openmm_metad", "opes_phipsi", "opes_learned"):
+        r = results[key]
+        print(f"{key:14s} {r['deltaF_kjmol']:8.2f} ± {r['deltaF_err_kjmol']:5.2f} {str(r['ns_to_1kjmol']):>15s} "
+              f"{r['wall_s_per_ns']:10.1f}")
+    print(f"reference ΔF {reference:.2f} kJ/mol; OPES (grid) / OpenMM metad wall per step: {bridge_ratio:.2f}")
+    print(f"-> {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""Sampling runs end to end: torsion convention, CVs and grid biases inside OpenMM, the
+md/sample/cv train/fes commands on alanine dipeptide, restart, and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import openmm
+import pytest
+import torch
+from ase import Atoms
+from openmm import app, unit
+from typer.testing import CliRunner
+
+from neuralmd.cli import app as cli
+from neuralmd.sampling.biases import OPES
+from neuralmd.sampling.cvs import Distance, Stack, Torsion
+from neuralmd.sampling.openmm_engine import GridBias, OpenMMSettings, cv_forces
+from neuralmd.sampling.runs import BiasSettings, resume_run, start_openmm
+from neuralmd.units import EV_IN_KJMOL
+from tests.conftest import shared_file
+
+PHI, PSI = (4, 6, 8, 14), (6, 8, 14, 16)
+
+
+def test_torsion_follows_the_iupac_sign_convention():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        x = rng.normal(size=(4, 3)) * 1.5
+        ase_angle = np.deg2rad(Atoms("H4", positions=x).get_dihedral(0, 1, 2, 3))  # in [0, 2π)
+        ours = float(Torsion(0, 1, 2, 3)(torch.tensor(x)[None])[0, 0])
+        assert np.isclose(np.angle(np.exp(1j * (ours - ase_angle))), 0.0, atol=1e-9)
+
+
+def _system_and_positions():
+    pdb = app.PDBFile(str(shared_file("alanine_dipeptide/ala2.pdb")))
+    system = app.ForceField("amber99sbildn.xml").createSystem(pdb.topology, nonbondedMethod=app.NoCutoff,
+                                                              constraints=app.HBonds)
+    return pdb, system
+
+
+def test_openmm_cv_forces_equal_the_torch_cvs():
+    pdb, system = _system_and_positions()
+    cv = Stack([Torsion(*PHI, name="phi"), Distance(1, 18)])
+    cvf = openmm.CustomCVForce("s0 + s1")
+    for k, f in enumerate(cv_forces(cv, system)):
+        cvf.addCollectiveVariable(f"s{k}", f)
+    system.addForce(cvf)
+    ctx = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+    pos = np.array(pdb.positions.value_in_unit(unit.nanometer))
+    pos += np.random.default_rng(1).normal(scale=0.02, size=pos.shape)
+    ctx.setPositions(pos)
+    ours = cv(torch.tensor(pos * 10.0)[None])[0].numpy()
+    assert np.allclose(cvf.getCollectiveVariableValues(ctx), ours, atol=1e-6)
+
+
+def test_grid_bias_matches_the_exact_bias_energy_and_forces():
+    pdb, system = _system_and_positions()
+    cv = Stack([Torsion(*PHI, name="phi"), Torsion(*PSI, name="psi")])
+    bias = OPES(cv, sigma=[0.3, 0.3], barrier_kjmol=30, pace=1, temperature_K=300)
+    rng = np.random.default_rng(2)
+    from neuralmd.md.integrators import MDState
+    from neuralmd.sampling.openmm_engine import system_template
+
+    template = system_template(system)
+    pos0 = np.array(pdb.positions.value_in_unit(unit.nanometer)) * 10.0
+    for step in range(1, 40):  # deposit kernels at scattered CV values (some merge: compression)
+        pos = pos0 + rng.normal(scale=0.3, size=pos0.shape)
+        bias.update(MDState(template.replace(positions=torch.tensor(pos)), None, None, step))
+    grid = GridBias(bias, system)
+    grid.force.setForceGroup(1)
+    system.addForce(grid.force)
+    ctx = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+    for _ in range(5):
+        pos = pos0 + rng.normal(scale=0.2, size=pos0.shape)
+        ctx.setPositions(pos / 10.0)
+        state = ctx.getState(getEnergy=True, getForces=True, groups={1})
+        x = torch.tensor(pos, requires_grad=True)
+        energy = bias(template.replace(positions=x))[0]
+        (grad,) = torch.autograd.grad(energy, x)
+        omm_e = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+        omm_f = state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.angstrom)
+        assert omm_e == pytest.approx(float(energy.detach()) * EV_IN_KJMOL, abs=0.05)
+        assert np.abs(omm_f + grad.numpy() * EV_IN_KJMOL).max() < 0.5  # kJ/mol/Å, spline vs exact
+
+
+def test_restarted_openmm_opes_run_continues_exactly(tmp_path):
+    pdb = str(shared_file("alanine_dipeptide/ala2.pdb"))
+
+    def settings(total):
+        return OpenMMSettings(pdb=pdb, report_every=100, checkpoint_every=1000, total_steps=total, seed=3)
+
+    bias = BiasSettings(cv="phi,psi", barrier_kjmol=30, pace=100, sigma=[0.3, 0.3])
+    full = start_openmm(settings(3000), bias, tmp_path / "full")
+    full.run()
+    part = start_openmm(settings(3000), BiasSettings(**{**bias.__dict__}), tmp_path / "part")
+    part.run(1000)
+    part.simulation.step(300)  # work after the checkpoint that the resume must discard
+    resumed = resume_run(tmp_path / "part")
+    assert resumed.step == 1000
+    resumed.run()
+    a = np.loadtxt(tmp_path / "full" / "colvar.csv", delimiter=",", skiprows=1)
+    b = np.loadtxt(tmp_path / "part" / "colvar.csv", delimiter=",", skiprows=1)
+    assert a.shape == b.shape == (31, 6)
+    assert np.array_equal(a, b)
+    assert torch.equal(full.bias.heights, resumed.bias.heights)
+
+
+def test_cli_md_cv_train_sample_fes_on_alanine_dipeptide(tmp_path):
+    pdb = str(shared_file("alanine_dipeptide/ala2.pdb"))
+    runner = CliRunner()
+
+    def ok(args):
+        result = runner.invoke(cli, args, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result
+
+    ok(["md", "--engine", "openmm", "--pdb", pdb, "--steps", "20000", "--report-every", "50", "-o",
+        str(tmp_path / "unbiased")])
+    log = np.genfromtxt(tmp_path / "unbiased" / "log.csv", delimiter=",", names=True)
+    assert abs(log["temperature_K"][20:].mean() - 300) < 30  # constraints counted in the degrees of freedom
+    ok(["cv", "train", str(tmp_path / "unbiased"), "--method", "deep-tica", "--lag-ps", "0.5", "--epochs", "20",
+        "-o", str(tmp_path / "cv")])
+    meta = json.loads((tmp_path / "cv" / "descriptors.json").read_text())
+    assert meta["atoms_0based"] == [1, 4, 5, 6, 8, 10, 14, 15, 16, 18]  # heavy atoms of ala2
+    assert (tmp_path / "cv" / "relevance.png").stat().st_size > 0
+    ok(["sample", "--pdb", pdb, "--cv", str(tmp_path / "cv"), "--bias", "opes", "--barrier-kjmol", "30",
+        "--steps", "4000", "--pace", "200", "--report-every", "100", "-o", str(tmp_path / "opes")])
+    colvar = np.genfromtxt(tmp_path / "opes" / "colvar.csv", delimiter=",", names=True)
+    assert colvar["bias_kjmol"][-1] != 0.0
+    ok(["fes", str(tmp_path / "opes"), "--cv", "phi,psi", "--bins", "30"])
+    result = json.loads((tmp_path / "opes" / "fes.json").read_text())
+    assert result["cvs"] == ["phi", "psi"] and result["frames"] == 41
+    assert (tmp_path / "opes" / "fes.png").stat().st_size > 0
+
+
+def test_bad_sampling_input_exits_2_and_writes_nothing(tmp_path):
+    pdb = str(shared_file("alanine_dipeptide/ala2.pdb"))
+    from neuralmd.cli import main
+
+    def fails(args, expect):
+        import subprocess
+        import sys
+
+        proc = subprocess.run([sys.executable, "-c", "from neuralmd.cli import main; main()", *args],
+                              capture_output=True, text=True)
+        assert proc.returncode == 2, proc.stderr
+        assert expect in proc.stderr, proc.stderr
+
+    assert main  # the entry point the subprocesses run
+    fails(["sample", "--pdb", pdb, "--cv", "phi", "--barrier-kjmol", "0", "-o", str(tmp_path / "a")], "barrier")
+    fails(["sample", "--pdb", pdb, "--cv", "phi", "--biasfactor", "0.5", "-o", str(tmp_path / "a")], "biasfactor")
+    fails(["sample", "--pdb", pdb, "--cv", "torsion(0,1,2,40)", "-o", str(tmp_path / "a")], "atom index 40")
+    assert not (tmp_path / "a").exists()
+    # a CV trained on alanine dipeptide does not fit ethanol: descriptors do not match the system
+    run = start_openmm(OpenMMSettings(pdb=pdb, report_every=10, total_steps=400), BiasSettings(cv="phi", bias="none"),
+                       tmp_path / "short")
+    run.run()
+    from neuralmd.sampling.cv_training import train_cv_from_runs
+
+    train_cv_from_runs([tmp_path / "short"], tmp_path / "cv", method="autoencoder", epochs=2)
+    from neuralmd.errors import InputError
+    from neuralmd.sampling.spec import load_cv
+
+    with pytest.raises(InputError, match="atom"):
+        load_cv(tmp_path / "cv", np.array([6, 1, 1, 1, 6, 1, 1, 8, 1]))
+    numbers = run.numbers.copy()
+    numbers[4] = 7
+    with pytest.raises(InputError, match="elements"):
+        load_cv(tmp_path / "cv", numbers)
+    # a trajectory too short for the lag time
+    fails(["cv", "train", str(tmp_path / "short"), "--lag-ps", "0.78", "-o", str(tmp_path / "cv2")], "lag")
+    assert not (tmp_path / "cv2").exists()
