@@ -172,3 +172,30 @@ def test_bad_sampling_input_exits_2_and_writes_nothing(tmp_path):
     # a trajectory too short for the lag time
     fails(["cv", "train", str(tmp_path / "short"), "--lag-ps", "0.78", "-o", str(tmp_path / "cv2")], "lag")
     assert not (tmp_path / "cv2").exists()
+
+
+def test_native_engine_walkers_share_one_opes_bias_and_resume(tmp_path, float64_model):
+    from ase.build import molecule
+
+    from neuralmd.md.simulation import MDSettings
+    from neuralmd.sampling.colvar import read_colvar
+    from neuralmd.sampling.runs import start_native
+
+    def settings():
+        return MDSettings(timestep_fs=0.5, temperature_K=[300.0], seed=4, report_every=20, checkpoint_every=100,
+                          total_steps=200)
+
+    bias = dict(cv="torsion(0,1,2,3)", barrier_kjmol=10, pace=10, sigma=[0.3])
+    frames = [molecule("CH3CH2OH")] * 2
+    full = start_native(float64_model, frames, settings(), BiasSettings(**bias), tmp_path / "full")
+    full.run()
+    colvar = read_colvar(tmp_path / "full" / "colvar.csv")
+    assert sorted(set(colvar["replica"])) == [0, 1] and len(colvar["step"]) == 22
+    assert full.terms[0].heights.numel() > 1 and colvar["bias_kjmol"][-2:].max() > 0  # both walkers deposit
+    part = start_native(float64_model, frames, settings(), BiasSettings(**bias), tmp_path / "part")
+    part.run(100)
+    resumed = resume_run(tmp_path / "part", potential=float64_model)
+    resumed.run(100)
+    assert torch.equal(resumed.terms[0].heights, full.terms[0].heights)
+    assert np.array_equal(np.loadtxt(tmp_path / "part" / "colvar.csv", delimiter=",", skiprows=1),
+                          np.loadtxt(tmp_path / "full" / "colvar.csv", delimiter=",", skiprows=1))
