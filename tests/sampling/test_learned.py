@@ -103,3 +103,25 @@ def test_relevance_ranks_the_slow_descriptor_first(tmp_path):
     assert relevance[3] < 0.1
     plot_relevance(relevance, ["x", "y", "x+0.3y", "noise"], tmp_path / "relevance.png")
     assert (tmp_path / "relevance.png").stat().st_size > 5000
+
+
+def test_numpy_twin_of_a_learned_cv_matches_torch_values_and_gradients(tmp_path):
+    from neuralmd.sampling.fast_cv import MLPDistanceCV
+    from neuralmd.sampling.spec import load_cv
+
+    rng = np.random.default_rng(3)
+    x0 = rng.normal(size=(6, 3)) * 2.0
+    frames = x0 + rng.normal(scale=0.2, size=(300, 6, 3))
+    desc = PairwiseDistances([0, 1, 2, 4, 5])
+    d = desc(torch.tensor(frames)).numpy()
+    net, _ = train_autoencoder(d, n_cv=2, epochs=5, seed=0)
+    LearnedCV(desc, net, "autoencoder").export(tmp_path / "cv", {"n_atoms": 6, "elements": [6] * 5})
+    cv = load_cv(tmp_path / "cv", np.array([6] * 6))
+    for component in (0, 1):
+        twin = MLPDistanceCV.from_cv(cv, component, 6)
+        x = torch.tensor(frames[7], requires_grad=True)
+        s = cv(x.unsqueeze(0))[0, component]
+        (grad,) = torch.autograd.grad(s, x)
+        value, grad_np = twin.value_and_grad(frames[7])
+        assert value == pytest.approx(float(s), rel=1e-5, abs=1e-5)
+        assert np.allclose(grad_np, grad.numpy(), rtol=1e-4, atol=1e-5)

@@ -40,6 +40,7 @@ from ..units import EV_IN_KJMOL
 from .biases import Bias, _KernelBias
 from .colvar import ColvarReporter
 from .cvs import CV, Angle, Distance, Stack, Torsion
+from .fast_cv import MLPDistanceCV
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "neuralmd.openmm-checkpoint"
@@ -79,7 +80,8 @@ class _CVComponent:
 
 def cv_forces(cv: CV, system: openmm.System) -> list[openmm.Force]:
     """One OpenMM force per CV output whose energy equals that output (Å or radians): OpenMM
-    custom forces for distances, angles and torsions, a torch ``PythonForce`` otherwise."""
+    custom forces for distances, angles and torsions, a NumPy ``PythonForce`` for learned
+    distance CVs, a torch ``PythonForce`` otherwise."""
     cv.check_atoms(system.getNumParticles())
     if isinstance(cv, Stack):
         return [f for part in cv.cvs for f in cv_forces(part, system)]
@@ -94,7 +96,8 @@ def cv_forces(cv: CV, system: openmm.System) -> list[openmm.Force]:
         force = openmm.CustomBondForce(f"{NM_IN_A}*r")
         force.addBond(*idx, [])
     else:
-        forces = [openmm.PythonForce(_CVComponent(cv, k)) for k in range(cv.dim)]
+        n = system.getNumParticles()
+        forces = [openmm.PythonForce(MLPDistanceCV.from_cv(cv, k, n) or _CVComponent(cv, k)) for k in range(cv.dim)]
         for k, f in enumerate(forces):
             f.setName(f"neuralmd-cv-{cv.names[k]}")
         return forces
