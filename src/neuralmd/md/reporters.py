@@ -47,6 +47,7 @@ class H5MDReporter:
         self.replicas = replicas
         self.velocities = velocities
         self._files: dict[int, h5py.File] = {}
+        self._datasets: dict[int, dict[str, list]] = {}
 
     def path(self, replica: int) -> Path:
         return self.folder / f"traj_{replica:03d}.h5md"
@@ -89,11 +90,23 @@ class H5MDReporter:
         element.create_dataset("time", shape=(0,), maxshape=(None,), dtype="f8", chunks=(256,)).attrs["unit"] = "ps"
 
     @staticmethod
-    def _append(element: h5py.Group, value: np.ndarray, step: int, time_ps: float) -> None:
-        k = element["value"].shape[0]
-        for name, data in (("value", value), ("step", step), ("time", time_ps)):
-            element[name].resize(k + 1, axis=0)
-            element[name][k] = data
+    def _append(datasets: list, value, step: int, time_ps: float) -> None:
+        k = datasets[0].shape[0]
+        for dataset, data in zip(datasets, (value, step, time_ps)):
+            dataset.resize(k + 1, axis=0)
+            dataset[k] = data
+
+    def _handles(self, sim, b: int, atoms) -> dict[str, list]:
+        """The (value, step, time) datasets of every element of replica ``b``'s file (h5py
+        lookups cost more than the writes, so they are made once)."""
+        if b not in self._datasets:
+            f = self._files[b] = self._open(sim, b, atoms)
+            elements = {"position": "particles/trajectory/position", "velocity": "particles/trajectory/velocity",
+                        "box": "particles/trajectory/box/edges",
+                        **{name: f"observables/{name}" for name in ("potential_energy", "kinetic_energy", "temperature")}}
+            self._datasets[b] = {key: [f[path][n] for n in ("value", "step", "time")]
+                                 for key, path in elements.items() if path in f}
+        return self._datasets[b]
 
     def report(self, sim: "Simulation", state: MDState) -> None:
         if state.step % self.interval:
@@ -101,24 +114,19 @@ class H5MDReporter:
         self.folder.mkdir(parents=True, exist_ok=True)
         frames = state.batch.to_atoms()
         epot, ekin, temp = thermo(state)
-        velocities = state.batch.velocities.detach().cpu().numpy().astype(float)
         starts = np.cumsum([0] + [len(a) for a in frames])
         time_ps = sim.time_ps(state.step)
         for b in self.replicas if self.replicas is not None else range(len(frames)):
-            f = self._files.get(b)
-            if f is None:
-                f = self._files[b] = self._open(sim, b, frames[b])
-            group = f["particles/trajectory"]
-            self._append(group["position"], frames[b].positions, state.step, time_ps)
-            if self.velocities:
-                v = velocities[starts[b] : starts[b + 1]] * VELOCITY_TO_A_PER_PS
-                self._append(group["velocity"], v, state.step, time_ps)
-            if "edges" in group["box"]:
-                self._append(group["box/edges"], frames[b].cell.array, state.step, time_ps)
-            obs = f["observables"]
+            handles = self._handles(sim, b, frames[b])
+            self._append(handles["position"], frames[b].positions, state.step, time_ps)
+            if "velocity" in handles:
+                v = state.batch.velocities[starts[b] : starts[b + 1]].detach().cpu().numpy() * VELOCITY_TO_A_PER_PS
+                self._append(handles["velocity"], v, state.step, time_ps)
+            if "box" in handles:
+                self._append(handles["box"], frames[b].cell.array, state.step, time_ps)
             for name, values in (("potential_energy", epot), ("kinetic_energy", ekin), ("temperature", temp)):
-                self._append(obs[name], values[b], state.step, time_ps)
-            f.flush()
+                self._append(handles[name], values[b], state.step, time_ps)
+            self._files[b].flush()
 
     def truncate(self, step: int) -> None:
         """Drop frames written after ``step`` (and any partly written frame)."""
@@ -137,6 +145,7 @@ class H5MDReporter:
         for f in self._files.values():
             f.close()
         self._files.clear()
+        self._datasets.clear()
 
 
 class LogReporter:

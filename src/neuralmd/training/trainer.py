@@ -67,6 +67,7 @@ class TrainConfig:
     patience: int = 25
     seed: int = 0
     threads: int = 0
+    init_model: str = ""  # warm start: begin from this model file's weights and normalisation
 
     def validate(self) -> None:
         checks = [
@@ -104,6 +105,16 @@ def build_model(cfg: TrainConfig, train: FrameDataset) -> NeuralPotential:
     model = NeuralPotential(elements, e0, scale=train.force_rms(), shift=shift, features=cfg.features,
                             interactions=cfg.interactions, cutoff=cfg.cutoff_A, num_basis=cfg.num_basis)
     return model.to(getattr(torch, cfg.dtype))
+
+
+def warm_start(cfg: TrainConfig, train: FrameDataset) -> NeuralPotential:
+    """The model in ``cfg.init_model`` (weights, elements, normalisation), to train further."""
+    from ..models.neural import load_potential
+
+    model = load_potential(cfg.init_model, dtype=getattr(torch, cfg.dtype))
+    for atoms in train.frames:
+        model.check_elements(atoms.numbers, where=f"{cfg.train} (warm start from {cfg.init_model})")
+    return model
 
 
 def loss_fn(model: NeuralPotential, batch: Batch, cfg: TrainConfig) -> tuple[torch.Tensor, dict[str, float]]:
@@ -162,7 +173,7 @@ class Trainer:
         else:
             if checkpoint_path.exists():
                 raise InputError(f"{self.run_dir}: already holds a training run; resume it or choose another -o")
-            self.model = build_model(cfg, self.train_data)
+            self.model = warm_start(cfg, self.train_data) if cfg.init_model else build_model(cfg, self.train_data)
             ckpt = None
         self.ema = copy.deepcopy(self.model)
         for p in self.ema.parameters():

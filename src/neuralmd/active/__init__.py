@@ -1,0 +1,1 @@
+"""Active learning: committee exploration, uncertainty selection, parallel labelling, retraining."""

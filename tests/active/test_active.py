@@ -1,0 +1,141 @@
+"""Active learning: committee uncertainty, Dask labelling that survives a dead worker, the
+durable label store, and a loop that resumes after kill -9 with the same labels."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from ase.build import molecule
+
+from neuralmd.data.io import read_frames
+from neuralmd.data.store import LabelStore, frame_key
+from neuralmd.errors import InputError
+from neuralmd.reference.xtb import XTBLabeler
+from tests.conftest import shared_file
+
+
+def _rattled_ethanol(n: int, seed: int, scale: float = 0.05):
+    rng = np.random.default_rng(seed)
+    base = molecule("CH3CH2OH")
+    frames = []
+    for _ in range(n):
+        atoms = base.copy()
+        atoms.positions += rng.normal(scale=scale, size=atoms.positions.shape)
+        frames.append(atoms)
+    return frames
+
+
+def test_dask_labelling_survives_a_killed_worker_and_stores_each_frame_once(tmp_path):
+    from neuralmd.parallel import connect, label_as_completed, worker_pids
+
+    frames = _rattled_ethanol(60, seed=1)
+    store = LabelStore(tmp_path / "labels.db", project="test")
+    client = connect(workers=2)
+    try:
+        victim = worker_pids(client)[0]
+        seen = []
+        for k, labelled, reason in label_as_completed(client, XTBLabeler(), frames):
+            if not seen:
+                os.kill(victim, signal.SIGKILL)  # one worker dies mid-run
+            assert reason is None, reason
+            store.add(labelled, frame_key(frames[k]), 1, {"method": "GFN2-xTB"})
+            seen.append(k)
+    finally:
+        cluster = client.cluster
+        client.close()
+        cluster.close()
+    assert sorted(seen) == list(range(60))  # every frame exactly once
+    assert store.count("ok") == 60 and len(store.keys()) == 60
+    direct = XTBLabeler().label_one(frames[5])
+    stored = [a for a in store.frames() if a.info["key"] == frame_key(frames[5])][0]
+    assert stored.info["energy"] == pytest.approx(direct.info["energy"], abs=1e-8)
+
+
+def test_label_store_refuses_foreign_or_corrupted_databases(tmp_path):
+    LabelStore(tmp_path / "a.db", project="one")
+    with pytest.raises(InputError, match="project"):
+        LabelStore(tmp_path / "a.db", project="two")
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(b"this is not sqlite at all" * 10)
+    with pytest.raises(InputError, match="not an SQLite"):
+        LabelStore(bad, project="one")
+    from neuralmd.data.io import write_frames
+
+    write_frames(_rattled_ethanol(2, 0), tmp_path / "plain.db")  # an ase.db of someone else
+    with pytest.raises(InputError, match="another program"):
+        LabelStore(tmp_path / "plain.db", project="one")
+    with pytest.raises(InputError, match="unreachable"):
+        from neuralmd.parallel import connect
+
+        connect(scheduler="tcp://127.0.0.1:9", timeout_s=2)
+
+
+def test_committee_disagrees_more_far_from_its_training_data(tmp_path):
+    from neuralmd.models.committee import calibrate, committee_deviation, load_committee
+    from neuralmd.training import TrainConfig, Trainer
+
+    frames = read_frames(shared_file("3bpa/train_300K.xyz"))
+    hot = read_frames(shared_file("3bpa/train_mixedT.xyz"))[:150]
+    from neuralmd.data.io import write_frames
+
+    write_frames(frames[:200], tmp_path / "train.xyz")
+    models = []
+    for seed in (0, 1):
+        cfg = TrainConfig(train=str(tmp_path / "train.xyz"), features=16, interactions=2, batch_size=8, lr=3e-3,
+                          max_steps=300, eval_every=100, checkpoint_every=300, seed=seed, threads=2)
+        Trainer(cfg, tmp_path / f"m{seed}", progress=False).run()
+        models.append(tmp_path / f"m{seed}" / "model.pt")
+    committee = load_committee(models)
+    near = committee_deviation(committee, frames[350:500])
+    far = committee_deviation(committee, hot)
+    assert far.mean() > near.mean()
+    assert np.quantile(far, 0.9) > np.quantile(near, 0.9)
+    cal = calibrate(committee, frames[350:500] + hot)
+    assert cal["spearman"] > 0.3 and cal["scale_factor"] > 0
+
+
+def _active_args(out, structure):
+    return [sys.executable, "-c", "from neuralmd.cli import main; main()", "active", "--structure", str(structure),
+            "--committee", "2", "--rounds", "2", "--initial-frames", "8", "--md-steps", "200", "--replicas", "2",
+            "--temperatures", "300,800", "--trust-low", "0.02", "--trust-high", "2.0", "--max-select", "4",
+            "--train-steps", "60", "--workers", "2", "--seed", "3", "-o", str(out)]
+
+
+def _labels(run):
+    store = LabelStore(run / "labels.db", project=f"neuralmd-active:{run.name}")
+    keys = [a.info["key"] for a in store.frames("ok")] + [a.info["key"] for a in store.frames("failed")]
+    return keys
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_loop_then_resume_gives_the_same_labels(tmp_path):
+    from ase.io import write
+
+    structure = tmp_path / "ethanol.xyz"
+    write(structure, molecule("CH3CH2OH"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    a = tmp_path / "run"  # same directory name: the store's project name follows it
+    b_parent = tmp_path / "killed"
+    b_parent.mkdir()
+    b = b_parent / "run"
+    subprocess.run(_active_args(a, structure), check=True, env=env, capture_output=True)
+    delay = random.Random().uniform(5.0, 25.0)
+    proc = subprocess.Popen(_active_args(b, structure), env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(delay)
+    os.killpg(proc.pid, signal.SIGKILL)  # the loop and its Dask workers, at a random moment
+    proc.wait()
+    resumed = subprocess.run([sys.executable, "-c", "from neuralmd.cli import main; main()", "active", "--resume",
+                              str(b)], env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, f"killed after {delay:.1f} s: {resumed.stderr[-2000:]}"
+    keys_a, keys_b = _labels(a), _labels(b)
+    assert len(keys_b) == len(set(keys_b)), f"duplicate labels after a kill at {delay:.1f} s"
+    assert sorted(keys_a) == sorted(keys_b), f"different label set after a kill at {delay:.1f} s"
+    assert len(keys_a) > 8  # exploration added labels beyond the initial frames
