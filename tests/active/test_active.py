@@ -77,28 +77,30 @@ def test_label_store_refuses_foreign_or_corrupted_databases(tmp_path):
         connect(scheduler="tcp://127.0.0.1:9", timeout_s=2)
 
 
-def test_committee_disagrees_more_far_from_its_training_data(tmp_path):
+def test_committee_disagrees_more_far_from_its_training_data(tmp_path, ethanol_xyz):
+    """A committee trained on 300 frames of rMD17 ethanol disagrees more, on average and in
+    its upper tail, on hot (1500 K) xTB MD geometries than on held-out frames like its data."""
+    from neuralmd.data.io import write_frames
+    from neuralmd.demo import sample_geometries
     from neuralmd.models.committee import calibrate, committee_deviation, load_committee
     from neuralmd.training import TrainConfig, Trainer
 
-    frames = read_frames(shared_file("3bpa/train_300K.xyz"))
-    hot = read_frames(shared_file("3bpa/train_mixedT.xyz"))[:150]
-    from neuralmd.data.io import write_frames
-
-    write_frames(frames[:200], tmp_path / "train.xyz")
+    frames = read_frames(ethanol_xyz)
+    hot = sample_geometries(frames[0], 60, 1500.0, every=10, seed=5)
+    write_frames(frames[:300], tmp_path / "train.xyz")
     models = []
     for seed in (0, 1):
-        cfg = TrainConfig(train=str(tmp_path / "train.xyz"), features=16, interactions=2, batch_size=8, lr=3e-3,
-                          max_steps=300, eval_every=100, checkpoint_every=300, seed=seed, threads=2)
+        cfg = TrainConfig(train=str(tmp_path / "train.xyz"), features=16, interactions=2, batch_size=8, lr=5e-3,
+                          max_steps=500, eval_every=250, checkpoint_every=500, seed=seed, threads=2)
         Trainer(cfg, tmp_path / f"m{seed}", progress=False).run()
         models.append(tmp_path / f"m{seed}" / "model.pt")
     committee = load_committee(models)
-    near = committee_deviation(committee, frames[350:500])
+    near = committee_deviation(committee, frames[500:600])
     far = committee_deviation(committee, hot)
-    assert far.mean() > near.mean()
-    assert np.quantile(far, 0.9) > np.quantile(near, 0.9)
-    cal = calibrate(committee, frames[350:500] + hot)
-    assert cal["spearman"] > 0.3 and cal["scale_factor"] > 0
+    assert far.mean() > 1.3 * near.mean()
+    assert np.quantile(far, 0.9) > 1.3 * np.quantile(near, 0.9)
+    cal = calibrate(committee, frames[500:600])
+    assert cal["spearman"] > 0.2 and cal["scale_factor"] > 0
 
 
 def _active_args(out, structure):

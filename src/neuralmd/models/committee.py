@@ -87,7 +87,7 @@ def calibrate(committee: Committee, frames: Sequence, batch_size: int = 64) -> d
         part = frames[start : start + batch_size]
         batch = AtomsBatch.from_atoms(part, dtype=committee.dtype)
         pred = committee.predict(batch)
-        true = torch.as_tensor(np.concatenate([a.get_forces() for a in part]), dtype=torch.float64)
+        true = torch.as_tensor(np.concatenate([a.arrays["forces"] for a in part]), dtype=torch.float64)
         per_atom = (pred["forces"] - true).norm(dim=-1)
         err = torch.zeros(batch.n_systems, dtype=torch.float64).scatter_reduce(
             0, batch.system, per_atom, "amax", include_self=False)
