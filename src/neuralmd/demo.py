@@ -3,7 +3,7 @@
 Ethanol: sample geometries by xTB Langevin MD at 500 K (ASE + tblite), label them with
 GFN2-xTB through the Labeler, train a small PaiNN model, evaluate it on frames from an
 independent trajectory, run batched MD and OPES (4 walkers) on the OH torsion with the learned
-potential, and write a run directory with plots and results.json.
+potential, run one round of active learning, and write a run directory with plots and results.json.
 """
 
 from __future__ import annotations
@@ -95,6 +95,26 @@ def run_sampling_stage(model, start: Atoms, out: Path, console: Console, walkers
             "torsion_profile_max_kjmol": barrier}
 
 
+def run_active_stage(start: Atoms, out: Path, console: Console) -> dict[str, Any]:
+    """One round of active learning from a single structure: a 2-member committee explores at
+    300 and 600 K, the frames it disagrees on are labelled with GFN2-xTB on a 2-worker Dask
+    cluster into labels.db, and the committee retrains."""
+    from .active.loop import ActiveLearning, ActiveSettings
+
+    structure = out / "start.xyz"
+    out.mkdir(parents=True, exist_ok=True)
+    write_frames([Atoms(start.numbers, start.positions)], structure)
+    settings = ActiveSettings(structure=str(structure), committee=2, temperatures_K=[300.0, 600.0], rounds=1,
+                              initial_frames=16, md_steps=400, max_select=12, train_steps=150, features=16,
+                              trust_low_eV_A=0.05, trust_high_eV_A=1.0, workers=2, seed=0)
+    summary = ActiveLearning(settings, out).run()
+    row = summary["history"][-1]
+    console.print(f"round 1: {row['candidates']} candidates between the trust levels, {row['selected']} selected "
+                  f"and labelled; {summary['labels']} labels in {out / 'labels.db'}")
+    return {"labels": summary["labels"], "candidates": row["candidates"], "selected": row["selected"],
+            "final_valid_force_mae_mev_per_A": summary["final_valid_force_mae_mev_per_A"]}
+
+
 def run_demo(out: str | Path = "neuralmd-demo", train_minutes: float = 1.5, n_train: int = 300,
              n_test: int = 100, threads: int | None = None, console: Console | None = None) -> dict[str, Any]:
     """Run the demo into ``out``; return its results."""
@@ -140,6 +160,9 @@ def run_demo(out: str | Path = "neuralmd-demo", train_minutes: float = 1.5, n_tr
     console.rule("[bold]6. enhanced sampling: OPES on the OH torsion (4 walkers, one shared bias)")
     sampling = run_sampling_stage(model, labelled["test"][0], out / "opes", console)
 
+    console.rule("[bold]7. active learning: committee exploration, xTB labels on a Dask cluster")
+    active = run_active_stage(mol, out / "active", console)
+
     table = Table(title="neuralmd demo: ethanol, PaiNN vs GFN2-xTB")
     for col in ("set", "energy MAE (meV/atom)", "force MAE (meV/Å)", "force RMSE (meV/Å)"):
         table.add_column(col)
@@ -151,9 +174,9 @@ def run_demo(out: str | Path = "neuralmd-demo", train_minutes: float = 1.5, n_tr
                       f"{m['force_rmse_mev_per_A']:.1f}")
     console.print(table)
     results = {"molecule": "ethanol", "labeler": labeler.settings(), "train": train_results, "test": metrics,
-               "md": md, "sampling": sampling, "seconds": round(time.perf_counter() - start, 1)}
+               "md": md, "sampling": sampling, "active": active, "seconds": round(time.perf_counter() - start, 1)}
     atomic_write_json(results, out / "results.json")
     console.print(f"run directory: {out}/ (learning curve: train/learning_curve.png, parity: parity_test.png, "
-                  f"MD: md/md.png and md/traj_*.h5md, OPES: opes/fes.png and opes/colvar.csv)")
+                  f"MD: md/md.png and md/traj_*.h5md, OPES: opes/fes.png and opes/colvar.csv, active learning: active/)")
     console.print(f"demo finished in {results['seconds']:.0f} s")
     return results

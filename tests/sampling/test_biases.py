@@ -195,3 +195,19 @@ def test_cv_atom_out_of_range_and_bias_state_files(tmp_path):
                               temperature_K=T)
     with pytest.raises(InputError, match="holds a OPES state"):
         metad.load(tmp_path / "opes.pt")
+
+
+def test_opes_running_normalisation_equals_the_direct_sum():
+    """Z is kept up to date kernel by kernel (O(K) per deposition); it must equal the mean of
+    P over the kernel centres computed from scratch, compression included."""
+    cv = Stack([Position(0, axes=[0, 1])])
+    bias = OPES(cv, sigma=[0.3, 0.3], barrier_kjmol=20, pace=1, temperature_K=300)
+    rng = np.random.default_rng(0)
+    template = AtomsBatch.from_atoms([Atoms("H", positions=[[0.0, 0.0, 0.0]])] * 3, dtype=torch.float64)
+    for step in range(1, 200):
+        pos = torch.tensor(rng.normal(scale=1.0, size=(3, 3)))
+        bias.update(MDState(template.replace(positions=pos), None, None, step))
+    assert bias.heights.numel() < 3 * 199  # compression merged kernels
+    direct = bias.kernel_sum(bias.centres)
+    assert torch.allclose(bias.p_centres, direct, rtol=1e-10)
+    assert float(bias.zed) == pytest.approx(float(direct.mean() / bias.sum_w), rel=1e-10)

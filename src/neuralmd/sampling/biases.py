@@ -206,6 +206,9 @@ class OPES(_KernelBias):
         self.sum_w = torch.zeros((), dtype=torch.float64)
         self.sum_w2 = torch.zeros((), dtype=torch.float64)
         self.zed = torch.ones((), dtype=torch.float64)
+        #: kernel sum at every kernel centre, kept up to date as kernels are added or merged,
+        #: so Z costs O(K) per deposition instead of O(K^2)
+        self.p_centres = torch.zeros(0, dtype=torch.float64)
 
     def probability(self, s: torch.Tensor) -> torch.Tensor:
         """The (unnormalised by Z) kernel density estimate P(s) at s (M, d)."""
@@ -223,17 +226,23 @@ class OPES(_KernelBias):
             dist = (self.delta(centre.unsqueeze(0), self.centres)[0] / self.widths).pow(2).sum(-1).sqrt()
             k = int(dist.argmin())
             if float(dist[k]) < self.threshold:  # compression: merge into kernel k
-                h1, h2 = self.heights[k], height
-                c1 = self.centres[k]
+                h1, h2 = self.heights[k].clone(), height
+                c1, w1 = self.centres[k].clone(), self.widths[k].clone()
                 c2 = c1 + self.delta(centre.unsqueeze(0), c1.unsqueeze(0))[0, 0]  # nearest image
                 h = h1 + h2
                 c = (h1 * c1 + h2 * c2) / h
-                var = (h1 * (self.widths[k] ** 2 + c1**2) + h2 * (width**2 + c2**2)) / h - c**2
+                var = (h1 * (w1**2 + c1**2) + h2 * (width**2 + c2**2)) / h - c**2
                 self.heights[k], self.centres[k], self.widths[k] = h, c, var.clamp(min=1e-30).sqrt()
+                self.p_centres += (self.kernels(self.centres, self.centres[k : k + 1], self.widths[k : k + 1],
+                                                self.heights[k : k + 1])
+                                   - self.kernels(self.centres, c1.unsqueeze(0), w1.unsqueeze(0), h1.reshape(1)))
+                self.p_centres[k] = self.kernel_sum(self.centres[k : k + 1])[0]
                 return
+        self.p_centres += self.kernels(self.centres, centre.unsqueeze(0), width.unsqueeze(0), height.reshape(1))
         self.centres = torch.cat([self.centres, centre.unsqueeze(0)])
         self.widths = torch.cat([self.widths, width.unsqueeze(0)])
         self.heights = torch.cat([self.heights, height.reshape(1)])
+        self.p_centres = torch.cat([self.p_centres, self.kernel_sum(centre.unsqueeze(0))])
 
     @torch.no_grad()
     def update(self, state) -> None:
@@ -251,12 +260,13 @@ class OPES(_KernelBias):
             height = w * torch.prod(self.sigma0 / width)
             self._add_kernel(row, width, height)
         # Z: the mean of P over the kernel centres, a proxy for its integral over explored space
-        self.zed = self.probability(self.centres).mean()
+        self.zed = self.p_centres.mean() / self.sum_w
 
     def get_state(self) -> dict[str, torch.Tensor]:
         return {**super().get_state(), "sum_w": self.sum_w.clone(), "sum_w2": self.sum_w2.clone(),
-                "zed": self.zed.clone()}
+                "zed": self.zed.clone(), "p_centres": self.p_centres.clone()}
 
     def set_state(self, state: dict[str, torch.Tensor]) -> None:
         super().set_state(state)
         self.sum_w, self.sum_w2, self.zed = state["sum_w"], state["sum_w2"], state["zed"]
+        self.p_centres = state["p_centres"] if "p_centres" in state else self.kernel_sum(self.centres)

@@ -107,6 +107,21 @@ def build_model(cfg: TrainConfig, train: FrameDataset) -> NeuralPotential:
     return model.to(getattr(torch, cfg.dtype))
 
 
+def distributed_context() -> tuple[int, int]:
+    """(world size, rank): under ``torchrun`` (WORLD_SIZE > 1) the gloo process group is
+    started here; otherwise (1, 0)."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 1, 0
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return world, dist.get_rank()
+
+
 def warm_start(cfg: TrainConfig, train: FrameDataset) -> NeuralPotential:
     """The model in ``cfg.init_model`` (weights, elements, normalisation), to train further."""
     from ..models.neural import load_potential
@@ -163,6 +178,11 @@ class Trainer:
         self.progress = progress
         self.on_step = on_step
         self.threads = set_threads(cfg.threads or None)
+        # data parallel under torchrun: each rank takes its share of every batch, DDP averages
+        # the gradients, rank 0 alone writes files
+        self.world, self.rank = distributed_context()
+        self.is_main = self.rank == 0
+        self.progress = progress and self.is_main
         self.train_data, self.valid_data = load_data(cfg)
         checkpoint_path = self.run_dir / CHECKPOINT
         if resume:
@@ -175,6 +195,11 @@ class Trainer:
                 raise InputError(f"{self.run_dir}: already holds a training run; resume it or choose another -o")
             self.model = warm_start(cfg, self.train_data) if cfg.init_model else build_model(cfg, self.train_data)
             ckpt = None
+        self.ddp = None
+        if self.world > 1:
+            if cfg.batch_size % self.world:
+                raise InputError(f"batch_size {cfg.batch_size} must be divisible by the {self.world} torchrun processes")
+            self.ddp = torch.nn.parallel.DistributedDataParallel(self.model)
         self.ema = copy.deepcopy(self.model)
         for p in self.ema.parameters():
             p.requires_grad_(False)
@@ -192,7 +217,7 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         if ckpt is not None:
             self._restore(ckpt)
-        else:
+        elif self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.toml")
 
@@ -215,6 +240,8 @@ class Trainer:
         self.best, self.bad_evals, self.history = ckpt["best"], ckpt["bad_evals"], ckpt["history"]
 
     def save_checkpoint(self) -> None:
+        if not self.is_main:
+            return
         atomic_save({
             "model_metadata": self.model.metadata(),
             "model": self.model.state_dict(),
@@ -246,10 +273,10 @@ class Trainer:
         if self.cosine:
             for group in self.optimizer.param_groups:
                 group["lr"] = self._cosine_lr()
-        idx = batch_indices(self.step, len(self.train_data), cfg.batch_size, cfg.seed)
+        idx = batch_indices(self.step, len(self.train_data), cfg.batch_size, cfg.seed)[self.rank :: self.world]
         batch = self.train_data.collate(idx, dtype=self.model.dtype)
         self.model.train()
-        loss, parts = loss_fn(self.model, batch, cfg)
+        loss, parts = loss_fn(self.ddp or self.model, batch, cfg)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 10.0)
@@ -271,12 +298,28 @@ class Trainer:
         self.history.append(record)
         if val_loss < self.best:
             self.best, self.bad_evals = val_loss, 0
-            self.ema.save(self.run_dir / MODEL, extra={"step": self.step, "valid": metrics})
+            if self.is_main:
+                self.ema.save(self.run_dir / MODEL, extra={"step": self.step, "valid": metrics})
         else:
             self.bad_evals += 1
         return record
 
     def _should_stop(self) -> str | None:
+        """The stop reason, or None; under torchrun rank 0's decision holds for every rank
+        (time budgets are measured per process)."""
+        reason = self._stop_reason()
+        if self.world > 1:
+            import torch.distributed as dist
+
+            flag = torch.tensor([reason is not None], dtype=torch.int32)
+            dist.broadcast(flag, 0)
+            if bool(flag) and reason is None:
+                reason = "stopped with rank 0"
+            elif not bool(flag):
+                reason = None
+        return reason
+
+    def _stop_reason(self) -> str | None:
         cfg = self.cfg
         if self.step >= cfg.max_steps:
             return "max_steps reached"
@@ -318,6 +361,8 @@ class Trainer:
         if not self.history or self.history[-1]["step"] != self.step:
             self._validate(parts)
         self.save_checkpoint()
+        if not self.is_main:
+            return {"stop_reason": reason, "steps": self.step, "rank": self.rank}
         return self._finish(reason)
 
     def _finish(self, reason: str) -> dict[str, Any]:

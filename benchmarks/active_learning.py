@@ -1,0 +1,152 @@
+"""Active learning vs random selection: ethanol with GFN2-xTB labels (tblite).
+
+Test set: 500 frames from 300 K and 600 K xTB Langevin MD. Random selection: models trained on
+n random frames of independent 300 K + 600 K xTB MD trajectories. Active: ``neuralmd active``
+from one structure (committee MD at 300 and 600 K, trust window, farthest-point diversity);
+each round's committee is scored on the same test set. Every model (random or committee
+member) gets the same training recipe and step budget. Also: labels per minute through the
+Dask executor with 1 and 2 workers.
+
+    python benchmarks/active_learning.py [--scale 1.0]   # -> benchmarks/results/active_learning.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase.build import molecule
+
+from neuralmd.active.loop import ActiveLearning, ActiveSettings, _train_member
+from neuralmd.data.dataset import FrameDataset
+from neuralmd.data.io import write_frames
+from neuralmd.demo import sample_geometries
+from neuralmd.models.committee import load_committee
+from neuralmd.parallel import connect, label_as_completed, map_tasks
+from neuralmd.reference.xtb import XTBLabeler
+from neuralmd.threads import set_threads
+from neuralmd.training.metrics import evaluate
+from neuralmd.training.trainer import TrainConfig
+
+HERE = Path(__file__).resolve().parent
+
+
+def label_all(client, frames) -> list:
+    out = [None] * len(frames)
+    for k, labelled, reason in label_as_completed(client, XTBLabeler(), frames):
+        if reason is None:
+            out[k] = labelled
+    return [a for a in out if a is not None]
+
+
+def labels_per_minute(frames, workers: int) -> float:
+    client = connect(workers=workers)
+    try:
+        label_all(client, frames[:8])  # warm-up: imports on the workers
+        t0 = time.perf_counter()
+        n = len(label_all(client, frames))
+        return n / (time.perf_counter() - t0) * 60
+    finally:
+        cluster = client.cluster
+        client.close()
+        cluster.close()
+
+
+def force_mae(model, test) -> float:
+    metrics, _ = evaluate(model, FrameDataset(test), batch_size=64)
+    return metrics["force_mae_mev_per_A"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply trajectory lengths and training steps")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/neuralmd-al-bench"))
+    args = parser.parse_args()
+    set_threads(1)
+    if args.work.exists():
+        shutil.rmtree(args.work)
+    args.work.mkdir(parents=True)
+    steps = int(1500 * args.scale)
+    start = molecule("CH3CH2OH")
+    t0 = time.perf_counter()
+    print("xTB MD: test set and random-selection pool (300 and 600 K)")
+    test_geoms = sample_geometries(start, 250, 300.0, 10, seed=100) + sample_geometries(start, 250, 600.0, 10, seed=101)
+    n_pool = int(1000 * min(args.scale, 1.0))
+    pool = sample_geometries(start, n_pool // 2, 300.0, 10, seed=200) + sample_geometries(start, n_pool // 2, 600.0, 10,
+                                                                                          seed=201)
+    order = np.random.default_rng(0).permutation(len(pool))
+    pool = [pool[k] for k in order]
+    client = connect(workers=2)
+    try:
+        test = label_all(client, test_geoms)
+        labelled_pool = label_all(client, pool)
+        print(f"{len(test)} test frames, {len(labelled_pool)} pool frames labelled ({time.perf_counter() - t0:.0f} s)")
+        sizes = [n for n in (50, 100, 200, 300, 600, 1000) if n <= len(labelled_pool)]
+        jobs = []
+        for n in sizes:
+            data = args.work / f"random_{n}" / "train.xyz"
+            data.parent.mkdir(parents=True)
+            write_frames(labelled_pool[:n], data)
+            cfg = TrainConfig(train=str(data), valid_fraction=0.1, features=32, interactions=2, batch_size=8, lr=2e-3,
+                              max_steps=steps, eval_every=max(steps // 10, 1), checkpoint_every=steps, patience=1000,
+                              seed=0, threads=1)
+            jobs.append((asdict(cfg), str(args.work / f"random_{n}" / "model")))
+        print(f"training {len(jobs)} random-selection models")
+        map_tasks(client, _train_member, jobs)
+    finally:
+        cluster = client.cluster
+        client.close()
+        cluster.close()
+    from neuralmd.models.neural import load_potential
+
+    random_curve = [[n, force_mae(load_potential(args.work / f"random_{n}" / "model" / "model.pt"), test)]
+                    for n in sizes]
+    print("random:", random_curve)
+
+    structure = args.work / "ethanol.xyz"
+    write_frames([start], structure)
+    settings = ActiveSettings(structure=str(structure), committee=2, temperatures_K=[300.0, 600.0], rounds=7,
+                              initial_frames=20, replicas_per_temperature=4, md_steps=int(2000 * args.scale),
+                              sample_every=20, trust_low_eV_A=0.05, trust_high_eV_A=0.5, max_select=40,
+                              train_steps=steps, features=32, interactions=2, workers=2, seed=0)
+    loop = ActiveLearning(settings, args.work / "active", report=lambda row: print("active round", row))
+    summary = loop.run()
+    history = summary["history"]
+    active_curve = []
+    for r in range(1, settings.rounds + 2):
+        folder = args.work / "active" / (f"round_{r:02d}" if r <= settings.rounds else "final")
+        committee = load_committee([folder / f"member_{m}" / "model.pt" for m in range(settings.committee)])
+        n_labels = history[r - 1]["labels"] if r <= settings.rounds else history[-1]["labels"]
+        active_curve.append([n_labels, force_mae(committee, test)])
+    print("active:", active_curve)
+    target = dict(random_curve).get(1000)
+    match = next((n for n, mae in active_curve if target is not None and mae <= target), None)
+    rates = {str(w): labels_per_minute(test_geoms[:120], w) for w in (1, 2)}
+    results = {
+        "active": {"curve": active_curve}, "random": {"curve": random_curve},
+        "labels_to_match_random_1000": match, "labels_per_min": rates,
+        "settings": {"labeler": "GFN2-xTB (tblite)", "test_frames": len(test), "train_steps_per_model": steps,
+                     "model": "PaiNN 32 features, 2 interactions", "committee": settings.committee,
+                     "active": asdict(settings)},
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, one thread per Dask worker",
+        "versions": {"torch": torch.__version__, "neuralmd": __import__("neuralmd").__version__},
+    }
+    out = HERE / "results" / "active_learning.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    print(json.dumps({k: results[k] for k in ("active", "random", "labels_to_match_random_1000", "labels_per_min")},
+                     indent=1))
+    print(f"-> {out}")
+
+
+if __name__ == "__main__":
+    main()
