@@ -109,6 +109,8 @@ def train(
                           dtype="float64" if float64 else "float32", seed=seed, threads=threads)
         trainer = Trainer(cfg, output)
     results = trainer.run()
+    if not trainer.is_main:  # torchrun: rank 0 reports
+        return
     v, b = results["valid"], results["baseline_valid"]
     console.print(f"{results['stop_reason']} after {results['steps']} steps ({results['train_seconds']:.0f} s); "
                   f"validation: E {v['energy_mae_mev_per_atom']:.2f} meV/atom, F {v['force_mae_mev_per_A']:.1f} meV/Å "
