@@ -5,7 +5,7 @@
 (c) neuralmd OPES on phi, psi; (d) neuralmd OPES on a Deep-TICA CV trained only on a short
 unbiased run plus an OPES_EXPLORE run along an autoencoder CV (no phi/psi given to either).
 
-    python benchmarks/ala2_sampling.py [--scale 1.0]   # -> benchmarks/results/ala2_sampling.json
+    python benchmarks/ala2_sampling.py [--scale 1.0] [--only opes,learned]   # -> results/ala2_sampling.json
 
 ``ns_to_1kjmol``: the simulated time after which ΔF(t) stays within 1 kJ/mol of the reference
 (the mean of the final (b) and (c) values). ``wall_s_per_ns``: wall time per simulated ns,
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import time
 from pathlib import Path
 
@@ -100,42 +101,50 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", type=float, default=1.0, help="multiply all simulated times")
     parser.add_argument("--work", type=Path, default=Path("/tmp/neuralmd-ala2-bench"))
+    parser.add_argument("--learned-ncv", type=int, default=2, help="Deep-TICA components biased in (d)")
+    parser.add_argument("--only", default="", help="comma-separated subset of unbiased,metad,opes,learned")
     args = parser.parse_args()
     set_threads(1)
     torch.manual_seed(0)
     work = args.work
-    if work.exists():
-        import shutil
-
-        shutil.rmtree(work)
+    out = HERE / "results" / "ala2_sampling.json"
+    parts = set(args.only.split(",")) if args.only else {"unbiased", "metad", "opes", "learned"}
+    results: dict = json.loads(out.read_text()) if args.only and out.exists() else {}  # keep the other parts
+    for part in parts:
+        shutil.rmtree(work / part, ignore_errors=True)
     ns = {k: v * args.scale for k, v in {"unbiased": 10.0, "metad": 3.0, "opes": 3.0, "short": 0.5, "explore": 1.0,
                                          "learned": 3.0}.items()}
-    results: dict = {}
-    print("(a) unbiased MD")
-    results["unbiased"], wall = run_neuralmd(work / "unbiased", ns["unbiased"], BiasSettings(cv="phi", bias="none"), 1)
-    results["unbiased"]["wall_s_per_ns"] = wall
-    print("(b) OpenMM Metadynamics on phi, psi")
-    results["openmm_metad"], wall = run_openmm_metad(ns["metad"], 2)
-    results["openmm_metad"]["wall_s_per_ns"] = wall
-    print("(c) neuralmd OPES on phi, psi")
-    results["opes_phipsi"], wall = run_neuralmd(work / "opes", ns["opes"], BiasSettings(cv="phi,psi", barrier_kjmol=40), 3)
-    results["opes_phipsi"]["wall_s_per_ns"] = wall
-
-    print("(d) learned CV: short unbiased run -> autoencoder -> OPES_EXPLORE -> Deep-TICA -> OPES")
-    t_learn = time.perf_counter()
-    run_neuralmd(work / "short", ns["short"], BiasSettings(cv="phi", bias="none"), 4)
-    train_cv_from_runs([work / "short"], work / "cv-ae", method="autoencoder", epochs=100)
-    explore, _ = run_neuralmd(work / "explore", ns["explore"],
-                              BiasSettings(cv=str(work / "cv-ae"), bias="opes-explore", barrier_kjmol=40), 5)
-    train_cv_from_runs([work / "short", work / "explore"], work / "cv-tica", method="deep-tica", lag_ps=1.0,
-                       epochs=100)
-    prep_wall = time.perf_counter() - t_learn
-    results["opes_learned"], wall = run_neuralmd(work / "learned", ns["learned"],
-                                                 BiasSettings(cv=str(work / "cv-tica"), barrier_kjmol=40), 6)
-    results["opes_learned"]["wall_s_per_ns"] = wall
-    results["opes_learned"]["preparation"] = {"unbiased_ns": ns["short"], "explore_ns": ns["explore"],
-                                              "wall_s": prep_wall,
-                                              "explore_deltaF_kjmol": explore["deltaF_kjmol"]}
+    if "unbiased" in parts:
+        print("(a) unbiased MD")
+        results["unbiased"], wall = run_neuralmd(work / "unbiased", ns["unbiased"], BiasSettings(cv="phi", bias="none"),
+                                                 1)
+        results["unbiased"]["wall_s_per_ns"] = wall
+    if "metad" in parts:
+        print("(b) OpenMM Metadynamics on phi, psi")
+        results["openmm_metad"], wall = run_openmm_metad(ns["metad"], 2)
+        results["openmm_metad"]["wall_s_per_ns"] = wall
+    if "opes" in parts:
+        print("(c) neuralmd OPES on phi, psi")
+        results["opes_phipsi"], wall = run_neuralmd(work / "opes", ns["opes"],
+                                                    BiasSettings(cv="phi,psi", barrier_kjmol=40), 3)
+        results["opes_phipsi"]["wall_s_per_ns"] = wall
+    if "learned" in parts:
+        print("(d) learned CV: short unbiased run -> autoencoder -> OPES_EXPLORE -> Deep-TICA -> OPES")
+        learned = work / "learned"
+        t_learn = time.perf_counter()
+        run_neuralmd(learned / "short", ns["short"], BiasSettings(cv="phi", bias="none"), 4)
+        train_cv_from_runs([learned / "short"], learned / "cv-ae", method="autoencoder", epochs=100)
+        explore, _ = run_neuralmd(learned / "explore", ns["explore"],
+                                  BiasSettings(cv=str(learned / "cv-ae"), bias="opes-explore", barrier_kjmol=40), 5)
+        train_cv_from_runs([learned / "short", learned / "explore"], learned / "cv-tica", method="deep-tica",
+                           lag_ps=1.0, n_cv=args.learned_ncv, epochs=100)
+        prep_wall = time.perf_counter() - t_learn
+        results["opes_learned"], wall = run_neuralmd(learned / "opes", ns["learned"],
+                                                     BiasSettings(cv=str(learned / "cv-tica"), barrier_kjmol=40), 6)
+        results["opes_learned"]["wall_s_per_ns"] = wall
+        results["opes_learned"]["preparation"] = {
+            "unbiased_ns": ns["short"], "explore_ns": ns["explore"], "wall_s": prep_wall, "deep_tica_cvs": args.learned_ncv,
+            "explore_deltaF_kjmol": explore["deltaF_kjmol"]}
 
     reference = 0.5 * (results["openmm_metad"]["deltaF_kjmol"] + results["opes_phipsi"]["deltaF_kjmol"])
     for key in ("unbiased", "openmm_metad", "opes_phipsi", "opes_learned"):
@@ -153,7 +162,6 @@ def main() -> None:
         "versions": {"openmm": openmm.__version__, "torch": torch.__version__,
                      "neuralmd": __import__("neuralmd").__version__},
     })
-    out = HERE / "results" / "ala2_sampling.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
     print(f"{'run':14s} {'ΔF kJ/mol':>16s} {'ns to 1 kJ/mol':>15s} {'wall s/ns':>10s}")

@@ -43,7 +43,7 @@ class Recorder:
 
     def __init__(self, bias, every: int, skip: int) -> None:
         self.bias, self.every, self.skip = bias, every, skip
-        self.x, self.v = [], []
+        self.x, self.v, self.steps = [], [], []
 
     def report(self, sim, state) -> None:
         if state.step % self.every or state.step < self.skip:
@@ -52,6 +52,7 @@ class Recorder:
             s = self.bias.cv_values(state.batch)
             self.x.append(s[:, 0].numpy().copy())
             self.v.append(self.bias.energy_of_cv(s).numpy().copy())
+            self.steps.append(state.step)
 
 
 def _walkers(n: int) -> AtomsBatch:
@@ -64,12 +65,12 @@ def _run(bias, steps: int, walkers: int = 16, seed: int = 0):
     sim = Simulation(DoubleWell(), _walkers(walkers), temperature_K=T, timestep_fs=2.0, friction_per_ps=10.0,
                      seed=seed, report_every=10, terms=[bias], reporters=[rec])
     sim.run(steps)
-    return np.concatenate(rec.x), np.concatenate(rec.v), sim
+    return np.concatenate(rec.x), np.concatenate(rec.v), sim, rec
 
 
 def test_opes_recovers_the_reference_free_energy_difference(tmp_path):
     bias = OPES(Position(0, axes=(0,)), sigma=[0.1], barrier_kjmol=10 * KT / KJMOL, pace=50, temperature_K=T)
-    x, v, _ = _run(bias, 15_000)
+    x, v, _, _ = _run(bias, 15_000)
     left, right = (x < 0).mean(), (x > 0).mean()
     assert min(left, right) > 0.2  # both basins visited often despite an 8 kT barrier
     df, err = delta_f_blocks(x, weights_from_bias(v, T), [(-3, 0)], [(0, 3)], T)
@@ -89,10 +90,12 @@ def test_opes_recovers_the_reference_free_energy_difference(tmp_path):
     assert (tmp_path / "fes.png").is_file() and (tmp_path / "convergence.png").is_file()
 
 
-def test_well_tempered_metad_final_bias_recovers_reference():
+def test_well_tempered_metad_final_bias_and_ct_reweighting_recover_reference():
+    from neuralmd.sampling.fes import metad_ct
+
     bias = WellTemperedMetaD(Position(0, axes=(0,)), sigma=[0.1], height_kjmol=1.0, pace=50, biasfactor=8.0,
                              temperature_K=T)
-    _run(bias, 15_000)
+    x, v, sim, rec = _run(bias, 15_000)
     grid = torch.linspace(-2.0, 2.0, 801, dtype=torch.float64).unsqueeze(-1)
     f = bias.free_energy_of_cv(grid).numpy()
     p = np.exp(-(f - f.min()) / KT)
@@ -100,6 +103,12 @@ def test_well_tempered_metad_final_bias_recovers_reference():
     df = -KT * np.log(p[xs > 0].sum() / p[xs < 0].sum()) / KJMOL
     ref = reference_delta_f_kjmol()
     assert abs(to_kT(df - ref, T)) < 0.5, (df, ref)
+    # frame reweighting with exp(β(V(s,t) - c(t))), c(t) rebuilt from the kernels' deposition order
+    ct = metad_ct(bias, np.array(rec.steps), walkers=16, temperature_K=T)
+    assert np.all(np.diff(ct) >= -1e-9)  # c(t) grows as the bias fills the wells
+    weights = weights_from_bias(v - np.repeat(ct, 16), T)
+    df_ct, _ = delta_f_blocks(x, weights, [(-3, 0)], [(0, 3)], T)
+    assert abs(to_kT(df_ct - ref, T)) < 0.5, (df_ct, ref)
 
 
 @pytest.mark.parametrize("make", [

@@ -199,3 +199,15 @@ def test_native_engine_walkers_share_one_opes_bias_and_resume(tmp_path, float64_
     assert torch.equal(resumed.terms[0].heights, full.terms[0].heights)
     assert np.array_equal(np.loadtxt(tmp_path / "part" / "colvar.csv", delimiter=",", skiprows=1),
                           np.loadtxt(tmp_path / "full" / "colvar.csv", delimiter=",", skiprows=1))
+
+
+def test_cv_modules_compile_with_torchscript_and_give_the_same_values_and_gradients():
+    from neuralmd.sampling.cvs import Angle, PairwiseDistances, Position
+
+    x = torch.randn(3, 6, 3, dtype=torch.float64, requires_grad=True)
+    for cv in (Torsion(0, 1, 2, 3), Distance(0, 5), Angle(0, 1, 2), PairwiseDistances([0, 2, 4, 5]), Position(3),
+               Stack([Torsion(1, 2, 3, 4), Distance(0, 1)])):
+        scripted = torch.jit.script(cv)
+        (g_script,) = torch.autograd.grad(scripted(x).sum(), x)
+        (g_python,) = torch.autograd.grad(cv(x).sum(), x)
+        assert torch.allclose(scripted(x), cv(x)) and torch.allclose(g_script, g_python), type(cv).__name__

@@ -27,9 +27,10 @@ def replica_positions(batch: AtomsBatch) -> torch.Tensor:
 
 
 class CV(nn.Module):
-    """Base class: ``forward(positions (B, n, 3)) -> (B, dim)``; ``names`` label the outputs."""
+    """Base class: ``forward(positions (B, n, 3)) -> (B, dim)``; ``names`` (a list of str set by
+    each subclass) label the outputs. CV modules compile with ``torch.jit.script``."""
 
-    names: list[str]
+    __jit_unused_properties__ = ["dim", "periods"]  # noqa: RUF012 (TorchScript's own hook)
 
     @property
     def dim(self) -> int:

@@ -110,3 +110,39 @@ def basin_report(values: np.ndarray, weights: np.ndarray, time_ns: np.ndarray, r
     ends, curve = convergence(values, weights, region_a, region_b, temperature_K, points)
     return {"deltaF_kjmol": dF, "deltaF_err_kjmol": err,
             "curve": [[float(time_ns[e - 1]), float(c)] for e, c in zip(ends, curve)]}
+
+
+def metad_ct(bias, steps: np.ndarray, walkers: int, temperature_K: float, points: int = 80) -> np.ndarray:
+    """c(t) (eV) of well-tempered metadynamics (Tiwary & Parrinello 2015) at each of ``steps``,
+    from the bias's own kernels (never merged, stored in deposition order: ``walkers`` kernels
+    every ``bias.pace`` steps), on a grid over the CV (one period where periodic, else the span
+    of the kernel centres ± 3 widths):
+
+        c(t) = k_BT log[ ∫ exp(γ/(γ-1) βV(s,t)) ds / ∫ exp(βV(s,t)/(γ-1)) ds ]
+
+    so that exp(β(V(s,t) - c(t))) reweights every frame onto the unbiased ensemble."""
+    import torch
+
+    beta = 1.0 / kT_eV(temperature_K)
+    gamma = bias.biasfactor
+    axes = []
+    for k, period in enumerate(bias.periods.tolist()):
+        if period > 0:
+            axes.append(torch.linspace(-period / 2, period / 2, points, dtype=torch.float64)[:-1])
+        else:
+            c, w = bias.centres[:, k], bias.widths[:, k]
+            axes.append(torch.linspace(float((c - 3 * w).min()), float((c + 3 * w).max()), points, dtype=torch.float64))
+    grid = torch.stack([m.reshape(-1) for m in torch.meshgrid(*axes, indexing="ij")], dim=-1)
+    v = torch.zeros(len(grid), dtype=torch.float64)
+    out, added = np.zeros(len(steps)), 0
+    order = np.argsort(steps, kind="stable")
+    for i in order:
+        n = min(walkers * int(steps[i] // bias.pace), len(bias.heights))
+        if n > added:
+            v += bias.kernels(grid, bias.centres[added:n], bias.widths[added:n], bias.heights[added:n])
+            added = n
+        bv = beta * v
+        num = torch.logsumexp(gamma / (gamma - 1) * bv, 0)
+        den = torch.logsumexp(bv / (gamma - 1), 0)
+        out[i] = float(num - den) / beta
+    return out

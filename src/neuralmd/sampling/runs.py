@@ -24,7 +24,7 @@ from ..units import KJMOL
 from .biases import OPES, Bias, WellTemperedMetaD
 from .colvar import ColvarReporter, read_colvar
 from .cvs import CV, replica_positions
-from .fes import weights_from_bias
+from .fes import metad_ct, weights_from_bias
 from .spec import parse_cv
 
 BIASES = ("none", "opes", "opes-explore", "metad")
@@ -283,12 +283,30 @@ def load_samples(run_dir: str | Path, cv: str | CV | None = None) -> Samples:
         flat = torch.as_tensor(positions.reshape(-1, *positions.shape[2:]), dtype=torch.float64)
         values = cv(flat).numpy().reshape(n, len(frames), -1)
     dt_ns = _timestep_fs(run_dir) * 1e-6
+    bias_eV = bias_kjmol * KJMOL
+    metad = _metad_bias(run_dir, frames[0][0].numbers, pdb if pdb.exists() else None, temperature_K)
+    if metad is not None:  # well-tempered metadynamics: weights exp(β(V - c(t)))
+        bias_eV = bias_eV - metad_ct(metad, steps, len(frames), temperature_K)[:, None]
     return Samples(values=values.reshape(n * len(frames), -1),
-                   weights=weights_from_bias(bias_kjmol.reshape(-1) * KJMOL, temperature_K),
+                   weights=weights_from_bias(bias_eV.reshape(-1), temperature_K),
                    time_ns=np.repeat(steps * dt_ns, len(frames)),
                    replica=np.tile(np.arange(len(frames)), n), temperature_K=temperature_K, names=cv.names,
                    periods=[float(p) for p in cv.periods],
                    positions=positions.reshape(n * len(frames), *positions.shape[2:]))
+
+
+def _metad_bias(run_dir: Path, numbers: np.ndarray, pdb: Path | None, temperature_K: float):
+    """The run's well-tempered metadynamics bias with its final kernels, or None."""
+    path = run_dir / "sample.toml"
+    if not path.exists():
+        return None
+    settings = load_config(BiasSettings, path)
+    if settings.bias != "metad" or not (run_dir / "checkpoint.pt").exists():
+        return None
+    bias = make_bias(settings, parse_cv(settings.cv, numbers, pdb), temperature_K, settings.sigma)
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    bias.set_state(ckpt["bias"] if "bias" in ckpt else ckpt["terms"][0])
+    return bias
 
 
 def _timestep_fs(run_dir: Path) -> float:
