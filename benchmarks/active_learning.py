@@ -39,20 +39,20 @@ from neuralmd.training.trainer import TrainConfig
 HERE = Path(__file__).resolve().parent
 
 
-def label_all(client, frames) -> list:
+def label_all(client, frames, labeler=None) -> list:
     out = [None] * len(frames)
-    for k, labelled, reason in label_as_completed(client, XTBLabeler(), frames):
+    for k, labelled, reason in label_as_completed(client, labeler or XTBLabeler(), frames):
         if reason is None:
             out[k] = labelled
     return [a for a in out if a is not None]
 
 
-def labels_per_minute(frames, workers: int) -> float:
+def labels_per_minute(frames, workers: int, labeler=None) -> float:
     client = connect(workers=workers)
     try:
-        label_all(client, frames[:8])  # warm-up: imports on the workers
+        label_all(client, frames[:workers], labeler)  # warm-up: imports on the workers
         t0 = time.perf_counter()
-        n = len(label_all(client, frames))
+        n = len(label_all(client, frames, labeler))
         return n / (time.perf_counter() - t0) * 60
     finally:
         cluster = client.cluster
@@ -130,9 +130,14 @@ def main() -> None:
     target = dict(random_curve).get(1000)
     match = next((n for n, mae in active_curve if target is not None and mae <= target), None)
     rates = {str(w): labels_per_minute(test_geoms[:120], w) for w in (1, 2)}
+    from neuralmd.reference import PySCFLabeler
+
+    dft = PySCFLabeler("PBE", "def2-SVP", True, 0, 0, 1)
+    rates_dft = {str(w): labels_per_minute(test_geoms[200:212], w, dft) for w in (1, 2)}
+    print("labels/min xTB", rates, "PBE/def2-SVP", rates_dft)
     results = {
         "active": {"curve": active_curve}, "random": {"curve": random_curve},
-        "labels_to_match_random_1000": match, "labels_per_min": rates,
+        "labels_to_match_random_1000": match, "labels_per_min": rates, "labels_per_min_dft_pbe_def2svp": rates_dft,
         "settings": {"labeler": "GFN2-xTB (tblite)", "test_frames": len(test), "train_steps_per_model": steps,
                      "model": "PaiNN 32 features, 2 interactions", "committee": settings.committee,
                      "active": asdict(settings)},

@@ -90,9 +90,11 @@ def train(
     patience: int = typer.Option(25, help="evaluations without improvement before early stopping"),
     lr_schedule: str = typer.Option("auto", help="cosine, plateau, or auto (cosine over --time-budget-min, else plateau)"),
     float64: bool = typer.Option(False, help="train in float64"),
+    baseline: Optional[str] = typer.Option(None, help="Δ-learning: learn the labels minus this baseline (xtb, gfn1)"),
     seed: int = typer.Option(0), threads: int = typer.Option(0, help="torch threads (0: all cores)"),
 ) -> None:
-    """Train a PaiNN potential on energies and forces; writes model.pt, results.json, plots."""
+    """Train a PaiNN potential on energies and forces (or, with --baseline, a correction to
+    GFN2-xTB: Δ-learning); writes model.pt, results.json, plots."""
     from .training.trainer import TrainConfig, Trainer
 
     if resume is not None:
@@ -106,7 +108,8 @@ def train(
                           cutoff_A=cutoff, batch_size=batch_size, lr=lr, force_weight=force_weight,
                           energy_weight=energy_weight, max_steps=max_steps, time_budget_min=time_budget_min,
                           eval_every=eval_every, checkpoint_every=checkpoint_every, patience=patience, lr_schedule=lr_schedule,
-                          dtype="float64" if float64 else "float32", seed=seed, threads=threads)
+                          dtype="float64" if float64 else "float32", seed=seed, threads=threads,
+                          baseline=baseline or "")
         trainer = Trainer(cfg, output)
     results = trainer.run()
     if not trainer.is_main:  # torchrun: rank 0 reports

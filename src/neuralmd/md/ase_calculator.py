@@ -9,7 +9,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
 from ..models.base import Potential
-from ..models.neural import NeuralPotential, load_potential
+from ..models.neural import load_potential
 from ..state import AtomsBatch
 
 
@@ -30,7 +30,7 @@ class NeuralCalculator(Calculator):
 
     def calculate(self, atoms: Atoms | None = None, properties=("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
-        if "numbers" in system_changes and isinstance(self.potential, NeuralPotential):
+        if "numbers" in system_changes and hasattr(self.potential, "check_elements"):
             self.potential.check_elements(self.atoms.numbers, where="atoms")
         stress = "stress" in properties and bool(self.atoms.pbc.all())
         device = next(iter(self.potential.buffers())).device

@@ -23,7 +23,8 @@ from .base import Potential
 from .equivariant import PaiNN
 
 FORMAT = "neuralmd.potential"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: optional "baseline" (a Δ-learning correction); version 1 files still load
+READABLE_VERSIONS = (1, 2)
 ARCHITECTURES = {"painn": PaiNN}
 
 
@@ -55,6 +56,8 @@ class NeuralPotential(Potential):
         self.register_buffer("e0", e0.to(torch.float64))
         self.register_buffer("scale", torch.tensor(float(scale), dtype=torch.float64))
         self.register_buffer("shift", torch.tensor(float(shift), dtype=torch.float64))
+        #: the baseline this network corrects (Δ-learning), as a model file records it; None: none
+        self.baseline: dict[str, Any] | None = None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -89,6 +92,7 @@ class NeuralPotential(Potential):
             "units": {"energy": "eV", "length": "Angstrom", "forces": "eV/Angstrom"},
             "normalisation": {"e0": self.e0.tolist(), "scale": float(self.scale), "shift": float(self.shift)},
             "dtype": str(self.dtype).removeprefix("torch."),
+            "baseline": self.baseline,
         }
 
     def save(self, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> None:
@@ -101,12 +105,26 @@ class NeuralPotential(Potential):
         norm = meta["normalisation"]
         model = cls(meta["elements"], norm["e0"], norm["scale"], norm["shift"], meta["architecture"],
                     **meta["hyperparameters"])
+        model.baseline = meta.get("baseline")
         return model.to(getattr(torch, meta.get("dtype", "float32")))
 
 
 def load_potential(path: str | os.PathLike, dtype: torch.dtype | None = None,
-                   device: str | torch.device = "cpu") -> NeuralPotential:
-    """Load a model file written by :meth:`NeuralPotential.save` (optionally cast to ``dtype``)."""
+                   device: str | torch.device = "cpu") -> Potential:
+    """Load a model file written by :meth:`NeuralPotential.save` (optionally cast to ``dtype``):
+    a :class:`NeuralPotential`, or a :class:`~.delta.DeltaPotential` when the network is a
+    correction to a baseline (use :func:`load_network` for the network alone)."""
+    model = load_network(path, dtype, device)
+    if model.baseline:
+        from .delta import DeltaPotential, make_baseline
+
+        return DeltaPotential(make_baseline(model.baseline), model).eval()
+    return model
+
+
+def load_network(path: str | os.PathLike, dtype: torch.dtype | None = None,
+                 device: str | torch.device = "cpu") -> NeuralPotential:
+    """The :class:`NeuralPotential` stored in a model file (without any baseline)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: model file not found")
@@ -117,9 +135,9 @@ def load_potential(path: str | os.PathLike, dtype: torch.dtype | None = None,
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelFormatError(f"{path}: field 'format': not a neuralmd model file (expected {FORMAT!r})")
     version = payload.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise ModelFormatError(
-            f"{path}: field 'format_version': found {version!r}, this neuralmd reads version {FORMAT_VERSION}"
+            f"{path}: field 'format_version': found {version!r}, this neuralmd reads versions {READABLE_VERSIONS}"
         )
     model = NeuralPotential.from_metadata(payload)
     model.load_state_dict(payload["state_dict"])

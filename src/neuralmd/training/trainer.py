@@ -68,6 +68,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0
     init_model: str = ""  # warm start: begin from this model file's weights and normalisation
+    baseline: str = ""  # Δ-learning: "xtb" (GFN2-xTB) or "gfn1"; the network learns labels minus baseline
 
     def validate(self) -> None:
         checks = [
@@ -87,12 +88,40 @@ class TrainConfig:
 
 
 def load_data(cfg: TrainConfig) -> tuple[FrameDataset, FrameDataset]:
-    """Training and validation sets from the config (split off when no valid file is given)."""
+    """Training and validation sets from the config (split off when no valid file is given);
+    with a baseline, their labels minus the baseline's."""
     units = {"energy_unit": cfg.energy_unit or None, "force_unit": cfg.force_unit or None}
-    data = FrameDataset(read_frames(cfg.train, **units))
-    if cfg.valid:
-        return data, FrameDataset(read_frames(cfg.valid, **units))
+    frames = read_frames(cfg.train, **units)
+    valid = read_frames(cfg.valid, **units) if cfg.valid else None
+    if cfg.baseline:
+        frames = residual_labels(frames, cfg.baseline, cfg.train)
+        valid = residual_labels(valid, cfg.baseline, cfg.valid) if valid is not None else None
+    data = FrameDataset(frames)
+    if valid is not None:
+        return data, FrameDataset(valid)
     return data.split(cfg.valid_fraction, cfg.seed)
+
+
+def residual_labels(frames: list, baseline: str, source: str) -> list:
+    """Copies of ``frames`` whose energy and forces are the labels minus the baseline's."""
+    from ..models.delta import BASELINES
+    from ..reference.xtb import XTBLabeler
+
+    if baseline not in BASELINES:
+        raise InputError(f"baseline: {baseline!r}; expected one of {sorted(BASELINES)}")
+    labeler = XTBLabeler(BASELINES[baseline])
+    result = labeler.label(frames, progress=True)
+    if result.failures:
+        f = result.failures[0]
+        raise InputError(f"{source}: frame {f.index}: the {BASELINES[baseline]} baseline failed ({f.reason}); "
+                         f"{len(result.failures)} frame(s) in all")
+    out = []
+    for atoms, base in zip(frames, result.frames):
+        residual = atoms.copy()
+        residual.info["energy"] = atoms.info["energy"] - base.info["energy"]
+        residual.arrays["forces"] = atoms.arrays["forces"] - base.arrays["forces"]
+        out.append(residual)
+    return out
 
 
 def build_model(cfg: TrainConfig, train: FrameDataset) -> NeuralPotential:
@@ -124,9 +153,9 @@ def distributed_context() -> tuple[int, int]:
 
 def warm_start(cfg: TrainConfig, train: FrameDataset) -> NeuralPotential:
     """The model in ``cfg.init_model`` (weights, elements, normalisation), to train further."""
-    from ..models.neural import load_potential
+    from ..models.neural import load_network
 
-    model = load_potential(cfg.init_model, dtype=getattr(torch, cfg.dtype))
+    model = load_network(cfg.init_model, dtype=getattr(torch, cfg.dtype))
     for atoms in train.frames:
         model.check_elements(atoms.numbers, where=f"{cfg.train} (warm start from {cfg.init_model})")
     return model
@@ -194,6 +223,10 @@ class Trainer:
             if checkpoint_path.exists():
                 raise InputError(f"{self.run_dir}: already holds a training run; resume it or choose another -o")
             self.model = warm_start(cfg, self.train_data) if cfg.init_model else build_model(cfg, self.train_data)
+            if cfg.baseline:
+                from ..models.delta import BASELINES, XTBBaseline
+
+                self.model.baseline = XTBBaseline(BASELINES[cfg.baseline]).settings()
             ckpt = None
         self.ddp = None
         if self.world > 1:
@@ -367,9 +400,9 @@ class Trainer:
 
     def _finish(self, reason: str) -> dict[str, Any]:
         from ..analysis.plots import plot_learning_curve
-        from ..models.neural import load_potential
+        from ..models.neural import load_network
 
-        best = load_potential(self.run_dir / MODEL)
+        best = load_network(self.run_dir / MODEL)  # a Δ-model's network, scored on the residual labels
         metrics, _ = evaluate(best, self.valid_data, batch_size=64)
         baseline = baseline_metrics(self.train_data, self.valid_data, best.elements, best.e0.numpy())
         results = {
