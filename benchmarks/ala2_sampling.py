@@ -18,6 +18,7 @@ import argparse
 import json
 import platform
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -31,6 +32,9 @@ from neuralmd.sampling.cv_training import train_cv_from_runs
 from neuralmd.sampling.openmm_engine import OpenMMSettings
 from neuralmd.sampling.runs import BiasSettings, load_samples, start_openmm
 from neuralmd.threads import set_threads
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from forcefield_rmd17 import LoadMonitor  # noqa: E402  (CPU used by other processes, per phase)
 
 HERE = Path(__file__).resolve().parent
 PDB = HERE.parents[1] / "shared" / "data" / "alanine_dipeptide" / "ala2.pdb"
@@ -114,20 +118,25 @@ def main() -> None:
         shutil.rmtree(work / part, ignore_errors=True)
     ns = {k: v * args.scale for k, v in {"unbiased": 10.0, "metad": 3.0, "opes": 3.0, "short": 0.5, "explore": 1.0,
                                          "learned": 3.0}.items()}
+    load = LoadMonitor()
+    previous_load = results.get("machine_load", {}).get("other_processes_cpu_cores", {})
     if "unbiased" in parts:
         print("(a) unbiased MD")
         results["unbiased"], wall = run_neuralmd(work / "unbiased", ns["unbiased"], BiasSettings(cv="phi", bias="none"),
                                                  1)
         results["unbiased"]["wall_s_per_ns"] = wall
+    load.phase("unbiased")
     if "metad" in parts:
         print("(b) OpenMM Metadynamics on phi, psi")
         results["openmm_metad"], wall = run_openmm_metad(ns["metad"], 2)
         results["openmm_metad"]["wall_s_per_ns"] = wall
+    load.phase("metad")
     if "opes" in parts:
         print("(c) neuralmd OPES on phi, psi")
         results["opes_phipsi"], wall = run_neuralmd(work / "opes", ns["opes"],
                                                     BiasSettings(cv="phi,psi", barrier_kjmol=40), 3)
         results["opes_phipsi"]["wall_s_per_ns"] = wall
+    load.phase("opes")
     if "learned" in parts:
         print("(d) learned CV: short unbiased run -> autoencoder -> OPES_EXPLORE -> Deep-TICA -> OPES")
         learned = work / "learned"
@@ -146,6 +155,12 @@ def main() -> None:
             "unbiased_ns": ns["short"], "explore_ns": ns["explore"], "wall_s": prep_wall, "deep_tica_cvs": args.learned_ncv,
             "explore_deltaF_kjmol": explore["deltaF_kjmol"]}
 
+    load.phase("learned")
+    measured = {k: v for k, v in load.phases.items() if k in parts}
+    results["machine_load"] = {"other_processes_cpu_cores": {**previous_load, **measured}}
+    busy = [k for k, v in measured.items() if v is not None and v > 0.25]
+    if busy:
+        print(f"WARNING: other processes used CPU during {busy}: their wall times are not comparable")
     reference = 0.5 * (results["openmm_metad"]["deltaF_kjmol"] + results["opes_phipsi"]["deltaF_kjmol"])
     for key in ("unbiased", "openmm_metad", "opes_phipsi", "opes_learned"):
         results[key]["ns_to_1kjmol"] = ns_to_within(results[key]["curve"], reference)
