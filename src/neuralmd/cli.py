@@ -559,12 +559,15 @@ def active(
     def report(row: dict) -> None:
         table_rows.append(row)
         table = Table(title="active learning")
-        for col in ("round", "labels", "candidates", "selected", "failed", "max dev (eV/Å)", "valid F MAE (meV/Å)"):
+        for col in ("round", "labels", "candidates", "selected", "failed", "max dev (eV/Å)", "valid F MAE (meV/Å)",
+                    "dev→error scale", "Spearman"):
             table.add_column(col)
         for r in table_rows:
             table.add_row(str(r["round"]), str(r["labels"]), str(r.get("candidates", "")), str(r.get("selected", "")),
                           str(r["failed_total"]), f"{r.get('max_deviation', float('nan')):.3f}",
-                          f"{r.get('valid_force_mae_mev_per_A', float('nan')):.1f}")
+                          f"{r.get('valid_force_mae_mev_per_A', float('nan')):.1f}",
+                          f"{r.get('calibration_scale', float('nan')):.2f}",
+                          f"{r.get('calibration_spearman', float('nan')):.2f}")
         Console().print(table)
 
     if resume is not None:

@@ -18,7 +18,6 @@ from neuralmd.data.io import read_frames
 from neuralmd.data.store import LabelStore, frame_key
 from neuralmd.errors import InputError
 from neuralmd.reference.xtb import XTBLabeler
-from tests.conftest import shared_file
 
 
 def _rattled_ethanol(n: int, seed: int, scale: float = 0.05):

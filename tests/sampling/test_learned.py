@@ -117,8 +117,9 @@ def test_numpy_twin_of_a_learned_cv_matches_torch_values_and_gradients(tmp_path)
     net, _ = train_autoencoder(d, n_cv=2, epochs=5, seed=0)
     LearnedCV(desc, net, "autoencoder").export(tmp_path / "cv", {"n_atoms": 6, "elements": [6] * 5})
     cv = load_cv(tmp_path / "cv", np.array([6] * 6))
-    for component in (0, 1):
-        twin = MLPDistanceCV.from_cv(cv, component, 6)
+    twins = MLPDistanceCV.components(cv, 6)
+    assert len(twins) == 2
+    for component, twin in enumerate(twins):
         x = torch.tensor(frames[7], requires_grad=True)
         s = cv(x.unsqueeze(0))[0, component]
         (grad,) = torch.autograd.grad(s, x)

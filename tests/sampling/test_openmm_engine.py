@@ -3,7 +3,6 @@ through the exact PythonForce bias (the grid bias is tested in test_sampling_run
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from openmm import unit

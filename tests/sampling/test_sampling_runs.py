@@ -211,3 +211,25 @@ def test_cv_modules_compile_with_torchscript_and_give_the_same_values_and_gradie
         (g_script,) = torch.autograd.grad(scripted(x).sum(), x)
         (g_python,) = torch.autograd.grad(cv(x).sum(), x)
         assert torch.allclose(scripted(x), cv(x)) and torch.allclose(g_script, g_python), type(cv).__name__
+
+
+def test_cli_sample_with_a_neural_potential_walkers_fes_and_resume(tmp_path, trained_model, ethanol_xyz):
+    from neuralmd.data.io import read_frames, write_frames
+
+    write_frames(read_frames(ethanol_xyz)[:1], tmp_path / "start.xyz")
+    runner = CliRunner()
+    args = ["sample", "--engine", "native", "--model", str(trained_model), "--structure", str(tmp_path / "start.xyz"),
+            "--cv", "torsion(3,0,1,2)", "--replicas", "2", "--steps", "200", "--pace", "50", "--sigma", "0.3",
+            "--report-every", "20", "--checkpoint-every", "100", "--threads", "2", "-o", str(tmp_path / "run")]
+    result = runner.invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(cli, ["sample", "--resume", str(tmp_path / "run"), "--steps", "300"],
+                           catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    colvar = np.genfromtxt(tmp_path / "run" / "colvar.csv", delimiter=",", names=True)
+    assert len(colvar) == 2 * 16 and set(colvar["replica"]) == {0, 1}  # steps 0..300 every 20, two walkers
+    result = runner.invoke(cli, ["fes", str(tmp_path / "run"), "--basin-a", "t3-0-1-2<0", "--basin-b", "t3-0-1-2>0",
+                                 "--blocks", "2"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "run" / "fes.json").read_text())
+    assert report["cvs"] == ["t3-0-1-2"] and report["frames"] == 32 and "deltaF_kjmol" in report

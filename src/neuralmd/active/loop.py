@@ -299,6 +299,7 @@ class ActiveLearning:
                 members = self.train(round_dir, r - 1, previous)
                 _, selected, stats = self.explore(round_dir, r)
                 counts = self.label(selected, r)
+                stats.update(self.calibration(round_dir, r))
                 self._finish_round(r, {**stats, **counts, "seconds": round(time.perf_counter() - t0, 1)}, members)
             final = self.train(self.run_dir / "final", self.s.rounds, self.run_dir / f"round_{self.s.rounds:02d}")
         finally:
@@ -310,6 +311,20 @@ class ActiveLearning:
         atomic_write_json(summary, self.run_dir / "results.json")
         self._plot()
         return summary
+
+    def calibration(self, round_dir: Path, r: int) -> dict[str, float]:
+        """The round's committee against the labels it just asked for (frames it never trained
+        on): its disagreement's scale factor to the true force error and their Spearman rank
+        correlation."""
+        from ..models.committee import calibrate, load_committee
+
+        new = self.store.frames("ok", max_round=r)
+        new = [a for a in new if a.info["round"] == r]
+        if len(new) < 3:
+            return {}
+        committee = load_committee([round_dir / f"member_{m}" / "model.pt" for m in range(self.s.committee)])
+        cal = calibrate(committee, new)
+        return {"calibration_scale": cal["scale_factor"], "calibration_spearman": cal["spearman"]}
 
     def _finish_round(self, r: int, stats: dict, members: list[dict] | None) -> None:
         row = {"round": r, "labels": self.store.count("ok"), "failed_total": self.store.count("failed"), **stats}

@@ -16,6 +16,11 @@ from ..md.openmm_force import NM_IN_A
 from .cvs import CV
 
 
+#: last evaluation per learned CV (positions bytes, values, gradients): OpenMM asks each output
+#: of a CV separately in the same step, so the second output reuses the first one's pass
+_LAST: dict[str, tuple[bytes, np.ndarray, np.ndarray]] = {}
+
+
 class MLPDistanceCV:
     """Output ``component`` of a learned CV over pairwise distances (Å), with its gradient.
 
@@ -23,22 +28,27 @@ class MLPDistanceCV:
         pairs: (P, 2) atom pairs; n_atoms: atoms in the system.
         mean, std: descriptor normalisation; layers: (weight, bias) per Linear layer, with tanh
             between them; projection: (h, k) matrix applied to the last layer's output.
+        component: the output this callback reports; token: shared by the outputs of one CV.
     """
 
     def __init__(self, pairs: np.ndarray, n_atoms: int, mean: np.ndarray, std: np.ndarray,
-                 layers: list[tuple[np.ndarray, np.ndarray]], projection: np.ndarray, component: int) -> None:
+                 layers: list[tuple[np.ndarray, np.ndarray]], projection: np.ndarray, component: int,
+                 token: str) -> None:
         self.i, self.j = pairs[:, 0], pairs[:, 1]
         self.mean, self.std = mean, std
         self.layers = layers
-        self.out = projection[:, component]
+        self.projection = projection
+        self.component, self.token = component, token
         self.incidence = np.zeros((n_atoms, len(pairs)))  # +1 at the pair's second atom, -1 at its first
         self.incidence[self.j, np.arange(len(pairs))] += 1.0
         self.incidence[self.i, np.arange(len(pairs))] -= 1.0
 
     @classmethod
-    def from_cv(cls, cv: CV, component: int, n_atoms: int) -> MLPDistanceCV | None:
-        """The NumPy twin of a learned CV (ExportedCV or LearnedCV over PairwiseDistances), or
-        None if ``cv`` is not of that form."""
+    def components(cls, cv: CV, n_atoms: int) -> list[MLPDistanceCV] | None:
+        """One NumPy callback per output of a learned CV (ExportedCV or LearnedCV over
+        PairwiseDistances), or None if ``cv`` is not of that form."""
+        import uuid
+
         model = getattr(cv, "model", None)
         pairs = getattr(getattr(cv, "descriptors", None), "pairs", None)
         if model is None or pairs is None:
@@ -50,11 +60,12 @@ class MLPDistanceCV:
         if linear != list(range(0, 2 * len(linear), 2)):  # Linear, Tanh, Linear, ... as mlp() builds
             return None
         layers = [(state[f"network.{k}.weight"], state[f"network.{k}.bias"]) for k in linear]
-        return cls(pairs.numpy(), n_atoms, state["normalise.mean"], state["normalise.std"], layers,
-                   state["projection"], component)
+        token = uuid.uuid4().hex
+        return [cls(pairs.numpy(), n_atoms, state["normalise.mean"], state["normalise.std"], layers,
+                    state["projection"], k, token) for k in range(state["projection"].shape[1])]
 
-    def value_and_grad(self, x: np.ndarray) -> tuple[float, np.ndarray]:
-        """CV value and its gradient (n, 3) per Å at positions ``x`` (n, 3) Å."""
+    def values_and_grads(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """All CV outputs (k,) and their gradients (k, n, 3) per Å at positions ``x`` (n, 3) Å."""
         r = x[self.j] - x[self.i]
         d = np.sqrt((r * r).sum(-1))
         h = (d - self.mean) / self.std
@@ -63,15 +74,25 @@ class MLPDistanceCV:
             h = np.tanh(weight @ h + bias)
             hidden.append(h)
         weight, bias = self.layers[-1]
-        s = float(self.out @ (weight @ h + bias))
-        g = weight.T @ self.out
+        s = self.projection.T @ (weight @ h + bias)
+        g = weight.T @ self.projection  # (h, k)
         for (weight, _), h in zip(reversed(self.layers[:-1]), reversed(hidden)):
-            g = weight.T @ (g * (1.0 - h * h))
-        g_d = g / self.std
-        return s, self.incidence @ ((g_d / d)[:, None] * r)
+            g = weight.T @ (g * (1.0 - h * h)[:, None])
+        g_d = g / self.std[:, None]  # (P, k)
+        unit = r / d[:, None]  # (P, 3)
+        grads = np.einsum("ap,pk,pc->kac", self.incidence, g_d, unit)
+        return s, grads
+
+    def value_and_grad(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+        """This output's value and gradient (n, 3) per Å."""
+        s, grads = self.values_and_grads(x)
+        return float(s[self.component]), grads[self.component]
 
     def __call__(self, state: openmm.State) -> tuple[float, np.ndarray]:
         """``PythonForce`` callback: the value as 'energy', minus the gradient per nm as 'forces'."""
         x = np.asarray(state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)) * NM_IN_A
-        s, grad = self.value_and_grad(x)
-        return s, -grad * NM_IN_A
+        key = x.tobytes()
+        last = _LAST.get(self.token)
+        if last is None or last[0] != key:
+            last = _LAST[self.token] = (key, *self.values_and_grads(x))
+        return float(last[1][self.component]), -last[2][self.component] * NM_IN_A

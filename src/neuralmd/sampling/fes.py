@@ -87,7 +87,7 @@ def parse_region(text: str, names: Sequence[str]) -> list[tuple[float, float]]:
     region = [(-np.inf, np.inf)] * len(names)
     number = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
     for part in text.replace(" ", "").split("&"):
-        m = re.fullmatch(rf"(?:({number})<)?([A-Za-z_]\w*)(?:([<>])({number}))?", part)
+        m = re.fullmatch(rf"(?:({number})<)?([A-Za-z_][\w-]*)(?:([<>])({number}))?", part)
         if not m or m.group(2) not in names or (m.group(1) is None and m.group(3) is None):
             raise InputError(f"basin {text!r}: cannot read {part!r}; expected e.g. 'phi>0', '-2<phi<0' with a CV "
                              f"among {list(names)}")

@@ -96,8 +96,9 @@ def cv_forces(cv: CV, system: openmm.System) -> list[openmm.Force]:
         force = openmm.CustomBondForce(f"{NM_IN_A}*r")
         force.addBond(*idx, [])
     else:
-        n = system.getNumParticles()
-        forces = [openmm.PythonForce(MLPDistanceCV.from_cv(cv, k, n) or _CVComponent(cv, k)) for k in range(cv.dim)]
+        callbacks = MLPDistanceCV.components(cv, system.getNumParticles()) or [_CVComponent(cv, k)
+                                                                                for k in range(cv.dim)]
+        forces = [openmm.PythonForce(callback) for callback in callbacks]
         for k, f in enumerate(forces):
             f.setName(f"neuralmd-cv-{cv.names[k]}")
         return forces
