@@ -31,7 +31,7 @@ from neuralmd.data.dataset import FrameDataset
 from neuralmd.data.io import write_frames
 from neuralmd.demo import sample_geometries
 from neuralmd.models.committee import load_committee
-from neuralmd.parallel import connect, label_as_completed, map_tasks
+from neuralmd.parallel import connect, disconnect, label_as_completed, map_tasks
 from neuralmd.reference.xtb import XTBLabeler
 from neuralmd.threads import set_threads
 from neuralmd.training.metrics import evaluate
@@ -56,9 +56,7 @@ def labels_per_minute(frames, workers: int, labeler=None) -> float:
         n = len(label_all(client, frames, labeler))
         return n / (time.perf_counter() - t0) * 60
     finally:
-        cluster = client.cluster
-        client.close()
-        cluster.close()
+        disconnect(client)
 
 
 def force_mae(model, test) -> float:
@@ -138,9 +136,7 @@ def main() -> None:
         print(f"training {len(jobs)} random-selection models")
         map_tasks(client, _train_member, jobs)
     finally:
-        cluster = client.cluster
-        client.close()
-        cluster.close()
+        disconnect(client)
     from neuralmd.models.neural import load_potential
 
     random_curve = [[n, force_mae(load_potential(args.work / f"random_{n}" / "model" / "model.pt"), test)]

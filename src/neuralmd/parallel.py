@@ -37,6 +37,14 @@ def connect(workers: int = 1, scheduler: str | None = None, timeout_s: float = 2
     return Client(cluster)
 
 
+def disconnect(client) -> None:
+    """Close ``client`` and the local cluster it started (a cluster joined by address keeps running)."""
+    cluster = client.cluster
+    client.close()
+    if cluster is not None:
+        cluster.close()
+
+
 def _label_task(labeler, atoms: Atoms) -> tuple[Atoms | None, str | None]:
     """Label one frame on a worker; a failure comes back as its reason."""
     from .threads import set_threads

@@ -32,7 +32,7 @@ def _rattled_ethanol(n: int, seed: int, scale: float = 0.05):
 
 
 def test_dask_labelling_survives_a_killed_worker_and_stores_each_frame_once(tmp_path):
-    from neuralmd.parallel import connect, label_as_completed, worker_pids
+    from neuralmd.parallel import connect, disconnect, label_as_completed, worker_pids
 
     frames = _rattled_ethanol(60, seed=1)
     store = LabelStore(tmp_path / "labels.db", project="test")
@@ -47,9 +47,7 @@ def test_dask_labelling_survives_a_killed_worker_and_stores_each_frame_once(tmp_
             store.add(labelled, frame_key(frames[k]), 1, {"method": "GFN2-xTB"})
             seen.append(k)
     finally:
-        cluster = client.cluster
-        client.close()
-        cluster.close()
+        disconnect(client)
     assert sorted(seen) == list(range(60))  # every frame exactly once
     assert store.count("ok") == 60 and len(store.keys()) == 60
     direct = XTBLabeler().label_one(frames[5])

@@ -175,10 +175,9 @@ class ActiveLearning:
 
     def close(self) -> None:
         if self._client is not None:
-            cluster = self._client.cluster
-            self._client.close()
-            if cluster is not None:
-                cluster.close()
+            from ..parallel import disconnect
+
+            disconnect(self._client)
             self._client = None
 
     # --- stages -------------------------------------------------------------------------

@@ -148,18 +148,22 @@ class H5MDReporter:
         self._datasets.clear()
 
 
-class LogReporter:
-    """CSV log ``folder/log.csv`` every ``interval`` steps, flushed after each report."""
+class CsvReporter:
+    """A CSV file appended every ``interval`` steps and flushed after each report; subclasses
+    give ``fields`` and ``rows(sim, state)``. ``truncate`` keeps the header and the complete rows
+    up to a step (a resumed run drops what was written after its checkpoint, and a torn line)."""
 
-    FIELDS = ["step", "time_ps", "replica", "potential_energy_eV", "kinetic_energy_eV", "total_energy_eV",
-              "temperature_K"]
+    fields: list[str]
 
     def __init__(self, path: str | Path, interval: int) -> None:
         self.path = Path(path)
         self.interval = interval
         self._fh = None
 
-    def report(self, sim: "Simulation", state: MDState) -> None:
+    def rows(self, sim, state: MDState) -> list[list]:
+        raise NotImplementedError
+
+    def report(self, sim, state: MDState) -> None:
         if state.step % self.interval:
             return
         if self._fh is None:
@@ -167,24 +171,18 @@ class LogReporter:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = open(self.path, "a", newline="")
             if new:
-                csv.writer(self._fh).writerow(self.FIELDS)
-        epot, ekin, temp = thermo(state)
-        writer = csv.writer(self._fh)
-        t = sim.time_ps(state.step)
-        for b in range(len(epot)):
-            writer.writerow([state.step, f"{t:.6f}", b, f"{epot[b]:.8f}", f"{ekin[b]:.8f}",
-                             f"{epot[b] + ekin[b]:.8f}", f"{temp[b]:.3f}"])
+                csv.writer(self._fh).writerow(self.fields)
+        csv.writer(self._fh).writerows(self.rows(sim, state))
         self._fh.flush()
 
     def truncate(self, step: int) -> None:
-        """Keep the header and rows up to ``step`` (drops a torn last line)."""
         if not self.path.exists():
             return
         lines = self.path.read_text().splitlines(keepends=True)
-        kept = [lines[0]] if lines else []
+        kept = lines[:1]
         for line in lines[1:]:
             parts = line.rstrip("\n").split(",")
-            if line.endswith("\n") and len(parts) == len(self.FIELDS) and int(parts[0]) <= step:
+            if line.endswith("\n") and len(parts) == len(self.fields) and int(parts[0]) <= step:
                 kept.append(line)
         self.path.write_text("".join(kept))
 
@@ -192,6 +190,20 @@ class LogReporter:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+
+
+class LogReporter(CsvReporter):
+    """CSV log ``folder/log.csv``: step, time (ps), replica, potential/kinetic/total energy
+    (eV), temperature (K)."""
+
+    fields = ["step", "time_ps", "replica", "potential_energy_eV", "kinetic_energy_eV",  # noqa: RUF012
+              "total_energy_eV", "temperature_K"]
+
+    def rows(self, sim, state: MDState) -> list[list]:
+        epot, ekin, temp = thermo(state)
+        t = sim.time_ps(state.step)
+        return [[state.step, f"{t:.6f}", b, f"{epot[b]:.8f}", f"{ekin[b]:.8f}", f"{epot[b] + ekin[b]:.8f}",
+                 f"{temp[b]:.3f}"] for b in range(len(epot))]
 
 
 def read_h5md(path: str | Path) -> list:

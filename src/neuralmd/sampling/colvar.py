@@ -8,19 +8,19 @@ resumed runs).
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import InputError
+from ..md.reporters import CsvReporter
 from ..units import EV_IN_KJMOL
 from .biases import Bias
 from .cvs import CV, replica_positions
 
 
-class ColvarReporter:
+class ColvarReporter(CsvReporter):
     """Appends CV values and bias energies every ``interval`` steps to ``path``.
 
     Args:
@@ -31,45 +31,17 @@ class ColvarReporter:
     """
 
     def __init__(self, path: str | Path, cv: CV, bias: Bias | None, interval: int) -> None:
-        self.path = Path(path)
-        self.cv, self.bias, self.interval = cv, bias, interval
+        super().__init__(path, interval)
+        self.cv, self.bias = cv, bias
         self.fields = ["step", "time_ps", "replica", *cv.names, "bias_kjmol"]
-        self._fh = None
 
-    def report(self, sim, state) -> None:
-        if state.step % self.interval:
-            return
-        if self._fh is None:
-            new = not self.path.exists()
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.path, "a", newline="")
-            if new:
-                csv.writer(self._fh).writerow(self.fields)
+    def rows(self, sim, state) -> list[list]:
         with torch.no_grad():
             s = self.cv(replica_positions(state.batch).to(torch.float64)).to(torch.float64)
             v = self.bias.energy_of_cv(s) if self.bias is not None else torch.zeros(len(s), dtype=torch.float64)
-        writer = csv.writer(self._fh)
         t = sim.time_ps(state.step)
-        for b, (row, bias) in enumerate(zip(s.numpy(), v.numpy())):
-            writer.writerow([state.step, f"{t:.6f}", b, *(f"{x:.8g}" for x in row), f"{bias * EV_IN_KJMOL:.8g}"])
-        self._fh.flush()
-
-    def truncate(self, step: int) -> None:
-        """Keep the header and the complete rows up to ``step``."""
-        if not self.path.exists():
-            return
-        lines = self.path.read_text().splitlines(keepends=True)
-        kept = lines[:1]
-        for line in lines[1:]:
-            parts = line.rstrip("\n").split(",")
-            if line.endswith("\n") and len(parts) == len(self.fields) and int(parts[0]) <= step:
-                kept.append(line)
-        self.path.write_text("".join(kept))
-
-    def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        return [[state.step, f"{t:.6f}", b, *(f"{x:.8g}" for x in row), f"{bias * EV_IN_KJMOL:.8g}"]
+                for b, (row, bias) in enumerate(zip(s.numpy(), v.numpy()))]
 
 
 def read_colvar(path: str | Path) -> dict[str, np.ndarray]:

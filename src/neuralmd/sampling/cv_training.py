@@ -18,7 +18,7 @@ from ..errors import InputError
 from ..io_utils import atomic_write_json
 from .cvs import PairwiseDistances
 from .learned import LearnedCV, train_autoencoder, train_deep_lda, train_deep_tica
-from .runs import _timestep_fs, load_samples
+from .runs import engine_settings, load_samples
 from .spec import descriptor_atoms
 
 METHODS = ("deep-tica", "autoencoder", "deep-lda")
@@ -48,7 +48,8 @@ def train_cv_from_runs(runs: Sequence[str | Path], out: str | Path, method: str 
             raise InputError(f"{run}: a different system from {runs[0]} (atoms or elements differ)")
         samples = load_samples(run, cv=desc)
         if method == "deep-tica":
-            stride_ps = _report_every(run) * _timestep_fs(run) / 1000.0
+            settings = engine_settings(run)
+            stride_ps = settings["report_every"] * settings["timestep_fs"] / 1000.0
             lag = int(round(lag_ps / stride_ps))
             if lag < 1:
                 raise InputError(f"lag: {lag_ps} ps is shorter than the frame interval {stride_ps} ps of {run}")
@@ -104,9 +105,3 @@ def _numbers(run: Path) -> np.ndarray:
         raise InputError(f"{run}: no trajectory traj_000.h5md; is it a run directory?")
     with h5py.File(path, "r") as f:
         return f["particles/trajectory/species"][()]
-
-
-def _report_every(run: Path) -> int:
-    import tomllib
-
-    return int(tomllib.loads((run / "md.toml").read_text())["report_every"])

@@ -185,12 +185,17 @@ def start_native(potential, frames, md_settings, bias_settings: BiasSettings, ru
     return sim
 
 
-def engine_of(run_dir: str | Path) -> str:
-    """'openmm' or 'native', from the run's md.toml."""
+def engine_settings(run_dir: str | Path) -> dict:
+    """The run's md.toml as a plain dict (either engine's settings)."""
     path = Path(run_dir) / "md.toml"
     if not path.is_file():
         raise InputError(f"{path}: not found; is {run_dir} a run directory?")
-    return tomllib.loads(path.read_text()).get("engine", "native")
+    return tomllib.loads(path.read_text())
+
+
+def engine_of(run_dir: str | Path) -> str:
+    """'openmm' or 'native', from the run's md.toml."""
+    return engine_settings(run_dir).get("engine", "native")
 
 
 def resume_run(run_dir: str | Path, potential=None, progress: bool = False):
@@ -241,20 +246,15 @@ class Samples:
     positions: np.ndarray  # (n, atoms, 3) Å
 
 
-def run_temperature(run_dir: Path) -> float:
-    values = tomllib.loads((run_dir / "md.toml").read_text())["temperature_K"]
-    return float(values[0] if isinstance(values, list) else values)
-
-
 def load_samples(run_dir: str | Path, cv: str | CV | None = None) -> Samples:
     """The frames of a run with their weights; CV values of ``cv`` (a CV module or a
     specification) computed on the trajectory (default: the CV the run was biased along)."""
     from ..md.reporters import read_h5md
 
     run_dir = Path(run_dir)
-    temperature_K = run_temperature(run_dir) if (run_dir / "md.toml").exists() else None
-    if temperature_K is None:
-        raise InputError(f"{run_dir / 'md.toml'}: not found; is {run_dir} a run directory?")
+    settings = engine_settings(run_dir)
+    temperature_K = settings["temperature_K"]  # native runs store one value per replica
+    temperature_K = float(temperature_K[0] if isinstance(temperature_K, list) else temperature_K)
     trajectories = sorted(run_dir.glob("traj_*.h5md"))
     if not trajectories:
         raise InputError(f"{run_dir}: no trajectory (traj_*.h5md)")
@@ -282,7 +282,7 @@ def load_samples(run_dir: str | Path, cv: str | CV | None = None) -> Samples:
     with torch.no_grad():
         flat = torch.as_tensor(positions.reshape(-1, *positions.shape[2:]), dtype=torch.float64)
         values = cv(flat).numpy().reshape(n, len(frames), -1)
-    dt_ns = _timestep_fs(run_dir) * 1e-6
+    dt_ns = float(settings["timestep_fs"]) * 1e-6
     bias_eV = bias_kjmol * KJMOL
     metad = _metad_bias(run_dir, frames[0][0].numbers, pdb if pdb.exists() else None, temperature_K)
     if metad is not None:  # well-tempered metadynamics: weights exp(β(V - c(t)))
@@ -307,8 +307,3 @@ def _metad_bias(run_dir: Path, numbers: np.ndarray, pdb: Path | None, temperatur
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     bias.set_state(ckpt["bias"] if "bias" in ckpt else ckpt["terms"][0])
     return bias
-
-
-def _timestep_fs(run_dir: Path) -> float:
-    return float(tomllib.loads((run_dir / "md.toml").read_text())["timestep_fs"])
-
