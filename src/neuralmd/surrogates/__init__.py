@@ -1,0 +1,2 @@
+"""Surrogate models: coarse-grained force fields, conformer screening and reaction paths with
+neural potentials."""
