@@ -528,6 +528,146 @@ def cv_train(
                   f"{output}/ (cv.pt, descriptors.json, plumed.dat, relevance.png)")
 
 
+cg_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Coarse-grained ML force fields.")
+app.add_typer(cg_app, name="cg")
+
+
+def _comma_list(text: str, what: str, kind: type = str) -> list:
+    try:
+        return [kind(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise InputError(f"{what}: cannot read {text!r} as a comma-separated list of {kind.__name__}") from None
+
+
+@cg_app.command("train")
+def cg_train(
+    coords: Optional[Path] = typer.Option(None, help="coordinates .npy (frames, atoms or beads, 3) in Å"),
+    forces: Optional[Path] = typer.Option(None, help="forces .npy, same shape"),
+    force_unit: Optional[str] = typer.Option(None, help="unit of the forces, e.g. kcal/mol/A, eV/A (required)"),
+    mapping: Optional[Path] = typer.Option(None, help="TOML of [[bead]] atoms=[...] element=...: map all-atom data; "
+                                                      "without it the data are taken as already mapped"),
+    bead_elements: str = typer.Option("", help="elements of pre-mapped beads, comma-separated (default C)"),
+    torsion_names: str = typer.Option("", help="names of the consecutive-bead torsions (default phi,psi for 5 beads)"),
+    temperature: float = typer.Option(300.0, help="temperature of the data in K"),
+    valid_fraction: float = typer.Option(0.2, help="last fraction of the frames held out"),
+    hidden: str = typer.Option("128,128,128", help="hidden layer widths"),
+    epochs: int = typer.Option(40), batch_size: int = typer.Option(128), lr: float = typer.Option(1e-3),
+    patience: int = typer.Option(10, help="epochs without held-out improvement before stopping"),
+    seed: int = typer.Option(0), threads: int = typer.Option(0, help="torch threads (0: all cores)"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="run directory"),
+    resume: Optional[Path] = typer.Option(None, help="continue the training in this directory"),
+) -> None:
+    """CGnet-style force matching: a prior (bonds, angles, repulsion by Boltzmann inversion) plus a
+    network trained on mapped forces; held-out force error against the prior alone."""
+    from .surrogates.cg_training import CGTrainer, CGTrainSettings
+
+    if resume is not None:
+        trainer = CGTrainer.resume(resume)
+    else:
+        if coords is None or forces is None or output is None:
+            raise InputError("cg train: give --coords FILE --forces FILE --force-unit UNIT -o RUN_DIR (or --resume)")
+        if force_unit is None:
+            raise InputError(f"{forces}: .npy files do not record units; give --force-unit (e.g. kcal/mol/A)")
+        if (output / "checkpoint.pt").exists():
+            raise InputError(f"{output}: already holds a CG training run; use --resume {output}")
+        settings = CGTrainSettings(
+            coords=str(coords.resolve()), forces=str(forces.resolve()), force_unit=force_unit,
+            mapping=str(mapping.resolve()) if mapping else "", bead_elements=_comma_list(bead_elements, "bead_elements"),
+            torsion_names=_comma_list(torsion_names, "torsion_names"), temperature_K=temperature,
+            valid_fraction=valid_fraction, hidden=_comma_list(hidden, "hidden", int), epochs=epochs,
+            batch_size=batch_size, lr=lr, patience=patience, seed=seed, threads=threads)
+        trainer = CGTrainer(settings, output)
+    results = trainer.run()
+    rmse = results["valid_force_rmse_eV_per_A"]
+    console.print(f"held-out force RMSE {rmse['model']:.4f} eV/Å (prior alone {rmse['prior']:.4f}) after "
+                  f"{results['epochs']} epochs -> {trainer.run_dir}/ (model.pt, learning_curve.png, results.json)")
+
+
+@cg_app.command("md")
+def cg_md(
+    model: Optional[Path] = typer.Argument(None, help="CG model file from `neuralmd cg train`"),
+    ns: float = typer.Option(1.0, help="simulated time per replica in ns (with --resume: a new total)"),
+    replicas: int = typer.Option(16, help="replicas, started from frames stored in the model"),
+    timestep_fs: float = typer.Option(2.0, help="timestep in fs"),
+    friction_per_ps: float = typer.Option(1.0, help="Langevin friction in 1/ps"),
+    temperature: Optional[float] = typer.Option(None, help="K (default: the training data's)"),
+    report_every: int = typer.Option(500, help="steps between trajectory frames"),
+    reference: Optional[Path] = typer.Option(None, help="mapped coordinates .npy (Å) to compare the torsion FES with"),
+    skip_ps: float = typer.Option(0.0, help="equilibration time left out of the analysis, ps"),
+    seed: int = typer.Option(0), threads: int = typer.Option(0, help="torch threads (0: all cores)"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="run directory"),
+    resume: Optional[Path] = typer.Option(None, help="continue the run in this directory"),
+) -> None:
+    """Langevin CG MD of many replicas in one batch, then the torsion FES, the basin ΔF and (with
+    --reference) the FES error against the all-atom data."""
+    import numpy as np
+
+    from .config import load_config
+    from .md.simulation import MDSettings, Simulation
+    from .models.neural import load_potential
+    from .surrogates.cg_md import analyse_cg_run, start_cg_md
+    from .threads import set_threads
+
+    set_threads(threads or None)
+    if reference is not None and not reference.is_file():
+        raise InputError(f"{reference}: reference coordinates not found")
+    if resume is not None:
+        stored = load_config(MDSettings, resume / "md.toml")
+        potential = load_potential(model or stored.model_path)
+        sim = Simulation.resume(resume, potential, progress=True)
+        sim.settings.total_steps = int(round(ns * 1e6 / sim.settings.timestep_fs))
+        run_dir = resume
+    else:
+        if model is None or output is None:
+            raise InputError("cg md: give MODEL -o RUN_DIR (or --resume RUN_DIR)")
+        sim = start_cg_md(model, output, ns, replicas, timestep_fs, friction_per_ps, temperature, seed, report_every)
+        potential, run_dir = sim.potential, output
+    sim.run()
+    ref = np.load(reference) if reference is not None else None
+    result = analyse_cg_run(run_dir, potential, ref, skip_ps)
+    line = (f"{sim.state.batch.n_systems} replicas x {sim.time_ps(sim.state.step) / 1000:.3f} ns, "
+            f"{sim.ns_per_day():.1f} ns/day per replica; ΔF(first torsion > 0) = {result['deltaF_kjmol']:.2f} ± "
+            f"{result['deltaF_err_kjmol']:.2f} kJ/mol")
+    if ref is not None:
+        line += f" (data {result['reference_deltaF_kjmol']:.2f}), FES error {result['fes_mae_kT']:.2f} kT"
+    console.print(line + f" -> {run_dir}/ (traj_*.h5md, log.csv, cg_fes.png, cg_analysis.json)")
+
+
+@app.command("screen")
+def screen_cmd(
+    smiles_file: Path = typer.Argument(..., help="SMILES file: one SMILES per line, optional name after it"),
+    model: Path = typer.Option(..., "--model", help="model file (model.pt)"),
+    output: Path = typer.Option(..., "-o", "--output", help="ranked conformers (.csv); .xyz, .json, .png beside it"),
+    conformers: int = typer.Option(20, help="conformers embedded per molecule (before pruning)"),
+    fmax: float = typer.Option(0.05, help="relaxed when the largest force is below this, eV/Å"),
+    max_steps: int = typer.Option(200, help="BFGS steps per conformer at most"),
+    prune_rms: float = typer.Option(0.25, help="drop conformers within this heavy-atom RMSD (Å) of another"),
+    seed: int = typer.Option(0, help="RDKit embedding seed"),
+    threads: int = typer.Option(0, help="torch threads (0: all cores)"),
+) -> None:
+    """Conformer screening: RDKit conformers of each SMILES, relaxed with a neural potential and
+    ranked by energy (eV, kJ/mol); writes the CSV, relaxed geometries (.xyz), summary (.json), plot (.png)."""
+    from rich.markup import escape
+
+    from .surrogates.screen import screen
+    from .threads import set_threads
+
+    set_threads(threads or None)
+    summary = screen(smiles_file, model, output, conformers=conformers, fmax_eV_A=fmax, max_steps=max_steps,
+                     seed=seed, prune_rms_A=prune_rms, progress=True)
+    if summary["failures"]:
+        table = Table(title=f"{len(summary['failures'])} of {summary['molecules']} molecules failed")
+        table.add_column("line")
+        table.add_column("reason")
+        for f in summary["failures"]:
+            table.add_row(str(f["line"]), escape(f["reason"]))
+        console.print(table)
+    out = summary["outputs"]
+    console.print(f"{summary['conformers']} conformers of {summary['screened']} molecules "
+                  f"({summary['converged']} converged) in {summary['seconds']:.1f} s -> {out['csv']} "
+                  f"({Path(out['xyz']).name}, {Path(out['json']).name}, {Path(out['png']).name})")
+
+
 @app.command()
 def active(
     structure: Optional[Path] = typer.Option(None, help="starting structure"),
@@ -592,6 +732,53 @@ def active(
     console.print(f"{summary['labels']} labels ({summary['failed']} failed); final committee validation force MAE "
                   f"{summary['final_valid_force_mae_mev_per_A']:.1f} meV/Å -> {loop.run_dir}/ (final/member_*/model.pt, "
                   f"labels.db, error_vs_labels.png)")
+
+
+@app.command()
+def neb(
+    start: Path = typer.Argument(..., help="initial state geometry (.xyz/.extxyz, .db; last frame)"),
+    end: Path = typer.Argument(..., help="final state geometry, same atoms in the same order"),
+    model: list[Path] = typer.Option(..., "--model", help="model file; give it several times for a committee"),
+    images: int = typer.Option(9, help="intermediate images (>= 1)"),
+    fmax: float = typer.Option(0.05, help="convergence threshold on the NEB forces in eV/Å"),
+    steps: int = typer.Option(500, help="optimiser step limit"),
+    climb: bool = typer.Option(True, "--climb/--no-climb", help="climbing image on the highest image"),
+    relax_endpoints: bool = typer.Option(True, "--relax-endpoints/--no-relax-endpoints",
+                                         help="minimise both endpoints with the model first"),
+    trust: float = typer.Option(0.2, help="committee force deviation in eV/Å above which an image is flagged"),
+    threads: int = typer.Option(0, help="torch threads (0: all cores; 1 is fastest for small molecules)"),
+    output: Path = typer.Option(..., "-o", "--output", help="folder for path.xyz, neb.json, neb.png"),
+) -> None:
+    """Reaction path (climbing-image NEB) with a neural potential: forward and reverse barrier in
+    eV and kJ/mol, the path plot, and with a committee the uncertainty of every image."""
+    from .models.committee import load_committee
+    from .models.neural import load_potential
+    from .surrogates.neb import check_images, load_endpoints, run_neb
+    from .threads import set_threads
+
+    set_threads(threads or None)
+    check_images(images)
+    first, last = load_endpoints(start, end)
+    potential = load_committee(model) if len(model) > 1 else load_potential(model[0])
+    result = run_neb(first, last, potential, images=images, fmax_eV_A=fmax, steps=steps, climb=climb,
+                     relax_endpoints=relax_endpoints, logfile="-", output=output, trust_eV_A=trust)
+    summary = result.summary(trust)
+    table = Table(title=f"NEB path ({'committee of ' + str(len(model)) if summary['committee'] else 'one model'})")
+    columns = ["image", "s (Å)", "E - E0 (eV)"] + (["force dev (eV/Å)", "E std (eV)"] if summary["committee"] else [])
+    for col in columns:
+        table.add_column(col)
+    for row in summary["images"]:
+        cells = [str(row["image"]), f"{row['reaction_coordinate_A']:.3f}", f"{row['relative_energy_eV']:.4f}"]
+        if summary["committee"]:
+            cells += [f"{row['force_deviation_eV_A']:.3f}", f"{row['energy_std_eV']:.4f}"]
+        table.add_row(*cells)
+    Console().print(table)
+    state = "converged" if result.converged else f"NOT converged (fmax {fmax} eV/Å not reached)"
+    console.print(f"NEB {state} in {result.steps} steps; barrier forward {summary['barrier_forward_eV']:.4f} eV "
+                  f"({summary['barrier_forward_kJmol']:.2f} kJ/mol), reverse {summary['barrier_reverse_eV']:.4f} eV "
+                  f"({summary['barrier_reverse_kJmol']:.2f} kJ/mol) -> {output}/ (path.xyz, neb.json, neb.png)")
+    if summary["warning"]:
+        console.print(summary["warning"], markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -121,3 +121,36 @@ def plot_convergence(times: np.ndarray, delta_f: np.ndarray, path: str | os.Path
     ax.grid(alpha=0.3)
     fig.tight_layout()
     _save(fig, path)
+
+
+def plot_cg_learning_curve(history: Sequence[dict], prior_rmse: float, path: str | os.PathLike) -> None:
+    """Force-matching RMSE (eV/Å) per epoch, training batches and held-out frames, against the
+    prior alone."""
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.plot(epochs, [h["train_force_rmse"] for h in history], label="train (batches)")
+    ax.plot(epochs, [h["valid_force_rmse"] for h in history], label="held-out")
+    ax.axhline(prior_rmse, color="k", ls="--", lw=0.8, label="prior alone (held-out)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("force RMSE (eV/Å)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    ax.set_title("CG force matching (the noise of mapped forces sets the floor)")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_fes_comparison(centres: Sequence[np.ndarray], surfaces: dict[str, np.ndarray], names: Sequence[str],
+                        path: str | os.PathLike, title: str = "") -> None:
+    """2D free-energy surfaces (kJ/mol) side by side on one colour scale, e.g. CG model vs data."""
+    fig, axes = plt.subplots(1, len(surfaces), figsize=(4.8 * len(surfaces), 4.0), squeeze=False)
+    top = max(float(np.nanmax(f)) for f in surfaces.values())
+    for ax, (label, f) in zip(axes[0], surfaces.items()):
+        mesh = ax.contourf(centres[0], centres[1], f.T, levels=np.linspace(0, top, 21), cmap="viridis")
+        ax.set_title(label)
+        ax.set_xlabel(names[0])
+        ax.set_ylabel(names[1])
+    fig.colorbar(mesh, ax=axes[0].tolist(), label="F (kJ/mol)")
+    if title:
+        fig.suptitle(title)
+    _save(fig, path)

@@ -111,10 +111,18 @@ class NeuralPotential(Potential):
 
 def load_potential(path: str | os.PathLike, dtype: torch.dtype | None = None,
                    device: str | torch.device = "cpu") -> Potential:
-    """Load a model file written by :meth:`NeuralPotential.save` (optionally cast to ``dtype``):
-    a :class:`NeuralPotential`, or a :class:`~.delta.DeltaPotential` when the network is a
-    correction to a baseline (use :func:`load_network` for the network alone)."""
-    model = load_network(path, dtype, device)
+    """Load any neuralmd model file (optionally cast to ``dtype``): a :class:`NeuralPotential`,
+    a :class:`~.delta.DeltaPotential` when the network is a correction to a baseline (use
+    :func:`load_network` for the network alone), or a coarse-grained
+    :class:`~neuralmd.surrogates.coarse_grain.CGPotential`."""
+    from ..surrogates import coarse_grain
+
+    payload = _read_payload(path, device, (FORMAT, coarse_grain.FORMAT))
+    if payload["format"] == coarse_grain.FORMAT:
+        _check_version(path, payload, (coarse_grain.FORMAT_VERSION,))
+        model = coarse_grain.CGPotential.from_payload(payload)
+        return (model.to(dtype) if dtype is not None else model).to(device).eval()
+    model = _network(path, payload, dtype, device)
     if model.baseline:
         from .delta import DeltaPotential, make_baseline
 
@@ -125,6 +133,11 @@ def load_potential(path: str | os.PathLike, dtype: torch.dtype | None = None,
 def load_network(path: str | os.PathLike, dtype: torch.dtype | None = None,
                  device: str | torch.device = "cpu") -> NeuralPotential:
     """The :class:`NeuralPotential` stored in a model file (without any baseline)."""
+    return _network(path, _read_payload(path, device, (FORMAT,)), dtype, device)
+
+
+def _read_payload(path: str | os.PathLike, device: str | torch.device, formats: Sequence[str]) -> dict[str, Any]:
+    """The dict stored in a model file whose ``format`` is one of ``formats``."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: model file not found")
@@ -132,13 +145,22 @@ def load_network(path: str | os.PathLike, dtype: torch.dtype | None = None,
         payload = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # pickle errors, truncated files, foreign formats
         raise ModelFormatError(f"{path}: not a readable neuralmd model file ({type(exc).__name__}: {exc})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ModelFormatError(f"{path}: field 'format': not a neuralmd model file (expected {FORMAT!r})")
+    if not isinstance(payload, dict) or payload.get("format") not in formats:
+        raise ModelFormatError(f"{path}: field 'format': not a neuralmd model file (expected one of {list(formats)})")
+    return payload
+
+
+def _check_version(path: str | os.PathLike, payload: dict[str, Any], readable: Sequence[int]) -> None:
     version = payload.get("format_version")
-    if version not in READABLE_VERSIONS:
+    if version not in readable:
         raise ModelFormatError(
-            f"{path}: field 'format_version': found {version!r}, this neuralmd reads versions {READABLE_VERSIONS}"
+            f"{path}: field 'format_version': found {version!r}, this neuralmd reads versions {tuple(readable)}"
         )
+
+
+def _network(path: str | os.PathLike, payload: dict[str, Any], dtype: torch.dtype | None,
+             device: str | torch.device) -> NeuralPotential:
+    _check_version(path, payload, READABLE_VERSIONS)
     model = NeuralPotential.from_metadata(payload)
     model.load_state_dict(payload["state_dict"])
     if dtype is not None:

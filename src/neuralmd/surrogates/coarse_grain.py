@@ -1,0 +1,328 @@
+"""Coarse-grained ML force fields by force matching (CGnet: Wang et al., ACS Cent. Sci. 2019).
+
+A CG molecule of n beads has the energy
+
+    E(x) = E_prior(x) + k_BT · net(z(features(x)))
+
+where ``features`` are all bead-pair distances (Å), the angles of consecutive bead triplets
+(rad) and the cos/sin of the torsions of consecutive quadruplets (rotation and translation
+invariant); ``z`` standardises them with the data's mean and spread; the prior holds harmonic
+bonds and angles fitted by Boltzmann inversion of the mapped data plus a repulsion between
+beads more than two bonds apart. The network is trained so that -∇E matches the mapped
+all-atom forces in the least-squares sense, whose minimiser is the many-body potential of mean
+force (Noid et al., J. Chem. Phys. 2008). Energies in eV, lengths in Å, forces in eV/Å.
+
+:class:`CGPotential` is a :class:`~neuralmd.models.base.Potential`, so the native engine runs
+CG Langevin dynamics with it exactly as with an all-atom model.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from ase.data import atomic_numbers, chemical_symbols
+from torch import nn
+
+from ..errors import InputError
+from ..io_utils import atomic_save
+from ..models.base import Potential
+from ..sampling.cvs import Angle, PairwiseDistances, Stack, Torsion, replica_positions
+from ..state import AtomsBatch
+from ..units import force_factor, kT_eV
+
+FORMAT = "neuralmd.cg-potential"
+FORMAT_VERSION = 1
+
+
+# --- mapping and data -----------------------------------------------------------------
+@dataclass
+class Mapping:
+    """Beads as groups of all-atom indices (0-based). A bead sits at the (weighted) mean of its
+    atoms; its force is the sum of their forces, the consistent force map for beads that share
+    no atoms (Noid et al. 2008). ``elements`` give each bead its mass and the number written to
+    trajectories."""
+
+    beads: list[list[int]]
+    elements: list[str]
+    names: list[str]
+    weights: list[list[float]] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.beads or any(not b for b in self.beads):
+            raise InputError("mapping: every bead needs at least one atom")
+        flat = [a for b in self.beads for a in b]
+        if len(flat) != len(set(flat)):
+            raise InputError("mapping: an atom belongs to two beads; beads must not share atoms")
+        for name, el in zip(self.names, self.elements):
+            if el not in atomic_numbers:
+                raise InputError(f"mapping: bead {name!r}: element {el!r} is not a chemical element")
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike) -> "Mapping":
+        """Read ``[[bead]]`` tables with ``atoms = [...]`` and optional ``name``, ``element``
+        (default C) and ``weights`` (default equal)."""
+        path = Path(path)
+        try:
+            beads = tomllib.loads(path.read_text())["bead"]
+        except FileNotFoundError:
+            raise InputError(f"{path}: mapping file not found") from None
+        except (tomllib.TOMLDecodeError, KeyError, UnicodeDecodeError) as exc:
+            raise InputError(f"{path}: expected [[bead]] tables with atoms = [...] ({exc})") from None
+        try:
+            return cls([[int(a) for a in b["atoms"]] for b in beads], [b.get("element", "C") for b in beads],
+                       [b.get("name", f"B{k}") for k, b in enumerate(beads)],
+                       [list(map(float, b["weights"])) for b in beads] if all("weights" in b for b in beads) else None)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"{path}: bead tables need 'atoms' as a list of integers ({exc})") from None
+
+    def check(self, n_atoms: int, source: str) -> None:
+        """InputError when a bead refers to an atom the all-atom data does not have."""
+        for name, atoms in zip(self.names, self.beads):
+            bad = [a for a in atoms if not 0 <= a < n_atoms]
+            if bad:
+                raise InputError(f"{source}: bead {name!r} references atom(s) {bad}, but the data has {n_atoms} atoms "
+                                 f"(indices 0..{n_atoms - 1})")
+
+    def apply(self, coords: np.ndarray, forces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """All-atom (T, N, 3) coordinates and forces -> bead (T, n, 3) coordinates and forces."""
+        x, f = [], []
+        for k, atoms in enumerate(self.beads):
+            w = np.full(len(atoms), 1.0 / len(atoms)) if self.weights is None else np.asarray(self.weights[k])
+            x.append(np.einsum("a,tad->td", w / w.sum(), coords[:, atoms]))
+            f.append(forces[:, atoms].sum(1))
+        return np.stack(x, 1), np.stack(f, 1)
+
+
+@dataclass
+class CGData:
+    """Mapped frames: coordinates (T, n, 3) Å and forces (T, n, 3) eV/Å, in time order."""
+
+    coords: np.ndarray
+    forces: np.ndarray
+    elements: list[str]
+
+
+def load_cg_data(coords_path: str | os.PathLike, forces_path: str | os.PathLike, force_unit: str,
+                 mapping: Mapping | None = None, bead_elements: Sequence[str] | None = None) -> CGData:
+    """Read .npy coordinates (Å) and forces (in ``force_unit``, e.g. kcal/mol/A), check their
+    shapes and values, and map them to beads when a ``mapping`` is given (otherwise they are
+    taken as already mapped, one bead per column, with ``bead_elements`` or carbon)."""
+    arrays = []
+    for path, what in ((coords_path, "coordinates"), (forces_path, "forces")):
+        try:
+            a = np.load(path, allow_pickle=False)
+        except FileNotFoundError:
+            raise InputError(f"{path}: {what} file not found") from None
+        except ValueError as exc:
+            raise InputError(f"{path}: not a NumPy .npy array of {what} ({exc})") from None
+        if a.ndim != 3 or a.shape[-1] != 3:
+            raise InputError(f"{path}: {what} of shape {a.shape}; expected (frames, atoms, 3)")
+        bad = ~np.isfinite(a).all(axis=(1, 2))
+        if bad.any():
+            raise InputError(f"{path}: frame {int(np.argmax(bad))}: non-finite {what}")
+        arrays.append(a.astype(np.float64))
+    coords, forces = arrays
+    if coords.shape != forces.shape:
+        raise InputError(f"{coords_path} and {forces_path}: coordinates of shape {coords.shape} but forces of shape "
+                         f"{forces.shape}; expected the same (frames, atoms, 3)")
+    forces = forces * force_factor(force_unit)
+    if mapping is not None:
+        mapping.check(coords.shape[1], str(coords_path))
+        coords, forces = mapping.apply(coords, forces)
+        elements = mapping.elements
+    else:
+        elements = list(bead_elements) if bead_elements else ["C"] * coords.shape[1]
+        if len(elements) != coords.shape[1]:
+            raise InputError(f"bead_elements: {len(elements)} given for {coords.shape[1]} beads in {coords_path}")
+        for el in elements:
+            if el not in atomic_numbers:
+                raise InputError(f"bead_elements: {el!r} is not a chemical element")
+    if coords.shape[1] < 4:
+        raise InputError(f"{coords_path}: {coords.shape[1]} beads; a CG model needs at least 4 (one torsion)")
+    return CGData(coords, forces, elements)
+
+
+# --- features and prior ---------------------------------------------------------------
+class CGFeatures(nn.Module):
+    """Positions (B, n, 3) -> distances of all pairs (Å), angles of consecutive triplets
+    (rad) and torsions of consecutive quadruplets (rad), concatenated: (B, F)."""
+
+    def __init__(self, n_beads: int) -> None:
+        super().__init__()
+        self.n_beads = n_beads
+        self.distances = PairwiseDistances(range(n_beads))
+        self.cvs = Stack([self.distances, *(Angle(i, i + 1, i + 2) for i in range(n_beads - 2)),
+                          *(Torsion(i, i + 1, i + 2, i + 3) for i in range(n_beads - 3))])
+        self.n_pairs = len(self.distances.names)
+        self.n_angles = n_beads - 2
+        self.n_torsions = n_beads - 3
+
+    def pair_index(self, i: int, j: int) -> int:
+        """Column of the distance between beads i < j."""
+        return [tuple(p) for p in self.distances.pairs.tolist()].index((i, j))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cvs(x)
+
+    def network_input(self, raw: torch.Tensor) -> torch.Tensor:
+        """Torsions replaced by their cos and sin (continuous across ±π)."""
+        torsions = raw[:, self.n_pairs + self.n_angles :]
+        return torch.cat([raw[:, : self.n_pairs + self.n_angles], torsions.cos(), torsions.sin()], dim=-1)
+
+
+class Prior(nn.Module):
+    """Harmonic bonds (i, i+1) and angles (i, i+1, i+2) plus a repulsion k_BT (σ/r)^6 between
+    beads at least three bonds apart; acts on the raw :class:`CGFeatures` columns. eV."""
+
+    def __init__(self, features: CGFeatures, bond_k: Sequence[float], bond_r0: Sequence[float],
+                 angle_k: Sequence[float], angle_t0: Sequence[float], repulsion_sigma: Sequence[float],
+                 temperature_K: float) -> None:
+        super().__init__()
+        n = features.n_beads
+        self.register_buffer("bond_cols", torch.tensor([features.pair_index(i, i + 1) for i in range(n - 1)]))
+        self.register_buffer("angle_cols", torch.arange(features.n_pairs, features.n_pairs + features.n_angles))
+        far = [(i, j) for i in range(n) for j in range(i + 3, n)]
+        self.register_buffer("repulsion_cols", torch.tensor([features.pair_index(i, j) for i, j in far], dtype=torch.long))
+        for name, values in (("bond_k", bond_k), ("bond_r0", bond_r0), ("angle_k", angle_k), ("angle_t0", angle_t0),
+                             ("repulsion_sigma", repulsion_sigma)):
+            self.register_buffer(name, torch.tensor(list(values), dtype=torch.float64))
+        self.kT = kT_eV(temperature_K)
+
+    @classmethod
+    def fit(cls, features: CGFeatures, coords: np.ndarray, temperature_K: float) -> "Prior":
+        """Boltzmann inversion of the mapped data at ``temperature_K``: a harmonic term of the
+        observed mean and k = k_BT / variance for each bond and angle; the repulsion's σ is the
+        0.1 % quantile of each far pair's distance (the repulsion is 1 k_BT there)."""
+        raw = features(torch.as_tensor(coords, dtype=torch.float64)).numpy()
+        kT = kT_eV(temperature_K)
+        n = features.n_beads
+        bonds = raw[:, [features.pair_index(i, i + 1) for i in range(n - 1)]]
+        angles = raw[:, features.n_pairs : features.n_pairs + features.n_angles]
+        far = raw[:, [features.pair_index(i, j) for i in range(n) for j in range(i + 3, n)]]
+        return cls(features, kT / bonds.var(0), bonds.mean(0), kT / angles.var(0), angles.mean(0),
+                   np.quantile(far, 0.001, axis=0) if far.size else [], temperature_K)
+
+    def settings(self) -> dict[str, Any]:
+        return {k: getattr(self, k).tolist() for k in ("bond_k", "bond_r0", "angle_k", "angle_t0", "repulsion_sigma")}
+
+    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        r = raw[:, self.bond_cols]
+        t = raw[:, self.angle_cols]
+        e = 0.5 * (self.bond_k * (r - self.bond_r0) ** 2).sum(-1) + 0.5 * (self.angle_k * (t - self.angle_t0) ** 2).sum(-1)
+        if len(self.repulsion_cols):
+            e = e + self.kT * ((self.repulsion_sigma / raw[:, self.repulsion_cols]) ** 6).sum(-1)
+        return e
+
+
+# --- the potential -----------------------------------------------------------------------
+class CGPotential(Potential):
+    """Prior plus network for one CG molecule of ``len(elements)`` beads.
+
+    Args:
+        elements: bead elements (their masses drive the dynamics; numbers label the beads).
+        prior_settings: :meth:`Prior.settings` of a fitted prior.
+        feature_mean, feature_std: standardisation of the network input.
+        hidden: widths of the network's hidden layers (tanh).
+        temperature_K: temperature of the data (sets the network's energy unit k_BT).
+        torsions: named bead quadruplets to analyse, e.g. {"phi": [0, 1, 2, 3]}.
+    """
+
+    max_atoms_per_chunk = None  # one small MLP over all replicas: chunking only adds calls
+
+    def __init__(self, elements: Sequence[str], prior_settings: dict[str, Any], feature_mean: Sequence[float],
+                 feature_std: Sequence[float], hidden: Sequence[int] = (128, 128, 128), temperature_K: float = 300.0,
+                 torsions: dict[str, list[int]] | None = None) -> None:
+        super().__init__()
+        self.elements = list(elements)
+        self.hidden = [int(h) for h in hidden]
+        self.temperature_K = float(temperature_K)
+        self.torsions = dict(torsions or {})
+        self.features = CGFeatures(len(self.elements))
+        self.prior = Prior(self.features, temperature_K=temperature_K, **prior_settings)
+        self.register_buffer("numbers", torch.tensor([atomic_numbers[e] for e in self.elements]), persistent=False)
+        self.register_buffer("feature_mean", torch.tensor(list(feature_mean), dtype=torch.float32))
+        self.register_buffer("feature_std", torch.tensor(list(feature_std), dtype=torch.float32))
+        layers: list[nn.Module] = []
+        width = len(feature_mean)
+        for h in self.hidden:
+            layers += [nn.Linear(width, h), nn.Tanh()]
+            width = h
+        layers.append(nn.Linear(width, 1))
+        self.net = nn.Sequential(*layers)
+        self.kT = kT_eV(temperature_K)
+        #: set to False to evaluate the prior alone (the baseline a CG model must beat)
+        self.use_network = True
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.net[0].weight.dtype
+
+    def check_elements(self, numbers: torch.Tensor | Sequence[int], where: str = "input") -> None:
+        """InputError unless ``numbers`` is this molecule's bead sequence, once per replica."""
+        numbers = torch.as_tensor(numbers).reshape(-1)
+        n = len(self.elements)
+        if numbers.numel() % n or not (numbers.view(-1, n) == self.numbers.to(numbers.device)).all():
+            got = " ".join(chemical_symbols[int(z)] for z in numbers[: 2 * n])
+            raise InputError(f"{where}: beads {got}... do not match the CG model's {' '.join(self.elements)} "
+                             f"(repeated once per replica)")
+
+    def energy(self, x: torch.Tensor) -> torch.Tensor:
+        """Energy (B,) in eV of bead positions x (B, n, 3) in Å."""
+        raw = self.features(x)
+        e = self.prior(raw.to(torch.float64))
+        if self.use_network:
+            z = (self.features.network_input(raw) - self.feature_mean.to(raw.dtype)) / self.feature_std.to(raw.dtype)
+            e = e + self.kT * self.net(z.to(self.dtype)).squeeze(-1).to(torch.float64)
+        return e
+
+    def atomic_energies(self, batch: AtomsBatch) -> torch.Tensor:
+        e = self.energy(replica_positions(batch))
+        n = len(self.elements)
+        return (e / n).repeat_interleave(n)
+
+    def forces(self, x: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
+        """-∇E (B, n, 3) in eV/Å at x (B, n, 3) Å; ``create_graph`` to train on them."""
+        x = x.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(self.energy(x).sum(), x, create_graph=create_graph)
+        return -grad
+
+    # --- model file ------------------------------------------------------------------
+    def metadata(self) -> dict[str, Any]:
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, "elements": self.elements,
+                "prior": self.prior.settings(), "feature_mean": self.feature_mean.tolist(),
+                "feature_std": self.feature_std.tolist(), "hidden": self.hidden, "temperature_K": self.temperature_K,
+                "torsions": self.torsions, "dtype": str(self.dtype).removeprefix("torch."),
+                "units": {"energy": "eV", "length": "Angstrom", "forces": "eV/Angstrom"}}
+
+    def save(self, path: str | os.PathLike, start_positions: np.ndarray, extra: dict[str, Any] | None = None) -> None:
+        """Write the self-contained model file atomically, with starting bead positions (S, n, 3)
+        Å for CG MD."""
+        atomic_save({**self.metadata(), "state_dict": self.state_dict(),
+                     "start_positions": torch.as_tensor(start_positions, dtype=torch.float64), "extra": extra or {}},
+                    path)
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> "CGPotential":
+        model = cls(payload["elements"], payload["prior"], payload["feature_mean"], payload["feature_std"],
+                    payload["hidden"], payload["temperature_K"], payload["torsions"])
+        model.load_state_dict(payload["state_dict"])
+        return model.to(getattr(torch, payload.get("dtype", "float32")))
+
+    def start_batch(self, positions: np.ndarray | torch.Tensor) -> AtomsBatch:
+        """An AtomsBatch of CG replicas at bead positions (R, n, 3) Å."""
+        from ase import Atoms
+
+        frames = [Atoms(symbols=self.elements, positions=np.asarray(p, dtype=np.float64)) for p in positions]
+        return AtomsBatch.from_atoms(frames)
+
+
+def torsion_angles(coords: np.ndarray, quadruplets: dict[str, Sequence[int]]) -> np.ndarray:
+    """Torsions (T, k) in rad (IUPAC sign) of bead coordinates (T, n, 3), one column per entry."""
+    x = torch.as_tensor(np.asarray(coords), dtype=torch.float64)
+    return torch.cat([Torsion(*q)(x) for q in quadruplets.values()], dim=-1).numpy()
