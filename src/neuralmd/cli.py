@@ -592,6 +592,9 @@ def cg_md(
     friction_per_ps: float = typer.Option(1.0, help="Langevin friction in 1/ps"),
     temperature: Optional[float] = typer.Option(None, help="K (default: the training data's)"),
     report_every: int = typer.Option(500, help="steps between trajectory frames"),
+    bias: str = typer.Option("none", help="none, or opes, opes-explore, metad on the model's first two torsions "
+                                          "(walkers sharing one bias; frames reweighted in the analysis)"),
+    barrier_kjmol: float = typer.Option(30.0, help="OPES barrier / metadynamics scale in kJ/mol"),
     reference: Optional[Path] = typer.Option(None, help="mapped coordinates .npy (Å) to compare the torsion FES with"),
     skip_ps: float = typer.Option(0.0, help="equilibration time left out of the analysis, ps"),
     seed: int = typer.Option(0), threads: int = typer.Option(0, help="torch threads (0: all cores)"),
@@ -603,8 +606,9 @@ def cg_md(
     import numpy as np
 
     from .config import load_config
-    from .md.simulation import MDSettings, Simulation
+    from .md.simulation import MDSettings
     from .models.neural import load_potential
+    from .sampling.runs import resume_run
     from .surrogates.cg_md import analyse_cg_run, start_cg_md
     from .threads import set_threads
 
@@ -612,15 +616,15 @@ def cg_md(
     if reference is not None and not reference.is_file():
         raise InputError(f"{reference}: reference coordinates not found")
     if resume is not None:
-        stored = load_config(MDSettings, resume / "md.toml")
-        potential = load_potential(model or stored.model_path)
-        sim = Simulation.resume(resume, potential, progress=True)
+        potential = load_potential(model or load_config(MDSettings, resume / "md.toml").model_path)
+        sim = resume_run(resume, potential, progress=True)
         sim.settings.total_steps = int(round(ns * 1e6 / sim.settings.timestep_fs))
         run_dir = resume
     else:
         if model is None or output is None:
             raise InputError("cg md: give MODEL -o RUN_DIR (or --resume RUN_DIR)")
-        sim = start_cg_md(model, output, ns, replicas, timestep_fs, friction_per_ps, temperature, seed, report_every)
+        sim = start_cg_md(model, output, ns, replicas, timestep_fs, friction_per_ps, temperature, seed, report_every,
+                          bias=bias, barrier_kjmol=barrier_kjmol)
         potential, run_dir = sim.potential, output
     sim.run()
     ref = np.load(reference) if reference is not None else None

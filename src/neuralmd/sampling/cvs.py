@@ -26,6 +26,25 @@ def replica_positions(batch: AtomsBatch) -> torch.Tensor:
     return batch.positions.view(batch.n_systems, n, 3)
 
 
+def angles(x: torch.Tensor, triplets: torch.Tensor) -> torch.Tensor:
+    """Angles i-j-k at j (rad) of positions (B, n, 3) for index rows (k, 3): (B, k)."""
+    a = x[:, triplets[:, 0]] - x[:, triplets[:, 1]]
+    b = x[:, triplets[:, 2]] - x[:, triplets[:, 1]]
+    cos = (a * b).sum(-1) / (torch.linalg.vector_norm(a, dim=-1) * torch.linalg.vector_norm(b, dim=-1))
+    return torch.acos(cos.clamp(-1 + 1e-12, 1 - 1e-12))
+
+
+def dihedrals(x: torch.Tensor, quadruplets: torch.Tensor) -> torch.Tensor:
+    """Dihedral angles i-j-k-l (rad, in (-π, π], IUPAC sign) of positions (B, n, 3) for index
+    rows (k, 4): (B, k)."""
+    b0 = x[:, quadruplets[:, 1]] - x[:, quadruplets[:, 0]]
+    b1 = x[:, quadruplets[:, 2]] - x[:, quadruplets[:, 1]]
+    b2 = x[:, quadruplets[:, 3]] - x[:, quadruplets[:, 2]]
+    n1, n2 = torch.linalg.cross(b0, b1), torch.linalg.cross(b1, b2)
+    m1 = torch.linalg.cross(b1 / torch.linalg.vector_norm(b1, dim=-1, keepdim=True), n1)
+    return torch.atan2((m1 * n2).sum(-1), (n1 * n2).sum(-1))
+
+
 class CV(nn.Module):
     """Base class: ``forward(positions (B, n, 3)) -> (B, dim)``; ``names`` (a list of str set by
     each subclass) label the outputs. CV modules compile with ``torch.jit.script``."""
@@ -69,10 +88,7 @@ class Angle(CV):
         self.names = [f"a{i}-{j}-{k}"]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = x[:, self.idx[0]] - x[:, self.idx[1]]
-        b = x[:, self.idx[2]] - x[:, self.idx[1]]
-        cos = (a * b).sum(-1) / (torch.linalg.vector_norm(a, dim=-1) * torch.linalg.vector_norm(b, dim=-1))
-        return torch.acos(cos.clamp(-1 + 1e-12, 1 - 1e-12)).unsqueeze(-1)
+        return angles(x, self.idx.view(1, 3))
 
 
 class Torsion(CV):
@@ -88,11 +104,7 @@ class Torsion(CV):
         return [2 * math.pi]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p0, p1, p2, p3 = (x[:, self.idx[m]] for m in range(4))
-        b0, b1, b2 = p1 - p0, p2 - p1, p3 - p2
-        n1, n2 = torch.linalg.cross(b0, b1), torch.linalg.cross(b1, b2)
-        m1 = torch.linalg.cross(b1 / torch.linalg.vector_norm(b1, dim=-1, keepdim=True), n1)
-        return torch.atan2((m1 * n2).sum(-1), (n1 * n2).sum(-1)).unsqueeze(-1)
+        return dihedrals(x, self.idx.view(1, 4))
 
 
 class PairwiseDistances(CV):

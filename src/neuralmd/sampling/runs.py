@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 import tomllib
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -168,7 +169,7 @@ def start_native(potential, frames, md_settings, bias_settings: BiasSettings, ru
     if cv is not None and bias_settings.bias != "none":
         sigma = bias_settings.sigma
         if not sigma:
-            probe = Simulation(potential, batch, md_settings)
+            probe = Simulation(potential, batch, dataclasses.replace(md_settings))  # run() sets total_steps
             values = []
             for _ in range(bias_settings.probe_steps // 10):
                 state = probe.run(10)

@@ -16,11 +16,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import torch
 
-from ..config import save_config
 from ..errors import InputError
 from ..io_utils import atomic_write_json
 from ..md.simulation import MDSettings, Simulation
@@ -32,59 +30,48 @@ PERIODIC = [(-math.pi, math.pi)] * 2
 
 def start_cg_md(model_path: str | Path, output: str | Path, ns: float, replicas: int, timestep_fs: float = 2.0,
                 friction_per_ps: float = 1.0, temperature_K: float | None = None, seed: int = 0,
-                report_every: int = 500, checkpoint_every: int = 10_000, progress: bool = True) -> Simulation:
+                report_every: int = 500, checkpoint_every: int = 10_000, bias: str = "none",
+                barrier_kjmol: float = 30.0, progress: bool = True) -> Simulation:
     """A CG Langevin run of ``replicas`` copies started from frames stored in the model file
-    (cycled when there are more replicas than frames), at the data's temperature unless given."""
+    (cycled when there are more replicas than frames), at the data's temperature unless given.
+    The model's first two torsions are written to colvar.csv every frame; with ``bias`` (opes,
+    opes-explore, metad) all replicas are walkers of one bias on them, so that the rare basins
+    are visited and reweighted (the transitions of alanine dipeptide take nanoseconds)."""
     from ..models.neural import load_potential
+    from ..sampling.runs import BiasSettings, start_native
 
     model = load_potential(model_path)
     if not isinstance(model, CGPotential):
         raise InputError(f"{model_path}: not a coarse-grained model (train one with `neuralmd cg train`)")
     if replicas < 1 or not ns > 0:
         raise InputError(f"replicas {replicas}, ns {ns}: expected replicas >= 1 and ns > 0")
+    if len(model.torsions) < 2:
+        raise InputError(f"{model_path}: the CG model names {len(model.torsions)} torsion(s); the analysis needs two")
     output = Path(output)
     if (output / "checkpoint.pt").exists():
         raise InputError(f"{output}: already holds an MD run; use --resume {output} or another -o")
     starts = torch.load(model_path, weights_only=True)["start_positions"].numpy()
-    steps = int(round(ns * 1e6 / timestep_fs))
     settings = MDSettings(ensemble="nvt", timestep_fs=timestep_fs, temperature_K=[temperature_K or model.temperature_K],
                           friction_per_ps=friction_per_ps, seed=seed, report_every=report_every,
-                          checkpoint_every=checkpoint_every, total_steps=steps, model_path=str(Path(model_path).resolve()),
-                          max_spread_A=20.0)
-    batch = model.start_batch(starts[np.arange(replicas) % len(starts)])
-    sim = Simulation(model, batch, settings, run_dir=output, progress=progress)
-    output.mkdir(parents=True, exist_ok=True)
-    save_config(settings, output / "md.toml")
-    return sim
+                          checkpoint_every=checkpoint_every, total_steps=int(round(ns * 1e6 / timestep_fs)),
+                          model_path=str(Path(model_path).resolve()), max_spread_A=20.0)
+    spec = ",".join(f"torsion({','.join(map(str, q))})" for q in list(model.torsions.values())[:2])
+    frames = model.start_batch(starts[np.arange(replicas) % len(starts)]).to_atoms()
+    return start_native(model, frames, settings, BiasSettings(cv=spec, bias=bias, barrier_kjmol=barrier_kjmol),
+                        output, progress=progress)
 
 
-def trajectory_positions(run_dir: str | Path, skip_ps: float = 0.0) -> list[np.ndarray]:
-    """Bead positions (T, n, 3) Å of each replica's H5MD trajectory, frames before ``skip_ps``
-    dropped."""
-    out = []
-    for path in sorted(Path(run_dir).glob("traj_*.h5md")):
-        with h5py.File(path, "r") as f:
-            group = f["particles/trajectory/position"]
-            n = min(len(group["value"]), len(group["time"]))
-            keep = group["time"][:n] >= skip_ps
-            out.append(group["value"][:n][keep])
-    if not out:
-        raise InputError(f"{run_dir}: no traj_*.h5md trajectories")
-    return out
-
-
-def compare_torsion_fes(sample: np.ndarray, reference: np.ndarray | None, temperature_K: float, bins: int = 24,
-                        min_count: int = 10, blocks: int = 4) -> dict[str, Any]:
+def compare_torsion_fes(sample: np.ndarray, weights: np.ndarray, reference: np.ndarray | None, temperature_K: float,
+                        bins: int = 24, min_count: int = 10, blocks: int = 5) -> dict[str, Any]:
     """Basin ΔF (kJ/mol) of the first torsion and, with a reference, the 2D FES error (k_BT).
 
-    ``sample`` and ``reference`` are torsions (T, 2) in rad; ``sample`` is ordered in
-    ``blocks`` contiguous groups (replicas) for the error bar."""
+    ``sample`` (T, 2) torsions in rad with reweighting ``weights`` (T,), in time order (the
+    error bar comes from ``blocks`` contiguous blocks); ``reference`` (T', 2) unbiased."""
     phi_neg, phi_pos = [(-math.pi, 0.0), (-math.inf, math.inf)], [(0.0, math.pi + 1e-9), (-math.inf, math.inf)]
-    ones = np.ones(len(sample))
-    dF, err = delta_f_blocks(sample, ones, phi_neg, phi_pos, temperature_K, blocks)
+    dF, err = delta_f_blocks(sample, weights, phi_neg, phi_pos, temperature_K, blocks)
     out: dict[str, Any] = {"frames": len(sample), "deltaF_kjmol": dF, "deltaF_err_kjmol": err,
-                           "fraction_t0_positive": float((sample[:, 0] > 0).mean())}
-    centres, f_sample = fes(sample, ones, [bins, bins], PERIODIC, temperature_K)
+                           "fraction_t0_positive": float(weights[sample[:, 0] > 0].sum() / weights.sum())}
+    centres, f_sample = fes(sample, weights, [bins, bins], PERIODIC, temperature_K)
     out["fes"] = {"centres": centres, "sample": f_sample}
     if reference is None:
         return out
@@ -102,23 +89,24 @@ def compare_torsion_fes(sample: np.ndarray, reference: np.ndarray | None, temper
 
 def analyse_cg_run(run_dir: str | Path, model: CGPotential, reference_coords: np.ndarray | None = None,
                    skip_ps: float = 0.0) -> dict[str, Any]:
-    """Torsion FES of a CG run (and against mapped reference coordinates): writes
-    ``cg_fes.png`` and ``cg_analysis.json`` in ``run_dir`` and returns the numbers."""
+    """Torsion FES of a CG run, reweighted when it was biased (and against mapped reference
+    coordinates): writes ``cg_fes.png`` and ``cg_analysis.json`` in ``run_dir``."""
     from ..analysis.plots import plot_fes_comparison
+    from ..sampling.runs import load_samples
 
     run_dir = Path(run_dir)
-    if len(model.torsions) < 2:
-        raise InputError(f"{run_dir}: the CG model names {len(model.torsions)} torsion(s); the FES needs two")
     quads = dict(list(model.torsions.items())[:2])
-    per_replica = trajectory_positions(run_dir, skip_ps)
-    sample = np.concatenate([torsion_angles(x, quads) for x in per_replica])
+    samples = load_samples(run_dir)
+    keep = samples.time_ns * 1000 >= skip_ps
+    if not keep.any():
+        raise InputError(f"{run_dir}: no frames after skip_ps={skip_ps}")
     reference = torsion_angles(reference_coords, quads) if reference_coords is not None else None
-    result = compare_torsion_fes(sample, reference, model.temperature_K, blocks=min(4, len(per_replica)))
+    result = compare_torsion_fes(samples.values[keep, :2], samples.weights[keep], reference, model.temperature_K)
     surfaces = {"CG model": result["fes"]["sample"]}
     if reference is not None:
         surfaces["reference (mapped data)"] = result["fes"]["reference"]
     names = [f"{name} (rad)" for name in quads]
-    title = f"ΔF({names[0].split()[0]}>0) = {result['deltaF_kjmol']:.2f} ± {result['deltaF_err_kjmol']:.2f} kJ/mol"
+    title = f"ΔF({list(quads)[0]}>0) = {result['deltaF_kjmol']:.2f} ± {result['deltaF_err_kjmol']:.2f} kJ/mol"
     if reference is not None:
         title += f" (data {result['reference_deltaF_kjmol']:.2f}); FES error {result['fes_mae_kT']:.2f} kT"
     plot_fes_comparison(result["fes"]["centres"], surfaces, names, run_dir / "cg_fes.png", title)

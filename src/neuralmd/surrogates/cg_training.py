@@ -41,6 +41,9 @@ class CGTrainSettings:
     #: names of the torsions of consecutive bead quadruplets (0-1-2-3, 1-2-3-4, ...), for analysis
     torsion_names: list[str] = field(default_factory=list)
     temperature_K: float = 300.0
+    #: Fourier order of the torsion terms of the prior (Boltzmann inversion of each torsion's
+    #: distribution); 0: CGnet's prior of bonds, angles and repulsion only
+    prior_torsion_order: int = 4
     valid_fraction: float = 0.2
     hidden: list[int] = field(default_factory=lambda: [128, 128, 128])
     epochs: int = 40
@@ -56,6 +59,8 @@ class CGTrainSettings:
             raise InputError(f"valid_fraction: {self.valid_fraction}; expected between 0 and 1")
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
             raise InputError("epochs, batch_size and patience must be >= 1")
+        if self.prior_torsion_order < 0:
+            raise InputError(f"prior_torsion_order: {self.prior_torsion_order}; expected >= 0")
         if not self.temperature_K > 0:
             raise InputError(f"temperature_K: {self.temperature_K}; expected > 0")
         force_factor(self.force_unit)
@@ -85,7 +90,7 @@ def split(n_frames: int, valid_fraction: float) -> tuple[slice, slice]:
 def build_model(settings: CGTrainSettings, data: CGData, train: slice) -> CGPotential:
     """Prior fitted to the training frames, network input standardised on them."""
     features = CGFeatures(data.coords.shape[1])
-    prior = Prior.fit(features, data.coords[train], settings.temperature_K)
+    prior = Prior.fit(features, data.coords[train], settings.temperature_K, settings.prior_torsion_order)
     with torch.no_grad():
         z = features.network_input(features(torch.as_tensor(data.coords[train], dtype=torch.float64)))
     torch.manual_seed(settings.seed)
@@ -175,7 +180,8 @@ class CGTrainer:
 
     def run(self) -> dict[str, Any]:
         """Train until ``epochs`` or ``patience`` epochs without improvement; write model.pt
-        (the best epoch), history.json, learning_curve.png and results.json."""
+        (the best epoch), prior.pt (its prior alone), history.json, learning_curve.png and
+        results.json."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(self.settings, self.run_dir / SETTINGS)
         s = self.settings
@@ -213,6 +219,9 @@ class CGTrainer:
             "settings": asdict(self.settings),
         }
         self.model.save(self.run_dir / "model.pt", self.start_positions, extra={"results": results})
+        self.model.use_network = False  # the prior alone, as a model file: the baseline to compare with
+        self.model.save(self.run_dir / "prior.pt", self.start_positions, extra={"results": results})
+        self.model.use_network = True
         atomic_write_json(self.history, self.run_dir / "history.json")
         plot_cg_learning_curve(self.history, self.prior_rmse, self.run_dir / "learning_curve.png")
         atomic_write_json(results, self.run_dir / "results.json")

@@ -32,7 +32,7 @@ from torch import nn
 from ..errors import InputError
 from ..io_utils import atomic_save
 from ..models.base import Potential
-from ..sampling.cvs import Angle, PairwiseDistances, Stack, Torsion, replica_positions
+from ..sampling.cvs import angles, dihedrals, replica_positions
 from ..state import AtomsBatch
 from ..units import force_factor, kT_eV
 
@@ -156,19 +156,22 @@ class CGFeatures(nn.Module):
     def __init__(self, n_beads: int) -> None:
         super().__init__()
         self.n_beads = n_beads
-        self.distances = PairwiseDistances(range(n_beads))
-        self.cvs = Stack([self.distances, *(Angle(i, i + 1, i + 2) for i in range(n_beads - 2)),
-                          *(Torsion(i, i + 1, i + 2, i + 3) for i in range(n_beads - 3))])
-        self.n_pairs = len(self.distances.names)
+        self.pairs = [(i, j) for i in range(n_beads) for j in range(i + 1, n_beads)]
+        self.register_buffer("pair_idx", torch.tensor(self.pairs), persistent=False)
+        self.register_buffer("triplets", torch.tensor([[i, i + 1, i + 2] for i in range(n_beads - 2)]), persistent=False)
+        self.register_buffer("quadruplets", torch.tensor([[i, i + 1, i + 2, i + 3] for i in range(n_beads - 3)]),
+                             persistent=False)
+        self.n_pairs = len(self.pairs)
         self.n_angles = n_beads - 2
         self.n_torsions = n_beads - 3
 
     def pair_index(self, i: int, j: int) -> int:
         """Column of the distance between beads i < j."""
-        return [tuple(p) for p in self.distances.pairs.tolist()].index((i, j))
+        return self.pairs.index((i, j))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.cvs(x)
+        d = torch.linalg.vector_norm(x[:, self.pair_idx[:, 1]] - x[:, self.pair_idx[:, 0]], dim=-1)
+        return torch.cat([d, angles(x, self.triplets), dihedrals(x, self.quadruplets)], dim=-1)
 
     def network_input(self, raw: torch.Tensor) -> torch.Tensor:
         """Torsions replaced by their cos and sin (continuous across ±π)."""
@@ -176,40 +179,72 @@ class CGFeatures(nn.Module):
         return torch.cat([raw[:, : self.n_pairs + self.n_angles], torsions.cos(), torsions.sin()], dim=-1)
 
 
+def fourier_basis(angle: torch.Tensor, order: int) -> torch.Tensor:
+    """[cos φ, sin φ, cos 2φ, sin 2φ, ...] up to ``order``: (..., 2·order)."""
+    m = torch.arange(1, order + 1, dtype=angle.dtype, device=angle.device)
+    phase = angle.unsqueeze(-1) * m
+    return torch.stack([phase.cos(), phase.sin()], dim=-1).flatten(-2)
+
+
+def fit_torsion_profile(torsion: np.ndarray, kT: float, order: int, bins: int = 36) -> np.ndarray:
+    """Fourier coefficients (2·order,) in eV of -k_BT ln p(φ) for torsion samples φ (rad): a
+    least-squares fit to the histogram's free energies weighted by √counts, with empty bins
+    counted as half a sample (below what the data resolve, not infinite)."""
+    counts, edges = np.histogram(torsion, bins=bins, range=(-np.pi, np.pi))
+    centres = torch.as_tensor(0.5 * (edges[1:] + edges[:-1]))
+    free = -kT * np.log(np.maximum(counts, 0.5) / counts.sum())
+    basis = np.concatenate([np.ones((bins, 1)), fourier_basis(centres, order).numpy()], axis=1)
+    w = np.sqrt(np.maximum(counts, 0.25))
+    coef, *_ = np.linalg.lstsq(basis * w[:, None], free * w, rcond=None)
+    return coef[1:]
+
+
 class Prior(nn.Module):
-    """Harmonic bonds (i, i+1) and angles (i, i+1, i+2) plus a repulsion k_BT (σ/r)^6 between
-    beads at least three bonds apart; acts on the raw :class:`CGFeatures` columns. eV."""
+    """Physical prior on the raw :class:`CGFeatures` columns, in eV: harmonic bonds (i, i+1)
+    and angles (i, i+1, i+2), a repulsion k_BT (σ/r)^6 between beads at least three bonds apart,
+    and (optionally) a Fourier series in each torsion."""
 
     def __init__(self, features: CGFeatures, bond_k: Sequence[float], bond_r0: Sequence[float],
                  angle_k: Sequence[float], angle_t0: Sequence[float], repulsion_sigma: Sequence[float],
-                 temperature_K: float) -> None:
+                 temperature_K: float, torsion_coef: Sequence[Sequence[float]] = ()) -> None:
         super().__init__()
         n = features.n_beads
-        self.register_buffer("bond_cols", torch.tensor([features.pair_index(i, i + 1) for i in range(n - 1)]))
-        self.register_buffer("angle_cols", torch.arange(features.n_pairs, features.n_pairs + features.n_angles))
+        self.register_buffer("bond_cols", torch.tensor([features.pair_index(i, i + 1) for i in range(n - 1)]),
+                             persistent=False)
+        self.register_buffer("angle_cols", torch.arange(features.n_pairs, features.n_pairs + features.n_angles),
+                             persistent=False)
         far = [(i, j) for i in range(n) for j in range(i + 3, n)]
-        self.register_buffer("repulsion_cols", torch.tensor([features.pair_index(i, j) for i, j in far], dtype=torch.long))
+        self.register_buffer("repulsion_cols", torch.tensor([features.pair_index(i, j) for i, j in far], dtype=torch.long),
+                             persistent=False)
+        self.torsion_start = features.n_pairs + features.n_angles
         for name, values in (("bond_k", bond_k), ("bond_r0", bond_r0), ("angle_k", angle_k), ("angle_t0", angle_t0),
                              ("repulsion_sigma", repulsion_sigma)):
-            self.register_buffer(name, torch.tensor(list(values), dtype=torch.float64))
+            self.register_buffer(name, torch.tensor(list(values), dtype=torch.float64), persistent=False)
+        coef = torch.tensor([list(c) for c in torsion_coef], dtype=torch.float64) if len(torsion_coef) else torch.zeros(0, 0)
+        self.register_buffer("torsion_coef", coef.to(torch.float64), persistent=False)
         self.kT = kT_eV(temperature_K)
 
     @classmethod
-    def fit(cls, features: CGFeatures, coords: np.ndarray, temperature_K: float) -> "Prior":
+    def fit(cls, features: CGFeatures, coords: np.ndarray, temperature_K: float, torsion_order: int = 0) -> "Prior":
         """Boltzmann inversion of the mapped data at ``temperature_K``: a harmonic term of the
         observed mean and k = k_BT / variance for each bond and angle; the repulsion's σ is the
-        0.1 % quantile of each far pair's distance (the repulsion is 1 k_BT there)."""
+        0.1 % quantile of each far pair's distance (the repulsion is 1 k_BT there); with
+        ``torsion_order`` > 0, -k_BT ln p(φ) of each torsion as a Fourier series of that order."""
         raw = features(torch.as_tensor(coords, dtype=torch.float64)).numpy()
         kT = kT_eV(temperature_K)
         n = features.n_beads
         bonds = raw[:, [features.pair_index(i, i + 1) for i in range(n - 1)]]
         angles = raw[:, features.n_pairs : features.n_pairs + features.n_angles]
         far = raw[:, [features.pair_index(i, j) for i in range(n) for j in range(i + 3, n)]]
+        torsions = raw[:, features.n_pairs + features.n_angles :]
+        coef = [fit_torsion_profile(torsions[:, k], kT, torsion_order).tolist()
+                for k in range(torsions.shape[1])] if torsion_order > 0 else []
         return cls(features, kT / bonds.var(0), bonds.mean(0), kT / angles.var(0), angles.mean(0),
-                   np.quantile(far, 0.001, axis=0) if far.size else [], temperature_K)
+                   np.quantile(far, 0.001, axis=0) if far.size else [], temperature_K, coef)
 
     def settings(self) -> dict[str, Any]:
-        return {k: getattr(self, k).tolist() for k in ("bond_k", "bond_r0", "angle_k", "angle_t0", "repulsion_sigma")}
+        return {k: getattr(self, k).tolist()
+                for k in ("bond_k", "bond_r0", "angle_k", "angle_t0", "repulsion_sigma", "torsion_coef")}
 
     def forward(self, raw: torch.Tensor) -> torch.Tensor:
         r = raw[:, self.bond_cols]
@@ -217,6 +252,10 @@ class Prior(nn.Module):
         e = 0.5 * (self.bond_k * (r - self.bond_r0) ** 2).sum(-1) + 0.5 * (self.angle_k * (t - self.angle_t0) ** 2).sum(-1)
         if len(self.repulsion_cols):
             e = e + self.kT * ((self.repulsion_sigma / raw[:, self.repulsion_cols]) ** 6).sum(-1)
+        if len(self.torsion_coef):
+            basis = fourier_basis(raw[:, self.torsion_start : self.torsion_start + len(self.torsion_coef)],
+                                  self.torsion_coef.shape[1] // 2)
+            e = e + (basis * self.torsion_coef).sum((-1, -2))
         return e
 
 
@@ -298,6 +337,7 @@ class CGPotential(Potential):
                 "prior": self.prior.settings(), "feature_mean": self.feature_mean.tolist(),
                 "feature_std": self.feature_std.tolist(), "hidden": self.hidden, "temperature_K": self.temperature_K,
                 "torsions": self.torsions, "dtype": str(self.dtype).removeprefix("torch."),
+                "use_network": self.use_network,
                 "units": {"energy": "eV", "length": "Angstrom", "forces": "eV/Angstrom"}}
 
     def save(self, path: str | os.PathLike, start_positions: np.ndarray, extra: dict[str, Any] | None = None) -> None:
@@ -312,6 +352,7 @@ class CGPotential(Potential):
         model = cls(payload["elements"], payload["prior"], payload["feature_mean"], payload["feature_std"],
                     payload["hidden"], payload["temperature_K"], payload["torsions"])
         model.load_state_dict(payload["state_dict"])
+        model.use_network = bool(payload.get("use_network", True))
         return model.to(getattr(torch, payload.get("dtype", "float32")))
 
     def start_batch(self, positions: np.ndarray | torch.Tensor) -> AtomsBatch:
@@ -325,4 +366,4 @@ class CGPotential(Potential):
 def torsion_angles(coords: np.ndarray, quadruplets: dict[str, Sequence[int]]) -> np.ndarray:
     """Torsions (T, k) in rad (IUPAC sign) of bead coordinates (T, n, 3), one column per entry."""
     x = torch.as_tensor(np.asarray(coords), dtype=torch.float64)
-    return torch.cat([Torsion(*q)(x) for q in quadruplets.values()], dim=-1).numpy()
+    return dihedrals(x, torch.tensor([list(q) for q in quadruplets.values()])).numpy()
