@@ -386,16 +386,34 @@ def main(argv: list[str] | None = None) -> int:
     load = LoadMonitor()
     walls: dict[str, float] = dict(results.get("wall_seconds", {}))
     t_all = time.perf_counter()
+    def save() -> None:
+        """Write what is done so far, so that a crash in a later section loses nothing."""
+        machine = machine_info()
+        machine["torch_threads"] = threads
+        machine["other_processes_cpu_cores"] = {**previous_load, **load.phases}
+        results.update({
+            "benchmark": "surrogates: CG alanine dipeptide, Δ-learning on GFN2-xTB, force-call cost",
+            "quick": args.quick,
+            "settings": {**s, "cg_ns": args.cg_ns, "cg_prior_ns": args.cg_prior_ns, "delta_steps": args.delta_steps,
+                         "features": args.features, "interactions": args.interactions, "threads": threads},
+            "wall_seconds": {**walls, "this_invocation": round(time.perf_counter() - t_all, 1)},
+            "machine": machine, "versions": versions(),
+            "force_units": "meV/Å", "time_units": "ms per call, ns/day",
+        })
+        atomic_write_json(finite(results), args.out)
+
     if "cg" in parts:
         t0 = time.perf_counter()
         results["cg"] = run_cg(args, s, args.work / "cg")
         walls["cg"] = round(time.perf_counter() - t0, 1)
         load.phase("cg")
+        save()
     if "delta" in parts:
         t0 = time.perf_counter()
         results["delta_learning"], results["delta_learning_info"] = run_delta(args, s, args.work / "delta")
         walls["delta"] = round(time.perf_counter() - t0, 1)
         load.phase("delta")
+        save()
     if "calls" in parts:
         t0 = time.perf_counter()
         calls = run_calls(args, s, args.work / "delta")
@@ -403,21 +421,10 @@ def main(argv: list[str] | None = None) -> int:
         results["force_call_info"] = calls["info"]
         walls["calls"] = round(time.perf_counter() - t0, 1)
         load.phase("calls")
-    machine = machine_info()
-    machine["torch_threads"] = threads
-    machine["other_processes_cpu_cores"] = {**previous_load, **load.phases}
     busy = load.busy()
-    results.update({
-        "benchmark": "surrogates: CG alanine dipeptide, Δ-learning on GFN2-xTB, force-call cost",
-        "quick": args.quick,
-        "settings": {**s, "cg_ns": args.cg_ns, "cg_prior_ns": args.cg_prior_ns, "delta_steps": args.delta_steps,
-                     "features": args.features, "interactions": args.interactions, "threads": threads},
-        "wall_seconds": {**walls, "this_invocation": round(time.perf_counter() - t_all, 1)},
-        "machine": machine, "versions": versions(),
-        "force_units": "meV/Å", "time_units": "ms per call, ns/day",
-    })
+    save()
     results = finite(results)
-    atomic_write_json(results, args.out)
+
     print_summary(results)
     if busy:
         print(f"WARNING: other processes used CPU during {busy} ({load.phases} cores): timings not comparable")

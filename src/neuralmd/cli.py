@@ -90,7 +90,8 @@ def train(
     patience: int = typer.Option(25, help="evaluations without improvement before early stopping"),
     lr_schedule: str = typer.Option("auto", help="cosine, plateau, or auto (cosine over --time-budget-min, else plateau)"),
     float64: bool = typer.Option(False, help="train in float64"),
-    baseline: Optional[str] = typer.Option(None, help="Δ-learning: learn the labels minus this baseline (xtb, gfn1)"),
+    baseline: Optional[str] = typer.Option(None, help="Δ-learning: learn the labels minus this baseline: xtb, gfn1, or "
+                                                   "openmm:SYSTEM.xml|TOPOLOGY.pdb (classical force field)"),
     seed: int = typer.Option(0), threads: int = typer.Option(0, help="torch threads (0: all cores)"),
 ) -> None:
     """Train a PaiNN potential on energies and forces (or, with --baseline, a correction to
@@ -688,6 +689,9 @@ def active(
     trust_low: float = typer.Option(0.05, help="lower trust level: force deviation in eV/Å"),
     trust_high: float = typer.Option(0.35, help="upper trust level: force deviation in eV/Å"),
     max_select: int = typer.Option(20, help="frames labelled per round at most"),
+    explore_cv: Optional[str] = typer.Option(None, help="explore under an OPES_EXPLORE bias on this CV "
+                                                        "(e.g. 'torsion(1,0,2,8)'); default plain MD"),
+    explore_barrier_kjmol: float = typer.Option(20.0, help="OPES_EXPLORE barrier in kJ/mol"),
     train_steps: int = typer.Option(1000, help="training steps per member per round"),
     workers: int = typer.Option(1, help="Dask workers of a local cluster"),
     scheduler: Optional[str] = typer.Option(None, help="address of an existing Dask scheduler (tcp://host:8786)"),
@@ -730,6 +734,7 @@ def active(
                                   rounds=rounds, initial_frames=initial_frames, md_steps=md_steps,
                                   replicas_per_temperature=replicas, trust_low_eV_A=trust_low,
                                   trust_high_eV_A=trust_high, max_select=max_select, train_steps=train_steps,
+                                  explore_cv=explore_cv or "", explore_barrier_kjmol=explore_barrier_kjmol,
                                   workers=workers, scheduler=scheduler or "", store=store or "", seed=seed)
         loop = ActiveLearning(settings, output, report)
     summary = loop.run()

@@ -3,6 +3,7 @@ durable label store, and a loop that resumes after kill -9 with the same labels.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -104,7 +105,8 @@ def _active_args(out, structure):
     return [sys.executable, "-c", "from neuralmd.cli import main; main()", "active", "--structure", str(structure),
             "--committee", "2", "--rounds", "2", "--initial-frames", "8", "--md-steps", "200", "--replicas", "2",
             "--temperatures", "300,800", "--trust-low", "0.02", "--trust-high", "2.0", "--max-select", "4",
-            "--train-steps", "60", "--workers", "2", "--seed", "3", "-o", str(out)]
+            "--train-steps", "60", "--workers", "2", "--seed", "3", "--explore-cv", "torsion(0,1,2,3)",
+            "--explore-barrier-kjmol", "15", "-o", str(out)]
 
 
 def _labels(run):
@@ -138,3 +140,5 @@ def test_kill_9_of_the_loop_then_resume_gives_the_same_labels(tmp_path):
     assert len(keys_b) == len(set(keys_b)), f"duplicate labels after a kill at {delay:.1f} s"
     assert sorted(keys_a) == sorted(keys_b), f"different label set after a kill at {delay:.1f} s"
     assert len(keys_a) > 8  # exploration added labels beyond the initial frames
+    explored = [json.loads(p.read_text()) for p in sorted(a.glob("round_*/explore.json"))]
+    assert explored and all(e["bias_kernels"] > 0 for e in explored)  # OPES_EXPLORE on the C-C-O-H torsion

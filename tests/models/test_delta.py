@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 from ase.build import molecule
 from typer.testing import CliRunner
@@ -12,10 +13,12 @@ from typer.testing import CliRunner
 from neuralmd.cli import app
 from neuralmd.data.io import read_frames, write_frames
 from neuralmd.models import NeuralPotential
-from neuralmd.models.delta import DeltaPotential, XTBBaseline
+from neuralmd.models.delta import DeltaPotential
 from neuralmd.models.neural import load_potential
 from neuralmd.reference.xtb import XTBLabeler
 from neuralmd.state import AtomsBatch
+
+from ..conftest import shared_file
 
 
 def _ethanol():
@@ -25,7 +28,7 @@ def _ethanol():
 
 
 def test_delta_forces_are_minus_the_gradient_of_its_energy(float64_model):
-    delta = DeltaPotential(XTBBaseline(), float64_model)
+    delta = DeltaPotential(XTBLabeler(), float64_model)
     atoms = _ethanol()
     out = delta(AtomsBatch.from_atoms([atoms], dtype=torch.float64))
     h = 1e-3
@@ -46,7 +49,7 @@ def test_delta_with_zero_correction_is_the_baseline():
         for p in correction.parameters():
             p.zero_()
     atoms = _ethanol()
-    out = DeltaPotential(XTBBaseline(), correction)(AtomsBatch.from_atoms([atoms, atoms], dtype=torch.float64))
+    out = DeltaPotential(XTBLabeler(), correction)(AtomsBatch.from_atoms([atoms, atoms], dtype=torch.float64))
     ref = XTBLabeler().label_one(atoms)
     assert np.allclose(out["energy"].detach().numpy(), ref.info["energy"], atol=1e-8)
     assert np.allclose(out["forces"].detach().numpy()[:9], ref.arrays["forces"], atol=1e-6)
@@ -72,3 +75,78 @@ def test_train_with_an_xtb_baseline_beats_the_baseline_alone(tmp_path, ethanol_x
     base_mae = 1000 * np.mean([np.abs(a.arrays["forces"] - b.arrays["forces"]).mean()
                                for a, b in zip(test, xtb.frames)])
     assert delta_mae < 0.7 * base_mae, (delta_mae, base_mae)
+
+
+def _ala2_frames(n: int, seed: int = 0) -> list:
+    from ase.io import read
+
+
+    atoms = read(shared_file("alanine_dipeptide/ala2.pdb"))
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(n):
+        moved = atoms.copy()
+        moved.positions += rng.normal(scale=0.04, size=moved.positions.shape)
+        moved.pbc, moved.cell = False, None
+        frames.append(moved)
+    return frames
+
+
+def test_openmm_baseline_matches_openmm_and_its_own_finite_differences():
+    """amber99sb-ildn through OpenMM as a labeler: energy equals OpenMM's own, forces are minus
+    the gradient of that energy."""
+    import openmm
+    from openmm import app, unit
+
+    from neuralmd.reference.openmm_ff import OpenMMLabeler
+
+    pdb_path = shared_file("alanine_dipeptide/ala2.pdb")
+    labeler = OpenMMLabeler.from_file(pdb_path)
+    atoms = _ala2_frames(1)[0]
+    energy, forces = labeler.compute(atoms)
+    pdb = app.PDBFile(str(pdb_path))
+    system = app.ForceField("amber99sbildn.xml").createSystem(pdb.topology, nonbondedMethod=app.NoCutoff,
+                                                              constraints=None)
+    context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+    context.setPositions(atoms.positions * unit.angstrom)
+    direct = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+    assert energy == pytest.approx(direct / 96.48533212331, rel=1e-9)
+    h = 1e-4
+    for atom, axis in [(0, 0), (4, 1), (10, 2)]:
+        moved = [atoms.copy(), atoms.copy()]
+        moved[0].positions[atom, axis] += h
+        moved[1].positions[atom, axis] -= h
+        fd = -(labeler.compute(moved[0])[0] - labeler.compute(moved[1])[0]) / (2 * h)
+        assert fd == pytest.approx(forces[atom, axis], rel=1e-4, abs=1e-5)
+
+
+def test_delta_on_an_openmm_baseline_trains_and_is_a_potential(tmp_path):
+    """Δ-learning on a classical force field: xTB labels minus amber99sb-ildn; the model file
+    carries the force field (it loads with the PDB gone), zero correction is the baseline, and
+    its forces are the gradient of its energy."""
+    from neuralmd.reference.openmm_ff import OpenMMLabeler
+
+    frames = XTBLabeler().label(_ala2_frames(24)).frames
+    write_frames(frames, tmp_path / "train.xyz")
+    pdb = tmp_path / "ala2.pdb"
+    pdb.write_text(shared_file("alanine_dipeptide/ala2.pdb").read_text())
+    result = CliRunner().invoke(app, ["train", "--train", str(tmp_path / "train.xyz"), "--baseline", f"openmm:{pdb}",
+                                      "--features", "8", "--interactions", "1", "--max-steps", "20", "--eval-every",
+                                      "10", "--batch-size", "4", "--threads", "2", "-o", str(tmp_path / "run")],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    pdb.unlink()
+    model = load_potential(tmp_path / "run" / "model.pt", dtype=torch.float64)
+    assert isinstance(model, DeltaPotential) and isinstance(model.baseline, OpenMMLabeler)
+    atoms = frames[0]
+    out = model(AtomsBatch.from_atoms([atoms], dtype=torch.float64))
+    correction = model.correction(AtomsBatch.from_atoms([atoms], dtype=torch.float64))
+    e_base, f_base = model.baseline.compute(atoms)
+    assert float(out["energy"][0]) == pytest.approx(e_base + float(correction["energy"][0]), abs=1e-8)
+    assert np.allclose(out["forces"].numpy(), f_base + correction["forces"].numpy(), atol=1e-8)
+    h = 1e-4
+    moved = [atoms.copy(), atoms.copy()]
+    moved[0].positions[3, 1] += h
+    moved[1].positions[3, 1] -= h
+    e = [float(model(AtomsBatch.from_atoms([m], dtype=torch.float64), forces=False)["energy"][0]) for m in moved]
+    assert -(e[0] - e[1]) / (2 * h) == pytest.approx(float(out["forces"][3, 1]), rel=1e-4, abs=1e-5)

@@ -59,6 +59,9 @@ class ActiveSettings:
     sample_every: int = 20
     trust_low_eV_A: float = 0.05
     trust_high_eV_A: float = 0.35
+    #: explore under an OPES_EXPLORE bias on this CV (as ``neuralmd sample --cv``); "": plain MD
+    explore_cv: str = ""
+    explore_barrier_kjmol: float = 20.0
     max_select: int = 20
     train_steps: int = 1000
     features: int = 32
@@ -78,6 +81,7 @@ class ActiveSettings:
             (self.rounds >= 1 and self.initial_frames >= 4, "rounds must be >= 1 and initial_frames >= 4"),
             (self.md_steps >= self.sample_every >= 1, "md_steps must be >= sample_every >= 1"),
             (all(t > 0 for t in self.temperatures_K) and self.temperatures_K, "temperatures must be > 0 K"),
+            (self.explore_barrier_kjmol > 0, f"explore_barrier_kjmol: {self.explore_barrier_kjmol}; expected > 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -225,7 +229,7 @@ class ActiveLearning:
     def explore(self, round_dir: Path, round_: int) -> tuple[list[Atoms], list[Atoms], dict]:
         """Committee MD from the starting structure at each temperature; returns (candidates,
         selected, statistics). Replicas stop at the upper trust level."""
-        from ..md.simulation import Simulation, SimulationUnstable
+        from ..md.simulation import MDSettings, Simulation, SimulationUnstable
         from ..models.committee import load_committee
         from ..state import AtomsBatch
 
@@ -236,9 +240,11 @@ class ActiveLearning:
         committee = load_committee([round_dir / f"member_{m}" / "model.pt" for m in range(self.s.committee)])
         n_rep = self.s.replicas_per_temperature
         temps = [t for t in self.s.temperatures_K for _ in range(n_rep)]
-        sim = Simulation(committee, AtomsBatch.from_atoms([self.start] * len(temps)), temperature_K=temps,
-                         timestep_fs=self.s.timestep_fs, friction_per_ps=2.0, seed=self.s.seed * 7919 + round_,
-                         report_every=self.s.sample_every, max_force_eV_per_A=50.0)
+        batch = AtomsBatch.from_atoms([self.start] * len(temps))
+        md = MDSettings(temperature_K=temps, timestep_fs=self.s.timestep_fs, friction_per_ps=2.0,
+                        seed=self.s.seed * 7919 + round_, report_every=self.s.sample_every, max_force_eV_per_A=50.0)
+        bias = self.exploration_bias(committee, batch, md)
+        sim = Simulation(committee, batch, md, terms=[bias] if bias is not None else [])
         active = np.ones(len(temps), dtype=bool)
         candidates, deviations, stopped_high = [], [], 0
         steps = 0
@@ -265,6 +271,7 @@ class ActiveLearning:
             order = farthest_point_sampling(desc, self.s.max_select, first=int(np.argmax(deviations)))
             selected = [candidates[k] for k in sorted(order)]
         stats = {"candidates": len(candidates), "selected": len(selected), "stopped_above_high": stopped_high,
+                 "bias_kernels": len(bias.heights) if bias is not None else 0,
                  "md_steps": steps, "mean_deviation": float(np.mean(deviations)) if deviations else 0.0,
                  "max_deviation": float(np.max(deviations)) if deviations else 0.0}
         if candidates:
@@ -273,6 +280,19 @@ class ActiveLearning:
         atomic_write_json(stats, round_dir / "explore.json")  # last: marks exploration as done
         # continue with the frames as stored, so a resumed run sees bit-identical geometries
         return self.explore(round_dir, round_)
+
+    def exploration_bias(self, committee, batch, md):
+        """OPES_EXPLORE on ``explore_cv`` shared by all exploration replicas (deposition every
+        ``sample_every`` steps, at the first temperature; widths from a short probe), or None."""
+        if not self.s.explore_cv:
+            return None
+        from ..sampling.runs import BiasSettings, native_bias
+        from ..sampling.spec import parse_cv
+
+        cv = parse_cv(self.s.explore_cv, self.start.numbers)
+        settings = BiasSettings(cv=self.s.explore_cv, bias="opes-explore", barrier_kjmol=self.s.explore_barrier_kjmol,
+                                pace=self.s.sample_every, probe_steps=max(100, self.s.md_steps // 10))
+        return native_bias(committee, batch, md, settings, cv)
 
     # --- the loop -----------------------------------------------------------------------
     def initial_frames(self) -> list[Atoms]:

@@ -7,6 +7,7 @@ import os
 import torch
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
+from ase.optimize import BFGS
 
 from ..models.base import Potential
 from ..models.neural import load_potential
@@ -52,3 +53,11 @@ def load_calculator(path: str | os.PathLike, dtype: torch.dtype | None = None,
                     device: str = "cpu") -> NeuralCalculator:
     """ASE calculator from a neuralmd model file (``dtype=torch.float64`` for tight checks)."""
     return NeuralCalculator(load_potential(path, dtype=dtype, device=device))
+
+
+def relax(atoms: Atoms, fmax_eV_A: float = 0.05, steps: int = 200, logfile: str | None = None) -> tuple[bool, int]:
+    """Minimise ``atoms`` in place with its calculator (ASE's BFGS) until the largest force is
+    below ``fmax_eV_A`` (eV/Å) or ``steps`` steps; returns (converged, steps taken)."""
+    with BFGS(atoms, logfile=logfile) as optimizer:
+        converged = bool(optimizer.run(fmax=fmax_eV_A, steps=steps))
+        return converged, int(optimizer.nsteps)

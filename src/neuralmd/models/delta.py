@@ -1,7 +1,8 @@
-"""Δ-learning: a cheap quantum-chemistry baseline plus a learned correction (hybrid QM/ML).
+"""Δ-learning: a cheap baseline plus a learned correction (hybrid QM/ML).
 
-E(x) = E_baseline(x) + E_correction(x). The baseline (GFN2-xTB or GFN1-xTB through tblite) is
-not a torch model: :class:`_BaselineEnergy` is an autograd function whose forward returns the
+E(x) = E_baseline(x) + E_correction(x). The baseline is any :class:`~neuralmd.reference.base.Labeler`
+that a model file can rebuild: GFN2-xTB or GFN1-xTB through tblite, or a classical force field
+(an OpenMM System, stored in the model file as XML). It is not a torch model: :class:`_BaselineEnergy` is an autograd function whose forward returns the
 baseline energies and whose backward returns its analytic forces, so the Δ-potential is an
 ordinary :class:`~.base.Potential` (forces exactly minus the gradient of its energy) and works
 wherever one does (MD, sampling, active learning, the ASE calculator). The baseline's energy is
@@ -14,45 +15,56 @@ from typing import Any
 
 import numpy as np
 import torch
-from ase import Atoms
 
 from ..errors import InputError
+from ..reference.base import Labeler
 from ..state import AtomsBatch
 from .base import Potential
 
 BASELINES = {"xtb": "GFN2-xTB", "gfn1": "GFN1-xTB"}
 
 
-class XTBBaseline:
-    """Energies (eV) and forces (eV/Å) from tblite, one system at a time."""
+def baseline_from_spec(spec: str) -> Labeler:
+    """The baseline named on the command line: ``xtb`` (GFN2-xTB), ``gfn1`` (GFN1-xTB), or
+    ``openmm:FILE`` (a classical force field: a serialised OpenMM System .xml, or a .pdb
+    topology with amber99sb-ildn)."""
+    from ..reference.openmm_ff import OpenMMLabeler
+    from ..reference.xtb import XTBLabeler
 
-    def __init__(self, method: str = "GFN2-xTB", charge: float = 0.0, uhf: int = 0) -> None:
-        from ..reference.xtb import XTBLabeler
-
-        self.labeler = XTBLabeler(method, charge=charge, uhf=uhf)
-
-    def settings(self) -> dict[str, Any]:
-        return {"kind": "xtb", **self.labeler.settings()}
-
-    def __call__(self, atoms: Atoms) -> tuple[float, np.ndarray]:
-        return self.labeler.compute(atoms)
+    if spec in BASELINES:
+        return XTBLabeler(BASELINES[spec])
+    if spec.startswith("openmm:"):
+        return OpenMMLabeler.from_file(spec.removeprefix("openmm:"))
+    raise InputError(f"baseline: {spec!r}; expected one of {sorted(BASELINES)} or openmm:SYSTEM.xml|TOPOLOGY.pdb")
 
 
-def make_baseline(settings: dict[str, Any]) -> XTBBaseline:
+def baseline_settings(baseline: Labeler) -> dict[str, Any]:
+    """What a model file records of its baseline (enough to rebuild it with :func:`make_baseline`)."""
+    from ..reference.openmm_ff import OpenMMLabeler
+
+    return {"kind": "openmm" if isinstance(baseline, OpenMMLabeler) else "xtb", **baseline.settings()}
+
+
+def make_baseline(settings: dict[str, Any]) -> Labeler:
     """The baseline described by a model file's ``baseline`` entry."""
-    if settings.get("kind") != "xtb":
-        raise InputError(f"baseline: kind {settings.get('kind')!r} is not known (expected 'xtb')")
-    return XTBBaseline(settings.get("method", "GFN2-xTB"), settings.get("charge", 0.0), settings.get("uhf", 0))
+    from ..reference.openmm_ff import OpenMMLabeler
+    from ..reference.xtb import XTBLabeler
+
+    if settings.get("kind") == "xtb":
+        return XTBLabeler(settings.get("method", "GFN2-xTB"), settings.get("charge", 0.0), settings.get("uhf", 0))
+    if settings.get("kind") == "openmm":
+        return OpenMMLabeler(settings["system_xml"])
+    raise InputError(f"baseline: kind {settings.get('kind')!r} is not known (expected 'xtb' or 'openmm')")
 
 
 class _BaselineEnergy(torch.autograd.Function):
     """positions (N, 3) -> baseline energy per system (B,), float64; backward uses its forces."""
 
     @staticmethod
-    def forward(ctx, positions: torch.Tensor, baseline: XTBBaseline, batch: AtomsBatch) -> torch.Tensor:
+    def forward(ctx, positions: torch.Tensor, baseline: Labeler, batch: AtomsBatch) -> torch.Tensor:
         energies, forces = [], []
         for atoms in batch.replace(positions=positions.detach().to(torch.float64)).to_atoms():
-            e, f = baseline(atoms)
+            e, f = baseline.compute(atoms)
             energies.append(e)
             forces.append(f)
         f = torch.as_tensor(np.concatenate(forces), dtype=positions.dtype)
@@ -68,7 +80,7 @@ class _BaselineEnergy(torch.autograd.Function):
 class DeltaPotential(Potential):
     """``baseline`` + ``correction`` (a trained :class:`~.neural.NeuralPotential`)."""
 
-    def __init__(self, baseline: XTBBaseline, correction: Potential) -> None:
+    def __init__(self, baseline: Labeler, correction: Potential) -> None:
         super().__init__()
         self.baseline = baseline
         self.correction = correction
@@ -84,7 +96,7 @@ class DeltaPotential(Potential):
 
     def atomic_energies(self, batch: AtomsBatch) -> torch.Tensor:
         if batch.periodic:
-            raise InputError("Δ-potential: the xTB baseline here handles molecules, not periodic cells")
+            raise InputError("Δ-potential: the baselines here handle molecules, not periodic cells")
         base = _BaselineEnergy.apply(batch.positions, self.baseline, batch)
         per_atom = (base / batch.counts.to(torch.float64))[batch.system]
         return self.correction.atomic_energies(batch) + per_atom

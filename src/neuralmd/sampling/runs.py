@@ -152,6 +152,25 @@ def _pdb_numbers(pdb: str | Path) -> np.ndarray:
     return np.array([a.element.atomic_number for a in app.PDBFile(str(pdb)).topology.atoms()])
 
 
+def native_bias(potential, batch, md_settings, bias_settings: BiasSettings, cv: CV) -> Bias | None:
+    """The bias of ``bias_settings`` on ``cv`` for a native-engine run of ``batch``; kernel
+    widths not given are estimated from a short unbiased probe run (and stored in
+    ``bias_settings.sigma``)."""
+    from ..md.simulation import Simulation
+
+    if bias_settings.bias == "none":
+        return None
+    if not bias_settings.sigma:
+        probe = Simulation(potential, batch, dataclasses.replace(md_settings))  # run() sets total_steps
+        values = []
+        for _ in range(bias_settings.probe_steps // 10):
+            state = probe.run(10)
+            with torch.no_grad():
+                values.append(cv(replica_positions(state.batch)).numpy())
+        bias_settings.sigma = estimate_sigma(np.concatenate(values), cv.periods)
+    return make_bias(bias_settings, cv, md_settings.temperature_K[0], bias_settings.sigma)
+
+
 def start_native(potential, frames, md_settings, bias_settings: BiasSettings, run_dir: str | Path,
                  progress: bool = False):
     """A new native-engine run of ``frames`` (one per replica; all replicas are walkers of one
@@ -162,22 +181,9 @@ def start_native(potential, frames, md_settings, bias_settings: BiasSettings, ru
     run_dir = Path(run_dir)
     _prepare(run_dir, md_settings, bias_settings)
     batch = AtomsBatch.from_atoms(frames)
-    numbers = frames[0].numbers
-    cv = parse_cv(bias_settings.cv, numbers) if bias_settings.cv else None
-    bias = None
+    cv = parse_cv(bias_settings.cv, frames[0].numbers) if bias_settings.cv else None
     run_dir.mkdir(parents=True, exist_ok=True)
-    if cv is not None and bias_settings.bias != "none":
-        sigma = bias_settings.sigma
-        if not sigma:
-            probe = Simulation(potential, batch, dataclasses.replace(md_settings))  # run() sets total_steps
-            values = []
-            for _ in range(bias_settings.probe_steps // 10):
-                state = probe.run(10)
-                with torch.no_grad():
-                    values.append(cv(replica_positions(state.batch)).numpy())
-            sigma = estimate_sigma(np.concatenate(values), cv.periods)
-            bias_settings.sigma = sigma
-        bias = make_bias(bias_settings, cv, md_settings.temperature_K[0], sigma)
+    bias = native_bias(potential, batch, md_settings, bias_settings, cv) if cv is not None else None
     reporters = [ColvarReporter(run_dir / "colvar.csv", cv, bias, md_settings.report_every)] if cv is not None else []
     sim = Simulation(potential, batch, md_settings, terms=[bias] if bias is not None else [], run_dir=run_dir,
                      reporters=reporters, progress=progress)

@@ -7,7 +7,9 @@ The comparison (the numbers ``neuralmd cg md`` and benchmarks/surrogates.py repo
   with a block error over groups of replicas;
 - ``fes_mae_kT``: mean absolute difference of the 2D torsion FES (k_BT) over the bins that
   both populate (at least ``min_count`` reference frames), after removing the mean offset
-  (free energies are defined up to a constant).
+  (free energies are defined up to a constant);
+- ``js_divergence``: Jensen-Shannon divergence (nats) of the two 2D torsion histograms, and
+  ``fraction_outside_reference``: the CG probability in bins the data never visit.
 """
 
 from __future__ import annotations
@@ -77,14 +79,29 @@ def compare_torsion_fes(sample: np.ndarray, weights: np.ndarray, reference: np.n
         return out
     _, f_ref = fes(reference, np.ones(len(reference)), [bins, bins], PERIODIC, temperature_K)
     counts, _, _ = np.histogram2d(reference[:, 0], reference[:, 1], bins=bins, range=PERIODIC)
+    mass, _, _ = np.histogram2d(sample[:, 0], sample[:, 1], bins=bins, range=PERIODIC, weights=weights)
     common = (counts >= min_count) & np.isfinite(f_sample)
     diff = (f_sample - f_ref)[common]
     diff -= diff.mean()
     out["fes"]["reference"] = f_ref
     out.update({"reference_deltaF_kjmol": delta_f(reference, np.ones(len(reference)), phi_neg, phi_pos, temperature_K),
                 "fes_mae_kT": float(np.abs(diff).mean() / kT_kjmol(temperature_K)), "fes_bins_compared": int(common.sum()),
-                "reference_population_compared": float(counts[common].sum() / counts.sum())})
+                "reference_population_compared": float(counts[common].sum() / counts.sum()),
+                "js_divergence": jensen_shannon(mass, counts),
+                "fraction_outside_reference": float(mass[counts == 0].sum() / mass.sum())})
     return out
+
+
+def jensen_shannon(p: np.ndarray, q: np.ndarray) -> float:
+    """Jensen-Shannon divergence (nats, between 0 and ln 2) of two histograms on the same bins."""
+    p, q = p.ravel() / p.sum(), q.ravel() / q.sum()
+    m = 0.5 * (p + q)
+
+    def kl(a: np.ndarray) -> float:
+        nz = a > 0
+        return float((a[nz] * np.log(a[nz] / m[nz])).sum())
+
+    return 0.5 * (kl(p) + kl(q))
 
 
 def analyse_cg_run(run_dir: str | Path, model: CGPotential, reference_coords: np.ndarray | None = None,

@@ -23,9 +23,10 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator
 from ase.geometry import find_mic
 from ase.mep import NEB
-from ase.optimize import BFGS, FIRE
+from ase.optimize import FIRE
 
 from ..errors import InputError
+from ..md.ase_calculator import relax
 from ..models.base import Potential
 from ..models.committee import Committee
 from ..state import AtomsBatch
@@ -156,12 +157,6 @@ class NEBResult:
 
 
 # --- the band -----------------------------------------------------------------------------
-def relax(atoms: Atoms, fmax_eV_A: float, steps: int, logfile: str | None = None) -> bool:
-    """Minimise ``atoms`` in place with its calculator (BFGS); True if converged."""
-    with BFGS(atoms, logfile=logfile) as opt:
-        return bool(opt.run(fmax=fmax_eV_A, steps=steps))
-
-
 def reaction_coordinate(images: Sequence[Atoms]) -> np.ndarray:
     """Cumulative distance along the band (Å): the sum of the Cartesian norms of the
     displacements between consecutive images (minimum image for periodic cells)."""
@@ -212,7 +207,7 @@ def run_neb(start: Atoms, end: Atoms, model: Potential | CalculatorFactory, imag
         image.calc = factory()
     endpoints_converged = None
     if relax_endpoints:
-        endpoints_converged = [relax(band[0], fmax_eV_A, steps, logfile), relax(band[-1], fmax_eV_A, steps, logfile)]
+        endpoints_converged = [relax(end, fmax_eV_A, steps, logfile)[0] for end in (band[0], band[-1])]
     neb = NEB(band, k=spring_eV_A2, climb=climb, method=method, remove_rotation_and_translation=not periodic)
     neb.interpolate(method="idpp", mic=periodic, apply_constraint=False)
     with FIRE(neb, logfile=logfile) as opt:

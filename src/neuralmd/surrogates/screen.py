@@ -26,7 +26,6 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from ase import Atoms
-from ase.optimize import BFGS
 from rdkit import Chem, rdBase
 from rdkit.Chem import AllChem
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -35,7 +34,7 @@ from ..analysis.plots import _save
 from ..data.io import write_frames
 from ..errors import InputError
 from ..io_utils import atomic_write_json, atomic_write_text
-from ..md.ase_calculator import NeuralCalculator
+from ..md.ase_calculator import NeuralCalculator, relax
 from ..models.base import Potential
 from ..models.neural import load_potential
 from ..state import AtomsBatch
@@ -170,15 +169,6 @@ def batch_energies(potential: Potential, frames: Sequence[Atoms]) -> np.ndarray:
     return potential(batch, forces=False)["energy"].double().cpu().numpy()
 
 
-def relax(atoms: Atoms, calculator: NeuralCalculator, fmax_eV_A: float = 0.05, max_steps: int = 200) -> tuple[bool, int]:
-    """Relax ``atoms`` in place with BFGS until the largest force is below ``fmax_eV_A`` (eV/Å)
-    or ``max_steps`` steps; returns ``(converged, steps taken)``."""
-    atoms.calc = calculator
-    optimizer = BFGS(atoms, logfile=None)
-    converged = bool(optimizer.run(fmax=fmax_eV_A, steps=max_steps))
-    return converged, int(optimizer.nsteps)
-
-
 def max_force(atoms: Atoms) -> float:
     """Largest atomic force norm (eV/Å) of ``atoms`` from its calculator."""
     return float(np.linalg.norm(atoms.get_forces(), axis=1).max())
@@ -212,7 +202,8 @@ def screen_molecule(molecule: Molecule, potential: Potential, calculator: Neural
     initial = batch_energies(potential, frames)
     conformers = []
     for k, atoms in enumerate(frames):
-        converged, steps = relax(atoms, calculator, fmax_eV_A, max_steps)
+        atoms.calc = calculator
+        converged, steps = relax(atoms, fmax_eV_A, max_steps)
         energy = float(atoms.get_potential_energy())
         if not (np.isfinite(energy) and np.isfinite(initial[k])):
             raise _MoleculeFailed(f"SMILES {molecule.smiles!r}: conformer {k}: non-finite energy from the potential")

@@ -68,7 +68,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0
     init_model: str = ""  # warm start: begin from this model file's weights and normalisation
-    baseline: str = ""  # Δ-learning: "xtb" (GFN2-xTB) or "gfn1"; the network learns labels minus baseline
+    baseline: str = ""  # Δ-learning: xtb, gfn1 or openmm:FILE; the network learns labels minus baseline
 
     def validate(self) -> None:
         checks = [
@@ -103,17 +103,15 @@ def load_data(cfg: TrainConfig) -> tuple[FrameDataset, FrameDataset]:
 
 
 def residual_labels(frames: list, baseline: str, source: str) -> list:
-    """Copies of ``frames`` whose energy and forces are the labels minus the baseline's."""
-    from ..models.delta import BASELINES
-    from ..reference.xtb import XTBLabeler
+    """Copies of ``frames`` whose energy and forces are the labels minus the baseline's
+    (``baseline`` as :func:`~neuralmd.models.delta.baseline_from_spec` reads it)."""
+    from ..models.delta import baseline_from_spec
 
-    if baseline not in BASELINES:
-        raise InputError(f"baseline: {baseline!r}; expected one of {sorted(BASELINES)}")
-    labeler = XTBLabeler(BASELINES[baseline])
+    labeler = baseline_from_spec(baseline)
     result = labeler.label(frames, progress=True)
     if result.failures:
         f = result.failures[0]
-        raise InputError(f"{source}: frame {f.index}: the {BASELINES[baseline]} baseline failed ({f.reason}); "
+        raise InputError(f"{source}: frame {f.index}: the {baseline} baseline failed ({f.reason}); "
                          f"{len(result.failures)} frame(s) in all")
     out = []
     for atoms, base in zip(frames, result.frames):
@@ -224,9 +222,9 @@ class Trainer:
                 raise InputError(f"{self.run_dir}: already holds a training run; resume it or choose another -o")
             self.model = warm_start(cfg, self.train_data) if cfg.init_model else build_model(cfg, self.train_data)
             if cfg.baseline:
-                from ..models.delta import BASELINES, XTBBaseline
+                from ..models.delta import baseline_from_spec, baseline_settings
 
-                self.model.baseline = XTBBaseline(BASELINES[cfg.baseline]).settings()
+                self.model.baseline = baseline_settings(baseline_from_spec(cfg.baseline))
             ckpt = None
         self.ddp = None
         if self.world > 1:
