@@ -550,6 +550,10 @@ def cg_train(
     bead_elements: str = typer.Option("", help="elements of pre-mapped beads, comma-separated (default C)"),
     torsion_names: str = typer.Option("", help="names of the consecutive-bead torsions (default phi,psi for 5 beads)"),
     temperature: float = typer.Option(300.0, help="temperature of the data in K"),
+    prior_torsion_order: int = typer.Option(4, help="Fourier order of the prior's torsion terms (0: none, "
+                                                     "CGnet's bonds + angles + repulsion only)"),
+    prior_torsion_pair: bool = typer.Option(False, help="one 2D surface in the first two torsions (CMAP-like) "
+                                                        "instead of 1D terms"),
     valid_fraction: float = typer.Option(0.2, help="last fraction of the frames held out"),
     hidden: str = typer.Option("128,128,128", help="hidden layer widths"),
     epochs: int = typer.Option(40), batch_size: int = typer.Option(128), lr: float = typer.Option(1e-3),
@@ -575,6 +579,7 @@ def cg_train(
             coords=str(coords.resolve()), forces=str(forces.resolve()), force_unit=force_unit,
             mapping=str(mapping.resolve()) if mapping else "", bead_elements=_comma_list(bead_elements, "bead_elements"),
             torsion_names=_comma_list(torsion_names, "torsion_names"), temperature_K=temperature,
+            prior_torsion_order=prior_torsion_order, prior_torsion_pair=prior_torsion_pair,
             valid_fraction=valid_fraction, hidden=_comma_list(hidden, "hidden", int), epochs=epochs,
             batch_size=batch_size, lr=lr, patience=patience, seed=seed, threads=threads)
         trainer = CGTrainer(settings, output)

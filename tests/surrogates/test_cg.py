@@ -180,3 +180,26 @@ def test_cg_md_cli_with_opes_walkers_and_resume(cgnet_run, tmp_path):
     direct = torsion_angles(samples.positions, {"phi": [0, 1, 2, 3], "psi": [1, 2, 3, 4]})
     assert np.allclose(samples.values, direct, atol=1e-9)
     assert samples.weights.std() > 0  # the bias grew, so frames carry different weights
+
+
+def test_torsion_surface_fit_recovers_a_known_two_dimensional_free_energy():
+    """Samples of p(φ, ψ) ∝ exp(-F/kT) with a known coupled F give back F (up to a constant)
+    within the histogram noise, in the populated region."""
+    from neuralmd.surrogates.coarse_grain import fit_torsion_surface, torsion_pair_basis
+
+    kT = 0.025852
+
+    def free(phi, psi):  # eV: two coupled basins
+        return kT * (2.0 * np.cos(phi) + 1.5 * np.cos(psi - 1.0) + 1.0 * np.cos(phi + psi))
+
+    rng = np.random.default_rng(0)
+    phi, psi = rng.uniform(-np.pi, np.pi, (2, 400_000))
+    keep = rng.uniform(size=phi.size) < np.exp(-(free(phi, psi) - free(phi, psi).min()) / kT)
+    coef = fit_torsion_surface(phi[keep], psi[keep], kT, order=2)
+    grid = np.linspace(-np.pi, np.pi, 25)[:-1] + np.pi / 24
+    p, s = (g.ravel() for g in np.meshgrid(grid, grid, indexing="ij"))
+    fitted = torsion_pair_basis(torch.as_tensor(p), torch.as_tensor(s), 2).numpy() @ coef
+    true = free(p, s)
+    populated = true - true.min() < 4 * kT  # bins with hundreds of samples or more
+    diff = (fitted - true)[populated] - (fitted - true)[populated].mean()
+    assert np.abs(diff).max() < 0.2 * kT

@@ -44,6 +44,8 @@ class CGTrainSettings:
     #: Fourier order of the torsion terms of the prior (Boltzmann inversion of each torsion's
     #: distribution); 0: CGnet's prior of bonds, angles and repulsion only
     prior_torsion_order: int = 4
+    #: one 2D Fourier surface -k_BT ln p(t0, t1) for the first two torsions instead of two 1D series
+    prior_torsion_pair: bool = False
     valid_fraction: float = 0.2
     hidden: list[int] = field(default_factory=lambda: [128, 128, 128])
     epochs: int = 40
@@ -90,7 +92,8 @@ def split(n_frames: int, valid_fraction: float) -> tuple[slice, slice]:
 def build_model(settings: CGTrainSettings, data: CGData, train: slice) -> CGPotential:
     """Prior fitted to the training frames, network input standardised on them."""
     features = CGFeatures(data.coords.shape[1])
-    prior = Prior.fit(features, data.coords[train], settings.temperature_K, settings.prior_torsion_order)
+    prior = Prior.fit(features, data.coords[train], settings.temperature_K, settings.prior_torsion_order,
+                      settings.prior_torsion_pair)
     with torch.no_grad():
         z = features.network_input(features(torch.as_tensor(data.coords[train], dtype=torch.float64)))
     torch.manual_seed(settings.seed)

@@ -18,6 +18,7 @@ CG Langevin dynamics with it exactly as with an all-atom model.
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import dataclass
@@ -186,27 +187,55 @@ def fourier_basis(angle: torch.Tensor, order: int) -> torch.Tensor:
     return torch.stack([phase.cos(), phase.sin()], dim=-1).flatten(-2)
 
 
-def fit_torsion_profile(torsion: np.ndarray, kT: float, order: int, bins: int = 36) -> np.ndarray:
-    """Fourier coefficients (2·order,) in eV of -k_BT ln p(φ) for torsion samples φ (rad): a
-    least-squares fit to the histogram's free energies weighted by √counts, with empty bins
-    counted as half a sample (below what the data resolve, not infinite)."""
-    counts, edges = np.histogram(torsion, bins=bins, range=(-np.pi, np.pi))
-    centres = torch.as_tensor(0.5 * (edges[1:] + edges[:-1]))
-    free = -kT * np.log(np.maximum(counts, 0.5) / counts.sum())
-    basis = np.concatenate([np.ones((bins, 1)), fourier_basis(centres, order).numpy()], axis=1)
-    w = np.sqrt(np.maximum(counts, 0.25))
+#: Boltzmann inversion of torsion histograms: an empty bin is fitted as this fraction of one
+#: sample (finite, but low enough that the fitted surface puts < 1 % of the probability where
+#: the data have none); bins are weighted by √max(counts, 1).
+EMPTY_BIN_COUNT = 0.05
+
+
+def _fit_free_energy(counts: np.ndarray, basis: np.ndarray, kT: float) -> np.ndarray:
+    """Least-squares coefficients (without the constant) of -k_BT ln p on histogram bins."""
+    free = -kT * np.log(np.maximum(counts, EMPTY_BIN_COUNT) / counts.sum()).ravel()
+    basis = np.concatenate([np.ones((len(free), 1)), basis], axis=1)
+    w = np.sqrt(np.maximum(counts, 1.0)).ravel()
     coef, *_ = np.linalg.lstsq(basis * w[:, None], free * w, rcond=None)
     return coef[1:]
+
+
+def fit_torsion_profile(torsion: np.ndarray, kT: float, order: int, bins: int = 36) -> np.ndarray:
+    """Fourier coefficients (2·order,) in eV of -k_BT ln p(φ) for torsion samples φ (rad)."""
+    counts, edges = np.histogram(torsion, bins=bins, range=(-np.pi, np.pi))
+    return _fit_free_energy(counts, fourier_basis(torch.as_tensor(0.5 * (edges[1:] + edges[:-1])), order).numpy(), kT)
+
+
+def torsion_pair_basis(phi: torch.Tensor, psi: torch.Tensor, order: int) -> torch.Tensor:
+    """Products of the Fourier terms (1, cos mφ, sin mφ) and (1, cos nψ, sin nψ) up to ``order``,
+    without the constant: (..., (2·order + 1)² - 1)."""
+    one = torch.ones_like(phi).unsqueeze(-1)
+    a = torch.cat([one, fourier_basis(phi, order)], dim=-1)
+    b = torch.cat([one, fourier_basis(psi, order)], dim=-1)
+    return (a.unsqueeze(-1) * b.unsqueeze(-2)).flatten(-2)[..., 1:]
+
+
+def fit_torsion_surface(phi: np.ndarray, psi: np.ndarray, kT: float, order: int, bins: int = 24) -> np.ndarray:
+    """Coefficients ((2·order + 1)² - 1,) in eV of -k_BT ln p(φ, ψ) for torsion samples (rad):
+    the 2D analogue of :func:`fit_torsion_profile` (a CMAP-like surface)."""
+    counts, e1, e2 = np.histogram2d(phi, psi, bins=bins, range=[(-np.pi, np.pi)] * 2)
+    c1, c2 = np.meshgrid(0.5 * (e1[1:] + e1[:-1]), 0.5 * (e2[1:] + e2[:-1]), indexing="ij")
+    basis = torsion_pair_basis(torch.as_tensor(c1.ravel()), torch.as_tensor(c2.ravel()), order).numpy()
+    return _fit_free_energy(counts, basis, kT)
 
 
 class Prior(nn.Module):
     """Physical prior on the raw :class:`CGFeatures` columns, in eV: harmonic bonds (i, i+1)
     and angles (i, i+1, i+2), a repulsion k_BT (σ/r)^6 between beads at least three bonds apart,
-    and (optionally) a Fourier series in each torsion."""
+    and (optionally) a Fourier series in each torsion, or a 2D Fourier surface in the first two
+    torsions (``pair_coef``; CHARMM's CMAP idea) with 1D series for any further torsions."""
 
     def __init__(self, features: CGFeatures, bond_k: Sequence[float], bond_r0: Sequence[float],
                  angle_k: Sequence[float], angle_t0: Sequence[float], repulsion_sigma: Sequence[float],
-                 temperature_K: float, torsion_coef: Sequence[Sequence[float]] = ()) -> None:
+                 temperature_K: float, torsion_coef: Sequence[Sequence[float]] = (),
+                 pair_coef: Sequence[float] = ()) -> None:
         super().__init__()
         n = features.n_beads
         self.register_buffer("bond_cols", torch.tensor([features.pair_index(i, i + 1) for i in range(n - 1)]),
@@ -216,20 +245,25 @@ class Prior(nn.Module):
         far = [(i, j) for i in range(n) for j in range(i + 3, n)]
         self.register_buffer("repulsion_cols", torch.tensor([features.pair_index(i, j) for i, j in far], dtype=torch.long),
                              persistent=False)
-        self.torsion_start = features.n_pairs + features.n_angles
         for name, values in (("bond_k", bond_k), ("bond_r0", bond_r0), ("angle_k", angle_k), ("angle_t0", angle_t0),
                              ("repulsion_sigma", repulsion_sigma)):
             self.register_buffer(name, torch.tensor(list(values), dtype=torch.float64), persistent=False)
         coef = torch.tensor([list(c) for c in torsion_coef], dtype=torch.float64) if len(torsion_coef) else torch.zeros(0, 0)
         self.register_buffer("torsion_coef", coef.to(torch.float64), persistent=False)
+        self.register_buffer("pair_coef", torch.tensor(list(pair_coef), dtype=torch.float64), persistent=False)
+        self.pair_order = (round(math.sqrt(len(pair_coef) + 1)) - 1) // 2
+        #: the 1D series start after the torsions the 2D surface covers
+        self.torsion_start = features.n_pairs + features.n_angles + (2 if len(pair_coef) else 0)
         self.kT = kT_eV(temperature_K)
 
     @classmethod
-    def fit(cls, features: CGFeatures, coords: np.ndarray, temperature_K: float, torsion_order: int = 0) -> "Prior":
+    def fit(cls, features: CGFeatures, coords: np.ndarray, temperature_K: float, torsion_order: int = 0,
+            torsion_pair: bool = False) -> "Prior":
         """Boltzmann inversion of the mapped data at ``temperature_K``: a harmonic term of the
         observed mean and k = k_BT / variance for each bond and angle; the repulsion's σ is the
         0.1 % quantile of each far pair's distance (the repulsion is 1 k_BT there); with
-        ``torsion_order`` > 0, -k_BT ln p(φ) of each torsion as a Fourier series of that order."""
+        ``torsion_order`` > 0, -k_BT ln p(φ) of each torsion as a Fourier series of that order
+        (with ``torsion_pair``, -k_BT ln p(φ, ψ) of the first two as one 2D series)."""
         raw = features(torch.as_tensor(coords, dtype=torch.float64)).numpy()
         kT = kT_eV(temperature_K)
         n = features.n_beads
@@ -237,14 +271,16 @@ class Prior(nn.Module):
         angles = raw[:, features.n_pairs : features.n_pairs + features.n_angles]
         far = raw[:, [features.pair_index(i, j) for i in range(n) for j in range(i + 3, n)]]
         torsions = raw[:, features.n_pairs + features.n_angles :]
+        pair = torsion_pair and torsion_order > 0 and torsions.shape[1] >= 2
+        pair_coef = fit_torsion_surface(torsions[:, 0], torsions[:, 1], kT, torsion_order).tolist() if pair else []
         coef = [fit_torsion_profile(torsions[:, k], kT, torsion_order).tolist()
-                for k in range(torsions.shape[1])] if torsion_order > 0 else []
+                for k in range(2 if pair else 0, torsions.shape[1])] if torsion_order > 0 else []
         return cls(features, kT / bonds.var(0), bonds.mean(0), kT / angles.var(0), angles.mean(0),
-                   np.quantile(far, 0.001, axis=0) if far.size else [], temperature_K, coef)
+                   np.quantile(far, 0.001, axis=0) if far.size else [], temperature_K, coef, pair_coef)
 
     def settings(self) -> dict[str, Any]:
         return {k: getattr(self, k).tolist()
-                for k in ("bond_k", "bond_r0", "angle_k", "angle_t0", "repulsion_sigma", "torsion_coef")}
+                for k in ("bond_k", "bond_r0", "angle_k", "angle_t0", "repulsion_sigma", "torsion_coef", "pair_coef")}
 
     def forward(self, raw: torch.Tensor) -> torch.Tensor:
         r = raw[:, self.bond_cols]
@@ -252,6 +288,10 @@ class Prior(nn.Module):
         e = 0.5 * (self.bond_k * (r - self.bond_r0) ** 2).sum(-1) + 0.5 * (self.angle_k * (t - self.angle_t0) ** 2).sum(-1)
         if len(self.repulsion_cols):
             e = e + self.kT * ((self.repulsion_sigma / raw[:, self.repulsion_cols]) ** 6).sum(-1)
+        if len(self.pair_coef):
+            first = self.torsion_start - 2
+            basis = torsion_pair_basis(raw[:, first], raw[:, first + 1], self.pair_order)
+            e = e + basis @ self.pair_coef.to(basis.dtype)
         if len(self.torsion_coef):
             basis = fourier_basis(raw[:, self.torsion_start : self.torsion_start + len(self.torsion_coef)],
                                   self.torsion_coef.shape[1] // 2)
