@@ -9,6 +9,7 @@ force error is kept.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -157,7 +158,7 @@ class CGTrainer:
         return trainer
 
     def _lr(self) -> float:
-        return self.settings.lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * self.epoch / self.settings.epochs)))
+        return self.settings.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * self.epoch / self.settings.epochs)))
 
     def _epoch(self) -> float:
         """One pass over the training frames; returns the mean batch force RMSE (eV/Å)."""
