@@ -392,9 +392,14 @@ class Trainer:
         if not self.history or self.history[-1]["step"] != self.step:
             self._validate(parts)
         self.save_checkpoint()
-        if not self.is_main:
-            return {"stop_reason": reason, "steps": self.step, "rank": self.rank}
-        return self._finish(reason)
+        results = self._finish(reason) if self.is_main else {"stop_reason": reason, "steps": self.step,
+                                                              "rank": self.rank}
+        if self.world > 1:  # leave together: a rank exiting with gloo threads alive can abort
+            import torch.distributed as dist
+
+            dist.barrier()
+            dist.destroy_process_group()
+        return results
 
     def _finish(self, reason: str) -> dict[str, Any]:
         from ..analysis.plots import plot_learning_curve
