@@ -1,9 +1,10 @@
 """Δ-learning: a cheap baseline plus a learned correction (hybrid QM/ML).
 
-E(x) = E_baseline(x) + E_correction(x). The baseline is any :class:`~neuralmd.reference.base.Labeler`
-that a model file can rebuild: GFN2-xTB or GFN1-xTB through tblite, or a classical force field
-(an OpenMM System, stored in the model file as XML). It is not a torch model: :class:`_BaselineEnergy` is an autograd function whose forward returns the
-baseline energies and whose backward returns its analytic forces, so the Δ-potential is an
+E(x) = E_baseline(x) + E_correction(x). The baseline is any
+:class:`~neuralmd.reference.base.Labeler` that a model file can rebuild: GFN2-xTB or GFN1-xTB
+through tblite, or a classical force field (an OpenMM System, stored in the model file as XML).
+It is not a torch model: :class:`_BaselineEnergy` is an autograd function whose forward returns
+the baseline energies and whose backward returns its analytic forces, so the Δ-potential is an
 ordinary :class:`~.base.Potential` (forces exactly minus the gradient of its energy) and works
 wherever one does (MD, sampling, active learning, the ASE calculator). The baseline's energy is
 spread evenly over a system's atoms in ``atom_energy``.

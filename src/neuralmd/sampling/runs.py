@@ -10,9 +10,9 @@ Run directory: ``md.toml`` (engine settings), ``sample.toml`` (:class:`BiasSetti
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tomllib
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 

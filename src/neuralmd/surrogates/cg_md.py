@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..errors import InputError
 from ..io_utils import atomic_write_json
@@ -52,12 +51,12 @@ def start_cg_md(model_path: str | Path, output: str | Path, ns: float, replicas:
     output = Path(output)
     if (output / "checkpoint.pt").exists():
         raise InputError(f"{output}: already holds an MD run; use --resume {output} or another -o")
-    starts = torch.load(model_path, weights_only=True)["start_positions"].numpy()
     settings = MDSettings(ensemble="nvt", timestep_fs=timestep_fs, temperature_K=[temperature_K or model.temperature_K],
                           friction_per_ps=friction_per_ps, seed=seed, report_every=report_every,
                           checkpoint_every=checkpoint_every, total_steps=int(round(ns * 1e6 / timestep_fs)),
                           model_path=str(Path(model_path).resolve()), max_spread_A=20.0)
     spec = ",".join(f"torsion({','.join(map(str, q))})" for q in list(model.torsions.values())[:2])
+    starts = model.start_positions
     frames = model.start_batch(starts[np.arange(replicas) % len(starts)]).to_atoms()
     return start_native(model, frames, settings, BiasSettings(cv=spec, bias=bias, barrier_kjmol=barrier_kjmol),
                         output, progress=progress)

@@ -130,16 +130,15 @@ class CGTrainer:
         self.valid_f = torch.as_tensor(data.forces[valid], dtype=dtype)
         rng = np.random.default_rng(settings.seed)
         picks = rng.choice(len(self.train_x), size=min(settings.start_frames, len(self.train_x)), replace=False)
-        self.start_positions = data.coords[train][np.sort(picks)]
+        self.model.start_positions = data.coords[train][np.sort(picks)]
         self.optimizer = torch.optim.Adam(self.model.net.parameters(), lr=settings.lr)
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.epoch = 0
         self.history: list[dict[str, float]] = []
         self.best: dict[str, Any] = {"valid_rmse": float("inf"), "epoch": 0, "state": None}
         self.seconds = 0.0
-        self.model.use_network = False
-        self.prior_rmse = force_rmse(self.model, self.valid_x, self.valid_f)
-        self.model.use_network = True
+        with self.model.prior_only():
+            self.prior_rmse = force_rmse(self.model, self.valid_x, self.valid_f)
 
     @classmethod
     def resume(cls, run_dir: str | Path, progress: bool = True) -> "CGTrainer":
@@ -222,10 +221,9 @@ class CGTrainer:
                                                                "model": self.best["valid_rmse"] * to_unit},
             "settings": asdict(self.settings),
         }
-        self.model.save(self.run_dir / "model.pt", self.start_positions, extra={"results": results})
-        self.model.use_network = False  # the prior alone, as a model file: the baseline to compare with
-        self.model.save(self.run_dir / "prior.pt", self.start_positions, extra={"results": results})
-        self.model.use_network = True
+        self.model.save(self.run_dir / "model.pt", extra={"results": results})
+        with self.model.prior_only():  # the prior alone, as a model file: the baseline to compare with
+            self.model.save(self.run_dir / "prior.pt", extra={"results": results})
         atomic_write_json(self.history, self.run_dir / "history.json")
         plot_cg_learning_curve(self.history, self.prior_rmse, self.run_dir / "learning_curve.png")
         atomic_write_json(results, self.run_dir / "results.json")

@@ -21,9 +21,10 @@ from __future__ import annotations
 import math
 import os
 import tomllib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -165,6 +166,11 @@ class CGFeatures(nn.Module):
         self.n_pairs = len(self.pairs)
         self.n_angles = n_beads - 2
         self.n_torsions = n_beads - 3
+        #: columns of the bonded pairs (i, i+1), of the pairs at least three bonds apart, and the
+        #: first torsion column
+        self.bond_columns = [self.pair_index(i, i + 1) for i in range(n_beads - 1)]
+        self.far_columns = [self.pair_index(i, j) for i in range(n_beads) for j in range(i + 3, n_beads)]
+        self.torsion_column = self.n_pairs + self.n_angles
 
     def pair_index(self, i: int, j: int) -> int:
         """Column of the distance between beads i < j."""
@@ -176,8 +182,8 @@ class CGFeatures(nn.Module):
 
     def network_input(self, raw: torch.Tensor) -> torch.Tensor:
         """Torsions replaced by their cos and sin (continuous across ±π)."""
-        torsions = raw[:, self.n_pairs + self.n_angles :]
-        return torch.cat([raw[:, : self.n_pairs + self.n_angles], torsions.cos(), torsions.sin()], dim=-1)
+        torsions = raw[:, self.torsion_column :]
+        return torch.cat([raw[:, : self.torsion_column], torsions.cos(), torsions.sin()], dim=-1)
 
 
 def fourier_basis(angle: torch.Tensor, order: int) -> torch.Tensor:
@@ -237,14 +243,9 @@ class Prior(nn.Module):
                  temperature_K: float, torsion_coef: Sequence[Sequence[float]] = (),
                  pair_coef: Sequence[float] = ()) -> None:
         super().__init__()
-        n = features.n_beads
-        self.register_buffer("bond_cols", torch.tensor([features.pair_index(i, i + 1) for i in range(n - 1)]),
-                             persistent=False)
-        self.register_buffer("angle_cols", torch.arange(features.n_pairs, features.n_pairs + features.n_angles),
-                             persistent=False)
-        far = [(i, j) for i in range(n) for j in range(i + 3, n)]
-        self.register_buffer("repulsion_cols", torch.tensor([features.pair_index(i, j) for i, j in far], dtype=torch.long),
-                             persistent=False)
+        self.register_buffer("bond_cols", torch.tensor(features.bond_columns), persistent=False)
+        self.register_buffer("angle_cols", torch.arange(features.n_pairs, features.torsion_column), persistent=False)
+        self.register_buffer("repulsion_cols", torch.tensor(features.far_columns, dtype=torch.long), persistent=False)
         for name, values in (("bond_k", bond_k), ("bond_r0", bond_r0), ("angle_k", angle_k), ("angle_t0", angle_t0),
                              ("repulsion_sigma", repulsion_sigma)):
             self.register_buffer(name, torch.tensor(list(values), dtype=torch.float64), persistent=False)
@@ -253,7 +254,7 @@ class Prior(nn.Module):
         self.register_buffer("pair_coef", torch.tensor(list(pair_coef), dtype=torch.float64), persistent=False)
         self.pair_order = (round(math.sqrt(len(pair_coef) + 1)) - 1) // 2
         #: the 1D series start after the torsions the 2D surface covers
-        self.torsion_start = features.n_pairs + features.n_angles + (2 if len(pair_coef) else 0)
+        self.torsion_start = features.torsion_column + (2 if len(pair_coef) else 0)
         self.kT = kT_eV(temperature_K)
 
     @classmethod
@@ -266,11 +267,10 @@ class Prior(nn.Module):
         (with ``torsion_pair``, -k_BT ln p(φ, ψ) of the first two as one 2D series)."""
         raw = features(torch.as_tensor(coords, dtype=torch.float64)).numpy()
         kT = kT_eV(temperature_K)
-        n = features.n_beads
-        bonds = raw[:, [features.pair_index(i, i + 1) for i in range(n - 1)]]
-        angles = raw[:, features.n_pairs : features.n_pairs + features.n_angles]
-        far = raw[:, [features.pair_index(i, j) for i in range(n) for j in range(i + 3, n)]]
-        torsions = raw[:, features.n_pairs + features.n_angles :]
+        bonds = raw[:, features.bond_columns]
+        angles = raw[:, features.n_pairs : features.torsion_column]
+        far = raw[:, features.far_columns]
+        torsions = raw[:, features.torsion_column :]
         pair = torsion_pair and torsion_order > 0 and torsions.shape[1] >= 2
         pair_coef = fit_torsion_surface(torsions[:, 0], torsions[:, 1], kT, torsion_order).tolist() if pair else []
         coef = [fit_torsion_profile(torsions[:, k], kT, torsion_order).tolist()
@@ -337,6 +337,17 @@ class CGPotential(Potential):
         self.kT = kT_eV(temperature_K)
         #: set to False to evaluate the prior alone (the baseline a CG model must beat)
         self.use_network = True
+        #: bead positions (S, n, 3) Å that CG MD starts from, stored in the model file
+        self.start_positions: np.ndarray | None = None
+
+    @contextmanager
+    def prior_only(self) -> Iterator["CGPotential"]:
+        """Within the block the model is its prior alone."""
+        self.use_network = False
+        try:
+            yield self
+        finally:
+            self.use_network = True
 
     @property
     def dtype(self) -> torch.dtype:
@@ -380,12 +391,13 @@ class CGPotential(Potential):
                 "use_network": self.use_network,
                 "units": {"energy": "eV", "length": "Angstrom", "forces": "eV/Angstrom"}}
 
-    def save(self, path: str | os.PathLike, start_positions: np.ndarray, extra: dict[str, Any] | None = None) -> None:
-        """Write the self-contained model file atomically, with starting bead positions (S, n, 3)
-        Å for CG MD."""
+    def save(self, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> None:
+        """Write the self-contained model file atomically, with :attr:`start_positions`."""
+        if self.start_positions is None:
+            raise ValueError("CGPotential.save: start_positions (bead positions for CG MD) are not set")
         atomic_save({**self.metadata(), "state_dict": self.state_dict(),
-                     "start_positions": torch.as_tensor(start_positions, dtype=torch.float64), "extra": extra or {}},
-                    path)
+                     "start_positions": torch.as_tensor(self.start_positions, dtype=torch.float64),
+                     "extra": extra or {}}, path)
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> "CGPotential":
@@ -393,6 +405,7 @@ class CGPotential(Potential):
                     payload["hidden"], payload["temperature_K"], payload["torsions"])
         model.load_state_dict(payload["state_dict"])
         model.use_network = bool(payload.get("use_network", True))
+        model.start_positions = payload["start_positions"].numpy()
         return model.to(getattr(torch, payload.get("dtype", "float32")))
 
     def start_batch(self, positions: np.ndarray | torch.Tensor) -> AtomsBatch:
