@@ -69,6 +69,9 @@ def test_label_store_refuses_foreign_or_corrupted_databases(tmp_path):
     write_frames(_rattled_ethanol(2, 0), tmp_path / "plain.db")  # an ase.db of someone else
     with pytest.raises(InputError, match="another program"):
         LabelStore(tmp_path / "plain.db", project="one")
+    with pytest.raises(InputError, match="PostgreSQL store unreachable") as err:
+        LabelStore("postgresql://neuralmd:secret@127.0.0.1:9/labels", project="one")
+    assert "secret" not in str(err.value)
     with pytest.raises(InputError, match="unreachable"):
         from neuralmd.parallel import connect
 
@@ -142,3 +145,51 @@ def test_kill_9_of_the_loop_then_resume_gives_the_same_labels(tmp_path):
     assert len(keys_a) > 8  # exploration added labels beyond the initial frames
     explored = [json.loads(p.read_text()) for p in sorted(a.glob("round_*/explore.json"))]
     assert explored and all(e["bias_kernels"] > 0 for e in explored)  # OPES_EXPLORE on the C-C-O-H torsion
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A real PostgreSQL server (pgserver's bundled binaries) in a short temporary directory
+    (its Unix socket path must stay under 108 characters)."""
+    import shutil
+    import tempfile
+
+    pgserver = pytest.importorskip("pgserver")
+    data = tempfile.mkdtemp(prefix="nmd-pg-")
+    server = pgserver.get_server(data, cleanup_mode="stop")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_a_postgresql_store_works_in_place_of_sqlite(tmp_path, postgres_url):
+    """The same seeded loop stores the same labels in PostgreSQL as in SQLite; --resume finds the
+    PostgreSQL store from the run's settings and pays for nothing twice; another project is refused."""
+    from ase.io import write
+
+    structure = tmp_path / "ethanol.xyz"
+    write(structure, molecule("CH3CH2OH"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    lite, pg = tmp_path / "lite" / "run", tmp_path / "pg" / "run"  # same name: same project in both stores
+    one_round = ["--rounds", "1"]
+    subprocess.run(_active_args(lite, structure) + one_round, check=True, env=env, capture_output=True)
+    subprocess.run(_active_args(pg, structure) + one_round + ["--store", postgres_url], check=True, env=env,
+                   capture_output=True)
+    assert not (pg / "labels.db").exists()
+    sqlite_store = LabelStore(lite / "labels.db", project="neuralmd-active:run")
+    pg_store = LabelStore(postgres_url, project="neuralmd-active:run")
+    by_key = {a.info["key"]: a for a in sqlite_store.frames()}
+    assert len(by_key) > 8 and sorted(by_key) == sorted(a.info["key"] for a in pg_store.frames())
+    for atoms in pg_store.frames():
+        assert atoms.info["energy"] == pytest.approx(by_key[atoms.info["key"]].info["energy"], abs=1e-8)
+        np.testing.assert_allclose(atoms.arrays["forces"], by_key[atoms.info["key"]].arrays["forces"], atol=1e-8)
+    n = pg_store.count()
+    resumed = subprocess.run([sys.executable, "-c", "from neuralmd.cli import main; main()", "active", "--resume",
+                              str(pg)], env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert pg_store.count() == n  # finished run: nothing labelled again
+    with pytest.raises(InputError, match="project"):
+        LabelStore(postgres_url, project="neuralmd-active:another")

@@ -35,3 +35,23 @@ def test_opes_on_phi_in_openmm_updates_the_force_and_crosses_the_barrier(tmp_pat
     assert bias.heights.numel() > 5
     phi = read_colvar(tmp_path / "colvar.csv")["phi"]
     assert (phi > 0).any() and (phi < 0).any()  # the rare phi > 0 basin was reached
+
+
+def test_an_exploding_openmm_run_stops_with_the_last_good_frame_and_a_clean_bias(tmp_path):
+    """A 12 fs step without constraints blows up: the run stops with SimulationUnstable at
+    the first non-finite state, before a NaN reaches the bias, and keeps the last good frame."""
+    from ase.io import read
+
+    from neuralmd.md.simulation import SimulationUnstable
+
+    settings = OpenMMSettings(pdb=str(shared_file("alanine_dipeptide/ala2.pdb")), temperature_K=300.0, seed=1,
+                              timestep_fs=12.0, constraints="None", report_every=100, checkpoint_every=10**9,
+                              total_steps=20_000)
+    bias = OPES(Torsion(*PHI), sigma=[0.3], barrier_kjmol=30.0, pace=50, temperature_K=300.0)
+    run = OpenMMRun(settings, tmp_path, bias, grid=False)
+    with pytest.raises(SimulationUnstable, match="non-finite") as err:
+        run.run()
+    assert run.step < 20_000 and "last_good.xyz" in str(err.value)
+    good = read(tmp_path / "last_good.xyz")
+    assert len(good) == 22 and torch.isfinite(torch.as_tensor(good.positions)).all()
+    assert torch.isfinite(bias.centres).all() and torch.isfinite(bias.sum_w)

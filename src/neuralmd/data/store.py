@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sqlite3
 from pathlib import Path
 
@@ -48,7 +49,7 @@ class LabelStore:
                     raise InputError(f"{self.url}: not an SQLite database (corrupted or another kind of file)")
         try:
             self.db = ase.db.connect(self.url, type="db" if is_file else "postgresql", append=True)
-            meta = self.db.metadata
+            meta = self.db.metadata  # the first query: an unreachable server fails here
             if not meta:
                 if len(self.db):
                     raise InputError(f"{self.url}: holds {len(self.db)} rows but no neuralmd metadata: a store from "
@@ -59,6 +60,15 @@ class LabelStore:
                                  f"(format {meta.get('format')!r}), not {project!r}; use another store")
         except (sqlite3.DatabaseError, json.JSONDecodeError) as exc:
             raise InputError(f"{self.url}: unreadable label store ({type(exc).__name__}: {exc})") from None
+        except ModuleNotFoundError as exc:
+            raise InputError(f"{self.url}: a PostgreSQL store needs the 'postgres' extra "
+                             f"(pip install 'neuralmd[postgres]'): {exc}") from None
+        except Exception as exc:  # psycopg2.Error and its kin, which are optional imports
+            if is_file or type(exc).__module__.split(".")[0] != "psycopg2":
+                raise
+            shown = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", self.url)  # not the password
+            raise InputError(f"{shown}: PostgreSQL store unreachable or refused "
+                             f"({type(exc).__name__}: {' '.join(str(exc).split())})") from None
 
     def keys(self) -> set[str]:
         """Keys of every frame already in the store (labelled or failed)."""

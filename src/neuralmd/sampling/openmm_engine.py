@@ -29,12 +29,13 @@ import openmm
 import torch
 from openmm import app, unit
 
+from ..data.io import write_frames
 from ..errors import InputError
 from ..io_utils import atomic_save, atomic_write_json
 from ..md.integrators import MDState
 from ..md.openmm_force import NM_IN_A, python_force
 from ..md.reporters import VELOCITY_TO_A_PER_PS, H5MDReporter, LogReporter
-from ..md.simulation import terms_force_fn
+from ..md.simulation import SimulationUnstable, terms_force_fn
 from ..state import AtomsBatch
 from ..units import EV_IN_KJMOL
 from .biases import Bias, _KernelBias
@@ -350,13 +351,13 @@ class OpenMMRun:
                 self.step += n
                 state = None
                 if pace and self.step % pace == 0:
-                    state = self.md_state()
+                    state = self._checked(self.md_state())  # a NaN never reaches the bias
                     self.bias.update(state)
                     if self.grid is not None:
                         self.grid.refresh(self.simulation.context)
                 self.wall_seconds += time.perf_counter() - t0
                 if self.step % s.report_every == 0 or self.step == s.total_steps:
-                    self._report(state if state is not None else self.md_state())
+                    self._report(state if state is not None else self._checked(self.md_state()))
                     bar.update(task, completed=self.step, status=f"{self.ns_per_day():.1f} ns/day")
                 if self.step % s.checkpoint_every == 0:
                     self.save_checkpoint()
@@ -370,6 +371,23 @@ class OpenMMRun:
     def _report(self, state: MDState) -> None:
         for reporter in self.reporters:
             reporter.report(self, state)
+        self._last_good = state
+
+    def _checked(self, state: MDState) -> MDState:
+        """``state``, unless its positions or energy are not finite: then the reporters are
+        closed (the trajectory ends at the last good frame), that frame is written to
+        ``last_good.xyz`` and SimulationUnstable is raised."""
+        if torch.isfinite(state.batch.positions).all() and torch.isfinite(state.energy).all():
+            return state
+        for reporter in self.reporters:
+            reporter.close()
+        good = getattr(self, "_last_good", None)
+        where = ""
+        if good is not None:
+            write_frames(good.batch.to_atoms(), self.run_dir / "last_good.xyz")
+            where = f"; last good frame (step {good.step}) kept in {self.run_dir / 'last_good.xyz'}"
+        raise SimulationUnstable(f"step {self.step}: non-finite positions or energy (forces too steep for "
+                                 f"a {self.settings.timestep_fs} fs step, from the force field or a bias){where}")
 
     def save_checkpoint(self) -> None:
         """The OpenMM checkpoint (state and random numbers), the step and the bias state."""
