@@ -598,6 +598,8 @@ def cg_md(
     friction_per_ps: float = typer.Option(1.0, help="Langevin friction in 1/ps"),
     temperature: Optional[float] = typer.Option(None, help="K (default: the training data's)"),
     report_every: int = typer.Option(500, help="steps between trajectory frames"),
+    trajectory_replicas: int = typer.Option(16, help="replicas that write a trajectory file (-1: all); every "
+                                                     "replica's torsions go to colvar.csv"),
     bias: str = typer.Option("none", help="none, or opes, opes-explore, metad on the model's first two torsions "
                                           "(walkers sharing one bias; frames reweighted in the analysis)"),
     barrier_kjmol: float = typer.Option(30.0, help="OPES barrier / metadynamics scale in kJ/mol"),
@@ -630,7 +632,7 @@ def cg_md(
         if model is None or output is None:
             raise InputError("cg md: give MODEL -o RUN_DIR (or --resume RUN_DIR)")
         sim = start_cg_md(model, output, ns, replicas, timestep_fs, friction_per_ps, temperature, seed, report_every,
-                          bias=bias, barrier_kjmol=barrier_kjmol)
+                          bias=bias, barrier_kjmol=barrier_kjmol, trajectory_replicas=trajectory_replicas)
         potential, run_dir = sim.potential, output
     sim.run()
     ref = np.load(reference) if reference is not None else None

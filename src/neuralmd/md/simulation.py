@@ -58,6 +58,9 @@ class MDSettings:
     max_spread_A: float = 10.0
     total_steps: int = 0
     model_path: str = ""
+    #: replicas with a trajectory file (the first N; -1: all). Thousands of small CG replicas
+    #: would otherwise mean thousands of HDF5 files, each written at every report.
+    trajectory_replicas: int = -1
 
     def validate(self) -> None:
         if self.ensemble not in ("nve", "nvt"):
@@ -66,6 +69,8 @@ class MDSettings:
         check_temperature(self.temperature_K)
         if self.report_every < 1 or self.checkpoint_every < 1:
             raise InputError("report_every and checkpoint_every must be >= 1")
+        if self.trajectory_replicas < -1:
+            raise InputError(f"trajectory_replicas: {self.trajectory_replicas}; expected >= 0, or -1 for all")
 
 
 def potential_fingerprint(potential: Potential) -> str:
@@ -164,7 +169,8 @@ class Simulation:
             self.state = init_fn(batch)
         self.reporters: list = []
         if self.run_dir is not None:
-            self.reporters = [H5MDReporter(self.run_dir, settings.report_every),
+            n_traj = batch.n_systems if settings.trajectory_replicas < 0 else settings.trajectory_replicas
+            self.reporters = [H5MDReporter(self.run_dir, settings.report_every, list(range(min(n_traj, batch.n_systems)))),
                               LogReporter(self.run_dir / "log.csv", settings.report_every)]
         self.reporters += list(reporters)
         self._last_good = self.state

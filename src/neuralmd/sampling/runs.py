@@ -16,6 +16,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 
@@ -250,12 +251,12 @@ class Samples:
     temperature_K: float
     names: list[str]
     periods: list[float]
-    positions: np.ndarray  # (n, atoms, 3) Å
 
 
 def load_samples(run_dir: str | Path, cv: str | CV | None = None) -> Samples:
-    """The frames of a run with their weights; CV values of ``cv`` (a CV module or a
-    specification) computed on the trajectory (default: the CV the run was biased along)."""
+    """The frames of a run with their weights. With ``cv`` None, the CV the run was biased
+    along, read from colvar.csv (every replica, also those without a trajectory file); with a
+    CV module or specification, its values computed on the trajectories."""
     from ..md.reporters import read_h5md
 
     run_dir = Path(run_dir)
@@ -265,41 +266,51 @@ def load_samples(run_dir: str | Path, cv: str | CV | None = None) -> Samples:
     trajectories = sorted(run_dir.glob("traj_*.h5md"))
     if not trajectories:
         raise InputError(f"{run_dir}: no trajectory (traj_*.h5md)")
-    frames = [read_h5md(path) for path in trajectories]
-    n = min(len(f) for f in frames)
-    steps = np.array([a.info["step"] for a in frames[0][:n]])
-    positions = np.stack([[a.positions for a in f[:n]] for f in frames], axis=1)  # (n, B, atoms, 3)
-    bias_kjmol = np.zeros((n, len(frames)))
-    if (run_dir / "colvar.csv").exists():
-        colvar = read_colvar(run_dir / "colvar.csv")
-        for b in range(len(frames)):
-            rows = colvar["replica"] == b
-            by_step = dict(zip(colvar["step"][rows], colvar["bias_kjmol"][rows]))
-            missing = [int(s) for s in steps if s not in by_step]
-            if missing:
-                raise InputError(f"{run_dir / 'colvar.csv'}: no row for replica {b} at step {missing[0]}")
-            bias_kjmol[:, b] = [by_step[s] for s in steps]
+    colvar = read_colvar(run_dir / "colvar.csv") if (run_dir / "colvar.csv").exists() else None
     pdb = run_dir / "topology.pdb"
+    pdb = pdb if pdb.exists() else None
+    with h5py.File(trajectories[0], "r") as f:
+        numbers = f["particles/trajectory/species"][()]
+    own = not isinstance(cv, CV) and not cv
     if not isinstance(cv, CV):
         spec = cv or (load_config(BiasSettings, run_dir / "sample.toml").cv if (run_dir / "sample.toml").exists()
                       else "")
         if not spec:
             raise InputError(f"{run_dir}: give the CVs (--cv) to compute on this run")
-        cv = parse_cv(spec, frames[0][0].numbers, pdb if pdb.exists() else None)
-    with torch.no_grad():
-        flat = torch.as_tensor(positions.reshape(-1, *positions.shape[2:]), dtype=torch.float64)
-        values = cv(flat).numpy().reshape(n, len(frames), -1)
-    dt_ns = float(settings["timestep_fs"]) * 1e-6
+        cv = parse_cv(spec, numbers, pdb)
+    if own and colvar is not None and all(name in colvar for name in cv.names):
+        order = np.lexsort((colvar["replica"], colvar["step"]))
+        steps, replica = colvar["step"][order], colvar["replica"][order]
+        values = np.stack([colvar[name][order] for name in cv.names], axis=-1)
+        bias_kjmol = colvar["bias_kjmol"][order]
+        walkers = len(np.unique(replica))
+    else:
+        frames = [read_h5md(path) for path in trajectories]
+        n = min(len(f) for f in frames)
+        frame_steps = np.array([a.info["step"] for a in frames[0][:n]])
+        positions = np.stack([[a.positions for a in f[:n]] for f in frames], axis=1)  # (n, B, atoms, 3)
+        with torch.no_grad():
+            flat = torch.as_tensor(positions.reshape(-1, *positions.shape[2:]), dtype=torch.float64)
+            values = cv(flat).numpy().reshape(n * len(frames), -1)
+        steps, replica = np.repeat(frame_steps, len(frames)), np.tile(np.arange(len(frames)), n)
+        bias_kjmol = np.zeros(len(steps))
+        walkers = len(frames)
+        if colvar is not None:
+            walkers = len(np.unique(colvar["replica"]))
+            by_key = dict(zip(zip(colvar["replica"].tolist(), colvar["step"].tolist()), colvar["bias_kjmol"]))
+            missing = [(int(b), int(t)) for b, t in zip(replica, steps) if (b, t) not in by_key]
+            if missing:
+                raise InputError(f"{run_dir / 'colvar.csv'}: no row for replica {missing[0][0]} at step {missing[0][1]}")
+            bias_kjmol = np.array([by_key[(int(b), int(t))] for b, t in zip(replica, steps)])
     bias_eV = bias_kjmol * KJMOL
-    metad = _metad_bias(run_dir, frames[0][0].numbers, pdb if pdb.exists() else None, temperature_K)
+    metad = _metad_bias(run_dir, numbers, pdb, temperature_K)
     if metad is not None:  # well-tempered metadynamics: weights exp(β(V - c(t)))
-        bias_eV = bias_eV - metad_ct(metad, steps, len(frames), temperature_K)[:, None]
-    return Samples(values=values.reshape(n * len(frames), -1),
-                   weights=weights_from_bias(bias_eV.reshape(-1), temperature_K),
-                   time_ns=np.repeat(steps * dt_ns, len(frames)),
-                   replica=np.tile(np.arange(len(frames)), n), temperature_K=temperature_K, names=cv.names,
-                   periods=[float(p) for p in cv.periods],
-                   positions=positions.reshape(n * len(frames), *positions.shape[2:]))
+        unique_steps, at = np.unique(steps, return_inverse=True)
+        bias_eV = bias_eV - metad_ct(metad, unique_steps, walkers, temperature_K)[at]
+    dt_ns = float(settings["timestep_fs"]) * 1e-6
+    return Samples(values=values, weights=weights_from_bias(bias_eV, temperature_K), time_ns=steps * dt_ns,
+                   replica=replica, temperature_K=temperature_K, names=cv.names,
+                   periods=[float(p) for p in cv.periods])
 
 
 def _metad_bias(run_dir: Path, numbers: np.ndarray, pdb: Path | None, temperature_K: float):

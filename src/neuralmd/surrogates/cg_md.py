@@ -32,20 +32,23 @@ PERIODIC = [(-math.pi, math.pi)] * 2
 def start_cg_md(model_path: str | Path, output: str | Path, ns: float, replicas: int, timestep_fs: float = 2.0,
                 friction_per_ps: float = 1.0, temperature_K: float | None = None, seed: int = 0,
                 report_every: int = 500, checkpoint_every: int = 10_000, bias: str = "none",
-                barrier_kjmol: float = 30.0, progress: bool = True) -> Simulation:
+                barrier_kjmol: float = 30.0, trajectory_replicas: int = 16, progress: bool = True) -> Simulation:
     """A CG Langevin run of ``replicas`` copies started from frames stored in the model file
     (cycled when there are more replicas than frames), at the data's temperature unless given.
     The model's first two torsions are written to colvar.csv every frame; with ``bias`` (opes,
     opes-explore, metad) all replicas are walkers of one bias on them, so that the rare basins
-    are visited and reweighted (the transitions of alanine dipeptide take nanoseconds)."""
+    are visited and reweighted (the transitions of alanine dipeptide take nanoseconds). Only the
+    first ``trajectory_replicas`` replicas write a trajectory file (-1: all); every replica's
+    torsions and energies go to colvar.csv and log.csv."""
     from ..models.neural import load_potential
     from ..sampling.runs import BiasSettings, start_native
 
     model = load_potential(model_path)
     if not isinstance(model, CGPotential):
         raise InputError(f"{model_path}: not a coarse-grained model (train one with `neuralmd cg train`)")
-    if replicas < 1 or not ns > 0:
-        raise InputError(f"replicas {replicas}, ns {ns}: expected replicas >= 1 and ns > 0")
+    if replicas < 1 or not ns > 0 or not (trajectory_replicas >= 1 or trajectory_replicas == -1):
+        raise InputError(f"replicas {replicas}, ns {ns}, trajectory_replicas {trajectory_replicas}: expected "
+                         f"replicas >= 1, ns > 0 and trajectory_replicas >= 1 or -1 (all)")
     if len(model.torsions) < 2:
         raise InputError(f"{model_path}: the CG model names {len(model.torsions)} torsion(s); the analysis needs two")
     output = Path(output)
@@ -54,7 +57,8 @@ def start_cg_md(model_path: str | Path, output: str | Path, ns: float, replicas:
     settings = MDSettings(ensemble="nvt", timestep_fs=timestep_fs, temperature_K=[temperature_K or model.temperature_K],
                           friction_per_ps=friction_per_ps, seed=seed, report_every=report_every,
                           checkpoint_every=checkpoint_every, total_steps=int(round(ns * 1e6 / timestep_fs)),
-                          model_path=str(Path(model_path).resolve()), max_spread_A=20.0)
+                          model_path=str(Path(model_path).resolve()), max_spread_A=20.0,
+                          trajectory_replicas=trajectory_replicas)
     spec = ",".join(f"torsion({','.join(map(str, q))})" for q in list(model.torsions.values())[:2])
     starts = model.start_positions
     frames = model.start_batch(starts[np.arange(replicas) % len(starts)]).to_atoms()
