@@ -50,13 +50,15 @@ CG_FORCES = DATA / "ala2_cg" / "ala2_forces.npy"
 PDB = DATA / "alanine_dipeptide" / "ala2.pdb"
 ETHANOL = DATA / "rmd17_ethanol"
 BPA_FILE = DATA / "3bpa" / "train_300K.xyz"
-PARTS = ("cg", "delta", "calls")
+PARTS = ("cg", "cg_speed", "delta", "calls")
 
 # full-size settings and the --quick smoke-run ones
 FULL = {"cg_epochs": 40, "cg_replicas": 64, "cg_report_every": 250, "allatom_steps": 100_000,
+        "speed_replicas": [64, 512, 4096], "speed_steps": 1000,
         "delta_sizes": [50, 100, 250, 1000], "delta_test_frames": 500,
         "nm_calls": 50, "nm_warmup": 5, "xtb_calls": 20, "dft_calls": 2, "dft_3bpa": True}
 QUICK = {"cg_epochs": 3, "cg_replicas": 8, "cg_report_every": 50, "allatom_steps": 5_000,
+         "speed_replicas": [8, 64], "speed_steps": 100,
          "delta_sizes": [50, 100], "delta_test_frames": 50,
          "nm_calls": 10, "nm_warmup": 2, "xtb_calls": 5, "dft_calls": 1, "dft_3bpa": False}
 
@@ -176,6 +178,31 @@ def run_cg(args: argparse.Namespace, s: dict, work: Path) -> dict[str, Any]:
         result["prior_only"]["deltaF_minus_reference_kjmol"] = prior["deltaF_kjmol"] - ref
         result["prior_only"]["ns_per_replica"] = args.cg_prior_ns
     return result
+
+
+def run_cg_speed(s: dict, work: Path) -> dict[str, Any]:
+    """CG ns/day with many replicas in one batch (unbiased, 2 fs, the ``cg`` part's model) and
+    all-atom OpenMM ns/day, measured one after the other in this run."""
+    from neuralmd.surrogates.cg_md import start_cg_md
+
+    model = work.parent / "cg" / "train" / "model.pt"
+    if not model.is_file():
+        raise SystemExit(f"{model}: run the cg part first (the speed part times its model)")
+    rows = []
+    for replicas in s["speed_replicas"]:
+        log(f"CG speed: {replicas} replicas, {s['speed_steps']} steps")
+        sim = start_cg_md(model, work / f"r{replicas}", ns=s["speed_steps"] * 2e-6, replicas=replicas,
+                          report_every=s["speed_steps"], trajectory_replicas=1, progress=False)
+        sim.run()
+        rows.append({"replicas": replicas, "ms_per_step": 1e3 * sim.wall_seconds / sim.state.step,
+                     "aggregate_ns_per_day": sim.ns_per_day() * replicas})
+    log(f"all-atom OpenMM: {s['allatom_steps']} steps")
+    allatom = allatom_speed(work / "allatom", s["allatom_steps"])
+    best = max(rows, key=lambda r: r["aggregate_ns_per_day"])
+    return {"batched": rows, "cg_ns_per_day": best["aggregate_ns_per_day"], "replicas_at_best": best["replicas"],
+            **allatom, "cg_over_allatom": best["aggregate_ns_per_day"] / allatom["allatom_ns_per_day"],
+            "note": "unbiased CG Langevin, 2 fs, aggregate over one batch on the torch threads given; all-atom: "
+                    "one OpenMM Reference-platform trajectory, which uses one core"}
 
 
 # --- 2. Δ-learning vs direct ----------------------------------------------------------------
@@ -407,6 +434,12 @@ def main(argv: list[str] | None = None) -> int:
         results["cg"] = run_cg(args, s, args.work / "cg")
         walls["cg"] = round(time.perf_counter() - t0, 1)
         load.phase("cg")
+        save()
+    if "cg_speed" in parts:
+        t0 = time.perf_counter()
+        results["cg"] = {**results.get("cg", {}), "many_replicas": run_cg_speed(s, args.work / "cg_speed")}
+        walls["cg_speed"] = round(time.perf_counter() - t0, 1)
+        load.phase("cg_speed")
         save()
     if "delta" in parts:
         t0 = time.perf_counter()
