@@ -14,7 +14,10 @@ energy+forces call costs with neuralmd, xTB and DFT, in one script run.
 3. ``calls``: median ms of one energy+forces call on ethanol and 3BPA (27 atoms): neuralmd
    (ASE calculator), GFN2-xTB (tblite) and PBE/def2-SVP (PySCF, density fitting).
 
-    python benchmarks/surrogates.py [--threads 2] [--only cg,delta,calls]   # -> results/surrogates.json
+``cg_speed`` (CG ns/day with 64-4096 replicas in one batch) and ``cg_refine`` (iterative
+Boltzmann inversion of the CG torsion free energy) start from the ``cg`` part's trained model.
+
+    python benchmarks/surrogates.py [--threads 2] [--only cg,cg_speed,cg_refine,delta,calls]   # -> results/surrogates.json
     python benchmarks/surrogates.py --quick --threads 1   # ~1 min smoke run -> results/surrogates_quick.json
 
 With ``--only`` the other sections of an existing results file are kept.
@@ -50,7 +53,7 @@ CG_FORCES = DATA / "ala2_cg" / "ala2_forces.npy"
 PDB = DATA / "alanine_dipeptide" / "ala2.pdb"
 ETHANOL = DATA / "rmd17_ethanol"
 BPA_FILE = DATA / "3bpa" / "train_300K.xyz"
-PARTS = ("cg", "cg_speed", "delta", "calls")
+PARTS = ("cg", "cg_speed", "cg_refine", "delta", "calls")
 
 # full-size settings and the --quick smoke-run ones
 FULL = {"cg_epochs": 40, "cg_replicas": 64, "cg_report_every": 250, "allatom_steps": 100_000,
@@ -203,6 +206,38 @@ def run_cg_speed(s: dict, work: Path) -> dict[str, Any]:
             **allatom, "cg_over_allatom": best["aggregate_ns_per_day"] / allatom["allatom_ns_per_day"],
             "note": "unbiased CG Langevin, 2 fs, aggregate over one batch on the torch threads given; all-atom: "
                     "one OpenMM Reference-platform trajectory, which uses one core"}
+
+
+def run_cg_refine(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Iterative Boltzmann inversion of the ``cg`` part's model's (phi, psi) free energy
+    (``neuralmd cg refine``), then the refined model run once more with the same protocol
+    (OPES walkers started from data frames, reweighted), a new seed and ``--refine-eval-ns``
+    per replica. The force-matched
+    model's numbers are the first iteration's run (same protocol, before any update)."""
+    from neuralmd.surrogates.cg_refine import refine_cg_model, sample_against_data
+
+    model = work.parent / "cg" / "train" / "model.pt"
+    if not model.is_file():
+        raise SystemExit(f"{model}: run the cg part first (the refinement starts from its model)")
+    reference = np.load(CG_COORDS)
+    log(f"CG refine: {args.refine_iterations} iterations, {args.refine_replicas} replicas x {args.refine_ns} ns")
+    t0 = time.perf_counter()
+    state = refine_cg_model(model, reference, work / "refine", iterations=args.refine_iterations, ns=args.refine_ns,
+                            replicas=args.refine_replicas, progress=False)
+    wall = time.perf_counter() - t0
+    log("CG refine: evaluation run of the refined model")
+    _, _, final, _ = sample_against_data(work / "refine" / "model.pt", reference, work / "evaluate",
+                                         args.refine_eval_ns, args.refine_replicas, seed=100)
+    keys = ("deltaF_kjmol", "deltaF_err_kjmol", "fes_mae_kT", "js_divergence")
+    return {"force_matched": {k: state["history"][0][k] for k in keys},
+            "refined": {k: final[k] for k in keys + ("fraction_outside_reference", "fes_bins_compared")},
+            "reference_deltaF_kjmol": final["reference_deltaF_kjmol"],
+            "iterations": [{k: v for k, v in row.items() if k != "model"} for row in state["history"]],
+            "refine_wall_s": round(wall, 1), "replicas": args.refine_replicas, "ns_per_replica": args.refine_ns,
+            "evaluation_ns_per_replica": args.refine_eval_ns,
+            "protocol": "each run: replicas started from random data frames, walkers of one OPES bias (30 kJ/mol) on "
+                        "(phi, psi), frames reweighted; update kT ln(p_CG/p_data) on 24x24 bins with >= 10 data "
+                        "frames, capped at 2 kT, damping 0.8, fitted by an order-4 2D Fourier series"}
 
 
 # --- 2. Δ-learning vs direct ----------------------------------------------------------------
@@ -369,6 +404,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="bias of the CG runs on (phi, psi), reweighted: opes (default) or none")
     p.add_argument("--cg-prior-ns", type=float, default=None,
                    help="ns per replica of the prior-only CG run, 0 to skip (default: --cg-ns)")
+    p.add_argument("--refine-iterations", type=int, default=3, help="IBI iterations of cg_refine (default 3)")
+    p.add_argument("--refine-replicas", type=int, default=128, help="replicas per cg_refine run (default 128)")
+    p.add_argument("--refine-ns", type=float, default=0.05, help="ns per replica per cg_refine run (default 0.05)")
+    p.add_argument("--refine-eval-ns", type=float, default=0.1,
+                   help="ns per replica of the refined model's evaluation run (default 0.1)")
     p.add_argument("--delta-steps", type=int, default=None, help="training steps per model (default 2000; quick 100)")
     p.add_argument("--no-dft-3bpa", dest="dft_3bpa", action="store_false",
                    help="skip the PBE/def2-SVP call on 3BPA (1-3 min; always skipped with --quick)")
@@ -440,6 +480,12 @@ def main(argv: list[str] | None = None) -> int:
         results["cg"] = {**results.get("cg", {}), "many_replicas": run_cg_speed(s, args.work / "cg_speed")}
         walls["cg_speed"] = round(time.perf_counter() - t0, 1)
         load.phase("cg_speed")
+        save()
+    if "cg_refine" in parts:
+        t0 = time.perf_counter()
+        results["cg"] = {**results.get("cg", {}), "refinement": run_cg_refine(args, args.work / "cg_refine")}
+        walls["cg_refine"] = round(time.perf_counter() - t0, 1)
+        load.phase("cg_refine")
         save()
     if "delta" in parts:
         t0 = time.perf_counter()

@@ -611,7 +611,6 @@ def cg_md(
 ) -> None:
     """Langevin CG MD of many replicas in one batch, then the torsion FES, the basin ΔF and (with
     --reference) the FES error against the all-atom data."""
-    import numpy as np
 
     from .config import load_config
     from .md.simulation import MDSettings
@@ -635,7 +634,7 @@ def cg_md(
                           bias=bias, barrier_kjmol=barrier_kjmol, trajectory_replicas=trajectory_replicas)
         potential, run_dir = sim.potential, output
     sim.run()
-    ref = np.load(reference) if reference is not None else None
+    ref = _load_npy(reference) if reference is not None else None
     result = analyse_cg_run(run_dir, potential, ref, skip_ps)
     line = (f"{sim.state.batch.n_systems} replicas x {sim.time_ps(sim.state.step) / 1000:.3f} ns, "
             f"{sim.ns_per_day():.1f} ns/day per replica; ΔF(first torsion > 0) = {result['deltaF_kjmol']:.2f} ± "
@@ -643,6 +642,46 @@ def cg_md(
     if ref is not None:
         line += f" (data {result['reference_deltaF_kjmol']:.2f}), FES error {result['fes_mae_kT']:.2f} kT"
     console.print(line + f" -> {run_dir}/ (traj_*.h5md, log.csv, cg_fes.png, cg_analysis.json)")
+
+
+def _load_npy(path: Path):
+    """A NumPy array from a .npy file, or an InputError naming the file."""
+    import numpy as np
+
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    try:
+        return np.load(path)
+    except (ValueError, OSError) as exc:
+        raise InputError(f"{path}: not a NumPy .npy array ({exc})") from None
+
+
+@cg_app.command("refine")
+def cg_refine(
+    model: Path = typer.Argument(..., help="CG model file from `neuralmd cg train`"),
+    reference: Path = typer.Option(..., help="mapped coordinates .npy (Å) whose torsion distribution to match"),
+    iterations: int = typer.Option(3, help="Boltzmann-inversion iterations (each one CG MD run)"),
+    ns: float = typer.Option(0.05, help="simulated time per replica per iteration, ns"),
+    replicas: int = typer.Option(128, help="replicas per iteration, walkers of one OPES bias on the two torsions"),
+    timestep_fs: float = typer.Option(2.0, help="timestep in fs"),
+    order: int = typer.Option(4, help="Fourier order of the 2D torsion correction"),
+    damping: float = typer.Option(0.8, help="fraction of each iteration's k_BT ln(p_CG / p_data) applied"),
+    seed: int = typer.Option(0), threads: int = typer.Option(0, help="torch threads (0: all cores)"),
+    output: Path = typer.Option(..., "-o", "--output", help="directory; running the command again resumes it"),
+) -> None:
+    """Iterative Boltzmann inversion of the model's (φ, ψ) free energy against the mapped data:
+    CG MD, compare, add the difference to a 2D torsion correction, repeat. Writes model.pt,
+    iter_XX/ (each model and its MD run) and refine.json (FES error per iteration)."""
+    from .surrogates.cg_refine import refine_cg_model
+    from .threads import set_threads
+
+    set_threads(threads or None)
+    state = refine_cg_model(model, _load_npy(reference), output, iterations, ns, replicas, timestep_fs, order,
+                            damping, seed=seed)
+    for row in state["history"]:
+        console.print(f"iteration {row['iteration']}: FES error {row['fes_mae_kT']:.2f} kT, "
+                      f"ΔF {row['deltaF_kjmol']:.2f} ± {row['deltaF_err_kjmol']:.2f} kJ/mol (model before its update)")
+    console.print(f"-> {output / 'model.pt'} (run `neuralmd cg md` on it to measure the refined FES)")
 
 
 @app.command("screen")

@@ -32,14 +32,16 @@ PERIODIC = [(-math.pi, math.pi)] * 2
 def start_cg_md(model_path: str | Path, output: str | Path, ns: float, replicas: int, timestep_fs: float = 2.0,
                 friction_per_ps: float = 1.0, temperature_K: float | None = None, seed: int = 0,
                 report_every: int = 500, checkpoint_every: int = 10_000, bias: str = "none",
-                barrier_kjmol: float = 30.0, trajectory_replicas: int = 16, progress: bool = True) -> Simulation:
+                barrier_kjmol: float = 30.0, trajectory_replicas: int = 16, start_positions: np.ndarray | None = None,
+                progress: bool = True) -> Simulation:
     """A CG Langevin run of ``replicas`` copies started from frames stored in the model file
     (cycled when there are more replicas than frames), at the data's temperature unless given.
     The model's first two torsions are written to colvar.csv every frame; with ``bias`` (opes,
     opes-explore, metad) all replicas are walkers of one bias on them, so that the rare basins
     are visited and reweighted (the transitions of alanine dipeptide take nanoseconds). Only the
     first ``trajectory_replicas`` replicas write a trajectory file (-1: all); every replica's
-    torsions and energies go to colvar.csv and log.csv."""
+    torsions and energies go to colvar.csv and log.csv. ``start_positions`` (S, n, 3) Å replace
+    the model's stored start frames."""
     from ..models.neural import load_potential
     from ..sampling.runs import BiasSettings, start_native
 
@@ -60,7 +62,7 @@ def start_cg_md(model_path: str | Path, output: str | Path, ns: float, replicas:
                           model_path=str(Path(model_path).resolve()), max_spread_A=20.0,
                           trajectory_replicas=trajectory_replicas)
     spec = ",".join(f"torsion({','.join(map(str, q))})" for q in list(model.torsions.values())[:2])
-    starts = model.start_positions
+    starts = model.start_positions if start_positions is None else np.asarray(start_positions)
     frames = model.start_batch(starts[np.arange(replicas) % len(starts)]).to_atoms()
     return start_native(model, frames, settings, BiasSettings(cv=spec, bias=bias, barrier_kjmol=barrier_kjmol),
                         output, progress=progress)

@@ -2,7 +2,7 @@
 
 A CG molecule of n beads has the energy
 
-    E(x) = E_prior(x) + k_BT · net(z(features(x)))
+    E(x) = E_prior(x) + k_BT · net(z(features(x))) [+ C(φ, ψ)]
 
 where ``features`` are all bead-pair distances (Å), the angles of consecutive bead triplets
 (rad) and the cos/sin of the torsions of consecutive quadruplets (rotation and translation
@@ -10,7 +10,9 @@ invariant); ``z`` standardises them with the data's mean and spread; the prior h
 bonds and angles fitted by Boltzmann inversion of the mapped data plus a repulsion between
 beads more than two bonds apart. The network is trained so that -∇E matches the mapped
 all-atom forces in the least-squares sense, whose minimiser is the many-body potential of mean
-force (Noid et al., J. Chem. Phys. 2008). Energies in eV, lengths in Å, forces in eV/Å.
+force (Noid et al., J. Chem. Phys. 2008). The optional C(φ, ψ) is a 2D Fourier correction in
+the first two torsions fitted afterwards by :mod:`~neuralmd.surrogates.cg_refine`. Energies in
+eV, lengths in Å, forces in eV/Å.
 
 :class:`CGPotential` is a :class:`~neuralmd.models.base.Potential`, so the native engine runs
 CG Langevin dynamics with it exactly as with an all-atom model.
@@ -199,13 +201,18 @@ def fourier_basis(angle: torch.Tensor, order: int) -> torch.Tensor:
 EMPTY_BIN_COUNT = 0.05
 
 
+def fit_series(values: np.ndarray, weights: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """Weighted least-squares coefficients of ``basis`` (M, P) plus a free constant for
+    ``values`` (M,); the constant is dropped (energies are defined up to one)."""
+    basis = np.concatenate([np.ones((len(values), 1)), basis], axis=1)
+    coef, *_ = np.linalg.lstsq(basis * weights[:, None], values * weights, rcond=None)
+    return coef[1:]
+
+
 def _fit_free_energy(counts: np.ndarray, basis: np.ndarray, kT: float) -> np.ndarray:
     """Least-squares coefficients (without the constant) of -k_BT ln p on histogram bins."""
     free = -kT * np.log(np.maximum(counts, EMPTY_BIN_COUNT) / counts.sum()).ravel()
-    basis = np.concatenate([np.ones((len(free), 1)), basis], axis=1)
-    w = np.sqrt(np.maximum(counts, 1.0)).ravel()
-    coef, *_ = np.linalg.lstsq(basis * w[:, None], free * w, rcond=None)
-    return coef[1:]
+    return fit_series(free, np.sqrt(np.maximum(counts, 1.0)).ravel(), basis)
 
 
 def fit_torsion_profile(torsion: np.ndarray, kT: float, order: int, bins: int = 36) -> np.ndarray:
@@ -223,13 +230,18 @@ def torsion_pair_basis(phi: torch.Tensor, psi: torch.Tensor, order: int) -> torc
     return (a.unsqueeze(-1) * b.unsqueeze(-2)).flatten(-2)[..., 1:]
 
 
+def torsion_grid_basis(bins: int, order: int) -> np.ndarray:
+    """:func:`torsion_pair_basis` at the centres of a bins × bins grid over [-π, π)² (φ-major)."""
+    edges = np.linspace(-np.pi, np.pi, bins + 1)
+    c1, c2 = np.meshgrid(0.5 * (edges[1:] + edges[:-1]), 0.5 * (edges[1:] + edges[:-1]), indexing="ij")
+    return torsion_pair_basis(torch.as_tensor(c1.ravel()), torch.as_tensor(c2.ravel()), order).numpy()
+
+
 def fit_torsion_surface(phi: np.ndarray, psi: np.ndarray, kT: float, order: int, bins: int = 24) -> np.ndarray:
     """Coefficients ((2·order + 1)² - 1,) in eV of -k_BT ln p(φ, ψ) for torsion samples (rad):
     the 2D analogue of :func:`fit_torsion_profile` (a CMAP-like surface)."""
-    counts, e1, e2 = np.histogram2d(phi, psi, bins=bins, range=[(-np.pi, np.pi)] * 2)
-    c1, c2 = np.meshgrid(0.5 * (e1[1:] + e1[:-1]), 0.5 * (e2[1:] + e2[:-1]), indexing="ij")
-    basis = torsion_pair_basis(torch.as_tensor(c1.ravel()), torch.as_tensor(c2.ravel()), order).numpy()
-    return _fit_free_energy(counts, basis, kT)
+    counts, _, _ = np.histogram2d(phi, psi, bins=bins, range=[(-np.pi, np.pi)] * 2)
+    return _fit_free_energy(counts, torsion_grid_basis(bins, order), kT)
 
 
 class Prior(nn.Module):
@@ -310,13 +322,16 @@ class CGPotential(Potential):
         hidden: widths of the network's hidden layers (tanh).
         temperature_K: temperature of the data (sets the network's energy unit k_BT).
         torsions: named bead quadruplets to analyse, e.g. {"phi": [0, 1, 2, 3]}.
+        torsion_correction: coefficients (eV) of a 2D Fourier surface in the first two named
+            torsions added by :mod:`~neuralmd.surrogates.cg_refine` (empty: none); part of the
+            learned model, so :meth:`prior_only` leaves it out.
     """
 
     max_atoms_per_chunk = None  # one small MLP over all replicas: chunking only adds calls
 
     def __init__(self, elements: Sequence[str], prior_settings: dict[str, Any], feature_mean: Sequence[float],
                  feature_std: Sequence[float], hidden: Sequence[int] = (128, 128, 128), temperature_K: float = 300.0,
-                 torsions: dict[str, list[int]] | None = None) -> None:
+                 torsions: dict[str, list[int]] | None = None, torsion_correction: Sequence[float] = ()) -> None:
         super().__init__()
         self.elements = list(elements)
         self.hidden = [int(h) for h in hidden]
@@ -335,6 +350,7 @@ class CGPotential(Potential):
         layers.append(nn.Linear(width, 1))
         self.net = nn.Sequential(*layers)
         self.kT = kT_eV(temperature_K)
+        self.set_torsion_correction(torsion_correction)
         #: set to False to evaluate the prior alone (the baseline a CG model must beat)
         self.use_network = True
         #: bead positions (S, n, 3) Å that CG MD starts from, stored in the model file
@@ -348,6 +364,17 @@ class CGPotential(Potential):
             yield self
         finally:
             self.use_network = True
+
+    def set_torsion_correction(self, coef: Sequence[float]) -> None:
+        """Set the 2D torsion correction's coefficients (eV; ``(2·order + 1)² - 1`` of them)."""
+        coef = torch.tensor(list(coef), dtype=torch.float64)
+        order = (round(math.sqrt(len(coef) + 1)) - 1) // 2
+        if len(coef) and ((2 * order + 1) ** 2 - 1 != len(coef) or len(self.torsions) < 2):
+            raise InputError(f"torsion_correction: {len(coef)} coefficients for {len(self.torsions)} named torsions; "
+                             f"expected (2·order + 1)² - 1 and two torsions")
+        # a buffer, so it travels in the state dict and in the checkpoints' model fingerprint
+        self.register_buffer("correction_coef", coef.to(self.feature_mean.dtype))
+        self.correction_order = order
 
     @property
     def dtype(self) -> torch.dtype:
@@ -369,6 +396,9 @@ class CGPotential(Potential):
         if self.use_network:
             z = (self.features.network_input(raw) - self.feature_mean.to(raw.dtype)) / self.feature_std.to(raw.dtype)
             e = e + self.kT * self.net(z.to(self.dtype)).squeeze(-1).to(torch.float64)
+            if len(self.correction_coef):  # the first two torsions: those of beads 0-1-2-3 and 1-2-3-4
+                t = raw[:, self.features.torsion_column : self.features.torsion_column + 2].to(torch.float64)
+                e = e + torsion_pair_basis(t[:, 0], t[:, 1], self.correction_order) @ self.correction_coef.double()
         return e
 
     def atomic_energies(self, batch: AtomsBatch) -> torch.Tensor:
@@ -402,8 +432,9 @@ class CGPotential(Potential):
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> "CGPotential":
         model = cls(payload["elements"], payload["prior"], payload["feature_mean"], payload["feature_std"],
-                    payload["hidden"], payload["temperature_K"], payload["torsions"])
-        model.load_state_dict(payload["state_dict"])
+                    payload["hidden"], payload["temperature_K"], payload["torsions"],
+                    payload["state_dict"].get("correction_coef", torch.zeros(0)).tolist())
+        model.load_state_dict({"correction_coef": model.correction_coef, **payload["state_dict"]})  # older files
         model.use_network = bool(payload.get("use_network", True))
         model.start_positions = payload["start_positions"].numpy()
         return model.to(getattr(torch, payload.get("dtype", "float32")))
