@@ -32,7 +32,7 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -469,37 +469,28 @@ def main(argv: list[str] | None = None) -> int:
         })
         atomic_write_json(finite(results), args.out)
 
-    if "cg" in parts:
+    def run_part(name: str, compute: Callable[[], dict[str, Any]]) -> None:
+        """Run one part if asked for, timed and load-monitored; its results are saved at once."""
+        if name not in parts:
+            return
         t0 = time.perf_counter()
-        results["cg"] = run_cg(args, s, args.work / "cg")
-        walls["cg"] = round(time.perf_counter() - t0, 1)
-        load.phase("cg")
+        results.update(compute())
+        walls[name] = round(time.perf_counter() - t0, 1)
+        load.phase(name)
         save()
-    if "cg_speed" in parts:
-        t0 = time.perf_counter()
-        results["cg"] = {**results.get("cg", {}), "many_replicas": run_cg_speed(s, args.work / "cg_speed")}
-        walls["cg_speed"] = round(time.perf_counter() - t0, 1)
-        load.phase("cg_speed")
-        save()
-    if "cg_refine" in parts:
-        t0 = time.perf_counter()
-        results["cg"] = {**results.get("cg", {}), "refinement": run_cg_refine(args, args.work / "cg_refine")}
-        walls["cg_refine"] = round(time.perf_counter() - t0, 1)
-        load.phase("cg_refine")
-        save()
-    if "delta" in parts:
-        t0 = time.perf_counter()
-        results["delta_learning"], results["delta_learning_info"] = run_delta(args, s, args.work / "delta")
-        walls["delta"] = round(time.perf_counter() - t0, 1)
-        load.phase("delta")
-        save()
-    if "calls" in parts:
-        t0 = time.perf_counter()
+
+    def calls_part() -> dict[str, Any]:
         calls = run_calls(args, s, args.work / "delta")
-        results["force_call_ms"] = {k: calls[k] for k in ("neuralmd", "xtb", "dft")}
-        results["force_call_info"] = calls["info"]
-        walls["calls"] = round(time.perf_counter() - t0, 1)
-        load.phase("calls")
+        return {"force_call_ms": {k: calls[k] for k in ("neuralmd", "xtb", "dft")}, "force_call_info": calls["info"]}
+
+    run_part("cg", lambda: {"cg": run_cg(args, s, args.work / "cg")})
+    run_part("cg_speed", lambda: {"cg": {**results.get("cg", {}),
+                                         "many_replicas": run_cg_speed(s, args.work / "cg_speed")}})
+    run_part("cg_refine", lambda: {"cg": {**results.get("cg", {}),
+                                          "refinement": run_cg_refine(args, args.work / "cg_refine")}})
+    run_part("delta", lambda: dict(zip(("delta_learning", "delta_learning_info"),
+                                       run_delta(args, s, args.work / "delta"))))
+    run_part("calls", calls_part)
     busy = load.busy()
     save()
     results = finite(results)
