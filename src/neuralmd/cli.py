@@ -493,6 +493,9 @@ class CVMethod(str, Enum):
     deep_lda = "deep-lda"
 
 
+STEEP_CV_PER_A = 10.0  # see neuralmd.analysis.interpret: torsion-like CVs stay at a few per Å
+
+
 @cv_app.command("train")
 def cv_train(
     runs: list[Path] = typer.Argument(..., help="run directories with trajectories (deep-lda: one per state)"),
@@ -505,6 +508,9 @@ def cv_train(
     epochs: int = typer.Option(200),
     seed: int = typer.Option(0),
     reweight: bool = typer.Option(True, help="weight biased frames by exp(βV) (Deep-TICA)"),
+    scale_floor: float = typer.Option(0.5, help="least descriptor scale as a fraction of the RMS spread "
+                                                "(0: each descriptor by its own std)"),
+    smoothness: float = typer.Option(1e-3, help="Deep-TICA gradient penalty weight in Å² (0: none)"),
     threads: int = typer.Option(0, help="torch threads (0: all cores)"),
 ) -> None:
     """Train a learned CV (Deep-TICA, autoencoder, Deep-LDA) on run trajectories and export it
@@ -517,16 +523,23 @@ def cv_train(
         layers = tuple(int(v) for v in hidden.split(","))
     except ValueError:
         raise InputError(f"hidden: {hidden!r}; expected sizes like 24,12") from None
+    if smoothness < 0 or scale_floor < 0:
+        raise InputError(f"smoothness {smoothness}, scale-floor {scale_floor}: expected values >= 0")
     summary = train_cv_from_runs(runs, output, method.value, descriptors, lag_ps, n_cv, layers, epochs, seed,
-                                 reweight, progress=True)
+                                 reweight, scale_floor, smoothness, progress=True)
     table = Table(title=f"{method.value} CV from {summary['frames']} frames")
     table.add_column("descriptor")
     table.add_column("relevance")
     for name, rel in summary["top_descriptors"]:
         table.add_row(name, f"{rel:.3f}")
     Console().print(table)
-    console.print(f"CV range {summary['cv_range']}; best validation loss {summary['best_valid_loss']:.4f} -> "
-                  f"{output}/ (cv.pt, descriptors.json, plumed.dat, relevance.png)")
+    console.print(f"CV range {summary['cv_range']}; steepness {summary['steepness_per_A']} std/Å; best validation "
+                  f"loss {summary['best_valid_loss']:.4f} -> {output}/ (cv.pt, descriptors.json, plumed.dat, "
+                  f"relevance.png)")
+    if max(summary["steepness_per_A"]) > STEEP_CV_PER_A:
+        console.print(f"[yellow]warning: a CV changes by more than {STEEP_CV_PER_A:g} of its standard deviations per Å "
+                      f"of descriptor change; biasing it may need a shorter timestep (raise --smoothness or "
+                      f"--scale-floor)[/yellow]")
 
 
 cg_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Coarse-grained ML force fields.")

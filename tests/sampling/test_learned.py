@@ -38,6 +38,25 @@ def test_deep_tica_finds_the_slow_coordinate_where_variance_points_elsewhere():
     assert history[-1]["valid_loss"] < history[0]["valid_loss"]
 
 
+def test_deep_tica_stays_smooth_when_a_stiff_descriptor_drifts_with_the_state():
+    """A bond-like descriptor (spread 0.014) whose mean shifts by 0.02 with the slow state: scaled
+    to unit variance it becomes as loud as the slow coordinate and the CV follows it with a
+    gradient many times steeper than the slow coordinate's own (which is 1 per unit); the
+    default scale floor and gradient penalty keep the CV as smooth as the slow coordinate."""
+    from neuralmd.analysis.interpret import cv_steepness
+
+    d, x = _slow_fast_process()
+    rng = np.random.default_rng(5)
+    stiff = 0.01 * np.sign(x) + 0.01 * rng.normal(size=len(x))
+    d = np.concatenate([d, stiff[:, None]], axis=1)
+    net, _ = train_deep_tica(d, lag=10, epochs=40, seed=0)
+    cv = net(torch.as_tensor(d, dtype=torch.float32)).detach().numpy()[:, 0]
+    assert _corr(cv, x) > 0.95
+    assert cv_steepness(net, d)[0] < 2.0
+    per_column, _ = train_deep_tica(d, lag=10, epochs=40, seed=0, scale_floor=0.0, smoothness=0.0)
+    assert cv_steepness(per_column, d)[0] > 5.0
+
+
 def test_autoencoder_latent_follows_the_manifold_coordinate():
     """Descriptors (t, t², t³, noise) lie near a curve parametrised by t: a one-dimensional
     latent must be a monotonic function of t and reconstruct them well."""

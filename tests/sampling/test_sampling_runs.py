@@ -124,6 +124,7 @@ def test_cli_md_cv_train_sample_fes_on_alanine_dipeptide(tmp_path):
         "-o", str(tmp_path / "cv")])
     meta = json.loads((tmp_path / "cv" / "descriptors.json").read_text())
     assert meta["atoms_0based"] == [1, 4, 5, 6, 8, 10, 14, 15, 16, 18]  # heavy atoms of ala2
+    assert len(meta["steepness_per_A"]) == 1 and 0 < meta["steepness_per_A"][0] < 1e3
     assert (tmp_path / "cv" / "relevance.png").stat().st_size > 0
     ok(["sample", "--pdb", pdb, "--cv", str(tmp_path / "cv"), "--bias", "opes", "--barrier-kjmol", "30",
         "--steps", "4000", "--pace", "200", "--report-every", "100", "-o", str(tmp_path / "opes")])

@@ -3,6 +3,12 @@
 Relevance of descriptor i to CV component k (mlcolvar's sensitivity analysis): the mean over
 samples of |∂CV_k/∂d_i| times the standard deviation of d_i, normalised to sum to one, so a
 descriptor that barely varies or barely moves the CV scores low.
+
+Steepness of CV component k: the 99th percentile over samples of |∇_d CV_k| / std(CV_k), in
+1/Å for distance descriptors: how many of the CV's own standard deviations it moves per Å of
+descriptor change. A bias of a few kT across the CV's spread exerts forces that scale with it;
+torsion-like slow CVs stay at a few per Å, a CV steeper than ~10 per Å makes a 2 fs MD step
+unstable under a bias.
 """
 
 from __future__ import annotations
@@ -22,6 +28,19 @@ def cv_relevance(model: torch.nn.Module, descriptors: np.ndarray, component: int
     score = grad.abs().mean(0).numpy() * np.asarray(descriptors).std(0)
     total = score.sum()
     return score / total if total > 0 else score
+
+
+def cv_steepness(model: torch.nn.Module, descriptors: np.ndarray) -> np.ndarray:
+    """Steepness (1/descriptor unit) of every CV component of ``model`` (descriptors (n, m) ->
+    CVs (n, k)) on the sample ``descriptors``: see the module docstring."""
+    x = torch.as_tensor(descriptors, dtype=torch.float32).requires_grad_(True)
+    s = model(x)
+    out = []
+    for k in range(s.shape[1]):
+        (grad,) = torch.autograd.grad(s[:, k].sum(), x, retain_graph=k < s.shape[1] - 1)
+        spread = float(s[:, k].detach().std())
+        out.append(np.percentile(grad.norm(dim=1).numpy(), 99) / max(spread, 1e-12))
+    return np.asarray(out)
 
 
 def plot_relevance(relevance: np.ndarray, names: Sequence[str], path: str | os.PathLike, top: int = 20) -> None:

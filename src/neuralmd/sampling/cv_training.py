@@ -27,10 +27,14 @@ METHODS = ("deep-tica", "autoencoder", "deep-lda")
 def train_cv_from_runs(runs: Sequence[str | Path], out: str | Path, method: str = "deep-tica",
                        descriptors: str = "heavy-atom-distances", lag_ps: float = 1.0, n_cv: int = 1,
                        hidden: Sequence[int] = (24, 12), epochs: int = 200, seed: int = 0,
-                       reweight: bool = True, progress: bool = False) -> dict:
+                       reweight: bool = True, scale_floor: float = 0.5, smoothness: float = 1e-3,
+                       progress: bool = False) -> dict:
     """Train, export into ``out`` (cv.pt, descriptors.json, plumed.dat, history.json,
-    relevance.csv/png) and return a summary."""
-    from ..analysis.interpret import cv_relevance, plot_relevance
+    relevance.csv/png) and return a summary, including each CV's steepness (1/Å, see
+    :mod:`neuralmd.analysis.interpret`). ``scale_floor``: the least scale of a descriptor, as a
+    fraction of the RMS of their spreads (see :mod:`neuralmd.sampling.learned`; 0: each by its own).
+    ``smoothness`` (Å²): Deep-TICA's gradient penalty (see :func:`train_deep_tica`)."""
+    from ..analysis.interpret import cv_relevance, cv_steepness, plot_relevance
 
     if method not in METHODS:
         raise InputError(f"method: {method!r}; expected one of {', '.join(METHODS)}")
@@ -69,19 +73,24 @@ def train_cv_from_runs(runs: Sequence[str | Path], out: str | Path, method: str 
     weights = np.concatenate(w_parts) if reweight else None
     if method == "deep-tica":
         net, history = train_deep_tica(x, lag_frames, n_cv, weights=weights, hidden=hidden, epochs=epochs, seed=seed,
-                                       segments=np.concatenate(seg_parts), progress=progress)
+                                       segments=np.concatenate(seg_parts), scale_floor=scale_floor,
+                                       smoothness=smoothness, progress=progress)
     elif method == "deep-lda":
         net, history = train_deep_lda(x, np.concatenate(label_parts), n_cv, hidden=hidden, epochs=epochs, seed=seed,
-                                      progress=progress)
+                                      scale_floor=scale_floor, progress=progress)
     else:
-        net, history = train_autoencoder(x, n_cv, hidden=hidden, epochs=epochs, seed=seed, progress=progress)
+        net, history = train_autoencoder(x, n_cv, hidden=hidden, epochs=epochs, seed=seed, scale_floor=scale_floor,
+                                         progress=progress)
     cv = LearnedCV(desc, net, method)
     with torch.no_grad():
         s = net(torch.as_tensor(x)).numpy()
+    steepness = [round(float(v), 3) for v in cv_steepness(net, x)]
     meta = {"n_atoms": len(numbers), "elements": [int(numbers[a]) for a in atoms],
             "cv_range": [[float(s[:, k].min()), float(s[:, k].max())] for k in range(n_cv)],
+            "steepness_per_A": steepness,
             "training": {"runs": [str(Path(r).resolve()) for r in runs], "frames": len(x), "descriptors": descriptors,
-                         "lag_ps": lag_ps if method == "deep-tica" else None, "epochs": epochs, "seed": seed}}
+                         "lag_ps": lag_ps if method == "deep-tica" else None, "epochs": epochs, "seed": seed,
+                         "scale_floor": scale_floor, "smoothness_A2": smoothness if method == "deep-tica" else None}}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     relevance = cv_relevance(net, x)
@@ -92,7 +101,8 @@ def train_cv_from_runs(runs: Sequence[str | Path], out: str | Path, method: str 
     plot_relevance(relevance, desc.names, out / "relevance.png")
     atomic_write_json(history, out / "history.json")
     cv.export(out, meta)
-    return {"method": method, "frames": len(x), "cv_range": meta["cv_range"], "final_valid_loss":
+    return {"method": method, "frames": len(x), "cv_range": meta["cv_range"], "steepness_per_A": steepness,
+            "final_valid_loss":
             history[-1]["valid_loss"], "best_valid_loss": min(h["valid_loss"] for h in history),
             "top_descriptors": [(desc.names[i], float(relevance[i])) for i in order[:5]]}
 

@@ -6,7 +6,12 @@ bias. :meth:`LearnedCV.export` writes the TorchScript model in the form PLUMED's
 and mlcolvar use (descriptors in, CVs out) plus a JSON description of the descriptors.
 
 Training (:func:`train_autoencoder`, :func:`train_deep_lda`, :func:`train_deep_tica`) works on
-descriptor arrays; a validation split picks the best epoch.
+descriptor arrays; a validation split picks the best epoch. Descriptors are centred and each
+divided by its standard deviation, but by no less than ``scale_floor`` times the RMS of all of
+them: for distances (all in Å) plain per-descriptor scaling blows a bond length that vibrates
+by 0.03 Å up to the size of a torsion-driven distance that changes by 1 Å, and a network that
+keeps any weight on it gives a CV with gradients of tens per Å, which a bias then turns into
+forces that blow an MD run up.
 """
 
 from __future__ import annotations
@@ -134,17 +139,22 @@ def _fit(params, loss_of: Callable[[np.ndarray], torch.Tensor], n: int, epochs: 
     return history
 
 
-def _normaliser(x: torch.Tensor) -> Normalise:
-    return Normalise(x.mean(0), x.std(0))
+def _normaliser(x: torch.Tensor, scale_floor: float) -> Normalise:
+    """Centre each column and divide it by its standard deviation or, if larger, by
+    ``scale_floor`` times the RMS of all columns' standard deviations (0: mlcolvar's plain
+    per-column scaling)."""
+    std = x.std(0)
+    return Normalise(x.mean(0), std.clamp(min=scale_floor * float(std.pow(2).mean().sqrt())))
 
 
 def train_autoencoder(descriptors: np.ndarray, n_cv: int = 1, hidden: Sequence[int] = (32, 16), epochs: int = 200,
                       lr: float = 1e-3, valid_fraction: float = 0.1, seed: int = 0, batch_size: int = 256,
-                      progress: bool = False) -> tuple[CVNetwork, list[dict]]:
-    """Encoder of an autoencoder trained to reconstruct the normalised descriptors."""
+                      scale_floor: float = 0.5, progress: bool = False) -> tuple[CVNetwork, list[dict]]:
+    """Encoder of an autoencoder trained to reconstruct the normalised descriptors
+    (``scale_floor``: see :func:`_normaliser`)."""
     x = torch.as_tensor(descriptors, dtype=torch.float32)
     torch.manual_seed(seed)
-    norm = _normaliser(x)
+    norm = _normaliser(x, scale_floor)
     encoder = mlp([x.shape[1], *hidden, n_cv])
     decoder = mlp([n_cv, *reversed(hidden), x.shape[1]])
     xn = norm(x)
@@ -170,7 +180,8 @@ def _generalised_eig(a: torch.Tensor, b: torch.Tensor, reg: float = 1e-5) -> tup
 
 def train_deep_lda(descriptors: np.ndarray, labels: np.ndarray, n_cv: int = 1, hidden: Sequence[int] = (24, 12),
                    epochs: int = 200, lr: float = 1e-3, valid_fraction: float = 0.1, seed: int = 0,
-                   batch_size: int = 512, progress: bool = False) -> tuple[CVNetwork, list[dict]]:
+                   batch_size: int = 512, scale_floor: float = 0.5, progress: bool = False
+                   ) -> tuple[CVNetwork, list[dict]]:
     """Deep-LDA (Bonati, Rizzi & Parrinello 2020): a network whose outputs maximise the Fisher
     ratio between labelled states; the CV is their LDA projection."""
     x = torch.as_tensor(descriptors, dtype=torch.float32)
@@ -179,7 +190,7 @@ def train_deep_lda(descriptors: np.ndarray, labels: np.ndarray, n_cv: int = 1, h
     if len(classes) < 2:
         raise InputError(f"Deep-LDA needs at least two labelled states, found {classes.tolist()}")
     torch.manual_seed(seed)
-    norm = _normaliser(x)
+    norm = _normaliser(x, scale_floor)
     net = mlp([x.shape[1], *hidden])
     xn = norm(x)
 
@@ -208,14 +219,32 @@ def train_deep_lda(descriptors: np.ndarray, labels: np.ndarray, n_cv: int = 1, h
     return CVNetwork(norm, net, vecs[:, :n_cv].contiguous()), history
 
 
+def _mean_squared_gradient(s: torch.Tensor, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Mean over samples of |∂s_k/∂d|² summed over components k, where x = (d - mean) / scale
+    (differentiable: it enters a loss)."""
+    total = s.new_zeros(())
+    for k in range(s.shape[1]):
+        (grad,) = torch.autograd.grad(s[:, k].sum(), x, create_graph=True)
+        total = total + (grad / scale).pow(2).sum(1).mean()
+    return total
+
+
 def train_deep_tica(descriptors: np.ndarray, lag: int, n_cv: int = 1, weights: np.ndarray | None = None,
                     hidden: Sequence[int] = (24, 12), epochs: int = 200, lr: float = 1e-3,
                     valid_fraction: float = 0.1, seed: int = 0, batch_size: int = 512,
-                    segments: np.ndarray | None = None, progress: bool = False) -> tuple[CVNetwork, list[dict]]:
+                    segments: np.ndarray | None = None, scale_floor: float = 0.5, smoothness: float = 1e-3,
+                    progress: bool = False) -> tuple[CVNetwork, list[dict]]:
     """Deep-TICA (Bonati, Piccini & Parrinello 2021): network outputs whose time-lagged
     autocorrelations (TICA eigenvalues at ``lag`` frames) are maximal; the CV is the leading
-    TICA projection. ``weights`` (exp(βV) of biased frames) reweight the correlation matrices;
-    ``segments`` (one id per frame) marks separate trajectories, which lagged pairs never span."""
+    TICA projection. The network ends in ``n_cv`` outputs (mlcolvar's layout): TICA on a wider
+    output whitens directions of tiny variance and can make the CV arbitrarily steep.
+    ``weights`` (exp(βV) of biased frames) reweight the correlation matrices; ``segments`` (one
+    id per frame) marks separate trajectories, which lagged pairs never span.
+
+    ``smoothness`` (descriptor unit², Å² for distances) weighs a penalty on the mean squared
+    gradient of the unit-variance CVs with respect to the descriptors: without it the network
+    is free to follow the small, slow drifts of stiff descriptors (a bond length that differs
+    by 0.005 Å between two conformers) with gradients of 20-70 per Å, too steep to bias."""
     x = torch.as_tensor(descriptors, dtype=torch.float32)
     seg = np.zeros(len(x), dtype=int) if segments is None else np.asarray(segments)
     pairs = np.nonzero(seg[:-lag] == seg[lag:])[0] if lag > 0 else np.zeros(0, dtype=int)
@@ -225,8 +254,8 @@ def train_deep_tica(descriptors: np.ndarray, lag: int, n_cv: int = 1, weights: n
                          f"{longest} frames (need lag >= 1 and at least 20 pairs: a longer run or a shorter lag)")
     w = torch.ones(len(x)) if weights is None else torch.as_tensor(weights, dtype=torch.float32)
     torch.manual_seed(seed)
-    norm = _normaliser(x)
-    net = mlp([x.shape[1], *hidden])
+    norm = _normaliser(x, scale_floor)
+    net = mlp([x.shape[1], *hidden, n_cv])
     xn = norm(x)
 
     def correlations(h0, ht, wt):
@@ -239,9 +268,15 @@ def train_deep_tica(descriptors: np.ndarray, lag: int, n_cv: int = 1, weights: n
 
     def loss_of(idx):
         idx = pairs[idx]
-        ct, c0 = correlations(net(xn[idx]), net(xn[idx + lag]), w[idx])
-        vals, _ = _generalised_eig(ct, c0)
-        return -vals[:n_cv].pow(2).sum()
+        with torch.enable_grad():  # the penalty differentiates, also for the validation loss
+            x0 = xn[idx].requires_grad_(smoothness > 0)
+            h0 = net(x0)
+            ct, c0 = correlations(h0, net(xn[idx + lag]), w[idx])
+            vals, vecs = _generalised_eig(ct, c0)
+            loss = -vals[:n_cv].pow(2).sum()
+            if smoothness > 0:
+                loss = loss + smoothness * _mean_squared_gradient(h0 @ vecs[:, :n_cv], x0, norm.std)
+        return loss
 
     history = _fit(net.parameters(), loss_of, len(pairs), epochs, lr, valid_fraction, seed, batch_size, [net],
                    progress)
