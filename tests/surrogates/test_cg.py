@@ -246,6 +246,24 @@ def test_boltzmann_inversion_step_recovers_a_known_torsion_free_energy_differenc
     assert np.abs(err).max() < 0.1 * kT and np.abs(expected).max() > 0.4 * kT
 
 
+def test_boltzmann_inversion_step_raises_where_only_the_model_goes():
+    """The data stay in phi < 0; a model that puts a third of its frames at phi > 0 gets that
+    half raised by about the cap, not left alone because the data say nothing there."""
+    from neuralmd.surrogates.cg_refine import torsion_update
+    from neuralmd.surrogates.coarse_grain import torsion_grid_basis
+
+    kT, bins, order = 0.025852, 24, 4
+    rng = np.random.default_rng(2)
+    reference = np.stack([rng.uniform(-np.pi, 0, 20_000), rng.uniform(-np.pi, np.pi, 20_000)], 1)
+    cg = np.concatenate([reference[:10_000], np.stack([rng.uniform(0, np.pi, 5_000),
+                                                       rng.uniform(-np.pi, np.pi, 5_000)], 1)])
+    fitted = (torsion_grid_basis(bins, order) @ torsion_update(cg, np.ones(len(cg)), reference, kT, order,
+                                                               bins=bins)).reshape(bins, bins)
+    # interior bins of each half (the Fourier fit smooths the step at the borders)
+    raised = fitted[15:21].mean() - fitted[3:9].mean()
+    assert raised > 1.5 * kT
+
+
 def test_cg_refine_cli_adds_a_torsion_correction_and_resumes(cgnet_run, tmp_path):
     """`neuralmd cg refine` runs IBI iterations; the refined model differs from the original by
     exactly its 2D torsion correction; a second call with more iterations continues; a

@@ -11,8 +11,8 @@ energies on a grid and adds the difference
 
     ΔU(φ, ψ) = k_BT ln p_CG(φ, ψ) - k_BT ln p_data(φ, ψ)
 
-(times ``damping``, capped at ``max_step_kT`` per bin, taken only where the data have frames,
-fitted by a 2D Fourier series) to the
+(times ``damping``, capped at ``max_step_kT`` per bin, taken where the data or the model have
+frames, fitted by a 2D Fourier series) to the
 model's torsion correction (:meth:`CGPotential.set_torsion_correction`). The bonds, angles and
 the network's many-body terms stay as force matching made them.
 
@@ -39,23 +39,25 @@ from .coarse_grain import CGPotential, fit_series, torsion_angles, torsion_grid_
 def torsion_update(sample: np.ndarray, weights: np.ndarray, reference: np.ndarray, kT: float, order: int,
                    bins: int = 24, min_count: int = 10, damping: float = 1.0, max_step_kT: float = 2.0) -> np.ndarray:
     """Fourier coefficients (eV) of the IBI step k_BT ln(p_sample / p_reference) on a bins × bins
-    grid of two torsions (rad), times ``damping``. The step is taken where the reference has at
-    least ``min_count`` frames (capped at ``max_step_kT`` k_BT; -cap where the sample never
-    goes); elsewhere nothing is known and the target is 0, so the correction stays flat there
-    instead of pushing on sparse regions. Bins are weighted by √max(reference count, 1)."""
+    grid of two torsions (rad), times ``damping``. Counts are compared at the reference's size
+    (the sample's weights rescaled to it), with one pseudo-count each, ln((n_s + 1) / (n_ref + 1)),
+    capped at ``max_step_kT`` k_BT, on every bin where either side has at least ``min_count``
+    frames: where the reference has them and the sample does not, the bin is lowered; where the
+    sample piles up frames the reference has (almost) none, it is raised, so the model cannot
+    hide the data's basin population in the sparse bins around it. Bins both sides leave sparse
+    keep a zero target, so the correction stays flat there. Bins are weighted by
+    √max(reference count, 1)."""
     grid = [(-math.pi, math.pi)] * 2
     ref, _, _ = np.histogram2d(reference[:, 0], reference[:, 1], bins=bins, range=grid)
     cg, _, _ = np.histogram2d(sample[:, 0], sample[:, 1], bins=bins, range=grid, weights=weights)
     ref, cg = ref.ravel(), cg.ravel()
     if not ref.sum() > 0 or not cg.sum() > 0:
         raise InputError("torsion_update: empty reference or sample")
-    known = ref >= min_count
-    p_ref, p_cg = ref / ref.sum(), cg / cg.sum()
+    cg = cg * (ref.sum() / cg.sum())  # expected counts at the reference's number of frames
+    used = (ref >= min_count) | (cg >= min_count)
     step = np.zeros(len(ref))
-    seen = known & (p_cg > 0)
-    step[known & ~seen] = -max_step_kT
-    step[seen] = np.clip(np.log(p_cg[seen] / p_ref[seen]), -max_step_kT, max_step_kT)
-    step[known] -= np.average(step[known], weights=p_ref[known])  # a constant does nothing
+    step[used] = np.clip(np.log((cg[used] + 1.0) / (ref[used] + 1.0)), -max_step_kT, max_step_kT)
+    step[used] -= np.average(step[used], weights=ref[used] + cg[used])  # a constant does nothing
     return damping * kT * fit_series(step, np.sqrt(np.maximum(ref, 1.0)), torsion_grid_basis(bins, order))
 
 
