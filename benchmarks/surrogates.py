@@ -236,8 +236,9 @@ def run_cg_refine(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "refine_wall_s": round(wall, 1), "replicas": args.refine_replicas, "ns_per_replica": args.refine_ns,
             "evaluation_ns_per_replica": args.refine_eval_ns,
             "protocol": "each run: replicas started from random data frames, walkers of one OPES bias (30 kJ/mol) on "
-                        "(phi, psi), frames reweighted; update kT ln(p_CG/p_data) on 24x24 bins with >= 10 data "
-                        "frames, capped at 2 kT, damping 0.8, fitted by an order-4 2D Fourier series"}
+                        "(phi, psi), frames reweighted; update kT ln((n_CG + 1)/(n_data + 1)) (CG counts at the data's "
+                        "size) on the 24x24 bins where data or CG have >= 10 frames, capped at 2 kT, damping 0.8, "
+                        "fitted by an order-4 2D Fourier series"}
 
 
 # --- 2. Δ-learning vs direct ----------------------------------------------------------------
@@ -514,8 +515,8 @@ def finite(obj: Any) -> Any:
 
 
 def print_summary(r: dict[str, Any]) -> None:
-    if "cg" in r:
-        c = r["cg"]
+    c = r.get("cg", {})
+    if "deltaF_kjmol" in c:
         p = c.get("prior_only", {})
         err = c["deltaF_err_kjmol"]
         print(f"\nCG ala2: ΔF {c['deltaF_kjmol']:.2f} ± {'n/a' if err is None else f'{err:.2f}'} kJ/mol (data "
@@ -525,6 +526,15 @@ def print_summary(r: dict[str, Any]) -> None:
         print(f"CG {c['cg_ns_per_day']:.0f} ns/day aggregate ({c['replicas']} x {c['cg_ns_per_day_per_replica']:.1f}); "
               f"all-atom OpenMM {c['allatom_ns_per_day']:.0f} ns/day ({c['allatom_platform']}); "
               f"aggregate CG / all-atom {c['cg_aggregate_over_allatom']:.2f}")
+    if "many_replicas" in c:
+        m = c["many_replicas"]
+        print(f"CG batched: {m['cg_ns_per_day']:.0f} ns/day with {m['replicas_at_best']} replicas; all-atom "
+              f"{m['allatom_ns_per_day']:.0f} ns/day")
+    if "refinement" in c:
+        f = c["refinement"]
+        for key in ("force_matched", "refined"):
+            print(f"CG {key}: ΔF {f[key]['deltaF_kjmol']:.2f} ± {f[key]['deltaF_err_kjmol']:.2f} kJ/mol (data "
+                  f"{f['reference_deltaF_kjmol']:.2f}), FES MAE {f[key]['fes_mae_kT']:.2f} kT")
     if "delta_learning" in r:
         print(f"\n{'n_train':>8s} {'direct meV/Å':>13s} {'Δ meV/Å':>10s}  (xTB alone "
               f"{r['delta_learning_info']['xtb_alone_force_mae']:.1f})")
