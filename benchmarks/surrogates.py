@@ -183,9 +183,9 @@ def run_cg(args: argparse.Namespace, s: dict, work: Path) -> dict[str, Any]:
     return result
 
 
-def run_cg_speed(s: dict, work: Path) -> dict[str, Any]:
-    """CG ns/day with many replicas in one batch (unbiased, 2 fs, the ``cg`` part's model) and
-    all-atom OpenMM ns/day, measured one after the other in this run."""
+def run_cg_speed(s: dict, work: Path, timestep_fs: float) -> dict[str, Any]:
+    """CG ns/day with many replicas in one batch (unbiased, the ``cg`` part's model) and
+    all-atom OpenMM ns/day (2 fs), measured one after the other in this run."""
     from neuralmd.surrogates.cg_md import start_cg_md
 
     model = work.parent / "cg" / "train" / "model.pt"
@@ -194,8 +194,9 @@ def run_cg_speed(s: dict, work: Path) -> dict[str, Any]:
     rows = []
     for replicas in s["speed_replicas"]:
         log(f"CG speed: {replicas} replicas, {s['speed_steps']} steps")
-        sim = start_cg_md(model, work / f"r{replicas}", ns=s["speed_steps"] * 2e-6, replicas=replicas,
-                          report_every=s["speed_steps"], trajectory_replicas=1, progress=False)
+        sim = start_cg_md(model, work / f"r{replicas}", ns=s["speed_steps"] * timestep_fs * 1e-6, replicas=replicas,
+                          timestep_fs=timestep_fs, report_every=s["speed_steps"], trajectory_replicas=1,
+                          progress=False)
         sim.run()
         rows.append({"replicas": replicas, "ms_per_step": 1e3 * sim.wall_seconds / sim.state.step,
                      "aggregate_ns_per_day": sim.ns_per_day() * replicas})
@@ -204,8 +205,9 @@ def run_cg_speed(s: dict, work: Path) -> dict[str, Any]:
     best = max(rows, key=lambda r: r["aggregate_ns_per_day"])
     return {"batched": rows, "cg_ns_per_day": best["aggregate_ns_per_day"], "replicas_at_best": best["replicas"],
             **allatom, "cg_over_allatom": best["aggregate_ns_per_day"] / allatom["allatom_ns_per_day"],
-            "note": "unbiased CG Langevin, 2 fs, aggregate over one batch on the torch threads given; all-atom: "
-                    "one OpenMM Reference-platform trajectory, which uses one core"}
+            "timestep_fs": timestep_fs,
+            "note": f"unbiased CG Langevin, {timestep_fs:g} fs, aggregate over one batch on the torch threads given; "
+                    "all-atom: one OpenMM Reference-platform trajectory at 2 fs, which uses one core"}
 
 
 def run_cg_refine(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -223,18 +225,18 @@ def run_cg_refine(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     log(f"CG refine: {args.refine_iterations} iterations, {args.refine_replicas} replicas x {args.refine_ns} ns")
     t0 = time.perf_counter()
     state = refine_cg_model(model, reference, work / "refine", iterations=args.refine_iterations, ns=args.refine_ns,
-                            replicas=args.refine_replicas, progress=False)
+                            replicas=args.refine_replicas, timestep_fs=args.cg_timestep_fs, progress=False)
     wall = time.perf_counter() - t0
     log("CG refine: evaluation run of the refined model")
     _, _, final, _ = sample_against_data(work / "refine" / "model.pt", reference, work / "evaluate",
-                                         args.refine_eval_ns, args.refine_replicas, seed=100)
+                                         args.refine_eval_ns, args.refine_replicas, args.cg_timestep_fs, seed=100)
     keys = ("deltaF_kjmol", "deltaF_err_kjmol", "fes_mae_kT", "js_divergence")
     return {"force_matched": {k: state["history"][0][k] for k in keys},
             "refined": {k: final[k] for k in keys + ("fraction_outside_reference", "fes_bins_compared")},
             "reference_deltaF_kjmol": final["reference_deltaF_kjmol"],
             "iterations": [{k: v for k, v in row.items() if k != "model"} for row in state["history"]],
             "refine_wall_s": round(wall, 1), "replicas": args.refine_replicas, "ns_per_replica": args.refine_ns,
-            "evaluation_ns_per_replica": args.refine_eval_ns,
+            "evaluation_ns_per_replica": args.refine_eval_ns, "timestep_fs": args.cg_timestep_fs,
             "protocol": "each run: replicas started from random data frames, walkers of one OPES bias (30 kJ/mol) on "
                         "(phi, psi), frames reweighted; update kT ln((n_CG + 1)/(n_data + 1)) (CG counts at the data's "
                         "size) on the 24x24 bins where data or CG have >= 10 frames, capped at 2 kT, damping 0.8, "
@@ -405,6 +407,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="bias of the CG runs on (phi, psi), reweighted: opes (default) or none")
     p.add_argument("--cg-prior-ns", type=float, default=None,
                    help="ns per replica of the prior-only CG run, 0 to skip (default: --cg-ns)")
+    p.add_argument("--cg-timestep-fs", type=float, default=2.0,
+                   help="CG timestep of the cg_speed and cg_refine parts (default 2 fs)")
     p.add_argument("--refine-iterations", type=int, default=3, help="IBI iterations of cg_refine (default 3)")
     p.add_argument("--refine-replicas", type=int, default=128, help="replicas per cg_refine run (default 128)")
     p.add_argument("--refine-ns", type=float, default=0.05, help="ns per replica per cg_refine run (default 0.05)")
@@ -486,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
 
     run_part("cg", lambda: {"cg": run_cg(args, s, args.work / "cg")})
     run_part("cg_speed", lambda: {"cg": {**results.get("cg", {}),
-                                         "many_replicas": run_cg_speed(s, args.work / "cg_speed")}})
+                                         "many_replicas": run_cg_speed(s, args.work / "cg_speed", args.cg_timestep_fs)}})
     run_part("cg_refine", lambda: {"cg": {**results.get("cg", {}),
                                           "refinement": run_cg_refine(args, args.work / "cg_refine")}})
     run_part("delta", lambda: dict(zip(("delta_learning", "delta_learning_info"),
