@@ -20,12 +20,22 @@ import numpy as np
 import torch
 
 
+def _gradients(model: torch.nn.Module, descriptors: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """For each CV component k: its values (n,) and its gradient ∂CV_k/∂d (n, m) on the samples."""
+    x = torch.as_tensor(descriptors, dtype=torch.float32).requires_grad_(True)
+    s = model(x)
+    out = []
+    for k in range(s.shape[1]):
+        (grad,) = torch.autograd.grad(s[:, k].sum(), x, retain_graph=k < s.shape[1] - 1)
+        out.append((s[:, k].detach().numpy(), grad.numpy()))
+    return out
+
+
 def cv_relevance(model: torch.nn.Module, descriptors: np.ndarray, component: int = 0) -> np.ndarray:
     """Relevance (sums to 1) of each descriptor column to CV ``component`` of ``model``
     (descriptors (n, m) -> CVs (n, k))."""
-    x = torch.as_tensor(descriptors, dtype=torch.float32).requires_grad_(True)
-    (grad,) = torch.autograd.grad(model(x)[:, component].sum(), x)
-    score = grad.abs().mean(0).numpy() * np.asarray(descriptors).std(0)
+    grad = _gradients(model, descriptors)[component][1]
+    score = np.abs(grad).mean(0) * np.asarray(descriptors).std(0)
     total = score.sum()
     return score / total if total > 0 else score
 
@@ -33,14 +43,8 @@ def cv_relevance(model: torch.nn.Module, descriptors: np.ndarray, component: int
 def cv_steepness(model: torch.nn.Module, descriptors: np.ndarray) -> np.ndarray:
     """Steepness (1/descriptor unit) of every CV component of ``model`` (descriptors (n, m) ->
     CVs (n, k)) on the sample ``descriptors``: see the module docstring."""
-    x = torch.as_tensor(descriptors, dtype=torch.float32).requires_grad_(True)
-    s = model(x)
-    out = []
-    for k in range(s.shape[1]):
-        (grad,) = torch.autograd.grad(s[:, k].sum(), x, retain_graph=k < s.shape[1] - 1)
-        spread = float(s[:, k].detach().std())
-        out.append(np.percentile(grad.norm(dim=1).numpy(), 99) / max(spread, 1e-12))
-    return np.asarray(out)
+    return np.asarray([np.percentile(np.linalg.norm(grad, axis=1), 99) / max(float(values.std()), 1e-12)
+                       for values, grad in _gradients(model, descriptors)])
 
 
 def plot_relevance(relevance: np.ndarray, names: Sequence[str], path: str | os.PathLike, top: int = 20) -> None:
