@@ -325,6 +325,7 @@ def _resume_openmm(run_dir: Path, steps: Optional[int]) -> None:
 class BiasKind(str, Enum):
     opes = "opes"
     opes_explore = "opes-explore"
+    opes_multithermal = "opes-multithermal"
     metad = "metad"
     none = "none"
 
@@ -332,7 +333,8 @@ class BiasKind(str, Enum):
 @app.command()
 def sample(
     cv: Optional[str] = typer.Option(None, help="CVs: phi,psi | torsion(i,j,k,l) | distance(i,j) | angle(i,j,k) | "
-                                               "an exported CV folder (0-based atoms)"),
+                                               "an exported CV folder (0-based atoms) | energy (force-field "
+                                               "potential energy, kJ/mol; the default of opes-multithermal)"),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="run directory"),
     resume: Optional[Path] = typer.Option(None, help="continue the run in this directory"),
     engine: Engine = typer.Option(Engine.openmm, help="openmm (PDB + force field) or native (--model)"),
@@ -342,7 +344,10 @@ def sample(
     model: Optional[Path] = typer.Option(None, help="neural potential model.pt (native engine)"),
     structure: Optional[Path] = typer.Option(None, help="starting structure(s) (native engine)"),
     replicas: int = typer.Option(1, help="walkers sharing one bias (native engine)"),
-    bias: BiasKind = typer.Option(BiasKind.opes, help="opes (OPES_METAD), opes-explore, metad (well-tempered), none"),
+    bias: BiasKind = typer.Option(BiasKind.opes, help="opes (OPES_METAD), opes-explore, metad (well-tempered), "
+                                                      "opes-multithermal (OPES_EXPANDED on the energy, T..--tmax), "
+                                                      "none"),
+    tmax: float = typer.Option(0.0, help="opes-multithermal: highest temperature in K (0: twice --temperature)"),
     barrier_kjmol: float = typer.Option(40.0, help="OPES BARRIER: the free-energy barrier to overcome (kJ/mol)"),
     biasfactor: float = typer.Option(0.0, help="bias factor γ (0: OPES's βΔE, metad 10)"),
     sigma: Optional[str] = typer.Option(None, help="kernel widths per CV, comma-separated (default: CV std in a "
@@ -363,7 +368,8 @@ def sample(
     threads: int = typer.Option(0, help="torch threads (0: 1 for openmm, all cores for native)"),
 ) -> None:
     """Enhanced sampling: OPES, OPES_EXPLORE or well-tempered metadynamics along CVs (torsions,
-    distances or a learned CV), in OpenMM or the native engine; writes colvar.csv for `neuralmd fes`."""
+    distances or a learned CV), in OpenMM or the native engine, or multithermal OPES on the
+    force-field energy (OpenMM; no CV needed); writes colvar.csv for `neuralmd fes`."""
     from .sampling.runs import BiasSettings
 
     if resume is not None:
@@ -377,8 +383,11 @@ def sample(
         raise InputError(f"sigma/grid-range: cannot read {sigma!r} / {grid_range!r} as numbers") from None
     if any(len(r) != 2 for r in ranges):
         raise InputError(f"grid-range: {grid_range!r}; expected LOW:HIGH per CV")
+    if cv is None and bias == BiasKind.opes_multithermal:
+        cv = "energy"
     bias_settings = BiasSettings(cv=cv or "", bias=bias.value, barrier_kjmol=barrier_kjmol, biasfactor=biasfactor,
-                                 sigma=sigmas, pace=pace, height_kjmol=height_kjmol, grid=grid, grid_ranges=ranges)
+                                 sigma=sigmas, pace=pace, height_kjmol=height_kjmol, grid=grid, grid_ranges=ranges,
+                                 tmax_K=tmax)
     dt = timestep_fs or (2.0 if engine == Engine.openmm else 0.5)
     if steps is None:
         steps = int(round((ns if ns is not None else 0.1) * 1e6 / dt))

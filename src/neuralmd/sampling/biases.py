@@ -13,6 +13,9 @@ bias. User-facing energies are in kJ/mol (as PLUMED), internal ones in eV.
   ``mode="metad"`` (OPES_METAD: bias from a compressed, reweighted kernel density estimate of
   the unbiased distribution, with BARRIER and BIASFACTOR) or ``mode="explore"`` (OPES_EXPLORE:
   estimate of the sampled, well-tempered distribution).
+- :class:`OPESMultithermal`: OPES_EXPANDED with a multithermal expansion on the potential
+  energy (Invernizzi, Piaggi & Parrinello 2020): samples the ensembles of T..T_max at once,
+  needing no CV of the process.
 """
 
 from __future__ import annotations
@@ -270,3 +273,75 @@ class OPES(_KernelBias):
         super().set_state(state)
         self.sum_w, self.sum_w2, self.zed = state["sum_w"], state["sum_w2"], state["zed"]
         self.p_centres = state["p_centres"] if "p_centres" in state else self.kernel_sum(self.centres)
+
+
+class OPESMultithermal(Bias):
+    """OPES_EXPANDED, multithermal: one run samples the canonical ensembles of N temperatures
+    from T to ``tmax_K`` (geometric ladder) through a bias on the potential energy U.
+
+    V(U) = -k_BT log[(1/N) Σ_i exp(-(β_i - β)U + Δf_i)], where Δf_i = -log⟨exp(-(β_i - β)U)⟩_T
+    is estimated on the fly from every ``pace``-th configuration, reweighted by exp(βV) (as
+    PLUMED's OPES_EXPANDED with ECV_MULTITHERMAL). Converged, the sampled distribution is the
+    mean of the N canonical ones, and 1 + dV/dU = Σ_i w_i(U) β_i/β lies in [T/T_max, 1]: the
+    bias only scales the force field's forces down, never reverses them.
+
+    Args:
+        cv: a one-output CV whose value is the potential energy in kJ/mol (the ``energy`` CV).
+        temperature_K: the simulation (thermostat) temperature T.
+        tmax_K: the highest temperature of the ladder (> T).
+        energy_std_kjmol: the standard deviation of U at T (from a short unbiased probe); sets
+            the number of temperatures so that neighbouring energy distributions overlap
+            (spacing Δβ σ_U ≈ 1/2).
+        pace: steps between updates of Δf.
+    """
+
+    def __init__(self, cv: CV, temperature_K: float, tmax_K: float, energy_std_kjmol: float, pace: int) -> None:
+        super().__init__(cv)
+        if cv.dim != 1:
+            raise InputError(f"multithermal bias: the CV must be the energy alone, got {cv.names}")
+        if not tmax_K > temperature_K:
+            raise InputError(f"tmax_K: {tmax_K}; expected above the temperature {temperature_K} K")
+        if not energy_std_kjmol > 0 or pace < 1:
+            raise InputError("multithermal bias: energy_std_kjmol must be > 0 and pace >= 1")
+        self.pace = pace
+        self.kT = kT_eV(temperature_K)
+        kT_kjmol = self.kT / KJMOL
+        n = int(min(max(math.ceil(2 * math.log(tmax_K / temperature_K) * energy_std_kjmol / kT_kjmol) + 1, 2), 200))
+        temperatures = temperature_K * (tmax_K / temperature_K) ** torch.linspace(0, 1, n, dtype=torch.float64)
+        #: β_i - β in mol/kJ, for U in kJ/mol
+        self.register_buffer("dbeta", (temperature_K / temperatures - 1) / kT_kjmol)
+        self.temperatures = temperatures
+        self.log_sum = torch.full((n,), -math.inf, dtype=torch.float64)  # log Σ_t exp(βV_t - Δu_i(U_t))
+        self.log_norm = torch.tensor(-math.inf, dtype=torch.float64)  # log Σ_t exp(βV_t)
+
+    @property
+    def delta_f(self) -> torch.Tensor:
+        """Δf_i (units of k_BT), 0 before the first update."""
+        if not math.isfinite(float(self.log_norm)):
+            return torch.zeros_like(self.log_sum)
+        return -(self.log_sum - self.log_norm)
+
+    def energy_of_cv(self, s: torch.Tensor) -> torch.Tensor:
+        if not math.isfinite(float(self.log_norm)):
+            return s.new_zeros(s.shape[0])
+        exponent = -self.dbeta * s[:, :1] + self.delta_f
+        return -self.kT * (torch.logsumexp(exponent, dim=-1) - math.log(len(self.dbeta)))
+
+    @torch.no_grad()
+    def update(self, state) -> None:
+        if state.step % self.pace:
+            return
+        s = self.cv_values(state.batch)
+        beta_v = self.energy_of_cv(s) / self.kT  # all walkers see the bias as it was before this update
+        for u, bv in zip(s[:, 0], beta_v):
+            self.log_sum = torch.logaddexp(self.log_sum, bv - self.dbeta * u)
+            self.log_norm = torch.logaddexp(self.log_norm, bv)
+
+    def get_state(self) -> dict[str, torch.Tensor]:
+        return {"log_sum": self.log_sum.clone(), "log_norm": self.log_norm.clone()}
+
+    def set_state(self, state: dict[str, torch.Tensor]) -> None:
+        if state["log_sum"].shape != self.log_sum.shape:
+            raise InputError(f"multithermal bias state: {state['log_sum'].numel()} temperatures, this bias has "
+                             f"{self.log_sum.numel()}")
+        self.log_sum, self.log_norm = state["log_sum"].clone(), state["log_norm"].clone()

@@ -41,6 +41,7 @@ from ..units import EV_IN_KJMOL
 from .biases import Bias, _KernelBias
 from .colvar import ColvarReporter
 from .cvs import CV, Angle, Distance, Stack, Torsion
+from .energy_cv import PotentialEnergy, energy_cvs
 from .fast_cv import MLPDistanceCV
 
 CHECKPOINT = "checkpoint.pt"
@@ -80,12 +81,15 @@ class _CVComponent:
 
 
 def cv_forces(cv: CV, system: openmm.System) -> list[openmm.Force]:
-    """One OpenMM force per CV output whose energy equals that output (Å or radians): OpenMM
-    custom forces for distances, angles and torsions, a NumPy ``PythonForce`` for learned
-    distance CVs, a torch ``PythonForce`` otherwise."""
+    """One OpenMM force per CV output whose energy equals that output (Å, radians or kJ/mol):
+    OpenMM custom forces for distances, angles and torsions, a ``CustomCVForce`` for the
+    force-field energy, a NumPy ``PythonForce`` for learned distance CVs, a torch
+    ``PythonForce`` otherwise."""
     cv.check_atoms(system.getNumParticles())
     if isinstance(cv, Stack):
         return [f for part in cv.cvs for f in cv_forces(part, system)]
+    if isinstance(cv, PotentialEnergy):
+        return [cv.openmm_force()]
     idx = [int(i) for i in cv.idx] if hasattr(cv, "idx") else []
     if isinstance(cv, Torsion):
         force = openmm.CustomTorsionForce("theta")
@@ -267,6 +271,8 @@ class OpenMMRun:
         self.numbers = np.array([a.element.atomic_number for a in pdb.topology.atoms()])
         self.template = system_template(system, self.numbers)
         self.grid = None
+        for energy in energy_cvs(cv) + energy_cvs(bias.cv if bias is not None else None):
+            energy.bind(system)
         if bias is not None:
             if grid:
                 self.grid = GridBias(bias, system, grid_ranges)
@@ -317,6 +323,8 @@ class OpenMMRun:
     def equilibrate(self, steps: int, cv: CV | None = None, every: int = 10) -> np.ndarray:
         """Run ``steps`` unbiased-by-updates steps before step 0 (nothing is written); returns
         the CV values every ``every`` steps (for choosing kernel widths)."""
+        for energy in energy_cvs(cv):
+            energy.bind(self.simulation.system)
         values = []
         for _ in range(steps // every):
             self.simulation.step(every)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import tomllib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,13 +24,14 @@ import torch
 from ..config import load_config, save_config
 from ..errors import InputError
 from ..units import KJMOL
-from .biases import OPES, Bias, WellTemperedMetaD
+from .biases import OPES, Bias, OPESMultithermal, WellTemperedMetaD
 from .colvar import ColvarReporter, read_colvar
 from .cvs import CV, replica_positions
-from .fes import metad_ct, weights_from_bias
+from .energy_cv import energy_cvs
+from .fes import kT_kjmol, metad_ct, weights_from_bias
 from .spec import parse_cv
 
-BIASES = ("none", "opes", "opes-explore", "metad")
+BIASES = ("none", "opes", "opes-explore", "metad", "opes-multithermal")
 
 
 @dataclass
@@ -46,6 +48,7 @@ class BiasSettings:
     grid: bool = True
     grid_ranges: list[list[float]] = field(default_factory=list)
     probe_steps: int = 2000
+    tmax_K: float = 0.0  # opes-multithermal: highest temperature (0: twice the run's)
 
     def validate(self) -> None:
         if self.bias not in BIASES:
@@ -60,6 +63,8 @@ class BiasSettings:
             raise InputError(f"sigma: {self.sigma}; expected positive widths")
         if self.pace < 1 or self.probe_steps < 100:
             raise InputError("pace must be >= 1 and probe_steps >= 100")
+        if self.tmax_K < 0:
+            raise InputError(f"tmax_K: {self.tmax_K}; expected > 0 (or 0 for twice the temperature)")
 
 
 def estimate_sigma(values: np.ndarray, periods: list[float]) -> list[float]:
@@ -82,6 +87,14 @@ def make_bias(settings: BiasSettings, cv: CV, temperature_K: float, sigma: list[
     """The bias named by ``settings`` over ``cv``."""
     if settings.bias == "none":
         return None
+    on_energy = bool(energy_cvs(cv))
+    if settings.bias == "opes-multithermal":
+        if not (on_energy and cv.dim == 1):
+            raise InputError(f"bias opes-multithermal: biases the potential energy; use --cv energy (got {cv.names})")
+        return OPESMultithermal(cv, temperature_K, settings.tmax_K or 2 * temperature_K, sigma[0], settings.pace)
+    if on_energy:
+        raise InputError("CV 'energy': kernel biases on the energy can reverse the force field's forces where the "
+                         "estimate falls off; use --bias opes-multithermal")
     if len(sigma) != cv.dim:
         raise InputError(f"sigma: {len(sigma)} widths for the {cv.dim} CV outputs {cv.names}")
     if settings.bias == "metad":
@@ -91,13 +104,18 @@ def make_bias(settings: BiasSettings, cv: CV, temperature_K: float, sigma: list[
                 mode="explore" if settings.bias == "opes-explore" else "metad")
 
 
-def grid_ranges(settings: BiasSettings, cv: CV) -> list[tuple[float, float] | None]:
+def grid_ranges(settings: BiasSettings, cv: CV, probe: np.ndarray | None = None,
+                temperature_K: float = 300.0) -> list[tuple[float, float] | None]:
     """Grid ranges for the non-periodic CV outputs: given ones, else a learned CV's training
-    range widened by half its width on each side."""
+    range widened by half its width on each side, else from ``probe`` (CV values of a short
+    unbiased run, mean m, standard deviation σ): m ± (sqrt(2βB) + 3)σ, where a harmonic free
+    energy along the CV has risen by the barrier B, plus a margin; for the multithermal bias,
+    from m - 6σ to the mean energy at T_max (heat capacity σ²/k_BT²) + 6σ T_max/T."""
     if settings.grid_ranges:
         return [tuple(r) for r in settings.grid_ranges]
     out: list[tuple[float, float] | None] = []
     parts = list(cv.cvs) if hasattr(cv, "cvs") else [cv]
+    column = 0
     for part in parts:
         meta = getattr(part, "meta", {})
         for k, p in enumerate(part.periods):
@@ -106,9 +124,19 @@ def grid_ranges(settings: BiasSettings, cv: CV) -> list[tuple[float, float] | No
             elif "cv_range" in meta:
                 lo, hi = meta["cv_range"][k]
                 out.append((lo - 0.5 * (hi - lo), hi + 0.5 * (hi - lo)))
+            elif probe is not None:
+                x = probe[:, column]
+                mean, std, kT = x.mean(), max(x.std(), 1e-6), kT_kjmol(temperature_K)
+                if settings.bias == "opes-multithermal":
+                    ratio = (settings.tmax_K or 2 * temperature_K) / temperature_K
+                    out.append((float(mean - 6 * std), float(mean + std**2 / kT * (ratio - 1) + 6 * std * ratio)))
+                else:
+                    half = (np.sqrt(2 * settings.barrier_kjmol / kT) + 3) * std
+                    out.append((float(mean - half), float(mean + half)))
             else:
                 raise InputError(f"CV {part.names[k]!r} is not periodic: give its grid range (--grid-range LOW:HIGH) "
                                  f"or use --no-grid")
+            column += 1
     return out
 
 
@@ -130,16 +158,22 @@ def start_openmm(settings, bias_settings: BiasSettings, run_dir: str | Path, pro
     _prepare(run_dir, settings, bias_settings)
     numbers = _pdb_numbers(settings.pdb)
     cv = parse_cv(bias_settings.cv, numbers, settings.pdb) if bias_settings.cv else None
-    bias = None
+    bias, ranges = None, None
     run_dir.mkdir(parents=True, exist_ok=True)
     if cv is not None and bias_settings.bias != "none":
-        sigma = bias_settings.sigma
-        if not sigma:
-            probe = OpenMMRun(settings, run_dir / "probe")
-            sigma = estimate_sigma(probe.equilibrate(bias_settings.probe_steps, cv), cv.periods)
-            bias_settings.sigma = sigma
-        bias = make_bias(bias_settings, cv, settings.temperature_K, sigma)
-    ranges = grid_ranges(bias_settings, cv) if bias is not None and bias_settings.grid else None
+        values = None
+        if not bias_settings.sigma or (bias_settings.grid and not bias_settings.grid_ranges):
+            values = OpenMMRun(settings, run_dir / "probe").equilibrate(bias_settings.probe_steps, cv)
+        if not bias_settings.sigma:
+            bias_settings.sigma = estimate_sigma(values, cv.periods)
+        bias = make_bias(bias_settings, cv, settings.temperature_K, bias_settings.sigma)
+        if isinstance(bias, OPESMultithermal) and settings.timestep_fs > 1.0:
+            warnings.warn(f"opes-multithermal at {settings.timestep_fs} fs: the energy-dependent force scale "
+                          f"heats bond and angle vibrations above 1 fs; use --timestep-fs 1", stacklevel=2)
+        if bias_settings.grid:
+            ranges = grid_ranges(bias_settings, cv, values, settings.temperature_K)
+            if all(r is not None for r in ranges):  # stored, so that a resumed run has the same grid
+                bias_settings.grid_ranges = [list(r) for r in ranges]
     run = OpenMMRun(settings, run_dir, bias, cv, grid=bias_settings.grid, grid_ranges=ranges, progress=progress)
     shutil.copyfile(settings.pdb, run_dir / "topology.pdb")
     save_config(settings, run_dir / "md.toml")
@@ -183,6 +217,8 @@ def start_native(potential, frames, md_settings, bias_settings: BiasSettings, ru
     _prepare(run_dir, md_settings, bias_settings)
     batch = AtomsBatch.from_atoms(frames)
     cv = parse_cv(bias_settings.cv, frames[0].numbers) if bias_settings.cv else None
+    if energy_cvs(cv):
+        raise InputError("CV 'energy': the force-field energy is a CV of OpenMM runs (--engine openmm)")
     run_dir.mkdir(parents=True, exist_ok=True)
     bias = native_bias(potential, batch, md_settings, bias_settings, cv) if cv is not None else None
     reporters = [ColvarReporter(run_dir / "colvar.csv", cv, bias, md_settings.report_every)] if cv is not None else []

@@ -5,7 +5,8 @@ A specification is a comma-separated list of
 - ``phi``, ``psi`` (backbone torsions read from a PDB topology; ``phi2``/``psi2`` name the
   residue number when the chain has several),
 - ``torsion(i,j,k,l)``, ``angle(i,j,k)``, ``distance(i,j)`` with 0-based atom indices,
-- the path of a learned CV exported by ``neuralmd cv train`` (its folder or its ``cv.pt``).
+- the path of a learned CV exported by ``neuralmd cv train`` (its folder or its ``cv.pt``),
+- ``energy``: the force field's potential energy in kJ/mol (OpenMM runs; see :mod:`.energy_cv`).
 
 Descriptor sets for learned CVs: ``heavy-atom-distances`` (all pairs of non-hydrogen atoms),
 ``all-distances``, or ``atoms(i,j,...)`` (all pairs among the given atoms).
@@ -21,6 +22,7 @@ import torch
 
 from ..errors import InputError
 from .cvs import CV, Angle, Distance, PairwiseDistances, Stack, Torsion
+from .energy_cv import PotentialEnergy
 from .learned import load_exported
 
 _CALL = re.compile(r"^(torsion|angle|distance|atoms)\(([\d,\s]+)\)$")
@@ -158,6 +160,8 @@ def parse_cv(spec: str, numbers: np.ndarray, pdb: str | Path | None = None) -> C
                 raise InputError(f"CV {item!r}: expected {_ARITY[m.group(1)]} atom indices")
             cls = {"torsion": Torsion, "angle": Angle, "distance": Distance}[m.group(1)]
             cv = cls(*idx)
+        elif item == "energy":
+            cv = PotentialEnergy()
         elif re.fullmatch(r"(phi|psi)\d*", item):
             if pdb is None:
                 raise InputError(f"CV {item!r}: backbone torsions need a PDB topology (--pdb)")
@@ -168,8 +172,8 @@ def parse_cv(spec: str, numbers: np.ndarray, pdb: str | Path | None = None) -> C
         elif Path(item).exists():
             cv = load_cv(item, numbers)
         else:
-            raise InputError(f"CV {item!r}: not a CV name, torsion(...)/angle(...)/distance(...), or an "
-                             f"exported CV folder")
+            raise InputError(f"CV {item!r}: not a CV name (phi, psi, energy), torsion(...)/angle(...)/distance(...), "
+                             f"or an exported CV folder")
         cv.check_atoms(len(numbers))
         cvs.append(cv)
     if not cvs:
