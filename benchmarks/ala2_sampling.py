@@ -110,7 +110,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", type=float, default=1.0, help="multiply all simulated times")
     parser.add_argument("--work", type=Path, default=Path("/tmp/neuralmd-ala2-bench"))
-    parser.add_argument("--learned-ncv", type=int, default=2, help="Deep-TICA components biased in (d)")
+    parser.add_argument("--learned-ncv", type=int, default=1, help="Deep-TICA components biased in (d)")
+    parser.add_argument("--explore-ns", type=float, default=3.0, help="(d): length of the multithermal run")
+    parser.add_argument("--learned-ns", type=float, default=3.0, help="(d): length of the OPES run on the learned CV")
     parser.add_argument("--explore-tmax", type=float, default=1000.0, help="(d): top of the multithermal ladder, K")
     parser.add_argument("--lag-ps", type=float, default=20.0, help="(d): Deep-TICA lag time")
     parser.add_argument("--only", default="", help="comma-separated subset of unbiased,metad,opes,learned")
@@ -123,8 +125,8 @@ def main() -> None:
     results: dict = json.loads(out.read_text()) if args.only and out.exists() else {}  # keep the other parts
     for part in parts:
         shutil.rmtree(work / part, ignore_errors=True)
-    ns = {k: v * args.scale for k, v in {"unbiased": 10.0, "metad": 3.0, "opes": 3.0, "short": 0.5, "explore": 1.0,
-                                         "learned": 3.0}.items()}
+    ns = {k: v * args.scale for k, v in {"unbiased": 10.0, "metad": 3.0, "opes": 3.0, "short": 0.5,
+                                         "explore": args.explore_ns, "learned": args.learned_ns}.items()}
     load = LoadMonitor()
     previous_load = results.get("machine_load", {}).get("other_processes_cpu_cores", {})
     if "unbiased" in parts:
