@@ -153,6 +153,9 @@ def test_bad_sampling_input_exits_2_and_writes_nothing(tmp_path):
     fails(["sample", "--pdb", pdb, "--cv", "phi", "--barrier-kjmol", "0", "-o", str(tmp_path / "a")], "barrier")
     fails(["sample", "--pdb", pdb, "--cv", "phi", "--biasfactor", "0.5", "-o", str(tmp_path / "a")], "biasfactor")
     fails(["sample", "--pdb", pdb, "--cv", "torsion(0,1,2,40)", "-o", str(tmp_path / "a")], "atom index 40")
+    fails(["sample", "--pdb", pdb, "--cv", "energy", "--bias", "opes", "-o", str(tmp_path / "a")], "opes-multithermal")
+    fails(["sample", "--pdb", pdb, "--cv", "phi", "--bias", "opes-multithermal", "-o", str(tmp_path / "a")],
+          "use --cv energy")
     assert not (tmp_path / "a").exists()
     # a CV trained on alanine dipeptide does not fit ethanol: descriptors do not match the system
     run = start_openmm(OpenMMSettings(pdb=pdb, report_every=10, total_steps=400), BiasSettings(cv="phi", bias="none"),

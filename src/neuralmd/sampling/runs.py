@@ -83,18 +83,25 @@ def estimate_sigma(values: np.ndarray, periods: list[float]) -> list[float]:
     return out
 
 
+def check_bias_cv(settings: BiasSettings, cv: CV) -> None:
+    """InputError unless the bias kind fits the CV: the multithermal bias takes the energy alone,
+    kernel biases never take the energy (where their estimate falls off, their slope reverses the
+    force field's forces)."""
+    on_energy = bool(energy_cvs(cv))
+    if settings.bias == "opes-multithermal" and not (on_energy and cv.dim == 1):
+        raise InputError(f"bias opes-multithermal: biases the potential energy; use --cv energy (got {cv.names})")
+    if on_energy and settings.bias not in ("none", "opes-multithermal"):
+        raise InputError("CV 'energy': kernel biases on the energy can reverse the force field's forces where the "
+                         "estimate falls off; use --bias opes-multithermal")
+
+
 def make_bias(settings: BiasSettings, cv: CV, temperature_K: float, sigma: list[float]) -> Bias | None:
     """The bias named by ``settings`` over ``cv``."""
     if settings.bias == "none":
         return None
-    on_energy = bool(energy_cvs(cv))
+    check_bias_cv(settings, cv)
     if settings.bias == "opes-multithermal":
-        if not (on_energy and cv.dim == 1):
-            raise InputError(f"bias opes-multithermal: biases the potential energy; use --cv energy (got {cv.names})")
         return OPESMultithermal(cv, temperature_K, settings.tmax_K or 2 * temperature_K, sigma[0], settings.pace)
-    if on_energy:
-        raise InputError("CV 'energy': kernel biases on the energy can reverse the force field's forces where the "
-                         "estimate falls off; use --bias opes-multithermal")
     if len(sigma) != cv.dim:
         raise InputError(f"sigma: {len(sigma)} widths for the {cv.dim} CV outputs {cv.names}")
     if settings.bias == "metad":
@@ -158,6 +165,8 @@ def start_openmm(settings, bias_settings: BiasSettings, run_dir: str | Path, pro
     _prepare(run_dir, settings, bias_settings)
     numbers = _pdb_numbers(settings.pdb)
     cv = parse_cv(bias_settings.cv, numbers, settings.pdb) if bias_settings.cv else None
+    if cv is not None:
+        check_bias_cv(bias_settings, cv)
     bias, ranges = None, None
     run_dir.mkdir(parents=True, exist_ok=True)
     if cv is not None and bias_settings.bias != "none":
