@@ -5,7 +5,9 @@ In one run, on the same thread count, for ethanol (9 atoms) and 3BPA (27 atoms):
   calculator, and of ASE's VelocityVerlet driving MACE's calculator (2 layers, 32x0e+32x1o);
 - atom-steps/s of the native engine with 1, 8, 32 and 128 replicas in one batch, and the ratio
   to running them one by one;
-- the time of the model's own forward+backward per step, so the engine's overhead shows.
+- the time of the model's own forward+backward per step, so the engine's overhead shows;
+- the same native runs with ``compile=True`` (all-pairs static graph + torch.compile, see
+  neuralmd.models.compiled), and the compilation time.
 
     python benchmarks/md_speed.py --threads 2
 
@@ -55,14 +57,17 @@ def molecules() -> dict[str, Any]:
     return {"ethanol": ethanol, "3bpa": bpa}
 
 
-def native_steps_per_s(model, atoms, replicas: int, steps: int) -> float:
-    """Steps per second of the native engine on ``replicas`` copies of ``atoms``."""
+def native_steps_per_s(model, atoms, replicas: int, steps: int, compile: bool = False) -> tuple[float, float]:
+    """Steps per second of the native engine on ``replicas`` copies of ``atoms``, and the
+    seconds its first 10 steps took (the compilation, with ``compile``)."""
     sim = Simulation(model, AtomsBatch.from_atoms([atoms] * replicas), ensemble="nve", timestep_fs=TIMESTEP_FS,
-                     temperature_K=TEMPERATURE_K, report_every=10**9, seed=0)
-    sim.run(10)  # warm-up
+                     temperature_K=TEMPERATURE_K, report_every=10**9, seed=0, compile=compile)
+    start = time.perf_counter()
+    sim.run(10)  # warm-up (and compilation)
+    warm_up = time.perf_counter() - start
     start = time.perf_counter()
     sim.run(steps)
-    return steps / (time.perf_counter() - start)
+    return steps / (time.perf_counter() - start), warm_up
 
 
 def model_ms_per_step(model, atoms, calls: int) -> float:
@@ -106,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--features", type=int, default=64)
     p.add_argument("--interactions", type=int, default=3)
     p.add_argument("--replicas", default="1,8,32,128")
+    p.add_argument("--no-compile", action="store_true", help="skip the compiled native runs")
     p.add_argument("--out", type=Path, default=HERE / "results" / "md_speed.json")
     p.add_argument("--work-dir", type=Path, default=Path("/tmp/neuralmd-md-speed"))
     args = p.parse_args(argv)
@@ -132,29 +138,43 @@ def main(argv: list[str] | None = None) -> int:
         ff.log(f"{name}: {n} atoms")
         row: dict[str, Any] = {"atoms": n}
         row["model_ms_per_step"] = model_ms_per_step(model, atoms, args.steps)
-        row["native_steps_per_s"] = native_steps_per_s(model, atoms, 1, args.steps)
+        row["native_steps_per_s"] = native_steps_per_s(model, atoms, 1, args.steps)[0]
         row["engine_overhead_fraction"] = 1000.0 / row["native_steps_per_s"] / row["model_ms_per_step"] - 1.0
+        if not args.no_compile:
+            row["native_compiled_steps_per_s"], row["compile_s"] = native_steps_per_s(model, atoms, 1, args.steps,
+                                                                                       compile=True)
         row["ase_neuralmd_steps_per_s"] = ase_steps_per_s(NeuralCalculator(model), atoms, args.steps)
         row["ase_mace_steps_per_s"] = ase_steps_per_s(mace_calc, atoms, max(args.steps // 5, 20))
-        batched = []
-        for r in replicas:
-            steps = max(20, args.steps * 4 // max(r, 4))
-            atom_steps = native_steps_per_s(model, atoms, r, steps) * r * n
-            batched.append({"replicas": r, "atom_steps_per_s": atom_steps})
-        one = batched[0]["atom_steps_per_s"] if replicas[0] == 1 else row["native_steps_per_s"] * n
-        for b in batched:
-            b["speedup_vs_one_by_one"] = b["atom_steps_per_s"] / one
-        row["batched"] = batched
+        for key, compile in (("batched", False), ("batched_compiled", True)):
+            if compile and args.no_compile:
+                continue
+            batched = []
+            for r in replicas:
+                steps = max(20, args.steps * 4 // max(r, 4))
+                atom_steps = native_steps_per_s(model, atoms, r, steps, compile)[0] * r * n
+                batched.append({"replicas": r, "atom_steps_per_s": atom_steps})
+            one = batched[0]["atom_steps_per_s"] if replicas[0] == 1 else row["native_steps_per_s"] * n
+            for b in batched:
+                b["speedup_vs_one_by_one"] = b["atom_steps_per_s"] / one
+            row[key] = batched
         row["ratios"] = {"native_vs_ase_neuralmd": row["native_steps_per_s"] / row["ase_neuralmd_steps_per_s"],
                          "native_vs_ase_mace": row["native_steps_per_s"] / row["ase_mace_steps_per_s"]}
+        if "native_compiled_steps_per_s" in row:
+            row["ratios"]["native_compiled_vs_ase_neuralmd"] = (row["native_compiled_steps_per_s"]
+                                                                / row["ase_neuralmd_steps_per_s"])
         results[name] = row
         monitor.phase(name)
         ff.log(f"  native {row['native_steps_per_s']:.0f} steps/s, ASE+neuralmd {row['ase_neuralmd_steps_per_s']:.0f},"
                f" ASE+MACE {row['ase_mace_steps_per_s']:.0f}; model {row['model_ms_per_step']:.2f} ms/step, engine "
                f"overhead {100 * row['engine_overhead_fraction']:.0f} %")
-        for b in batched:
-            ff.log(f"  {b['replicas']:>4} replicas: {b['atom_steps_per_s']:.0f} atom-steps/s "
-                   f"({b['speedup_vs_one_by_one']:.1f}x one by one)")
+        if "native_compiled_steps_per_s" in row:
+            ff.log(f"  compiled: {row['native_compiled_steps_per_s']:.0f} steps/s "
+                   f"({row['ratios']['native_compiled_vs_ase_neuralmd']:.2f}x ASE+neuralmd), "
+                   f"compiled in {row['compile_s']:.0f} s")
+        for key in ("batched", "batched_compiled"):
+            for b in row.get(key, []):
+                ff.log(f"  {key:16s} {b['replicas']:>4} replicas: {b['atom_steps_per_s']:.0f} atom-steps/s "
+                       f"({b['speedup_vs_one_by_one']:.1f}x one by one)")
     results["machine"]["other_processes_cpu_cores"] = monitor.phases
     busy = monitor.busy()
     if busy:

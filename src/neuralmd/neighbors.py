@@ -19,7 +19,7 @@ from .state import AtomsBatch
 DENSE_MAX_ATOMS = 200
 
 
-def _dense_pairs(positions: torch.Tensor, system: torch.Tensor, counts: torch.Tensor, cutoff: float):
+def dense_pairs(positions: torch.Tensor, system: torch.Tensor, counts: torch.Tensor, cutoff: float):
     """All pairs i != j within each system closer than ``cutoff`` Å (non-periodic)."""
     n = positions.shape[0]
     starts = torch.cumsum(counts, 0) - counts
@@ -60,7 +60,7 @@ def neighbor_list(batch: AtomsBatch, cutoff: float) -> tuple[torch.Tensor, torch
     counts = batch.counts
     dtype, device = pos.dtype, pos.device
     if uses_dense_list(batch):
-        i, j = _dense_pairs(pos, batch.system, counts, cutoff)
+        i, j = dense_pairs(pos, batch.system, counts, cutoff)
         return i, j, torch.zeros(i.shape[0], 3, dtype=dtype, device=device)
 
     starts = (torch.cumsum(counts, 0) - counts).tolist()

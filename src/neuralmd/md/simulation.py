@@ -61,6 +61,9 @@ class MDSettings:
     #: replicas with a trajectory file (the first N; -1: all). Thousands of small CG replicas
     #: would otherwise mean thousands of HDF5 files, each written at every report.
     trajectory_replicas: int = -1
+    #: compile the model for this batch of molecules (see neuralmd.models.compiled): faster
+    #: steps after a compilation of tens of seconds
+    compile: bool = False
 
     def validate(self) -> None:
         if self.ensemble not in ("nve", "nvt"):
@@ -151,6 +154,10 @@ class Simulation:
         self.stop_conditions = list(stop_conditions)
         self.progress = progress
         self.fingerprint = potential_fingerprint(potential)
+        if settings.compile:
+            from ..models.compiled import StaticGraphPotential
+
+            potential = self.potential = StaticGraphPotential(potential, batch).eval()
         # replica b draws from seed + b: replica b of a batch follows the single run seeded seed + b
         self.noise = ReplicaNoise([settings.seed + b for b in range(batch.n_systems)])
         force_fn = make_force_fn(potential, self.terms)

@@ -77,8 +77,11 @@ class NeuralPotential(Potential):
         if batch.periodic:
             vectors = vectors + torch.einsum("ek,ekl->el", shifts.to(vectors.dtype), batch.cell[batch.system[i]])
         species = self.species_of[batch.numbers]
-        out = self.network(species, vectors, i, j).to(torch.float64)
-        return self.e0[species] + self.shift + self.scale * out
+        return self.energies_from_network(species, self.network(species, vectors, i, j))
+
+    def energies_from_network(self, species: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Per-atom energies (eV, float64) from the network's per-atom output."""
+        return self.e0[species] + self.shift + self.scale * out.to(torch.float64)
 
     # --- model file -------------------------------------------------------------------
     def metadata(self) -> dict[str, Any]:
