@@ -20,10 +20,8 @@ import torch
 from openmm import unit
 
 from ..errors import InputError
+from ..md.openmm_force import NM_IN_A
 from .cvs import CV
-
-#: 1 nm in Å.
-_NM_IN_A = 10.0
 
 
 def force_field_forces(system: openmm.System) -> list[openmm.Force]:
@@ -41,11 +39,11 @@ class _Energy(torch.autograd.Function):
         energies, grads = [], []
         for pos in x.detach().cpu().numpy():
             context = cv.context()
-            context.setPositions(pos / _NM_IN_A)
+            context.setPositions(pos / NM_IN_A)
             state = context.getState(getEnergy=True, getForces=True)
             energies.append(state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
             forces = state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer)
-            grads.append(-np.asarray(forces) / _NM_IN_A)
+            grads.append(-np.asarray(forces) / NM_IN_A)
         ctx.save_for_backward(torch.as_tensor(np.stack(grads), dtype=x.dtype, device=x.device))
         return torch.tensor(energies, dtype=x.dtype, device=x.device).unsqueeze(-1)
 
