@@ -120,7 +120,7 @@ def machine_info() -> dict[str, Any]:
 
 class LoadMonitor:
     """CPU used by *other* processes during each phase (cores on average), from /proc/stat minus
-    this process's own CPU time: two busy torch processes on the same 2 cores slow each other
+    this process's own CPU time and its finished children's (torch.compile's C++ compiler): two busy torch processes on the same 2 cores slow each other
     down many times over, so a benchmark run next to other work is not worth reading."""
 
     def __init__(self) -> None:
@@ -135,7 +135,8 @@ class LoadMonitor:
             return None
         tick = os.sysconf("SC_CLK_TCK")
         busy = (sum(fields[:8]) - fields[3] - fields[4]) / tick  # all but idle and iowait
-        return time.perf_counter(), busy, time.process_time()
+        own = os.times()  # this process and the children it waited for (compilers)
+        return time.perf_counter(), busy, own.user + own.system + own.children_user + own.children_system
 
     def phase(self, name: str) -> None:
         now = self._read()

@@ -5,7 +5,8 @@ cutoff. That is exact, since the radial envelope is zero beyond the cutoff, and 
 tensor shape constant for the whole run, so ``torch.compile`` (inductor: fused C++ kernels on
 a CPU) compiles the network once instead of re-tracing as pairs cross the cutoff. On small
 molecules the network's forward and backward are dominated by per-operation overhead, which
-fusion removes (measured in ``benchmarks/md_speed.py``). Compilation takes tens of seconds and
+fusion removes (measured in ``benchmarks/md_speed.py``); the fused kernels run on one thread.
+Compilation takes tens of seconds and
 needs a C++ compiler; molecules of up to :data:`STATIC_MAX_ATOMS` atoms (all-pairs edges grow
 as n²).
 """
@@ -56,7 +57,10 @@ class StaticGraphPotential(Potential):
         self.register_buffer("j", j, persistent=False)
         self.register_buffer("numbers", batch.numbers.clone(), persistent=False)
         self.register_buffer("species", model.species_of[batch.numbers], persistent=False)
-        self.network = torch.compile(model.network, dynamic=False) if compile else model.network
+        # single-threaded fused kernels: on graphs this small, OpenMP synchronisation costs more than
+        # the second core saves (32 copies of a 27-atom molecule: 67 ms/step on 1 thread, 97 on 2)
+        self.network = (torch.compile(model.network, dynamic=False, options={"cpp.threads": 1}) if compile
+                        else model.network)
 
     @property
     def dtype(self) -> torch.dtype:
