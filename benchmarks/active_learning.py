@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from ase.build import molecule
 
-from neuralmd.active.loop import ActiveLearning, ActiveSettings, _train_member
+from neuralmd.active.loop import ActiveLearning, ActiveSettings, _train_member, label_missing
 from neuralmd.data.dataset import FrameDataset
 from neuralmd.data.io import write_frames
 from neuralmd.data.store import LabelStore, frame_key
@@ -63,17 +63,12 @@ def label_all(client, frames, labeler=None) -> list:
 def label_stored(client, frames, labeler, store: LabelStore) -> tuple[list, float | None]:
     """The labelled frames (input order, failures left out) and the labels per minute of this
     call (None if every label came from ``store``); new labels are stored as they arrive."""
-    known = store.keys()
-    todo = [k for k, a in enumerate(frames) if frame_key(a) not in known]
-    rate = None
-    if todo:
-        t0 = time.perf_counter()
-        for j, labelled, reason in label_as_completed(client, labeler, [frames[k] for k in todo]):
-            k = todo[j]
-            store.add(labelled if labelled is not None else frames[k], frame_key(frames[k]), 0, labeler.settings(),
-                      reason, index=k)
-        rate = len(todo) / (time.perf_counter() - t0) * 60
-        print(f"  {len(todo)} frames labelled, {rate:.1f} labels/min")
+    t0 = time.perf_counter()
+    done = label_missing(client, labeler, frames, store)
+    n = done["labelled_now"] + done["failed_now"]
+    rate = n / (time.perf_counter() - t0) * 60 if n else None
+    if n:
+        print(f"  {n} frames labelled, {rate:.1f} labels/min")
     stored = {a.info["key"]: a for a in store.frames("ok")}
     out = []
     for a in frames:

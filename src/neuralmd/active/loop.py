@@ -130,6 +130,24 @@ def _train_member(cfg_dict: dict, run_dir: str) -> dict:
     return Trainer(TrainConfig(**cfg_dict), run, progress=False).run()
 
 
+def label_missing(client, labeler, frames: list[Atoms], store: LabelStore, round_: int = 0) -> dict[str, int]:
+    """Label, on the Dask ``client``, the ``frames`` whose key ``store`` does not hold yet, and
+    store each label (or its failure and reason) as it arrives, with ``round_`` and its index in
+    ``frames``: a stopped job loses no finished label and a rerun labels only what is missing."""
+    from ..parallel import label_as_completed
+
+    known = store.keys()
+    todo = [(k, a) for k, a in enumerate(frames) if frame_key(a) not in known]
+    failed = 0
+    if todo:
+        for j, labelled, reason in label_as_completed(client, labeler, [a for _, a in todo]):
+            k, atoms = todo[j]
+            store.add(labelled if labelled is not None else atoms, frame_key(atoms), round_, labeler.settings(),
+                      reason, index=k)
+            failed += reason is not None
+    return {"labelled_now": len(todo) - failed, "failed_now": failed}
+
+
 class ActiveLearning:
     """The loop in ``run_dir``; ``report`` receives each finished round's history row."""
 
@@ -187,18 +205,7 @@ class ActiveLearning:
     # --- stages -------------------------------------------------------------------------
     def label(self, frames: list[Atoms], round_: int) -> dict[str, int]:
         """Label the frames not yet stored; each label is stored as it arrives."""
-        from ..parallel import label_as_completed
-
-        known = self.store.keys()
-        todo = [(k, a) for k, a in enumerate(frames) if frame_key(a) not in known]
-        failed = 0
-        if todo:
-            for j, labelled, reason in label_as_completed(self.client, self.labeler, [a for _, a in todo]):
-                k, atoms = todo[j]
-                out = labelled if labelled is not None else atoms
-                self.store.add(out, frame_key(atoms), round_, self.labeler.settings(), reason, index=k)
-                failed += reason is not None
-        return {"labelled_now": len(todo) - failed, "failed_now": failed}
+        return label_missing(self.client, self.labeler, frames, self.store, round_)
 
     def training_set(self, max_round: int) -> list[Atoms]:
         """Labelled frames of rounds <= ``max_round`` in a fixed order (round, index)."""
