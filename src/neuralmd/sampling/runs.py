@@ -171,7 +171,8 @@ def start_openmm(settings, bias_settings: BiasSettings, run_dir: str | Path, pro
     run_dir.mkdir(parents=True, exist_ok=True)
     if cv is not None and bias_settings.bias != "none":
         values = None
-        if not bias_settings.sigma or (bias_settings.grid and not bias_settings.grid_ranges):
+        needs_range = bias_settings.grid and not bias_settings.grid_ranges and min(cv.periods) == 0
+        if not bias_settings.sigma or needs_range:
             values = OpenMMRun(settings, run_dir / "probe").equilibrate(bias_settings.probe_steps, cv)
         if not bias_settings.sigma:
             bias_settings.sigma = estimate_sigma(values, cv.periods)
