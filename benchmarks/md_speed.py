@@ -10,6 +10,7 @@ In one run, on the same thread count, for ethanol (9 atoms) and 3BPA (27 atoms):
   neuralmd.models.compiled), and the compilation time.
 
     python benchmarks/md_speed.py --threads 2
+    python benchmarks/md_speed.py --device cuda --replicas 1,8,32,128,512 --out results/md_speed_gpu.json
 
 Timing does not depend on the weights, so both models are built with random weights over
 H, C, N, O and their output scaled to ~0.01 eV/Å forces: the molecules then stay intact over
@@ -40,6 +41,7 @@ from neuralmd.io_utils import atomic_write_json
 from neuralmd.md.ase_calculator import NeuralCalculator
 from neuralmd.md.simulation import Simulation, make_force_fn
 from neuralmd.models import NeuralPotential
+from neuralmd.models.compiled import StaticGraphPotential
 from neuralmd.state import AtomsBatch
 from neuralmd.threads import set_threads
 
@@ -53,12 +55,18 @@ TIMESTEP_FS = 0.5
 TEMPERATURE_K = 50.0
 
 
-def molecules() -> dict[str, Any]:
-    ethanol = read(ff.ETHANOL / "test_MD.xyz", index=0)
-    bpa = read(ff.BPA_FILE, index=0)
+def molecules(data: Path) -> dict[str, Any]:
+    ethanol = read(data / "rmd17_ethanol" / "test_MD.xyz", index=0)
+    bpa = read(data / "3bpa" / "train_300K.xyz", index=0)
     for atoms in (ethanol, bpa):
         atoms.calc = None
     return {"ethanol": ethanol, "3bpa": bpa}
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the GPU's queued work (a timer must not stop while kernels still run)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def native_steps_per_s(model, atoms, replicas: int, steps: int, compile: bool = False) -> tuple[float, float]:
@@ -70,21 +78,25 @@ def native_steps_per_s(model, atoms, replicas: int, steps: int, compile: bool = 
     sim = Simulation(model, AtomsBatch.from_atoms([atoms] * replicas), ensemble="nve", timestep_fs=TIMESTEP_FS,
                      temperature_K=TEMPERATURE_K, report_every=10**9, seed=0, compile=compile)
     sim.run(30)  # warm-up (the first force call compiles)
+    synchronize(model.device)
     warm_up = time.perf_counter() - start
     start = time.perf_counter()
     sim.run(steps)
+    synchronize(model.device)
     return steps / (time.perf_counter() - start), warm_up
 
 
 def model_ms_per_step(model, atoms, calls: int) -> float:
     """Forward+backward (energy and forces) of one replica, as the engine calls it, in ms."""
     force_fn = make_force_fn(model)
-    batch = AtomsBatch.from_atoms([atoms])
+    batch = AtomsBatch.from_atoms([atoms], dtype=torch.float64, device=model.device)
     for _ in range(5):
         force_fn(batch)
+    synchronize(model.device)
     start = time.perf_counter()
     for _ in range(calls):
         force_fn(batch)
+    synchronize(model.device)
     return (time.perf_counter() - start) / calls * 1000
 
 
@@ -99,7 +111,7 @@ def ase_steps_per_s(calc, atoms, steps: int) -> float:
     return steps / (time.perf_counter() - start)
 
 
-def mace_calculator(work: Path, seed: int):
+def mace_calculator(work: Path, seed: int, device: torch.device):
     from mace.calculators import MACECalculator
     from mace.tools.utils import AtomicNumberTable
 
@@ -107,7 +119,7 @@ def mace_calculator(work: Path, seed: int):
                           mean=0.0, std=FORCE_SCALE, seed=seed)
     path = work / "mace_random.model"
     torch.save(model, path)
-    return MACECalculator(model_paths=str(path), device="cpu", default_dtype="float32"), model
+    return MACECalculator(model_paths=str(path), device=device.type, default_dtype="float32"), model
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,15 +132,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-compile", action="store_true", help="skip the compiled native runs")
     p.add_argument("--out", type=Path, default=HERE / "results" / "md_speed.json")
     p.add_argument("--work-dir", type=Path, default=Path("/tmp/neuralmd-md-speed"))
+    p.add_argument("--device", default="cpu", help="torch device of both models and the native engine (cpu, cuda)")
+    p.add_argument("--data", type=Path, default=ff.DATA, help="folder with rmd17_ethanol/ and 3bpa/")
+    p.add_argument("--molecules", default="ethanol,3bpa", help="which of ethanol, 3bpa to run")
     args = p.parse_args(argv)
+    device = torch.device(args.device)
     set_threads(args.threads)
     args.work_dir.mkdir(parents=True, exist_ok=True)
     monitor = ff.LoadMonitor()
     torch.manual_seed(0)
-    model = NeuralPotential(ELEMENTS, scale=FORCE_SCALE, features=args.features, interactions=args.interactions).eval()
-    mace_calc, mace_model = mace_calculator(args.work_dir, seed=0)
+    model = NeuralPotential(ELEMENTS, scale=FORCE_SCALE, features=args.features,
+                            interactions=args.interactions).to(device).eval()
+    mace_calc, mace_model = mace_calculator(args.work_dir, seed=0, device=device)
     results: dict[str, Any] = {
-        "machine": ff.machine_info(), "threads": args.threads, "versions": ff.versions(),
+        "machine": {**ff.machine_info(), "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                                                    else "cpu")},
+        "threads": args.threads, "versions": ff.versions(),
         "settings": {"timestep_fs": TIMESTEP_FS, "temperature_K": TEMPERATURE_K, "ensemble": "nve",
                      "neuralmd_model": {"architecture": "painn", "features": args.features,
                                         "interactions": args.interactions, "cutoff_A": model.cutoff,
@@ -139,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
                      "weights": "random, forces scaled to ~0.01 eV/Å (timing does not depend on weights)"},
     }
     replicas = [int(r) for r in args.replicas.split(",")]
-    for name, atoms in molecules().items():
+    for name, atoms in molecules(args.data).items():
+        if name not in args.molecules.split(","):
+            continue
         n = len(atoms)
         ff.log(f"{name}: {n} atoms")
         row: dict[str, Any] = {"atoms": n}
@@ -150,6 +171,13 @@ def main(argv: list[str] | None = None) -> int:
             row["native_compiled_steps_per_s"], row["compile_s"] = native_steps_per_s(model, atoms, 1, args.steps,
                                                                                        compile=True)
         row["ase_neuralmd_steps_per_s"] = ase_steps_per_s(NeuralCalculator(model), atoms, args.steps)
+        if not args.no_compile:  # the same compiled potential behind ASE: what the engine adds beyond compiling
+            torch._dynamo.reset()
+            static = StaticGraphPotential(model, AtomsBatch.from_atoms([atoms], dtype=torch.float64, device=device))
+            row["model_compiled_ms_per_step"] = model_ms_per_step(static, atoms, args.steps)
+            row["compiled_engine_overhead_fraction"] = (1000.0 / row["native_compiled_steps_per_s"]
+                                                        / row["model_compiled_ms_per_step"] - 1.0)
+            row["ase_neuralmd_compiled_steps_per_s"] = ase_steps_per_s(NeuralCalculator(static), atoms, args.steps)
         row["ase_mace_steps_per_s"] = ase_steps_per_s(mace_calc, atoms, max(args.steps // 5, 20))
         for key, compile in (("batched", False), ("batched_compiled", True)):
             if compile and args.no_compile:
@@ -168,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         if "native_compiled_steps_per_s" in row:
             row["ratios"]["native_compiled_vs_ase_neuralmd"] = (row["native_compiled_steps_per_s"]
                                                                 / row["ase_neuralmd_steps_per_s"])
+            row["ratios"]["native_compiled_vs_ase_neuralmd_compiled"] = (row["native_compiled_steps_per_s"]
+                                                                         / row["ase_neuralmd_compiled_steps_per_s"])
         results[name] = row
         monitor.phase(name)
         ff.log(f"  native {row['native_steps_per_s']:.0f} steps/s, ASE+neuralmd {row['ase_neuralmd_steps_per_s']:.0f},"
@@ -176,7 +206,9 @@ def main(argv: list[str] | None = None) -> int:
         if "native_compiled_steps_per_s" in row:
             ff.log(f"  compiled: {row['native_compiled_steps_per_s']:.0f} steps/s "
                    f"({row['ratios']['native_compiled_vs_ase_neuralmd']:.2f}x ASE+neuralmd), "
-                   f"compiled in {row['compile_s']:.0f} s")
+                   f"compiled in {row['compile_s']:.0f} s; compiled model {row['model_compiled_ms_per_step']:.2f} "
+                   f"ms/step, engine overhead {100 * row['compiled_engine_overhead_fraction']:.0f} %; ASE driving "
+                   f"the compiled model {row['ase_neuralmd_compiled_steps_per_s']:.0f} steps/s")
         for key in ("batched", "batched_compiled"):
             for b in row.get(key, []):
                 ff.log(f"  {key:16s} {b['replicas']:>4} replicas: {b['atom_steps_per_s']:.0f} atom-steps/s "

@@ -236,6 +236,7 @@ def md(
                                                           "+ torch.compile): faster steps after ~30 s of compiling; "
                                                           "molecules of up to 64 atoms, needs a C++ compiler"),
     threads: int = typer.Option(0, help="torch threads (0: all cores)"),
+    device: str = typer.Option("cpu", help="torch device of the native engine: cpu, or cuda for a GPU"),
 ) -> None:
     """Molecular dynamics with a neural potential (many replicas in one batch) or a classical
     force field through OpenMM: H5MD trajectories, CSV log, checkpoints; --resume continues
@@ -259,6 +260,12 @@ def md(
 
     set_threads(threads or None)
     dtype = torch.float64 if float64 else None
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise InputError(f"device: {device!r} is not a torch device; expected cpu, cuda or cuda:N") from None
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device: {device!r}, but torch sees no CUDA GPU on this machine; use --device cpu")
     if resume is not None:
         from .config import load_config
 
@@ -266,7 +273,7 @@ def md(
         if not settings_file.is_file():
             raise InputError(f"{settings_file}: not found; is {resume} an MD run directory?")
         stored = load_config(MDSettings, settings_file)
-        potential = load_potential(model or stored.model_path, dtype=dtype)
+        potential = load_potential(model or stored.model_path, dtype=dtype, device=device)
         sim = Simulation.resume(resume, potential, progress=True)
         if steps is not None:
             sim.settings.total_steps = steps
@@ -282,7 +289,7 @@ def md(
             temps = [float(t) for t in temperature.split(",")]
         except ValueError:
             raise InputError(f"temperature: cannot read {temperature!r} as K values") from None
-        potential = load_potential(model, dtype=dtype)
+        potential = load_potential(model, dtype=dtype, device=device)
         frames = read_frames(structure, require_labels=False)
         if len(frames) == 1:
             frames = [frames[0].copy() for _ in range(replicas)]

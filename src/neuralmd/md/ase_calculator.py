@@ -34,8 +34,7 @@ class NeuralCalculator(Calculator):
         if "numbers" in system_changes and hasattr(self.potential, "check_elements"):
             self.potential.check_elements(self.atoms.numbers, where="atoms")
         stress = "stress" in properties and bool(self.atoms.pbc.all())
-        device = next(iter(self.potential.buffers())).device
-        batch = AtomsBatch.from_atoms([self.atoms], dtype=torch.float64, device=device)
+        batch = AtomsBatch.from_atoms([self.atoms], dtype=torch.float64, device=self.potential.device)
         out = self.potential(batch, forces=True, stress=stress)
         energy = float(out["energy"][0].detach())
         self.results = {

@@ -40,14 +40,19 @@ class MDState:
 
 
 class ReplicaNoise:
-    """Standard normal noise, one seeded ``torch.Generator`` per replica."""
+    """Standard normal noise, one seeded ``torch.Generator`` per replica.
+
+    The generators live on the CPU whatever device the run uses, so a seed gives the same
+    trajectory on a CPU and on a GPU (up to floating-point differences in the forces)."""
 
     def __init__(self, seeds: Sequence[int]) -> None:
         self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
 
-    def normal(self, counts: Sequence[int], dtype: torch.dtype = torch.float64) -> torch.Tensor:
-        """(sum(counts), 3) normals: replica b's rows come from generator b."""
-        return torch.cat([torch.randn(n, 3, generator=g, dtype=dtype) for n, g in zip(counts, self.generators)])
+    def normal(self, counts: Sequence[int], dtype: torch.dtype = torch.float64,
+               device: torch.device | str = "cpu") -> torch.Tensor:
+        """(sum(counts), 3) normals on ``device``: replica b's rows come from generator b."""
+        noise = torch.cat([torch.randn(n, 3, generator=g, dtype=dtype) for n, g in zip(counts, self.generators)])
+        return noise.to(device)
 
     def get_state(self) -> list[torch.Tensor]:
         return [g.get_state() for g in self.generators]
@@ -102,7 +107,7 @@ def maxwell_boltzmann(batch: AtomsBatch, temperature_K: float | Sequence[float],
     or one per replica), centre-of-mass motion removed."""
     kT = (check_temperature(temperature_K) * units.kB).to(batch.positions).expand(batch.n_systems)
     sigma = torch.sqrt(kT[batch.system] / batch.masses).unsqueeze(-1)
-    velocities = sigma * noise.normal(batch.counts.tolist(), batch.positions.dtype)
+    velocities = sigma * noise.normal(batch.counts.tolist(), batch.positions.dtype, batch.positions.device)
     return remove_com_velocity(batch.replace(velocities=velocities))
 
 
@@ -156,7 +161,7 @@ def langevin(force_fn: ForceFn, timestep_fs: float, temperature_K: float | Seque
         v = b.velocities + 0.5 * dt * state.forces * inv_m                       # B
         x = b.positions + 0.5 * dt * v                                           # A
         sigma = torch.sqrt(kT.to(v).expand(b.n_systems)[b.system].unsqueeze(-1) * inv_m)
-        v = c1 * v + c2 * sigma * noise.normal(counts, v.dtype)                  # O
+        v = c1 * v + c2 * sigma * noise.normal(counts, v.dtype, v.device)        # O
         x = x + 0.5 * dt * v                                                     # A
         moved = b.replace(positions=x, velocities=v)
         energy, forces = force_fn(moved)

@@ -142,6 +142,7 @@ class Simulation:
             raise InputError(f"temperature: {len(settings.temperature_K)} values for {batch.n_systems} replicas")
         if hasattr(potential, "check_elements"):
             potential.check_elements(batch.numbers, where="structure")
+        batch = batch.to(device=potential.device, dtype=torch.float64)  # the run goes where the model is
         self.potential = potential.eval()
         self.settings = settings
         self.terms = list(terms)
@@ -166,10 +167,10 @@ class Simulation:
         else:
             init_fn, self.step_fn = langevin(force_fn, settings.timestep_fs, settings.temperature_K,
                                              settings.friction_per_ps, self.noise)
-        batch = batch.to(dtype=torch.float64)
         if _restore is not None:
             self.noise.set_state(_restore["noise"])
-            self.state = MDState(batch, _restore["forces"], _restore["energy"], _restore["step"])
+            self.state = MDState(batch, _restore["forces"].to(batch.positions.device),
+                                 _restore["energy"].to(batch.positions.device), _restore["step"])
         else:
             if batch.velocities is None:
                 batch = maxwell_boltzmann(batch, settings.temperature_K, self.noise)
@@ -192,17 +193,16 @@ class Simulation:
     def _spread(batch: AtomsBatch) -> torch.Tensor:
         """Largest distance of an atom from its system's centroid, per system (Å)."""
         n = batch.counts.to(batch.positions.dtype).unsqueeze(-1)
-        centroid = torch.zeros(batch.n_systems, 3, dtype=batch.positions.dtype).index_add(
-            0, batch.system, batch.positions) / n
+        centroid = batch.positions.new_zeros(batch.n_systems, 3).index_add(0, batch.system, batch.positions) / n
         d = torch.linalg.vector_norm(batch.positions - centroid[batch.system], dim=-1)
-        return torch.zeros(batch.n_systems, dtype=d.dtype).scatter_reduce(0, batch.system, d, "amax", include_self=False)
+        return d.new_zeros(batch.n_systems).scatter_reduce(0, batch.system, d, "amax", include_self=False)
 
     def _check(self, state: MDState) -> str | None:
         """Reason the state is unphysical, or None."""
         b = state.batch
         bad_atom = ~(torch.isfinite(b.positions).all(-1) & torch.isfinite(state.forces).all(-1))
         bad = ~torch.isfinite(state.energy) | (
-            torch.zeros(b.n_systems, dtype=torch.float64).index_add(0, b.system, bad_atom.double()) > 0)
+            state.energy.new_zeros(b.n_systems, dtype=torch.float64).index_add(0, b.system, bad_atom.double()) > 0)
         if bad.any():
             return f"replica {int(torch.nonzero(bad)[0, 0])}: non-finite energy, forces or positions"
         fmax = torch.linalg.vector_norm(state.forces, dim=-1)
@@ -243,7 +243,7 @@ class Simulation:
         if not path.is_file():
             raise InputError(f"{path}: no MD checkpoint to resume from")
         try:
-            ckpt = torch.load(path, weights_only=True)
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)  # moved to the model's device
         except Exception as exc:
             raise InputError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc})") from None
         if ckpt.get("format") != CHECKPOINT_FORMAT or ckpt.get("format_version") != CHECKPOINT_VERSION:
@@ -336,7 +336,7 @@ class Simulation:
             return
         frames = self.state.batch.to_atoms()
         write_frames(frames, self.run_dir / "final.xyz")
-        temps = temperature(self.state.batch).numpy()
+        temps = temperature(self.state.batch).cpu().numpy()
         atomic_write_json({
             "steps": self.state.step, "time_ps": self.time_ps(self.state.step), "stop_reason": reason or "steps done",
             "replicas": len(frames), "wall_seconds": round(self.wall_seconds, 2), "ns_per_day": self.ns_per_day(),

@@ -21,7 +21,8 @@ class Potential(nn.Module):
     cutoff: float = 0.0
     #: Large batches of molecules are evaluated in chunks of whole systems of about this many
     #: atoms: on a CPU the per-edge tensors of one huge graph fall out of cache and cost more
-    #: than the extra calls (measured in benchmarks/md_speed.py). None: never chunk (GPUs).
+    #: than the extra calls (measured in benchmarks/md_speed.py). None: never chunk. Batches on
+    #: a GPU are never chunked: there one big graph is what is fast.
     max_atoms_per_chunk: int | None = 256
 
     def atomic_energies(self, batch: AtomsBatch) -> torch.Tensor:
@@ -35,6 +36,15 @@ class Potential(nn.Module):
             return p.dtype
         return torch.float64
 
+    @property
+    def device(self) -> torch.device:
+        """Device of the potential's weights (and so of the batches it takes)."""
+        for t in self.parameters():
+            return t.device
+        for t in self.buffers():
+            return t.device
+        return torch.device("cpu")
+
     def forward(self, batch: AtomsBatch, forces: bool = True, stress: bool = False,
                 create_graph: bool = False) -> dict[str, torch.Tensor]:
         """Evaluate the batch.
@@ -44,7 +54,8 @@ class Potential(nn.Module):
         ``create_graph`` keeps the graph of the forces so a loss on them can be trained.
         """
         chunk = self.max_atoms_per_chunk
-        if chunk and not create_graph and not batch.periodic and batch.n_atoms > 2 * chunk and batch.n_systems > 1:
+        if (chunk and batch.positions.device.type == "cpu" and not create_graph and not batch.periodic
+                and batch.n_atoms > 2 * chunk and batch.n_systems > 1):
             return self._chunked(batch, forces, stress, chunk)
         dtype = self.dtype
         pos = batch.positions.detach().to(dtype).requires_grad_(forces or stress)

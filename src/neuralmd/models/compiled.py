@@ -3,12 +3,11 @@
 For a batch of molecules every intra-molecular pair becomes an edge, not only those inside the
 cutoff. That is exact, since the radial envelope is zero beyond the cutoff, and it makes every
 tensor shape constant for the whole run, so ``torch.compile`` (inductor: fused C++ kernels on
-a CPU) compiles the network once instead of re-tracing as pairs cross the cutoff. On small
-molecules the network's forward and backward are dominated by per-operation overhead, which
-fusion removes (measured in ``benchmarks/md_speed.py``); the fused kernels run on one thread.
-Compilation takes tens of seconds and
-needs a C++ compiler; molecules of up to :data:`STATIC_MAX_ATOMS` atoms (all-pairs edges grow
-as n²).
+a CPU, Triton kernels replayed as CUDA graphs on a GPU) compiles the network once instead of
+re-tracing as pairs cross the cutoff. On small molecules the network's forward and backward are
+dominated by per-operation overhead (launches), which fusion removes (measured in
+``benchmarks/md_speed.py``). Compilation takes tens of seconds and needs a C++ compiler on a
+CPU; molecules of up to :data:`STATIC_MAX_ATOMS` atoms (all-pairs edges grow as n²).
 """
 
 from __future__ import annotations
@@ -23,6 +22,19 @@ from .neural import NeuralPotential
 
 #: largest molecule (atoms) for which all pairs are taken as edges
 STATIC_MAX_ATOMS = 64
+
+
+def compiled(network: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``network`` compiled for fixed shapes on ``device``.
+
+    On a CPU the fused C++ kernels run on one thread: on graphs this small, OpenMP
+    synchronisation costs more than the second core saves (32 copies of a 27-atom molecule: 67
+    ms/step on 1 thread, 97 on 2). On a GPU the forward and backward kernels are replayed as CUDA
+    graphs ("reduce-overhead"): one launch instead of hundreds, which is what a small molecule's
+    step is otherwise made of."""
+    if device.type == "cuda":
+        return torch.compile(network, dynamic=False, mode="reduce-overhead")
+    return torch.compile(network, dynamic=False, options={"cpp.threads": 1})
 
 
 class StaticGraphPotential(Potential):
@@ -57,10 +69,7 @@ class StaticGraphPotential(Potential):
         self.register_buffer("j", j, persistent=False)
         self.register_buffer("numbers", batch.numbers.clone(), persistent=False)
         self.register_buffer("species", model.species_of[batch.numbers], persistent=False)
-        # single-threaded fused kernels: on graphs this small, OpenMP synchronisation costs more than
-        # the second core saves (32 copies of a 27-atom molecule: 67 ms/step on 1 thread, 97 on 2)
-        self.network = (torch.compile(model.network, dynamic=False, options={"cpp.threads": 1}) if compile
-                        else model.network)
+        self.network = compiled(model.network, batch.positions.device) if compile else model.network
 
     @property
     def dtype(self) -> torch.dtype:
