@@ -5,7 +5,7 @@ wall-clock training budget on the same number of torch threads, both in float32,
 evaluated on all 1000 frames of ``test_MD.xyz``; one energy+forces call through each model's
 ASE calculator is timed on ethanol and on 3BPA (27 atoms).
 
-    python benchmarks/forcefield_rmd17.py --budget-min 10 --threads 2
+    python benchmarks/forcefield_rmd17.py --budget-min 8 --threads 2
 
 Fairness rules (also written into the JSON under each model's ``settings``):
 
