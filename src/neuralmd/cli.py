@@ -87,7 +87,8 @@ def train(
     force_weight: float = typer.Option(100.0), energy_weight: float = typer.Option(1.0),
     max_steps: int = typer.Option(200_000), time_budget_min: float = typer.Option(0.0, help="stop after this many minutes of training (0: no limit)"),
     eval_every: int = typer.Option(100), checkpoint_every: int = typer.Option(100),
-    patience: int = typer.Option(25, help="evaluations without improvement before early stopping"),
+    patience: int = typer.Option(25, help="evaluations without improvement before early stopping (plateau "
+                                          "schedule; a cosine schedule runs to its end)"),
     lr_schedule: str = typer.Option("auto", help="cosine, plateau, or auto (cosine over --time-budget-min, else plateau)"),
     float64: bool = typer.Option(False, help="train in float64"),
     baseline: Optional[str] = typer.Option(None, help="Δ-learning: learn the labels minus this baseline: xtb, gfn1, or "

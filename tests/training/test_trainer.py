@@ -88,3 +88,18 @@ def test_periodic_water_trains_and_evaluates(tmp_path):
                       threads=2)
     results = Trainer(cfg, tmp_path / "run", progress=False).run()
     assert results["valid"]["force_mae_mev_per_A"] < 0.75 * results["baseline_valid"]["force_mae_mev_per_A"]
+
+
+def test_early_stopping_ends_a_plateau_run_but_not_a_cosine_one(tmp_path, ethanol_xyz):
+    """A learning rate too small to move the weights: the validation error never improves after
+    the first evaluation, so the plateau schedule stops after ``patience`` evaluations, while a
+    cosine schedule (high rates early on purpose) runs its planned steps."""
+    stops = {}
+    for schedule in ("plateau", "cosine"):
+        cfg = TrainConfig(train=str(ethanol_xyz), features=8, interactions=1, batch_size=4, lr=1e-30, min_lr=1e-31,
+                          max_steps=40, eval_every=2, checkpoint_every=1000, patience=3, lr_schedule=schedule,
+                          threads=2)
+        stops[schedule] = Trainer(cfg, tmp_path / schedule, progress=False).run()
+    assert stops["plateau"]["stop_reason"].startswith("early stopping")
+    assert stops["plateau"]["steps"] < 40
+    assert stops["cosine"]["stop_reason"] == "max_steps reached" and stops["cosine"]["steps"] == 40
