@@ -7,7 +7,12 @@ In one run, on the same thread count, for ethanol (9 atoms) and 3BPA (27 atoms):
   to running them one by one;
 - the time of the model's own forward+backward per step, so the engine's overhead shows;
 - the same native runs with ``compile=True`` (all-pairs static graph + torch.compile, see
-  neuralmd.models.compiled), and the compilation time.
+  neuralmd.models.compiled), and the compilation time; the compiled model's own time per step,
+  and ASE driving the same compiled potential (what the engine adds beyond compiling).
+
+``--device cuda`` runs both models and the engine on a GPU (compiled runs replay CUDA graphs);
+``--data`` points at a folder with ``rmd17_ethanol/test_MD.xyz`` and ``3bpa/train_300K.xyz``
+(only their first frames are used).
 
     python benchmarks/md_speed.py --threads 2
     python benchmarks/md_speed.py --device cuda --replicas 1,8,32,128,512 --out results/md_speed_gpu.json
