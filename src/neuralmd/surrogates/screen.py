@@ -164,8 +164,7 @@ def _atomic_numbers(mol: Chem.Mol) -> list[int]:
 @torch.no_grad()
 def batch_energies(potential: Potential, frames: Sequence[Atoms]) -> np.ndarray:
     """Energies (eV) of ``frames`` in one batched forward pass of ``potential``."""
-    device = next(iter(potential.buffers())).device
-    batch = AtomsBatch.from_atoms(list(frames), dtype=torch.float64, device=device)
+    batch = AtomsBatch.from_atoms(list(frames), dtype=torch.float64, device=potential.device)
     return potential(batch, forces=False)["energy"].double().cpu().numpy()
 
 
