@@ -33,20 +33,23 @@ def test_all_pairs_graph_gives_the_model_s_energies_and_forces(float64_model):
         static(AtomsBatch.from_atoms([molecule("CH3CH2OH")]))
 
 
-def test_compiled_md_follows_the_eager_trajectory(float64_model):
-    """One compilation (float32, as MD benchmarks run): 30 NVE steps of both molecules stay on
-    the eager run's trajectory."""
-    model = float64_model.float()
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU"))])
+def test_compiled_md_follows_the_eager_trajectory(float64_model, device):
+    """One compilation (float32, as MD benchmarks run; fused C++ on a CPU, CUDA graphs on a GPU):
+    50 NVE steps of both molecules stay on the eager run's trajectory."""
+    model = float64_model.float().to(device)
     runs = {}
     for compiled in (False, True):
         sim = Simulation(model, _batch(), ensemble="nve", timestep_fs=0.5, temperature_K=300, seed=3,
                          compile=compiled)
-        sim.run(30)
+        sim.run(50)
         runs[compiled] = sim.state
     assert isinstance(sim.potential, StaticGraphPotential)
+    assert runs[True].batch.positions.device.type == device
     drift = float((runs[True].batch.positions - runs[False].batch.positions).abs().max())
     assert drift < 1e-5
-    assert np.allclose(runs[True].energy.numpy(), runs[False].energy.numpy(), rtol=0, atol=1e-5)
+    assert torch.allclose(runs[True].energy, runs[False].energy, rtol=0, atol=1e-5)
 
 
 def test_compile_refuses_what_it_cannot_make_static(float64_model):

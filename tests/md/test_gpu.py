@@ -1,7 +1,7 @@
-"""The native engine on a GPU: same forces and trajectories as on the CPU, compiled runs
-(CUDA graphs) on the eager trajectory, and a GPU checkpoint that resumes on the CPU. Skipped
-where torch sees no CUDA device (the CI machine); run on a GPU machine with
-``pytest tests/md/test_gpu.py``."""
+"""The native engine on a GPU: same forces and trajectories as on the CPU, and a GPU checkpoint
+that resumes on the CPU (compiled GPU runs: tests/md/test_compiled.py). Skipped where torch sees
+no CUDA device (the CI machine); run on a GPU machine with
+``pytest tests/md/test_gpu.py tests/md/test_compiled.py``."""
 
 from __future__ import annotations
 
@@ -39,19 +39,6 @@ def test_langevin_on_the_gpu_follows_the_cpu_trajectory(float64_model):
     assert states["cuda"].batch.positions.device.type == "cuda"
     gap = (states["cuda"].batch.positions.cpu() - states["cpu"].batch.positions).abs().max()
     assert float(gap) < 1e-8
-
-
-def test_compiled_gpu_md_follows_the_eager_gpu_trajectory(float64_model):
-    model = float64_model.float().to("cuda")
-    states = {}
-    for compiled in (False, True):
-        sim = Simulation(model, _molecules(), ensemble="nve", timestep_fs=0.5, temperature_K=300, seed=3,
-                         compile=compiled)
-        sim.run(50)
-        states[compiled] = sim.state
-    drift = float((states[True].batch.positions - states[False].batch.positions).abs().max())
-    assert drift < 1e-5
-    assert torch.allclose(states[True].energy, states[False].energy, rtol=0, atol=1e-5)
 
 
 def test_a_gpu_checkpoint_resumes_on_the_cpu(float64_model, tmp_path):
