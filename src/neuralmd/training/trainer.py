@@ -237,7 +237,8 @@ class Trainer:
         self.ema = copy.deepcopy(self.model)
         for p in self.ema.parameters():
             p.requires_grad_(False)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                           fused=True)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, factor=0.5, patience=cfg.lr_patience, min_lr=cfg.min_lr)
         schedule = cfg.lr_schedule
@@ -290,8 +291,7 @@ class Trainer:
     def _update_ema(self) -> None:
         d = self.cfg.ema_decay
         with torch.no_grad():
-            for pe, pm in zip(self.ema.parameters(), self.model.parameters()):
-                pe.mul_(d).add_(pm, alpha=1.0 - d)
+            torch._foreach_lerp_(list(self.ema.parameters()), list(self.model.parameters()), 1.0 - d)
 
     def _cosine_lr(self) -> float:
         """Cosine decay from lr to min_lr over the time budget (or max_steps without one)."""
