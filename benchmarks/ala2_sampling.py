@@ -8,12 +8,18 @@ energy (300-1000 K, 1 fs; no phi/psi given to either). The exploration stage rep
 "OPES_EXPLORE on a poor CV": OPES_EXPLORE on an autoencoder CV never left phi < 0, and kernel
 biases on the energy reverse the force field's forces (see RESULTS.md).
 
-    python benchmarks/ala2_sampling.py [--ns 10] [--only opes,learned]   # -> results/ala2_sampling.json
+    python benchmarks/ala2_sampling.py [--ns 10] [--seeds 3] [--only opes,learned]   # -> results/ala2_sampling.json
 
-``ns_to_1kjmol``: the simulated time after which ΔF(t) stays within 1 kJ/mol of the reference:
-the converged value, from a long OPES run on phi, psi (part ``reference``, ``--reference-ns``,
-another seed); without it, the mean of the final (b) and (c) values. ``wall_s_per_ns``: wall time per simulated ns,
-bias updates and recording included.
+(b), (c) and (d) run once per seed (``--seeds``; (d) repeats its whole preparation per seed).
+(b) and (c) use the same kernel width on phi and psi, 0.35 rad; (d) takes its width from the
+learned CV's spread over its own short unbiased run (OPES's advice: the standard deviation in a
+basin). ``ns_to_1kjmol``: the simulated time after which ΔF(t) stays within 1 kJ/mol of the
+reference: the converged value, from a long OPES run on phi, psi (part ``reference``,
+``--reference-ns``, another seed); without it, the mean of the final (b) and (c) values. Per
+method: ΔF is the mean over seeds with the standard error between seeds, ``ns_to_1kjmol`` the
+median over seeds (a seed that never stays within 1 kJ/mol counts as infinitely slow), ``curve``
+the mean curve; each seed's own numbers are under ``seeds``. ``wall_s_per_ns``: wall time per
+simulated ns, bias updates and recording included.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from openmm import app, unit
 from neuralmd.sampling import fes as F
 from neuralmd.sampling.cv_training import train_cv_from_runs
 from neuralmd.sampling.openmm_engine import OpenMMSettings
-from neuralmd.sampling.runs import BiasSettings, load_samples, start_openmm
+from neuralmd.sampling.runs import BiasSettings, estimate_sigma, load_samples, start_openmm
 from neuralmd.threads import set_threads
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -44,6 +50,7 @@ HERE = Path(__file__).resolve().parent
 PDB = HERE.parents[1] / "shared" / "data" / "alanine_dipeptide" / "ala2.pdb"
 T = 300.0
 PHI, PSI = (4, 6, 8, 14), (6, 8, 14, 16)
+SIGMA_RAD = 0.35  # kernel width on phi and psi in (b) and (c)
 A, B = [(-np.pi, 0.0)], [(0.0, np.pi)]
 
 
@@ -70,7 +77,7 @@ def run_openmm_metad(ns: float, seed: int, points: int = 40) -> tuple[dict, floa
     for idx in (PHI, PSI):
         force = openmm.CustomTorsionForce("theta")
         force.addTorsion(*idx, [])
-        variables.append(app.BiasVariable(force, -np.pi, np.pi, 0.35, True))
+        variables.append(app.BiasVariable(force, -np.pi, np.pi, SIGMA_RAD, True))
     meta = app.Metadynamics(system, variables, T * unit.kelvin, 10.0, 1.2 * unit.kilojoule_per_mole, 500)
     integrator = openmm.LangevinMiddleIntegrator(T * unit.kelvin, 1 / unit.picosecond, 2 * unit.femtosecond)
     integrator.setRandomNumberSeed(seed + 1)
@@ -107,6 +114,47 @@ def ns_to_within(curve: list, reference: float, tol: float = 1.0) -> float | Non
     return curve[k][0]
 
 
+def combine(per_seed: list[dict], reference: float) -> dict:
+    """One method's seeds combined: mean ΔF with the standard error between seeds, the median
+    of the seeds' ``ns_to_1kjmol`` (None where the median seed never converges), the mean curve
+    and wall time; the seeds themselves (each with its own ``ns_to_1kjmol``) under ``seeds``."""
+    for run in per_seed:
+        run["ns_to_1kjmol"] = ns_to_within(run["curve"], reference)
+    finals = np.array([run["deltaF_kjmol"] for run in per_seed])
+    err = (float(finals.std(ddof=1) / np.sqrt(len(finals))) if len(finals) > 1
+           else per_seed[0]["deltaF_err_kjmol"])
+    ns = np.median([run["ns_to_1kjmol"] if run["ns_to_1kjmol"] is not None else np.inf for run in per_seed])
+    curves = np.array([run["curve"] for run in per_seed])
+    return {"deltaF_kjmol": float(finals.mean()), "deltaF_err_kjmol": err,
+            "ns_to_1kjmol": float(ns) if np.isfinite(ns) else None,
+            "wall_s_per_ns": float(np.mean([run["wall_s_per_ns"] for run in per_seed])),
+            "curve": curves.mean(axis=0).tolist(), "seeds": per_seed}
+
+
+def learned_cv_run(learned: Path, ns: dict, seed: int, args: argparse.Namespace) -> dict:
+    """(d) for one seed: short unbiased run -> multithermal exploration -> Deep-TICA -> OPES on it."""
+    t_learn = time.perf_counter()
+    run_neuralmd(learned / "short", ns["short"], BiasSettings(cv="phi", bias="none"), seed)
+    explore, _ = run_neuralmd(learned / "explore", ns["explore"],
+                              BiasSettings(cv="energy", bias="opes-multithermal", tmax_K=args.explore_tmax), seed + 1,
+                              timestep_fs=1.0)
+    # unweighted: the slow modes of the multithermal dynamics are the transitions that stay rare even
+    # at high temperature; exp(βV) weights would hand almost all weight to the 300 K frames again
+    tica = train_cv_from_runs([learned / "short", learned / "explore"], learned / "cv-tica", method="deep-tica",
+                              lag_ps=args.lag_ps, n_cv=args.learned_ncv, epochs=100, reweight=False, seed=seed)
+    short = load_samples(learned / "short", str(learned / "cv-tica"))
+    sigma = estimate_sigma(short.values, short.periods)
+    prep_wall = time.perf_counter() - t_learn
+    report, wall = run_neuralmd(learned / "opes", ns["learned"],
+                                BiasSettings(cv=str(learned / "cv-tica"), barrier_kjmol=40, sigma=sigma), seed + 2)
+    report.update({"seed": seed, "wall_s_per_ns": wall, "preparation": {
+        "unbiased_ns": ns["short"], "explore_ns": ns["explore"], "wall_s": prep_wall, "deep_tica_cvs": args.learned_ncv,
+        "explore": f"opes-multithermal on the energy, {T:.0f}-{args.explore_tmax:.0f} K, 1 fs",
+        "explore_deltaF_kjmol": explore["deltaF_kjmol"], "lag_ps": args.lag_ps, "sigma": sigma,
+        "steepness_per_A": tica.get("steepness_per_A")}})
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", type=float, default=1.0, help="multiply all simulated times")
@@ -118,6 +166,7 @@ def main() -> None:
     parser.add_argument("--lag-ps", type=float, default=20.0, help="(d): Deep-TICA lag time")
     parser.add_argument("--only", default="", help="comma-separated subset of unbiased,metad,opes,learned,reference")
     parser.add_argument("--reference-ns", type=float, default=20.0, help="length of the long reference run")
+    parser.add_argument("--seeds", type=int, default=3, help="runs of (b), (c) and (d) with different seeds")
     args = parser.parse_args()
     set_threads(1)
     torch.manual_seed(0)
@@ -137,44 +186,36 @@ def main() -> None:
                                                  1)
         results["unbiased"]["wall_s_per_ns"] = wall
     load.phase("unbiased")
+    seeds = [10 * k for k in range(args.seeds)]
+    per_seed: dict[str, list[dict]] = {}
     if "metad" in parts:
-        print("(b) OpenMM Metadynamics on phi, psi")
-        results["openmm_metad"], wall = run_openmm_metad(ns["metad"], 2)
-        results["openmm_metad"]["wall_s_per_ns"] = wall
+        per_seed["openmm_metad"] = []
+        for seed in seeds:
+            print(f"(b) OpenMM Metadynamics on phi, psi, seed {seed + 2}")
+            report, wall = run_openmm_metad(ns["metad"], seed + 2)
+            per_seed["openmm_metad"].append({**report, "seed": seed + 2, "wall_s_per_ns": wall})
     load.phase("metad")
     if "opes" in parts:
-        print("(c) neuralmd OPES on phi, psi")
-        results["opes_phipsi"], wall = run_neuralmd(work / "opes", ns["opes"],
-                                                    BiasSettings(cv="phi,psi", barrier_kjmol=40), 3)
-        results["opes_phipsi"]["wall_s_per_ns"] = wall
+        per_seed["opes_phipsi"] = []
+        for seed in seeds:
+            print(f"(c) neuralmd OPES on phi, psi, seed {seed + 3}")
+            report, wall = run_neuralmd(work / "opes" / str(seed), ns["opes"],
+                                        BiasSettings(cv="phi,psi", barrier_kjmol=40, sigma=[SIGMA_RAD] * 2), seed + 3)
+            per_seed["opes_phipsi"].append({**report, "seed": seed + 3, "wall_s_per_ns": wall})
     load.phase("opes")
     if "learned" in parts:
-        print("(d) learned CV: short unbiased run -> multithermal OPES on the energy -> Deep-TICA -> OPES")
-        learned = work / "learned"
-        t_learn = time.perf_counter()
-        run_neuralmd(learned / "short", ns["short"], BiasSettings(cv="phi", bias="none"), 4)
-        explore, _ = run_neuralmd(learned / "explore", ns["explore"],
-                                  BiasSettings(cv="energy", bias="opes-multithermal", tmax_K=args.explore_tmax), 5,
-                                  timestep_fs=1.0)
-        # unweighted: the slow modes of the multithermal dynamics are the transitions that stay rare even
-        # at high temperature; exp(βV) weights would hand almost all weight to the 300 K frames again
-        tica = train_cv_from_runs([learned / "short", learned / "explore"], learned / "cv-tica", method="deep-tica",
-                                  lag_ps=args.lag_ps, n_cv=args.learned_ncv, epochs=100, reweight=False)
-        prep_wall = time.perf_counter() - t_learn
-        results["opes_learned"], wall = run_neuralmd(learned / "opes", ns["learned"],
-                                                     BiasSettings(cv=str(learned / "cv-tica"), barrier_kjmol=40), 6)
-        results["opes_learned"]["wall_s_per_ns"] = wall
-        results["opes_learned"]["preparation"] = {
-            "unbiased_ns": ns["short"], "explore_ns": ns["explore"], "wall_s": prep_wall, "deep_tica_cvs": args.learned_ncv,
-            "explore": f"opes-multithermal on the energy, {T:.0f}-{args.explore_tmax:.0f} K, 1 fs",
-            "explore_deltaF_kjmol": explore["deltaF_kjmol"], "lag_ps": args.lag_ps,
-            "steepness_per_A": tica.get("steepness_per_A")}
+        per_seed["opes_learned"] = []
+        for seed in seeds:
+            print(f"(d) learned CV, seed {seed + 4}: short unbiased run -> multithermal OPES on the energy -> "
+                  "Deep-TICA -> OPES")
+            per_seed["opes_learned"].append(learned_cv_run(work / "learned" / str(seed), ns, seed + 4, args))
 
     load.phase("learned")
     if "reference" in parts:
         print(f"reference: {args.reference_ns:g} ns of neuralmd OPES on phi, psi")
         results["reference_run"], wall = run_neuralmd(work / "reference", args.reference_ns,
-                                                      BiasSettings(cv="phi,psi", barrier_kjmol=40), 7)
+                                                      BiasSettings(cv="phi,psi", barrier_kjmol=40,
+                                                                   sigma=[SIGMA_RAD] * 2), 7)
         results["reference_run"]["wall_s_per_ns"] = wall
     load.phase("reference")
     measured = {k: v for k, v in load.phases.items() if k in parts}
@@ -182,15 +223,24 @@ def main() -> None:
     busy = [k for k, v in measured.items() if v is not None and v > 0.25]
     if busy:
         print(f"WARNING: other processes used CPU during {busy}: their wall times are not comparable")
+
+    def seed_runs(key: str) -> list[dict]:  # this run's seeds, else those kept from an earlier run
+        if key in per_seed:
+            return per_seed[key]
+        kept = results[key]
+        return kept["seeds"] if "seeds" in kept else [{k: kept[k] for k in ("deltaF_kjmol", "deltaF_err_kjmol",
+                                                                            "curve", "wall_s_per_ns")}]
+
     if "reference_run" in results:
         reference = results["reference_run"]["deltaF_kjmol"]
         reference_text = (f"final value of a {results['reference_run']['curve'][-1][0]:g} ns OPES run on phi, psi "
                           f"(± {results['reference_run']['deltaF_err_kjmol']:.2f} kJ/mol)")
     else:
-        reference = 0.5 * (results["openmm_metad"]["deltaF_kjmol"] + results["opes_phipsi"]["deltaF_kjmol"])
+        reference = float(np.mean([np.mean([r["deltaF_kjmol"] for r in seed_runs(key)])
+                                   for key in ("openmm_metad", "opes_phipsi")]))
         reference_text = "mean of the final openmm_metad and opes_phipsi values"
     for key in ("unbiased", "openmm_metad", "opes_phipsi", "opes_learned"):
-        results[key]["ns_to_1kjmol"] = ns_to_within(results[key]["curve"], reference)
+        results[key] = combine(seed_runs(key), reference)
     bridge_ratio = results["opes_phipsi"]["wall_s_per_ns"] / results["openmm_metad"]["wall_s_per_ns"]
     results.update({
         "reference_deltaF_kjmol": reference, "reference": reference_text,
@@ -198,8 +248,9 @@ def main() -> None:
         "learned_cv_wall_ratio_vs_openmm_metad": results["opes_learned"]["wall_s_per_ns"]
         / results["openmm_metad"]["wall_s_per_ns"],
         "settings": {"temperature_K": T, "timestep_fs": 2.0, "constraints": "HBonds", "platform": "Reference",
-                     "opes_barrier_kjmol": 40, "metad": "height 1.2 kJ/mol, sigma 0.35 rad, pace 500, biasfactor 10",
-                     "ns": ns},
+                     "opes_barrier_kjmol": 40, "opes_sigma_rad": SIGMA_RAD,
+                     "metad": f"height 1.2 kJ/mol, sigma {SIGMA_RAD} rad, pace 500, biasfactor 10",
+                     "ns": ns, "seeds": args.seeds},
         "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores, torch threads 1",
         "versions": {"openmm": openmm.__version__, "torch": torch.__version__,
                      "neuralmd": __import__("neuralmd").__version__},
@@ -209,8 +260,9 @@ def main() -> None:
     print(f"{'run':14s} {'ΔF kJ/mol':>16s} {'ns to 1 kJ/mol':>15s} {'wall s/ns':>10s}")
     for key in ("unbiased", "openmm_metad", "opes_phipsi", "opes_learned"):
         r = results[key]
+        by_seed = [s["ns_to_1kjmol"] for s in r.get("seeds", [])]
         print(f"{key:14s} {r['deltaF_kjmol']:8.2f} ± {r['deltaF_err_kjmol']:5.2f} {str(r['ns_to_1kjmol']):>15s} "
-              f"{r['wall_s_per_ns']:10.1f}")
+              f"{r['wall_s_per_ns']:10.1f}" + (f"  seeds: {by_seed}" if by_seed else ""))
     print(f"reference ΔF {reference:.2f} kJ/mol; OPES (grid) / OpenMM metad wall per step: {bridge_ratio:.2f}")
     print(f"-> {out}")
 

@@ -116,6 +116,8 @@ def test_npz_without_units_and_bad_outputs(tmp_path):
     write(tmp_path / "g.xyz", molecule("H2O"))
     assert_input_error(run("label", str(tmp_path / "g.xyz"), "-o", str(tmp_path / "out.csv")), "out.csv")
     assert_input_error(run("train", "--resume", str(tmp_path / "nothing")), "nothing")
+    assert_input_error(run("train", "--train", str(tmp_path / "g.xyz"), "-o", str(tmp_path / "r"), "--force-loss", "l1"),
+                       "force_loss", "huber or mse")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.xyz", "md17.npz"]
 
 

@@ -85,6 +85,9 @@ def train(
     cutoff: float = typer.Option(5.0, help="cutoff radius in Å"),
     batch_size: int = typer.Option(16), lr: float = typer.Option(1e-3),
     force_weight: float = typer.Option(100.0), energy_weight: float = typer.Option(1.0),
+    force_loss: str = typer.Option("huber", help="huber (quadratic below --huber-delta, linear above) or mse"),
+    huber_delta: float = typer.Option(0.02, help="eV/Å; where the Huber force loss turns linear"),
+    ema_decay: float = typer.Option(0.99, help="decay of the weights' moving average (validated and saved)"),
     max_steps: int = typer.Option(200_000), time_budget_min: float = typer.Option(0.0, help="stop after this many minutes of training (0: no limit)"),
     eval_every: int = typer.Option(100), checkpoint_every: int = typer.Option(100),
     patience: int = typer.Option(25, help="evaluations without improvement before early stopping (plateau "
@@ -108,6 +111,7 @@ def train(
                           energy_unit=energy_unit or "", force_unit=force_unit or "",
                           isolated_atoms=str(isolated_atoms or ""), features=features, interactions=interactions,
                           cutoff_A=cutoff, batch_size=batch_size, lr=lr, force_weight=force_weight,
+                          force_loss=force_loss, huber_delta=huber_delta, ema_decay=ema_decay,
                           energy_weight=energy_weight, max_steps=max_steps, time_budget_min=time_budget_min,
                           eval_every=eval_every, checkpoint_every=checkpoint_every, patience=patience, lr_schedule=lr_schedule,
                           dtype="float64" if float64 else "float32", seed=seed, threads=threads,

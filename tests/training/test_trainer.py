@@ -12,7 +12,7 @@ import textwrap
 import torch
 
 from neuralmd.training import TrainConfig, Trainer
-from neuralmd.training.trainer import batch_indices
+from neuralmd.training.trainer import batch_indices, build_model, load_data, loss_fn
 from tests.conftest import shared_file
 
 
@@ -103,3 +103,42 @@ def test_early_stopping_ends_a_plateau_run_but_not_a_cosine_one(tmp_path, ethano
     assert stops["plateau"]["stop_reason"].startswith("early stopping")
     assert stops["plateau"]["steps"] < 40
     assert stops["cosine"]["stop_reason"] == "max_steps reached" and stops["cosine"]["steps"] == 40
+
+
+def test_huber_force_loss_is_the_mse_for_small_errors_and_linear_for_outliers(ethanol_xyz):
+    """Twice the Huber loss equals the MSE while every force error is below δ; one outlier label
+    adds to the MSE quadratically in its size but to the Huber loss only linearly (slope 2δ/M)."""
+    cfg = TrainConfig(train=str(ethanol_xyz), features=8, interactions=1, valid_fraction=0.5)
+    train, _ = load_data(cfg)
+    model = build_model(cfg, train).eval()
+    batch = train.collate(range(4))
+    mse = {"force_loss": "mse"}
+    loss = lambda batch, **kw: float(loss_fn(model, batch, TrainConfig(**{**cfg.__dict__, **kw}))[0])  # noqa: E731
+    assert abs(loss(batch, force_loss="huber", huber_delta=1e3) - loss(batch, **mse)) < 1e-9 * loss(batch, **mse)
+
+    added = {}
+    for size in (50.0, 100.0, 150.0):  # eV/Å, far above any error of the (untrained) model
+        outlier = train.collate(range(4))
+        outlier.forces[0, 0] += size
+        added[size] = {kind: loss(outlier, **kw) - loss(batch, **kw)
+                       for kind, kw in (("mse", mse), ("huber", {"huber_delta": 0.02}))}
+    m, w = batch.forces.numel(), cfg.force_weight
+    curvature = {kind: added[150.0][kind] - 2 * added[100.0][kind] + added[50.0][kind] for kind in ("mse", "huber")}
+    assert abs(curvature["mse"] - w * 2 * 50.0**2 / m) < 1e-3 * curvature["mse"]  # quadratic
+    assert abs(curvature["huber"]) < 1e-3  # linear ...
+    assert abs(added[150.0]["huber"] - added[100.0]["huber"] - w * 2 * 0.02 * 50.0 / m) < 1e-3  # ... slope 2δ/M
+
+
+def test_a_run_from_before_the_huber_loss_resumes_with_the_mse(tmp_path, ethanol_xyz):
+    from neuralmd.data import read_frames, write_frames
+
+    small = tmp_path / "small.xyz"
+    write_frames(read_frames(ethanol_xyz)[:12], small)
+    cfg = TrainConfig(train=str(small), features=8, interactions=1, batch_size=4, max_steps=2, eval_every=1,
+                      checkpoint_every=1, threads=1, valid_fraction=0.25)
+    Trainer(cfg, tmp_path / "run", progress=False).run()
+    config = tmp_path / "run" / "config.toml"
+    assert Trainer.resume(tmp_path / "run", progress=False).cfg.force_loss == "huber"
+    config.write_text("\n".join(line for line in config.read_text().splitlines()
+                                if not line.startswith(("force_loss", "huber_delta"))))
+    assert Trainer.resume(tmp_path / "run", progress=False).cfg.force_loss == "mse"
