@@ -316,7 +316,10 @@ def mace_stats(train: MaceData, z_table, e0: dict[int, float]) -> tuple[np.ndarr
     return atomic_energies, float(avg_num_neighbors), float(np.asarray(mean).item()), float(np.asarray(rms).item())
 
 
-def train_mace(args: argparse.Namespace, train_frames, valid_frames, budget_s: float) -> dict[str, Any]:
+def train_mace(args: argparse.Namespace, train_frames, valid_frames, budget_s: float,
+               huber_delta: float | None = None) -> dict[str, Any]:
+    """MACE trained with its recipe (MSE force loss) or, given ``huber_delta`` (eV/Å), with the
+    Huber force loss neuralmd uses (twice the Huber loss, as in neuralmd's Trainer)."""
     from mace.data import compute_average_E0s
     from mace.tools.utils import AtomicNumberTable
     from torch_ema import ExponentialMovingAverage
@@ -370,8 +373,11 @@ def train_mace(args: argparse.Namespace, train_frames, valid_frames, budget_s: f
         model.train()
         out = model(batch.to_dict(), training=True, compute_force=True)
         e_mse = ((out["interaction_energy"] - batch.energy) / (batch.ptr[1:] - batch.ptr[:-1])).pow(2).mean()
-        f_mse = (out["forces"] - batch.forces).pow(2).mean()
-        loss = ew * e_mse + fw * f_mse
+        if huber_delta is None:
+            f_term = (out["forces"] - batch.forces).pow(2).mean()
+        else:
+            f_term = 2 * torch.nn.functional.huber_loss(out["forces"], batch.forces, delta=huber_delta)
+        loss = ew * e_mse + fw * f_term
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), s["clip_grad"])
@@ -497,6 +503,11 @@ def print_table(res: dict[str, Any]) -> None:
     print(f"{'':30s} {'':>12s} {'':>12s} {'MACE/neuralmd':>14s}")
     for name, a, b, q in rows[6:]:
         print(f"{name:30s} {fmt(a):>12s} {fmt(b):>12s} {fmt(q):>14s}")
+    if "mace_huber" in res:
+        h = res["mace_huber"]
+        print(f"MACE with neuralmd's Huber force loss: {h['energy_mae_mev']:.3g} meV, {h['force_mae_mev_per_A']:.3g} "
+              f"meV/Å ({h['steps']:,} steps); neuralmd / MACE-Huber force MAE "
+              f"{r['force_mae_neuralmd_over_mace_huber']:.3g}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -515,6 +526,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--calls", type=int, default=50, help="timed E+F calls per model and molecule")
     p.add_argument("--warmup", type=int, default=5, help="untimed calls before those")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mace-huber", action="store_true",
+                   help="also train MACE with neuralmd's Huber force loss (same budget; reported as mace_huber)")
     p.add_argument("--work-dir", type=Path, default=None,
                    help="keep the run directories and model files here (default: a temporary folder)")
     return p.parse_args(argv)
@@ -559,7 +572,15 @@ def main(argv: list[str] | None = None) -> int:
         log(f"MACE: {mace_res['steps']} steps in {mace_res['train_seconds']} s")
         load.phase("mace_training")
 
-        log("evaluating both on test_MD.xyz")
+        mace_huber = None
+        if args.mace_huber:
+            delta = nm_results["config"]["huber_delta"]
+            log(f"MACE with the Huber force loss (δ {delta} eV/Å): training {args.budget_min} min")
+            mace_huber = train_mace(args, train_frames, valid_frames, budget_s, huber_delta=delta)
+            log(f"MACE (Huber): {mace_huber['steps']} steps in {mace_huber['train_seconds']} s")
+            load.phase("mace_huber_training")
+
+        log("evaluating on test_MD.xyz")
         test_frames = read_frames(ETHANOL / "test_MD.xyz")
         nm_model = load_potential(run_dir / "model.pt")
         nm_test, _ = evaluate(nm_model, FrameDataset(test_frames))
@@ -567,6 +588,7 @@ def main(argv: list[str] | None = None) -> int:
         mace_preds, mace_total32 = mace_predict(mace_res["model"], test)
         mace_test = error_metrics(mace_preds)
         mace_test["energy_mae_mev_float32_total"] = float(np.mean(np.abs(mace_total32 - test.energy)) * 1000)
+        huber_test = error_metrics(mace_predict(mace_huber["model"], test)[0]) if mace_huber else None
         load.phase("evaluation")
 
         log(f"timing E+F calls ({args.calls} after {args.warmup} warm-up)")
@@ -638,6 +660,11 @@ def main(argv: list[str] | None = None) -> int:
                                     "model_type 'MACE'), also for molecules without a cell",
         },
     }
+    if huber_test is not None:
+        result["mace_huber"] = {
+            "energy_mae_mev": huber_test["energy_mae_mev"], "force_mae_mev_per_A": huber_test["force_mae_mev_per_A"],
+            "train_seconds": mace_huber["train_seconds"], "steps": mace_huber["steps"], "test": huber_test,
+            "settings": "as mace, but the force loss is 2 * Huber(δ = neuralmd's huber_delta) like neuralmd's"}
     nm, mc = result["neuralmd"], result["mace"]
     result["ratios"] = {
         "force_mae_neuralmd_over_mace": ratio(nm["force_mae_mev_per_A"], mc["force_mae_mev_per_A"]),
@@ -646,6 +673,9 @@ def main(argv: list[str] | None = None) -> int:
         "ef_call_ms_direct_mace_over_neuralmd": {k: ratio(mc["ef_call_ms_direct"][k], nm["ef_call_ms_direct"][k])
                                                  for k in nm["ef_call_ms_direct"]},
     }
+    if huber_test is not None:
+        result["ratios"]["force_mae_neuralmd_over_mace_huber"] = ratio(nm["force_mae_mev_per_A"],
+                                                                       huber_test["force_mae_mev_per_A"])
     try:
         result["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     except OSError:
