@@ -85,6 +85,31 @@ def test_grid_bias_matches_the_exact_bias_energy_and_forces():
         assert np.abs(omm_f + grad.numpy() * EV_IN_KJMOL).max() < 0.5  # kJ/mol/Å, spline vs exact
 
 
+def assert_colvar_has_the_bias_each_frame_felt(run_dir, settings: BiasSettings, cv, temperature_K: float = 300.0):
+    """Replays the run's depositions (recorded every pace steps) into a fresh bias: each
+    colvar.csv row must hold the bias *before* its own step's deposition, the bias that drew
+    the frame (after it, a frame's own kernel inflates its weight: +0.1 kJ/mol in ΔF on alanine
+    dipeptide)."""
+    from types import SimpleNamespace
+
+    from neuralmd.sampling.colvar import read_colvar
+    from neuralmd.sampling.runs import make_bias
+
+    colvar = read_colvar(run_dir / "colvar.csv")
+    fresh = make_bias(settings, cv, temperature_K, settings.sigma)
+    moved = 0.0
+    for step in np.unique(colvar["step"]):
+        rows = colvar["step"] == step
+        s = torch.tensor(np.stack([colvar[name][rows] for name in cv.names], -1), dtype=torch.float64)
+        felt = (fresh.energy_of_cv(s) * EV_IN_KJMOL).numpy()
+        assert np.allclose(colvar["bias_kjmol"][rows], felt, atol=1e-4), step
+        if step > 0 and step % fresh.pace == 0:
+            fresh.cv_values = lambda batch, s=s: s
+            fresh.update(SimpleNamespace(step=int(step), batch=None))
+            moved = max(moved, float(np.abs((fresh.energy_of_cv(s) * EV_IN_KJMOL).numpy() - felt).max()))
+    assert moved > 0.01  # a deposition does move the bias at its own frame: the test can tell
+
+
 def test_restarted_openmm_opes_run_continues_exactly(tmp_path):
     pdb = str(shared_file("alanine_dipeptide/ala2.pdb"))
 
@@ -105,6 +130,7 @@ def test_restarted_openmm_opes_run_continues_exactly(tmp_path):
     assert a.shape == b.shape == (31, 6)
     assert np.array_equal(a, b)
     assert torch.equal(full.bias.heights, resumed.bias.heights)
+    assert_colvar_has_the_bias_each_frame_felt(tmp_path / "full", bias, full.bias.cv)
 
 
 def test_cli_md_cv_train_sample_fes_on_alanine_dipeptide(tmp_path):
@@ -189,7 +215,7 @@ def test_native_engine_walkers_share_one_opes_bias_and_resume(tmp_path, float64_
         return MDSettings(timestep_fs=0.5, temperature_K=[300.0], seed=4, report_every=20, checkpoint_every=100,
                           total_steps=200)
 
-    bias = dict(cv="torsion(0,1,2,3)", barrier_kjmol=10, pace=10, sigma=[0.3])
+    bias = dict(cv="torsion(0,1,2,3)", barrier_kjmol=10, pace=20, sigma=[0.3])
     frames = [molecule("CH3CH2OH")] * 2
     full = start_native(float64_model, frames, settings(), BiasSettings(**bias), tmp_path / "full")
     full.run()
@@ -201,6 +227,7 @@ def test_native_engine_walkers_share_one_opes_bias_and_resume(tmp_path, float64_
     resumed = resume_run(tmp_path / "part", potential=float64_model)
     resumed.run(100)
     assert torch.equal(resumed.terms[0].heights, full.terms[0].heights)
+    assert_colvar_has_the_bias_each_frame_felt(tmp_path / "full", BiasSettings(**bias), full.terms[0].cv)
     assert np.array_equal(np.loadtxt(tmp_path / "part" / "colvar.csv", delimiter=",", skiprows=1),
                           np.loadtxt(tmp_path / "full" / "colvar.csv", delimiter=",", skiprows=1))
 

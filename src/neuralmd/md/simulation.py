@@ -286,15 +286,19 @@ class Simulation:
             while self.state.step < s.total_steps and reason is None:
                 t0 = time.perf_counter()
                 self.state = self.step_fn(self.state)
-                for term in self.adaptive:
-                    term.update(self.state)
                 self.wall_seconds += time.perf_counter() - t0
                 if self.state.step % s.report_every == 0 or self.state.step == s.total_steps:
+                    # before the adaptive terms learn from this step: a frame is recorded with the
+                    # bias it felt (reweighting needs exactly that one)
                     reason = self._report(self.state)
                     if self.progress:
                         mean_t = float(temperature(self.state.batch).mean())
                         bar.update(task, completed=self.state.step,
                                    status=f"T {mean_t:.0f} K | {self.ns_per_day():.2f} ns/day")
+                t0 = time.perf_counter()
+                for term in self.adaptive:
+                    term.update(self.state)
+                self.wall_seconds += time.perf_counter() - t0
                 if self.state.step % s.checkpoint_every == 0:
                     self.save_checkpoint()
         self.save_checkpoint()

@@ -357,16 +357,20 @@ class OpenMMRun:
                 t0 = time.perf_counter()
                 self.simulation.step(n)
                 self.step += n
-                state = None
-                if pace and self.step % pace == 0:
-                    state = self._checked(self.md_state())  # a NaN never reaches the bias
+                due_report = self.step % s.report_every == 0 or self.step == s.total_steps
+                due_bias = bool(pace) and self.step % pace == 0
+                # checked first: a NaN never reaches the bias or the files
+                state = self._checked(self.md_state()) if due_report or due_bias else None
+                self.wall_seconds += time.perf_counter() - t0
+                if due_report:  # before this step's deposition: colvar.csv holds the bias the frame felt
+                    self._report(state)
+                    bar.update(task, completed=self.step, status=f"{self.ns_per_day():.1f} ns/day")
+                if due_bias:
+                    t0 = time.perf_counter()
                     self.bias.update(state)
                     if self.grid is not None:
                         self.grid.refresh(self.simulation.context)
-                self.wall_seconds += time.perf_counter() - t0
-                if self.step % s.report_every == 0 or self.step == s.total_steps:
-                    self._report(state if state is not None else self._checked(self.md_state()))
-                    bar.update(task, completed=self.step, status=f"{self.ns_per_day():.1f} ns/day")
+                    self.wall_seconds += time.perf_counter() - t0
                 if self.step % s.checkpoint_every == 0:
                     self.save_checkpoint()
         self.save_checkpoint()
