@@ -105,7 +105,7 @@ def run_openmm_metad(ns: float, seed: int, points: int = 40) -> tuple[dict, floa
 
 def ns_to_within(curve: list, reference: float, tol: float = 1.0) -> float | None:
     """Simulated ns after which ΔF(t) stays within ``tol`` of ``reference``."""
-    ok = [abs(d - reference) <= tol for _, d in curve]
+    ok = [d is not None and abs(d - reference) <= tol for _, d in curve]  # NaN compares False
     if not ok[-1]:
         return None
     k = len(ok) - 1
@@ -114,21 +114,36 @@ def ns_to_within(curve: list, reference: float, tol: float = 1.0) -> float | Non
     return curve[k][0]
 
 
+def finite_or_null(obj):
+    """``obj`` with NaN and infinities replaced by None (strict JSON has no NaN)."""
+    if isinstance(obj, dict):
+        return {k: finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [finite_or_null(v) for v in obj]
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
 def combine(per_seed: list[dict], reference: float) -> dict:
-    """One method's seeds combined: mean ΔF with the standard error between seeds, the median
-    of the seeds' ``ns_to_1kjmol`` (None where the median seed never converges), the mean curve
-    and wall time; the seeds themselves (each with its own ``ns_to_1kjmol``) under ``seeds``."""
+    """One method's seeds combined: mean ΔF with the standard error between seeds and the mean
+    curve (both over the seeds that visited both basins), the median of the seeds'
+    ``ns_to_1kjmol`` (None where the median seed never converges), the mean wall time; the seeds
+    themselves (each with its own ``ns_to_1kjmol``) under ``seeds``."""
     for run in per_seed:
         run["ns_to_1kjmol"] = ns_to_within(run["curve"], reference)
-    finals = np.array([run["deltaF_kjmol"] for run in per_seed])
+    sampled = [run for run in per_seed if run["deltaF_kjmol"] is not None and np.isfinite(run["deltaF_kjmol"])]
+    finals = np.array([run["deltaF_kjmol"] for run in sampled])
     err = (float(finals.std(ddof=1) / np.sqrt(len(finals))) if len(finals) > 1
-           else per_seed[0]["deltaF_err_kjmol"])
+           else sampled[0]["deltaF_err_kjmol"] if sampled else None)
     ns = np.median([run["ns_to_1kjmol"] if run["ns_to_1kjmol"] is not None else np.inf for run in per_seed])
-    curves = np.array([run["curve"] for run in per_seed])
-    return {"deltaF_kjmol": float(finals.mean()), "deltaF_err_kjmol": err,
+    curves = (np.array([[[t, np.nan if d is None else d] for t, d in run["curve"]] for run in sampled])
+              if sampled else None)  # a stored curve has null where a basin was not visited yet
+    return {"deltaF_kjmol": float(finals.mean()) if sampled else None, "deltaF_err_kjmol": err,
             "ns_to_1kjmol": float(ns) if np.isfinite(ns) else None,
             "wall_s_per_ns": float(np.mean([run["wall_s_per_ns"] for run in per_seed])),
-            "curve": curves.mean(axis=0).tolist(), "seeds": per_seed}
+            "curve": curves.mean(axis=0).tolist() if curves is not None else [],
+            "seeds_sampling_both_basins": len(sampled), "seeds": per_seed}
 
 
 def learned_cv_run(learned: Path, ns: dict, seed: int, args: argparse.Namespace) -> dict:
@@ -164,7 +179,8 @@ def main() -> None:
     parser.add_argument("--ns", type=float, default=10.0, help="length of the biased runs (b), (c), (d)")
     parser.add_argument("--explore-tmax", type=float, default=1000.0, help="(d): top of the multithermal ladder, K")
     parser.add_argument("--lag-ps", type=float, default=20.0, help="(d): Deep-TICA lag time")
-    parser.add_argument("--only", default="", help="comma-separated subset of unbiased,metad,opes,learned,reference")
+    parser.add_argument("--only", default="", help="comma-separated subset of unbiased,metad,opes,learned,reference "
+                                                   "(summary: none; recombine the stored runs)")
     parser.add_argument("--reference-ns", type=float, default=20.0, help="length of the long reference run")
     parser.add_argument("--seeds", type=int, default=3, help="runs of (b), (c) and (d) with different seeds")
     args = parser.parse_args()
@@ -256,13 +272,14 @@ def main() -> None:
                      "neuralmd": __import__("neuralmd").__version__},
     })
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
+    out.write_text(json.dumps(finite_or_null(results), indent=1))
     print(f"{'run':14s} {'ΔF kJ/mol':>16s} {'ns to 1 kJ/mol':>15s} {'wall s/ns':>10s}")
     for key in ("unbiased", "openmm_metad", "opes_phipsi", "opes_learned"):
         r = results[key]
         by_seed = [s["ns_to_1kjmol"] for s in r.get("seeds", [])]
-        print(f"{key:14s} {r['deltaF_kjmol']:8.2f} ± {r['deltaF_err_kjmol']:5.2f} {str(r['ns_to_1kjmol']):>15s} "
-              f"{r['wall_s_per_ns']:10.1f}" + (f"  seeds: {by_seed}" if by_seed else ""))
+        value = "-" if r["deltaF_kjmol"] is None else f"{r['deltaF_kjmol']:8.2f} ± {r['deltaF_err_kjmol'] or 0:5.2f}"
+        print(f"{key:14s} {value:>16s} {str(r['ns_to_1kjmol']):>15s} {r['wall_s_per_ns']:10.1f}"
+              + (f"  seeds: {by_seed}" if by_seed else ""))
     print(f"reference ΔF {reference:.2f} kJ/mol; OPES (grid) / OpenMM metad wall per step: {bridge_ratio:.2f}")
     print(f"-> {out}")
 
