@@ -106,6 +106,9 @@ def test_well_tempered_metad_final_bias_and_ct_reweighting_recover_reference():
     # frame reweighting with exp(β(V(s,t) - c(t))), c(t) rebuilt from the kernels' deposition order
     ct = metad_ct(bias, np.array(rec.steps), walkers=16, temperature_K=T)
     assert np.all(np.diff(ct) >= -1e-9)  # c(t) grows as the bias fills the wells
+    # a frame recorded at a deposition step felt the kernels before that step's deposition only
+    first = metad_ct(bias, np.array([bias.pace, bias.pace + 1]), walkers=16, temperature_K=T)
+    assert first[0] == 0.0 and first[1] > 0.0
     weights = weights_from_bias(v - np.repeat(ct, 16), T)
     df_ct, _ = delta_f_blocks(x, weights, [(-3, 0)], [(0, 3)], T)
     assert abs(to_kT(df_ct - ref, T)) < 0.5, (df_ct, ref)

@@ -114,9 +114,10 @@ def basin_report(values: np.ndarray, weights: np.ndarray, time_ns: np.ndarray, r
 
 def metad_ct(bias, steps: np.ndarray, walkers: int, temperature_K: float, points: int = 80) -> np.ndarray:
     """c(t) (eV) of well-tempered metadynamics (Tiwary & Parrinello 2015) at each of ``steps``,
-    from the bias's own kernels (never merged, stored in deposition order: ``walkers`` kernels
-    every ``bias.pace`` steps), on a grid over the CV (one period where periodic, else the span
-    of the kernel centres ± 3 widths):
+    for the bias a frame recorded at that step felt: the kernels deposited *before* it (the
+    bias's own kernels, never merged, stored in deposition order: ``walkers`` kernels after every
+    ``bias.pace``-th step, once that step is recorded), on a grid over the CV (one period where
+    periodic, else the span of the kernel centres ± 3 widths):
 
         c(t) = k_BT log[ ∫ exp(γ/(γ-1) βV(s,t)) ds / ∫ exp(βV(s,t)/(γ-1)) ds ]
 
@@ -137,7 +138,7 @@ def metad_ct(bias, steps: np.ndarray, walkers: int, temperature_K: float, points
     out, added = np.zeros(len(steps)), 0
     order = np.argsort(steps, kind="stable")
     for i in order:
-        n = min(walkers * int(steps[i] // bias.pace), len(bias.heights))
+        n = min(walkers * max(0, (int(steps[i]) - 1) // bias.pace), len(bias.heights))
         if n > added:
             v += bias.kernels(grid, bias.centres[added:n], bias.widths[added:n], bias.heights[added:n])
             added = n
