@@ -156,7 +156,8 @@ def learned_cv_run(learned: Path, ns: dict, seed: int, args: argparse.Namespace)
     # unweighted: the slow modes of the multithermal dynamics are the transitions that stay rare even
     # at high temperature; exp(βV) weights would hand almost all weight to the 300 K frames again
     tica = train_cv_from_runs([learned / "short", learned / "explore"], learned / "cv-tica", method="deep-tica",
-                              lag_ps=args.lag_ps, n_cv=args.learned_ncv, epochs=100, reweight=False, seed=seed)
+                              lag_ps=args.lag_ps, n_cv=args.learned_ncv, epochs=100, reweight=False, seed=seed,
+                              restarts=args.cv_restarts)
     short = load_samples(learned / "short", str(learned / "cv-tica"))
     sigma = estimate_sigma(short.values, short.periods)
     prep_wall = time.perf_counter() - t_learn
@@ -166,6 +167,7 @@ def learned_cv_run(learned: Path, ns: dict, seed: int, args: argparse.Namespace)
         "unbiased_ns": ns["short"], "explore_ns": ns["explore"], "wall_s": prep_wall, "deep_tica_cvs": args.learned_ncv,
         "explore": f"opes-multithermal on the energy, {T:.0f}-{args.explore_tmax:.0f} K, 1 fs",
         "explore_deltaF_kjmol": explore["deltaF_kjmol"], "lag_ps": args.lag_ps, "sigma": sigma,
+        "cv_restarts": args.cv_restarts, "deep_tica_valid_losses": tica["restarts_best_valid_loss"],
         "steepness_per_A": tica.get("steepness_per_A")}})
     return report
 
@@ -183,6 +185,8 @@ def main() -> None:
                                                    "(summary: none; recombine the stored runs)")
     parser.add_argument("--reference-ns", type=float, default=20.0, help="length of the long reference run")
     parser.add_argument("--seeds", type=int, default=3, help="runs of (b), (c) and (d) with different seeds")
+    parser.add_argument("--cv-restarts", type=int, default=1,
+                        help="(d): Deep-TICA trainings per seed, the largest eigenvalue kept (session 8 ran 1)")
     args = parser.parse_args()
     set_threads(1)
     torch.manual_seed(0)

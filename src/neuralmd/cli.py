@@ -532,6 +532,8 @@ def cv_train(
     hidden: str = typer.Option("24,12", help="hidden layer sizes"),
     epochs: int = typer.Option(200),
     seed: int = typer.Option(0),
+    restarts: int = typer.Option(1, help="trainings from seeds seed, seed+1, ...; the lowest validation loss is "
+                                         "kept (Deep-TICA: the slowest modes found)"),
     reweight: bool = typer.Option(True, help="weight biased frames by exp(βV) (Deep-TICA)"),
     scale_floor: float = typer.Option(0.5, help="least descriptor scale as a fraction of the RMS spread "
                                                 "(0: each descriptor by its own std)"),
@@ -551,7 +553,7 @@ def cv_train(
     if smoothness < 0 or scale_floor < 0:
         raise InputError(f"smoothness {smoothness}, scale-floor {scale_floor}: expected values >= 0")
     summary = train_cv_from_runs(runs, output, method.value, descriptors, lag_ps, n_cv, layers, epochs, seed,
-                                 reweight, scale_floor, smoothness, progress=True)
+                                 reweight, scale_floor, smoothness, progress=True, restarts=restarts)
     table = Table(title=f"{method.value} CV from {summary['frames']} frames")
     table.add_column("descriptor")
     table.add_column("relevance")

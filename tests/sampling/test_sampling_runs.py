@@ -264,3 +264,20 @@ def test_cli_sample_with_a_neural_potential_walkers_fes_and_resume(tmp_path, tra
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "run" / "fes.json").read_text())
     assert report["cvs"] == ["t3-0-1-2"] and report["frames"] == 32 and "deltaF_kjmol" in report
+
+
+def test_cv_training_restarts_keep_the_lowest_validation_loss(tmp_path):
+    from neuralmd.sampling.cv_training import train_cv_from_runs
+
+    pdb = str(shared_file("alanine_dipeptide/ala2.pdb"))
+    start_openmm(OpenMMSettings(pdb=pdb, report_every=10, total_steps=1000), BiasSettings(cv="phi", bias="none"),
+                 tmp_path / "short").run()
+    best = train_cv_from_runs([tmp_path / "short"], tmp_path / "cv", method="autoencoder", epochs=3, seed=5,
+                              restarts=3)
+    losses = best["restarts_best_valid_loss"]
+    assert len(losses) == 3 and len(set(losses)) == 3  # three different trainings
+    assert best["seed"] == 5 + int(np.argmin(losses))
+    alone = train_cv_from_runs([tmp_path / "short"], tmp_path / "alone", method="autoencoder", epochs=3,
+                               seed=best["seed"])
+    assert alone["best_valid_loss"] == best["best_valid_loss"] == min(losses)  # the kept one is that training
+    assert json.loads((tmp_path / "cv" / "descriptors.json").read_text())["training"]["seed"] == best["seed"]

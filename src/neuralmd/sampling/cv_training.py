@@ -28,16 +28,21 @@ def train_cv_from_runs(runs: Sequence[str | Path], out: str | Path, method: str 
                        descriptors: str = "heavy-atom-distances", lag_ps: float = 1.0, n_cv: int = 1,
                        hidden: Sequence[int] = (24, 12), epochs: int = 200, seed: int = 0,
                        reweight: bool = True, scale_floor: float = 0.5, smoothness: float = 1e-3,
-                       progress: bool = False) -> dict:
+                       progress: bool = False, restarts: int = 1) -> dict:
     """Train, export into ``out`` (cv.pt, descriptors.json, plumed.dat, history.json,
     relevance.csv/png) and return a summary, including each CV's steepness (1/Å, see
     :mod:`neuralmd.analysis.interpret`). ``scale_floor``: the least scale of a descriptor, as a
     fraction of the RMS of their spreads (see :mod:`neuralmd.sampling.learned`; 0: each by its own).
-    ``smoothness`` (Å²): Deep-TICA's gradient penalty (see :func:`train_deep_tica`)."""
+    ``smoothness`` (Å²): Deep-TICA's gradient penalty (see :func:`train_deep_tica`).
+    ``restarts``: trainings from seeds ``seed, seed + 1, ...``; the one with the lowest
+    validation loss is kept (for Deep-TICA the largest eigenvalues: on alanine dipeptide some
+    seeds stall near eigenvalue 0 on a fast mode while others find the phi transition)."""
     from ..analysis.interpret import cv_relevance, cv_steepness, plot_relevance
 
     if method not in METHODS:
         raise InputError(f"method: {method!r}; expected one of {', '.join(METHODS)}")
+    if restarts < 1:
+        raise InputError(f"restarts: {restarts}; expected >= 1")
     if method == "deep-lda" and len(runs) < 2:
         raise InputError("deep-lda: give one run per state (at least two runs)")
     parts, numbers, lag_frames = [], None, None
@@ -71,16 +76,21 @@ def train_cv_from_runs(runs: Sequence[str | Path], out: str | Path, method: str 
             label_parts.append(np.full(rows.sum(), k))
     x = np.concatenate(x_parts).astype(np.float32)
     weights = np.concatenate(w_parts) if reweight else None
-    if method == "deep-tica":
-        net, history = train_deep_tica(x, lag_frames, n_cv, weights=weights, hidden=hidden, epochs=epochs, seed=seed,
-                                       segments=np.concatenate(seg_parts), scale_floor=scale_floor,
-                                       smoothness=smoothness, progress=progress)
-    elif method == "deep-lda":
-        net, history = train_deep_lda(x, np.concatenate(label_parts), n_cv, hidden=hidden, epochs=epochs, seed=seed,
-                                      scale_floor=scale_floor, progress=progress)
-    else:
-        net, history = train_autoencoder(x, n_cv, hidden=hidden, epochs=epochs, seed=seed, scale_floor=scale_floor,
-                                         progress=progress)
+
+    def fit(seed: int):
+        if method == "deep-tica":
+            return train_deep_tica(x, lag_frames, n_cv, weights=weights, hidden=hidden, epochs=epochs, seed=seed,
+                                   segments=np.concatenate(seg_parts), scale_floor=scale_floor,
+                                   smoothness=smoothness, progress=progress)
+        if method == "deep-lda":
+            return train_deep_lda(x, np.concatenate(label_parts), n_cv, hidden=hidden, epochs=epochs, seed=seed,
+                                  scale_floor=scale_floor, progress=progress)
+        return train_autoencoder(x, n_cv, hidden=hidden, epochs=epochs, seed=seed, scale_floor=scale_floor,
+                                 progress=progress)
+
+    fits = [(fit(seed + r), seed + r) for r in range(restarts)]
+    valid_losses = [min(h["valid_loss"] for h in history) for (_, history), _ in fits]
+    (net, history), seed = fits[int(np.argmin(valid_losses))]
     cv = LearnedCV(desc, net, method)
     with torch.no_grad():
         s = net(torch.as_tensor(x)).numpy()
@@ -90,6 +100,7 @@ def train_cv_from_runs(runs: Sequence[str | Path], out: str | Path, method: str 
             "steepness_per_A": steepness,
             "training": {"runs": [str(Path(r).resolve()) for r in runs], "frames": len(x), "descriptors": descriptors,
                          "lag_ps": lag_ps if method == "deep-tica" else None, "epochs": epochs, "seed": seed,
+                         "restarts_best_valid_loss": [float(v) for v in valid_losses],
                          "scale_floor": scale_floor, "smoothness_A2": smoothness if method == "deep-tica" else None}}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -102,6 +113,7 @@ def train_cv_from_runs(runs: Sequence[str | Path], out: str | Path, method: str 
     atomic_write_json(history, out / "history.json")
     cv.export(out, meta)
     return {"method": method, "frames": len(x), "cv_range": meta["cv_range"], "steepness_per_A": steepness,
+            "seed": seed, "restarts_best_valid_loss": meta["training"]["restarts_best_valid_loss"],
             "final_valid_loss":
             history[-1]["valid_loss"], "best_valid_loss": min(h["valid_loss"] for h in history),
             "top_descriptors": [(desc.names[i], float(relevance[i])) for i in order[:5]]}
