@@ -180,12 +180,14 @@ def main() -> None:
     parser.add_argument("--explore-ns", type=float, default=3.0, help="(d): length of the multithermal run")
     parser.add_argument("--ns", type=float, default=10.0, help="length of the biased runs (b), (c), (d)")
     parser.add_argument("--explore-tmax", type=float, default=1000.0, help="(d): top of the multithermal ladder, K")
-    parser.add_argument("--lag-ps", type=float, default=20.0, help="(d): Deep-TICA lag time")
+    parser.add_argument("--lag-ps", type=float, default=5.0,
+                        help="(d): Deep-TICA lag time (session 8 ran 20 ps: longer than many of the exploration "
+                             "run's short phi > 0 visits)")
     parser.add_argument("--only", default="", help="comma-separated subset of unbiased,metad,opes,learned,reference "
                                                    "(summary: none; recombine the stored runs)")
     parser.add_argument("--reference-ns", type=float, default=20.0, help="length of the long reference run")
     parser.add_argument("--seeds", type=int, default=3, help="runs of (b), (c) and (d) with different seeds")
-    parser.add_argument("--cv-restarts", type=int, default=1,
+    parser.add_argument("--cv-restarts", type=int, default=3,
                         help="(d): Deep-TICA trainings per seed, the largest eigenvalue kept (session 8 ran 1)")
     args = parser.parse_args()
     set_threads(1)

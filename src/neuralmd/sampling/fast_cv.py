@@ -28,20 +28,23 @@ class MLPDistanceCV:
         pairs: (P, 2) atom pairs; n_atoms: atoms in the system.
         mean, std: descriptor normalisation; layers: (weight, bias) per Linear layer, with tanh
             between them; projection: (h, k) matrix applied to the last layer's output.
+            Stored folded: the normalisation into the first layer, the projection into the last.
         component: the output this callback reports; token: shared by the outputs of one CV.
     """
 
     def __init__(self, pairs: np.ndarray, n_atoms: int, mean: np.ndarray, std: np.ndarray,
                  layers: list[tuple[np.ndarray, np.ndarray]], projection: np.ndarray, component: int,
                  token: str) -> None:
-        self.i, self.j = pairs[:, 0], pairs[:, 1]
-        self.mean, self.std = mean, std
-        self.layers = layers
-        self.projection = projection
+        first, first_bias = layers[0]
+        first = first / std
+        layers = [(first, first_bias - first @ mean), *layers[1:]]
+        last, last_bias = layers[-1]
+        self.layers = [*layers[:-1], (projection.T @ last, projection.T @ last_bias)]
         self.component, self.token = component, token
         self.incidence = np.zeros((n_atoms, len(pairs)))  # +1 at the pair's second atom, -1 at its first
-        self.incidence[self.j, np.arange(len(pairs))] += 1.0
-        self.incidence[self.i, np.arange(len(pairs))] -= 1.0
+        self.incidence[pairs[:, 1], np.arange(len(pairs))] += 1.0
+        self.incidence[pairs[:, 0], np.arange(len(pairs))] -= 1.0
+        self.incidence_t = np.ascontiguousarray(self.incidence.T)
 
     @classmethod
     def components(cls, cv: CV, n_atoms: int) -> list[MLPDistanceCV] | None:
@@ -66,22 +69,19 @@ class MLPDistanceCV:
 
     def values_and_grads(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """All CV outputs (k,) and their gradients (k, n, 3) per Å at positions ``x`` (n, 3) Å."""
-        r = x[self.j] - x[self.i]
+        r = self.incidence_t @ x  # (P, 3): second minus first atom of each pair, exactly
         d = np.sqrt((r * r).sum(-1))
-        h = (d - self.mean) / self.std
-        hidden = []
+        h, hidden = d, []
         for weight, bias in self.layers[:-1]:
             h = np.tanh(weight @ h + bias)
             hidden.append(h)
         weight, bias = self.layers[-1]
-        s = self.projection.T @ (weight @ h + bias)
-        g = weight.T @ self.projection  # (h, k)
+        s = weight @ h + bias
+        g = weight.T  # (h, k): ds/dh of the last hidden layer; after the loop ds/dd (normalisation folded in)
         for (weight, _), h in zip(reversed(self.layers[:-1]), reversed(hidden)):
             g = weight.T @ (g * (1.0 - h * h)[:, None])
-        g_d = g / self.std[:, None]  # (P, k)
-        unit = r / d[:, None]  # (P, 3)
-        grads = np.einsum("ap,pk,pc->kac", self.incidence, g_d, unit)
-        return s, grads
+        coef = (g / d[:, None]).T[:, :, None] * r  # (k, P, 3): ds/dd times the unit vector of each pair
+        return s, self.incidence @ coef
 
     def value_and_grad(self, x: np.ndarray) -> tuple[float, np.ndarray]:
         """This output's value and gradient (n, 3) per Å."""
