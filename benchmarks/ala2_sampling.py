@@ -38,9 +38,11 @@ import torch
 from openmm import app, unit
 
 from neuralmd.sampling import fes as F
+from neuralmd.md.reporters import read_h5md
 from neuralmd.sampling.cv_training import train_cv_from_runs
 from neuralmd.sampling.openmm_engine import OpenMMSettings
-from neuralmd.sampling.runs import BiasSettings, estimate_sigma, load_samples, start_openmm
+from neuralmd.sampling.runs import BiasSettings, estimate_sigma, integrable_sigma, load_samples, start_openmm
+from neuralmd.sampling.spec import parse_cv
 from neuralmd.threads import set_threads
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -159,7 +161,10 @@ def learned_cv_run(learned: Path, ns: dict, seed: int, args: argparse.Namespace)
                               lag_ps=args.lag_ps, n_cv=args.learned_ncv, epochs=100, reweight=False, seed=seed,
                               restarts=args.cv_restarts)
     short = load_samples(learned / "short", str(learned / "cv-tica"))
-    sigma = estimate_sigma(short.values, short.periods)
+    probe_sigma = estimate_sigma(short.values, short.periods)
+    frames = read_h5md(learned / "short" / "traj_000.h5md")  # the width `sample` would choose, from this run
+    sigma = integrable_sigma(parse_cv(str(learned / "cv-tica"), frames[0].numbers), np.stack([f.positions for f in frames]),
+                             frames[0].get_masses(), probe_sigma, T, 2.0)
     prep_wall = time.perf_counter() - t_learn
     report, wall = run_neuralmd(learned / "opes", ns["learned"],
                                 BiasSettings(cv=str(learned / "cv-tica"), barrier_kjmol=40, sigma=sigma), seed + 2)
@@ -167,6 +172,7 @@ def learned_cv_run(learned: Path, ns: dict, seed: int, args: argparse.Namespace)
         "unbiased_ns": ns["short"], "explore_ns": ns["explore"], "wall_s": prep_wall, "deep_tica_cvs": args.learned_ncv,
         "explore": f"opes-multithermal on the energy, {T:.0f}-{args.explore_tmax:.0f} K, 1 fs",
         "explore_deltaF_kjmol": explore["deltaF_kjmol"], "lag_ps": args.lag_ps, "sigma": sigma,
+        "sigma_cv_std_short_run": probe_sigma,
         "cv_restarts": args.cv_restarts, "deep_tica_valid_losses": tica["restarts_best_valid_loss"],
         "steepness_per_A": tica.get("steepness_per_A")}})
     return report

@@ -519,6 +519,9 @@ class CVMethod(str, Enum):
 
 
 STEEP_CV_PER_A = 10.0  # see neuralmd.analysis.interpret: torsion-like CVs stay at a few per Å
+#: a Deep-TICA CV whose autocorrelation at the lag is below this follows no process slower than the lag
+#: (alanine dipeptide: trainings that found phi reached 0.3-0.9, stalled ones 0.01-0.13)
+SLOW_TICA_EIGENVALUE = 0.2
 
 
 @cv_app.command("train")
@@ -560,9 +563,15 @@ def cv_train(
     for name, rel in summary["top_descriptors"]:
         table.add_row(name, f"{rel:.3f}")
     Console().print(table)
-    console.print(f"CV range {summary['cv_range']}; steepness {summary['steepness_per_A']} std/Å; best validation "
-                  f"loss {summary['best_valid_loss']:.4f} -> {output}/ (cv.pt, descriptors.json, plumed.dat, "
-                  f"relevance.png)")
+    eigenvalues = summary["tica_eigenvalues"]
+    console.print(f"CV range {summary['cv_range']}; steepness {summary['steepness_per_A']} std/Å; "
+                  + (f"TICA eigenvalues {[round(v, 3) for v in eigenvalues]}; " if eigenvalues else "")
+                  + f"best validation loss {summary['best_valid_loss']:.4f} -> {output}/ (cv.pt, descriptors.json, "
+                  f"plumed.dat, relevance.png)")
+    if eigenvalues and eigenvalues[0] < SLOW_TICA_EIGENVALUE:
+        console.print(f"[yellow]warning: the slowest CV's autocorrelation at {lag_ps:g} ps is {eigenvalues[0]:.3f}: it "
+                      f"follows no process slower than the lag (a stalled training, or rare-state visits shorter "
+                      f"than the lag); try --restarts 3 or a shorter --lag-ps[/yellow]")
     if max(summary["steepness_per_A"]) > STEEP_CV_PER_A:
         console.print(f"[yellow]warning: a CV changes by more than {STEEP_CV_PER_A:g} of its standard deviations per Å "
                       f"of descriptor change; biasing it may need a shorter timestep (raise --smoothness or "

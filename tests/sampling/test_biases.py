@@ -223,3 +223,24 @@ def test_opes_running_normalisation_equals_the_direct_sum():
     direct = bias.kernel_sum(bias.centres)
     assert torch.allclose(bias.p_centres, direct, rtol=1e-10)
     assert float(bias.zed) == pytest.approx(float(direct.mean() / bias.sum_w), rel=1e-10)
+
+
+def test_bias_stiffness_is_the_spring_frequency_and_sigma_widens_to_the_limit():
+    """A kernel bias of width σ on a distance curves like a spring k_BT/σ² on the reduced mass:
+    ω = sqrt(k_BT/σ² (1/m1 + 1/m2)); widths are widened by one factor until ω·Δt is at most
+    MAX_BIAS_OMEGA_DT, and kept where it already is."""
+    from neuralmd.sampling.fes import kT_kjmol
+    from neuralmd.sampling.runs import MAX_BIAS_OMEGA_DT, bias_omega_per_fs, integrable_sigma
+
+    rng = np.random.default_rng(0)
+    positions = rng.normal(size=(50, 3, 3)) * 2.0
+    masses = np.array([12.0, 1.008, 16.0])
+    cv = Distance(0, 2)
+    sigma = 0.01  # Å
+    spring = kT_kjmol(T) / sigma**2 * (1 / 12.0 + 1 / 16.0) * 1e26  # 1/s²
+    assert bias_omega_per_fs(cv, positions, masses, [sigma], T) == pytest.approx(np.sqrt(spring) * 1e-15, rel=1e-9)
+    with pytest.warns(UserWarning, match="kernel widths"):
+        wider = integrable_sigma(cv, positions, masses, [sigma], T, timestep_fs=2.0)
+    assert wider[0] > sigma
+    assert bias_omega_per_fs(cv, positions, masses, wider, T) * 2.0 == pytest.approx(MAX_BIAS_OMEGA_DT, rel=1e-9)
+    assert integrable_sigma(cv, positions, masses, [1.0], T, timestep_fs=2.0) == [1.0]

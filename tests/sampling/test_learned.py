@@ -36,6 +36,19 @@ def test_deep_tica_finds_the_slow_coordinate_where_variance_points_elsewhere():
     cv = net(torch.as_tensor(d, dtype=torch.float32)).detach().numpy()[:, 0]
     assert _corr(cv, x) > 0.9
     assert history[-1]["valid_loss"] < history[0]["valid_loss"]
+    # the hidden state's autocorrelation at 10 steps is (1 - 2 * 0.004)^10 = 0.923; noisy observables give less
+    (eigenvalue,) = history[-1]["tica_eigenvalues"]
+    assert 0.75 < eigenvalue < 0.95
+
+
+def test_deep_tica_eigenvalue_is_near_zero_without_a_slow_process():
+    from neuralmd.cli import SLOW_TICA_EIGENVALUE
+
+    d, _ = _slow_fast_process()
+    shuffled = d[np.random.default_rng(1).permutation(len(d))]  # same distribution, no time correlation
+    _, history = train_deep_tica(shuffled, lag=10, epochs=40, seed=0)
+    (eigenvalue,) = history[-1]["tica_eigenvalues"]
+    assert abs(eigenvalue) < SLOW_TICA_EIGENVALUE  # what `cv train` warns about
 
 
 def test_deep_tica_stays_smooth_when_a_stiff_descriptor_drifts_with_the_state():

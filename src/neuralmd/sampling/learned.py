@@ -239,7 +239,8 @@ def train_deep_tica(descriptors: np.ndarray, lag: int, n_cv: int = 1, weights: n
     TICA projection. The network ends in ``n_cv`` outputs (mlcolvar's layout): TICA on a wider
     output whitens directions of tiny variance and can make the CV arbitrarily steep.
     ``weights`` (exp(βV) of biased frames) reweight the correlation matrices; ``segments`` (one
-    id per frame) marks separate trajectories, which lagged pairs never span.
+    id per frame) marks separate trajectories, which lagged pairs never span. The last history
+    entry carries the CVs' ``tica_eigenvalues`` (autocorrelations at the lag, on all pairs).
 
     ``smoothness`` (descriptor unit², Å² for distances) weighs a penalty on the mean squared
     gradient of the unit-variance CVs with respect to the descriptors: without it the network
@@ -281,7 +282,8 @@ def train_deep_tica(descriptors: np.ndarray, lag: int, n_cv: int = 1, weights: n
     history = _fit(net.parameters(), loss_of, len(pairs), epochs, lr, valid_fraction, seed, batch_size, [net],
                    progress)
     with torch.no_grad():
-        _, vecs = _generalised_eig(*correlations(net(xn[pairs]), net(xn[pairs + lag]), w[pairs]))
+        vals, vecs = _generalised_eig(*correlations(net(xn[pairs]), net(xn[pairs + lag]), w[pairs]))
+    history[-1]["tica_eigenvalues"] = [float(v) for v in vals[:n_cv]]  # of the kept weights, on all pairs
     return CVNetwork(norm, net, vecs[:, :n_cv].contiguous()), history
 
 

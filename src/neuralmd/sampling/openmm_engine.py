@@ -320,19 +320,21 @@ class OpenMMRun:
         energy = s.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole) / EV_IN_KJMOL
         return MDState(batch, None, torch.tensor([energy], dtype=torch.float64), self.step, self.dof)
 
-    def equilibrate(self, steps: int, cv: CV | None = None, every: int = 10) -> np.ndarray:
+    def equilibrate(self, steps: int, cv: CV | None = None, every: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Run ``steps`` unbiased-by-updates steps before step 0 (nothing is written); returns
-        the CV values every ``every`` steps (for choosing kernel widths)."""
+        the CV values (n, d) and positions (n, N, 3) Å every ``every`` steps (for choosing
+        kernel widths)."""
         for energy in energy_cvs(cv):
             energy.bind(self.simulation.system)
-        values = []
+        values, positions = [], []
         for _ in range(steps // every):
             self.simulation.step(every)
+            pos = self.md_state().batch.positions
+            positions.append(pos.numpy().copy())
             if cv is not None:
                 with torch.no_grad():
-                    pos = self.md_state().batch.positions.unsqueeze(0)
-                    values.append(cv(pos)[0].numpy().copy())
-        return np.array(values)
+                    values.append(cv(pos.unsqueeze(0))[0].numpy().copy())
+        return np.array(values), np.array(positions)
 
     def run(self, steps: int | None = None) -> None:
         """Advance to ``settings.total_steps`` (or ``steps`` more), updating the bias every
