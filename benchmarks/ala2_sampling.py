@@ -11,9 +11,10 @@ biases on the energy reverse the force field's forces (see RESULTS.md).
     python benchmarks/ala2_sampling.py [--ns 10] [--seeds 3] [--only opes,learned]   # -> results/ala2_sampling.json
 
 (b), (c) and (d) run once per seed (``--seeds``; (d) repeats its whole preparation per seed).
-(b) and (c) use the same kernel width on phi and psi, 0.35 rad; (d) takes its width from the
-learned CV's spread over its own short unbiased run (OPES's advice: the standard deviation in a
-basin). ``ns_to_1kjmol``: the simulated time after which ΔF(t) stays within 1 kJ/mol of the
+(b) and (c) use the same kernel width on phi and psi, 0.35 rad; (d) takes its width as ``sample``
+would: the learned CV's spread over its own short unbiased run (OPES's advice: the standard
+deviation in a basin), widened by ``integrable_sigma`` where that bias would be too stiff for
+2 fs steps. ``ns_to_1kjmol``: the simulated time after which ΔF(t) stays within 1 kJ/mol of the
 reference: the converged value, from a long OPES run on phi, psi (part ``reference``,
 ``--reference-ns``, another seed); without it, the mean of the final (b) and (c) values. Per
 method: ΔF is the mean over seeds with the standard error between seeds, ``ns_to_1kjmol`` the
