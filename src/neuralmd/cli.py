@@ -367,7 +367,8 @@ def sample(
     barrier_kjmol: float = typer.Option(40.0, help="OPES BARRIER: the free-energy barrier to overcome (kJ/mol)"),
     biasfactor: float = typer.Option(0.0, help="bias factor γ (0: OPES's βΔE, metad 10)"),
     sigma: Optional[str] = typer.Option(None, help="kernel widths per CV, comma-separated (default: CV std in a "
-                                                  "short unbiased probe)"),
+                                                  "short unbiased probe, widened where the bias would be too "
+                                                  "stiff for the timestep)"),
     pace: int = typer.Option(500, help="steps between kernel depositions"),
     height_kjmol: float = typer.Option(1.2, help="initial Gaussian height (metad)"),
     grid: bool = typer.Option(True, help="tabulate the bias on a grid inside OpenMM (fast); --no-grid: exact "

@@ -86,7 +86,7 @@ def estimate_sigma(values: np.ndarray, periods: list[float]) -> list[float]:
 
 #: the largest ω·Δt of the bias (see :func:`bias_omega_per_fs`, on frames of the starting basin)
 #: for which kernel widths are kept. Alanine dipeptide, OPES on Deep-TICA CVs at 2 fs: runs at
-#: 0.38-0.48 reweighted to ΔF 3.5-12.5 kJ/mol off (the integrator's error, not the CV: the same CV
+#: 0.42-0.50 reweighted to ΔF 2.8-12.5 kJ/mol off (the integrator's error, not the CV: the same CV
 #: at 1 fs, or with 3x wider kernels, gave ΔF within 0.7 kJ/mol), and learned CVs steepen 1.6-2.5x
 #: between the basins, where a probe of the starting basin does not look.
 MAX_BIAS_OMEGA_DT = 0.15
