@@ -38,8 +38,8 @@ import openmm
 import torch
 from openmm import app, unit
 
-from neuralmd.sampling import fes as F
 from neuralmd.md.reporters import read_h5md
+from neuralmd.sampling import fes as F
 from neuralmd.sampling.cv_training import train_cv_from_runs
 from neuralmd.sampling.openmm_engine import OpenMMSettings
 from neuralmd.sampling.runs import BiasSettings, estimate_sigma, integrable_sigma, load_samples, start_openmm

@@ -31,8 +31,9 @@ def train_cv_from_runs(runs: Sequence[str | Path], out: str | Path, method: str 
                        progress: bool = False, restarts: int = 1) -> dict:
     """Train, export into ``out`` (cv.pt, descriptors.json, plumed.dat, history.json,
     relevance.csv/png) and return a summary, including each CV's steepness (1/Å, see
-    :mod:`neuralmd.analysis.interpret`) and, for Deep-TICA, its eigenvalue (None otherwise). ``scale_floor``: the least scale of a descriptor, as a
-    fraction of the RMS of their spreads (see :mod:`neuralmd.sampling.learned`; 0: each by its own).
+    :mod:`neuralmd.analysis.interpret`) and, for Deep-TICA, its eigenvalue (None otherwise).
+    ``scale_floor``: the least scale of a descriptor, as a fraction of the RMS of their spreads
+    (see :mod:`neuralmd.sampling.learned`; 0: each by its own).
     ``smoothness`` (Å²): Deep-TICA's gradient penalty (see :func:`train_deep_tica`).
     ``restarts``: trainings from seeds ``seed, seed + 1, ...``; the one with the lowest
     validation loss is kept (for Deep-TICA the largest eigenvalues: on alanine dipeptide some
@@ -114,7 +115,8 @@ def train_cv_from_runs(runs: Sequence[str | Path], out: str | Path, method: str 
     atomic_write_json(history, out / "history.json")
     cv.export(out, meta)
     return {"method": method, "frames": len(x), "cv_range": meta["cv_range"], "steepness_per_A": steepness,
-            "tica_eigenvalues": eigenvalues, "seed": seed, "restarts_best_valid_loss": meta["training"]["restarts_best_valid_loss"],
+            "tica_eigenvalues": eigenvalues, "seed": seed,
+            "restarts_best_valid_loss": meta["training"]["restarts_best_valid_loss"],
             "final_valid_loss":
             history[-1]["valid_loss"], "best_valid_loss": min(h["valid_loss"] for h in history),
             "top_descriptors": [(desc.names[i], float(relevance[i])) for i in order[:5]]}
