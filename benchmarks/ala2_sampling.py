@@ -42,7 +42,7 @@ from neuralmd.md.reporters import read_h5md
 from neuralmd.sampling import fes as F
 from neuralmd.sampling.cv_training import train_cv_from_runs
 from neuralmd.sampling.openmm_engine import OpenMMSettings
-from neuralmd.sampling.runs import BiasSettings, estimate_sigma, integrable_sigma, load_samples, start_openmm
+from neuralmd.sampling.runs import BiasSettings, estimate_sigma, load_samples, probe_sigma, start_openmm
 from neuralmd.sampling.spec import parse_cv
 from neuralmd.threads import set_threads
 
@@ -161,11 +161,12 @@ def learned_cv_run(learned: Path, ns: dict, seed: int, args: argparse.Namespace)
     tica = train_cv_from_runs([learned / "short", learned / "explore"], learned / "cv-tica", method="deep-tica",
                               lag_ps=args.lag_ps, n_cv=args.learned_ncv, epochs=100, reweight=False, seed=seed,
                               restarts=args.cv_restarts)
-    short = load_samples(learned / "short", str(learned / "cv-tica"))
-    probe_sigma = estimate_sigma(short.values, short.periods)
-    frames = read_h5md(learned / "short" / "traj_000.h5md")  # the width `sample` would choose, from this run
-    sigma = integrable_sigma(parse_cv(str(learned / "cv-tica"), frames[0].numbers), np.stack([f.positions for f in frames]),
-                             frames[0].get_masses(), probe_sigma, T, 2.0)
+    frames = read_h5md(learned / "short" / "traj_000.h5md")  # the widths `sample` would choose, from this run
+    cv = parse_cv(str(learned / "cv-tica"), frames[0].numbers)
+    positions = np.stack([f.positions for f in frames])
+    with torch.no_grad():
+        values = cv(torch.as_tensor(positions)).numpy()
+    sigma = probe_sigma(cv, values, positions, frames[0].get_masses(), T, 2.0)
     prep_wall = time.perf_counter() - t_learn
     report, wall = run_neuralmd(learned / "opes", ns["learned"],
                                 BiasSettings(cv=str(learned / "cv-tica"), barrier_kjmol=40, sigma=sigma), seed + 2)
@@ -173,7 +174,7 @@ def learned_cv_run(learned: Path, ns: dict, seed: int, args: argparse.Namespace)
         "unbiased_ns": ns["short"], "explore_ns": ns["explore"], "wall_s": prep_wall, "deep_tica_cvs": args.learned_ncv,
         "explore": f"opes-multithermal on the energy, {T:.0f}-{args.explore_tmax:.0f} K, 1 fs",
         "explore_deltaF_kjmol": explore["deltaF_kjmol"], "lag_ps": args.lag_ps, "sigma": sigma,
-        "sigma_cv_std_short_run": probe_sigma,
+        "sigma_cv_std_short_run": estimate_sigma(values, cv.periods),
         "cv_restarts": args.cv_restarts, "deep_tica_valid_losses": tica["restarts_best_valid_loss"],
         "steepness_per_A": tica.get("steepness_per_A")}})
     return report

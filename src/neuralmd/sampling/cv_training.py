@@ -77,21 +77,23 @@ def train_cv_from_runs(runs: Sequence[str | Path], out: str | Path, method: str 
             label_parts.append(np.full(rows.sum(), k))
     x = np.concatenate(x_parts).astype(np.float32)
     weights = np.concatenate(w_parts) if reweight else None
+    segments, labels = np.concatenate(seg_parts), np.concatenate(label_parts)
 
     def fit(seed: int):
         if method == "deep-tica":
             return train_deep_tica(x, lag_frames, n_cv, weights=weights, hidden=hidden, epochs=epochs, seed=seed,
-                                   segments=np.concatenate(seg_parts), scale_floor=scale_floor,
-                                   smoothness=smoothness, progress=progress)
+                                   segments=segments, scale_floor=scale_floor, smoothness=smoothness,
+                                   progress=progress)
         if method == "deep-lda":
-            return train_deep_lda(x, np.concatenate(label_parts), n_cv, hidden=hidden, epochs=epochs, seed=seed,
+            return train_deep_lda(x, labels, n_cv, hidden=hidden, epochs=epochs, seed=seed,
                                   scale_floor=scale_floor, progress=progress)
         return train_autoencoder(x, n_cv, hidden=hidden, epochs=epochs, seed=seed, scale_floor=scale_floor,
                                  progress=progress)
 
     fits = [(fit(seed + r), seed + r) for r in range(restarts)]
     valid_losses = [min(h["valid_loss"] for h in history) for (_, history), _ in fits]
-    (net, history), seed = fits[int(np.argmin(valid_losses))]
+    best = int(np.argmin(valid_losses))
+    (net, history), seed = fits[best]
     cv = LearnedCV(desc, net, method)
     with torch.no_grad():
         s = net(torch.as_tensor(x)).numpy()
@@ -118,7 +120,7 @@ def train_cv_from_runs(runs: Sequence[str | Path], out: str | Path, method: str 
             "tica_eigenvalues": eigenvalues, "seed": seed,
             "restarts_best_valid_loss": meta["training"]["restarts_best_valid_loss"],
             "final_valid_loss":
-            history[-1]["valid_loss"], "best_valid_loss": min(h["valid_loss"] for h in history),
+            history[-1]["valid_loss"], "best_valid_loss": valid_losses[best],
             "top_descriptors": [(desc.names[i], float(relevance[i])) for i in order[:5]]}
 
 

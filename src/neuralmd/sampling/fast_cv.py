@@ -44,7 +44,6 @@ class MLPDistanceCV:
         self.incidence = np.zeros((n_atoms, len(pairs)))  # +1 at the pair's second atom, -1 at its first
         self.incidence[pairs[:, 1], np.arange(len(pairs))] += 1.0
         self.incidence[pairs[:, 0], np.arange(len(pairs))] -= 1.0
-        self.incidence_t = np.ascontiguousarray(self.incidence.T)
 
     @classmethod
     def components(cls, cv: CV, n_atoms: int) -> list[MLPDistanceCV] | None:
@@ -69,7 +68,7 @@ class MLPDistanceCV:
 
     def values_and_grads(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """All CV outputs (k,) and their gradients (k, n, 3) per Å at positions ``x`` (n, 3) Å."""
-        r = self.incidence_t @ x  # (P, 3): second minus first atom of each pair, exactly
+        r = self.incidence.T @ x  # (P, 3): second minus first atom of each pair, exactly
         d = np.sqrt((r * r).sum(-1))
         h, hidden = d, []
         for weight, bias in self.layers[:-1]:

@@ -123,6 +123,14 @@ def integrable_sigma(cv: CV, positions: np.ndarray, masses: np.ndarray, sigma: l
     return wider
 
 
+def probe_sigma(cv: CV, values: np.ndarray, positions: np.ndarray, masses: np.ndarray, temperature_K: float,
+                timestep_fs: float) -> list[float]:
+    """The kernel widths ``sample`` chooses from an unbiased probe (CV ``values`` (n, d) at
+    ``positions`` (n, N, 3) Å): the CV's fluctuation (:func:`estimate_sigma`), widened by
+    :func:`integrable_sigma` where that bias would be too stiff for the timestep."""
+    return integrable_sigma(cv, positions, masses, estimate_sigma(values, cv.periods), temperature_K, timestep_fs)
+
+
 def check_bias_cv(settings: BiasSettings, cv: CV) -> None:
     """InputError unless the bias kind fits the CV: the multithermal bias takes the energy alone,
     kernel biases never take the energy (where their estimate falls off, their slope reverses the
@@ -215,11 +223,11 @@ def start_openmm(settings, bias_settings: BiasSettings, run_dir: str | Path, pro
         if not bias_settings.sigma or needs_range:
             probe = OpenMMRun(settings, run_dir / "probe")
             values, positions = probe.equilibrate(bias_settings.probe_steps, cv)
-        if not bias_settings.sigma:
+        if not bias_settings.sigma and bias_settings.bias == "opes-multithermal":  # not a kernel bias
             bias_settings.sigma = estimate_sigma(values, cv.periods)
-            if bias_settings.bias != "opes-multithermal":
-                bias_settings.sigma = integrable_sigma(cv, positions, probe.template.masses.numpy(), bias_settings.sigma,
-                                                       settings.temperature_K, settings.timestep_fs)
+        elif not bias_settings.sigma:
+            bias_settings.sigma = probe_sigma(cv, values, positions, probe.template.masses.numpy(),
+                                              settings.temperature_K, settings.timestep_fs)
         bias = make_bias(bias_settings, cv, settings.temperature_K, bias_settings.sigma)
         if isinstance(bias, OPESMultithermal) and settings.timestep_fs > 1.0:
             warnings.warn(f"opes-multithermal at {settings.timestep_fs} fs: the energy-dependent force scale "
@@ -253,13 +261,13 @@ def native_bias(potential, batch, md_settings, bias_settings: BiasSettings, cv: 
         probe = Simulation(potential, batch, dataclasses.replace(md_settings))  # run() sets total_steps
         values, positions = [], []
         for _ in range(bias_settings.probe_steps // 10):
-            state = probe.run(10)
-            positions.append(replica_positions(state.batch).detach().numpy().copy())
+            pos = replica_positions(probe.run(10).batch).detach()
+            positions.append(pos.numpy().copy())
             with torch.no_grad():
-                values.append(cv(replica_positions(state.batch)).numpy())
-        bias_settings.sigma = integrable_sigma(cv, np.concatenate(positions), batch.masses[batch.system == 0].numpy(),
-                                               estimate_sigma(np.concatenate(values), cv.periods),
-                                               md_settings.temperature_K[0], md_settings.timestep_fs)
+                values.append(cv(pos).numpy())
+        bias_settings.sigma = probe_sigma(cv, np.concatenate(values), np.concatenate(positions),
+                                          batch.masses[batch.system == 0].numpy(), md_settings.temperature_K[0],
+                                          md_settings.timestep_fs)
     return make_bias(bias_settings, cv, md_settings.temperature_K[0], bias_settings.sigma)
 
 
