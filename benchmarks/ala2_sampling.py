@@ -41,8 +41,11 @@ from openmm import app, unit
 from neuralmd.md.reporters import read_h5md
 from neuralmd.sampling import fes as F
 from neuralmd.sampling.cv_training import train_cv_from_runs
-from neuralmd.sampling.openmm_engine import OpenMMSettings
-from neuralmd.sampling.runs import BiasSettings, estimate_sigma, load_samples, probe_sigma, start_openmm
+from neuralmd.md.openmm_engine import OpenMMSettings
+from neuralmd.sampling.bias_factory import BiasSettings
+from neuralmd.sampling.kernel_widths import estimate_sigma, probe_sigma
+from neuralmd.sampling.runs import start_openmm
+from neuralmd.sampling.samples import load_samples
 from neuralmd.sampling.spec import parse_cv
 from neuralmd.threads import set_threads
 

@@ -90,7 +90,7 @@ def allatom_speed(out: Path, steps: int) -> dict[str, Any]:
     """ns/day of unbiased all-atom alanine dipeptide in OpenMM: through neuralmd's OpenMMRun
     (as ala2_sampling.py's unbiased run: frames every 500 steps, reporting not timed) and as a
     bare ``simulation.step`` loop."""
-    from neuralmd.sampling.openmm_engine import OpenMMRun, OpenMMSettings
+    from neuralmd.md.openmm_engine import OpenMMRun, OpenMMSettings
 
     settings = OpenMMSettings(pdb=str(PDB), temperature_K=300.0, timestep_fs=2.0, seed=1, report_every=500,
                               checkpoint_every=10**9, total_steps=steps)

@@ -5,6 +5,5 @@
 
 from .md.ase_calculator import NeuralCalculator, load_calculator
 from .models.neural import NeuralPotential, load_potential
-
-__version__ = "0.1.0"
+from .version import __version__
 __all__ = ["NeuralCalculator", "NeuralPotential", "load_calculator", "load_potential", "__version__"]

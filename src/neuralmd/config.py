@@ -6,6 +6,8 @@ import dataclasses
 import json
 import os
 import tomllib
+import types
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,16 +35,45 @@ def save_config(config: Any, path: str | os.PathLike) -> None:
 
 
 def load_config(cls: type[T], path: str | os.PathLike) -> T:
-    """Read a dataclass config from TOML; unknown keys are an InputError."""
+    """Read a dataclass config from TOML: InputError naming the file and key for an unknown key,
+    a value of the wrong type or a missing required one."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: config file not found")
     try:
         values = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: not valid TOML ({exc})") from None
+    hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise InputError(f"{path}: unknown option(s) {unknown}; known: {sorted(known)}")
-    return cls(**values)
+        raise InputError(f"{path}: key {unknown[0]!r} is not a setting of {cls.__name__} (a file of another "
+                         f"command?); expected keys: {', '.join(sorted(known))}")
+    for key, value in values.items():
+        if not _fits(value, hints[key]):
+            raise InputError(f"{path}: key {key!r}: {value!r} is not of type {_name(hints[key])}")
+    try:
+        return cls(**values)
+    except TypeError as exc:  # a required field missing
+        raise InputError(f"{path}: {exc}") from None
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a TOML value fits a type hint (int for float is fine; bool is not an int)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint in (str, bool):
+        return isinstance(value, hint)
+    if origin is list:
+        return isinstance(value, list) and all(_fits(v, args[0]) for v in value)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args if a is not type(None))
+    return True
+
+
+def _name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) if typing.get_origin(hint) is None else str(hint)

@@ -77,7 +77,9 @@ def run_sampling_stage(model, start: Atoms, out: Path, console: Console, walkers
     from .analysis.plots import plot_fes
     from .md.simulation import MDSettings
     from .sampling import fes as F
-    from .sampling.runs import BiasSettings, load_samples, start_native
+    from .sampling.bias_factory import BiasSettings
+    from .sampling.runs import start_native
+    from .sampling.samples import load_samples
 
     settings = MDSettings(timestep_fs=0.5, temperature_K=[300.0], friction_per_ps=5.0, seed=11, report_every=10,
                           checkpoint_every=steps, total_steps=steps)

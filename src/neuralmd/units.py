@@ -31,6 +31,12 @@ KB_EV = ase_units.kB
 KJMOL = ase_units.kJ / ase_units.mol
 EV_IN_KJMOL = ase_units.mol / ase_units.kJ
 
+#: One nm in Å (OpenMM speaks nm).
+NM_IN_A = 10.0
+
+#: ASE velocity units (Å per ASE time) to Å/ps.
+VELOCITY_TO_A_PER_PS = 1000.0 * ase_units.fs
+
 
 def energy_factor(unit: str, what: str = "energy_unit") -> float:
     """Factor converting ``unit`` to eV; raises InputError naming ``what`` for unknown units."""

@@ -10,6 +10,7 @@ from ase import Atoms, units
 
 from neuralmd.errors import InputError
 from neuralmd.md.integrators import MDState
+from neuralmd.md.reporters import BaseReporter
 from neuralmd.md.simulation import Simulation
 from neuralmd.models.base import Potential
 from neuralmd.sampling.biases import KJMOL, OPES, HarmonicRestraint, WellTemperedMetaD
@@ -38,11 +39,12 @@ def reference_delta_f_kjmol() -> float:
     return float(-KT * np.log(p[x > 0].sum() / p[x < 0].sum()) / KJMOL)
 
 
-class Recorder:
+class Recorder(BaseReporter):
     """Keeps (x, bias) of every walker every ``every`` steps after ``skip`` steps."""
 
     def __init__(self, bias, every: int, skip: int) -> None:
         self.bias, self.every, self.skip = bias, every, skip
+        self.interval = every
         self.x, self.v, self.steps = [], [], []
 
     def report(self, sim, state) -> None:
@@ -230,7 +232,7 @@ def test_bias_stiffness_is_the_spring_frequency_and_sigma_widens_to_the_limit():
     ω = sqrt(k_BT/σ² (1/m1 + 1/m2)); widths are widened by one factor until ω·Δt is at most
     MAX_BIAS_OMEGA_DT, and kept where it already is."""
     from neuralmd.sampling.fes import kT_kjmol
-    from neuralmd.sampling.runs import MAX_BIAS_OMEGA_DT, bias_omega_per_fs, integrable_sigma
+    from neuralmd.sampling.kernel_widths import MAX_BIAS_OMEGA_DT, bias_omega_per_fs, integrable_sigma
 
     rng = np.random.default_rng(0)
     positions = rng.normal(size=(50, 3, 3)) * 2.0

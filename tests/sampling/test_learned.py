@@ -42,7 +42,7 @@ def test_deep_tica_finds_the_slow_coordinate_where_variance_points_elsewhere():
 
 
 def test_deep_tica_eigenvalue_is_near_zero_without_a_slow_process():
-    from neuralmd.cli import SLOW_TICA_EIGENVALUE
+    from neuralmd.sampling.cv_training import SLOW_TICA_EIGENVALUE
 
     d, _ = _slow_fast_process()
     shuffled = d[np.random.default_rng(1).permutation(len(d))]  # same distribution, no time correlation

@@ -14,8 +14,9 @@ from neuralmd.sampling.biases import OPESMultithermal
 from neuralmd.sampling.colvar import read_colvar
 from neuralmd.sampling.energy_cv import PotentialEnergy
 from neuralmd.sampling.fes import kT_kjmol
-from neuralmd.sampling.openmm_engine import OpenMMSettings
-from neuralmd.sampling.runs import BiasSettings, make_bias, start_openmm
+from neuralmd.md.openmm_engine import OpenMMSettings
+from neuralmd.sampling.bias_factory import BiasSettings, make_bias
+from neuralmd.sampling.runs import start_openmm
 from tests.conftest import shared_file
 
 PDB = str(shared_file("alanine_dipeptide/ala2.pdb"))
@@ -90,7 +91,7 @@ def test_multithermal_run_samples_both_ends_of_its_temperature_ladder(tmp_path):
     run = start_openmm(settings(t, 400_000, 2), BiasSettings(cv="energy", bias="opes-multithermal", tmax_K=tmax, pace=100),
                        tmp_path / "multi")
     run.run()
-    bias = run.bias
+    bias = run.terms[0].bias
     assert isinstance(bias, OPESMultithermal) and len(bias.dbeta) >= 3
     colvar = read_colvar(tmp_path / "multi" / "colvar.csv")
     keep = colvar["step"] >= 50_000

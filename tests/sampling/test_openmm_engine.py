@@ -10,7 +10,8 @@ from openmm import unit
 from neuralmd.sampling.biases import OPES
 from neuralmd.sampling.colvar import read_colvar
 from neuralmd.sampling.cvs import Stack, Torsion
-from neuralmd.sampling.openmm_engine import OpenMMRun, OpenMMSettings
+from neuralmd.md.openmm_engine import OpenMMSettings
+from neuralmd.sampling.openmm_bias import biased_run
 from neuralmd.units import EV_IN_KJMOL
 from tests.conftest import shared_file
 
@@ -22,7 +23,7 @@ def test_opes_on_phi_in_openmm_updates_the_force_and_crosses_the_barrier(tmp_pat
     bias = OPES(cv, sigma=[0.3, 0.3], barrier_kjmol=40, pace=250, temperature_K=300)
     settings = OpenMMSettings(pdb=str(shared_file("alanine_dipeptide/ala2.pdb")), report_every=250,
                               total_steps=30_000, seed=1)
-    run = OpenMMRun(settings, tmp_path, bias, grid=False)
+    run = biased_run(settings, tmp_path, bias, grid=False)
     run.simulation.system.getForce(run.simulation.system.getNumForces() - 1).setForceGroup(1)
     run.simulation.context.reinitialize(preserveState=True)
     run.run()
@@ -30,7 +31,7 @@ def test_opes_on_phi_in_openmm_updates_the_force_and_crosses_the_barrier(tmp_pat
     state = run.simulation.context.getState(getEnergy=True, groups={1})
     omm_bias = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
     with torch.no_grad():
-        ours = float(bias(run.md_state().batch)[0]) * EV_IN_KJMOL
+        ours = float(bias(run.current_state().batch)[0]) * EV_IN_KJMOL
     assert omm_bias == pytest.approx(ours, abs=1e-6)
     assert bias.heights.numel() > 5
     phi = read_colvar(tmp_path / "colvar.csv")["phi"]
@@ -48,7 +49,7 @@ def test_an_exploding_openmm_run_stops_with_the_last_good_frame_and_a_clean_bias
                               timestep_fs=12.0, constraints="None", report_every=100, checkpoint_every=10**9,
                               total_steps=20_000)
     bias = OPES(Torsion(*PHI), sigma=[0.3], barrier_kjmol=30.0, pace=50, temperature_K=300.0)
-    run = OpenMMRun(settings, tmp_path, bias, grid=False)
+    run = biased_run(settings, tmp_path, bias, grid=False)
     with pytest.raises(SimulationUnstable, match="non-finite") as err:
         run.run()
     assert run.step < 20_000 and "last_good.xyz" in str(err.value)

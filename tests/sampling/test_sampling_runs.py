@@ -16,8 +16,10 @@ from typer.testing import CliRunner
 from neuralmd.cli import app as cli
 from neuralmd.sampling.biases import OPES
 from neuralmd.sampling.cvs import Distance, Stack, Torsion
-from neuralmd.sampling.openmm_engine import GridBias, OpenMMSettings, cv_forces
-from neuralmd.sampling.runs import BiasSettings, resume_run, start_openmm
+from neuralmd.md.openmm_engine import OpenMMSettings
+from neuralmd.sampling.openmm_bias import GridBias, cv_forces
+from neuralmd.sampling.bias_factory import BiasSettings
+from neuralmd.sampling.runs import resume_run, start_openmm
 from neuralmd.units import EV_IN_KJMOL
 from tests.conftest import shared_file
 
@@ -61,7 +63,7 @@ def test_grid_bias_matches_the_exact_bias_energy_and_forces():
     bias = OPES(cv, sigma=[0.3, 0.3], barrier_kjmol=30, pace=1, temperature_K=300)
     rng = np.random.default_rng(2)
     from neuralmd.md.integrators import MDState
-    from neuralmd.sampling.openmm_engine import system_template
+    from neuralmd.md.openmm_engine import system_template
 
     template = system_template(system)
     pos0 = np.array(pdb.positions.value_in_unit(unit.nanometer)) * 10.0
@@ -93,7 +95,7 @@ def assert_colvar_has_the_bias_each_frame_felt(run_dir, settings: BiasSettings, 
     from types import SimpleNamespace
 
     from neuralmd.sampling.colvar import read_colvar
-    from neuralmd.sampling.runs import make_bias
+    from neuralmd.sampling.bias_factory import make_bias
 
     colvar = read_colvar(run_dir / "colvar.csv")
     fresh = make_bias(settings, cv, temperature_K, settings.sigma)
@@ -129,8 +131,8 @@ def test_restarted_openmm_opes_run_continues_exactly(tmp_path):
     b = np.loadtxt(tmp_path / "part" / "colvar.csv", delimiter=",", skiprows=1)
     assert a.shape == b.shape == (31, 6)
     assert np.array_equal(a, b)
-    assert torch.equal(full.bias.heights, resumed.bias.heights)
-    assert_colvar_has_the_bias_each_frame_felt(tmp_path / "full", bias, full.bias.cv)
+    assert torch.equal(full.terms[0].bias.heights, resumed.terms[0].bias.heights)
+    assert_colvar_has_the_bias_each_frame_felt(tmp_path / "full", bias, full.terms[0].bias.cv)
 
 
 def test_cli_md_cv_train_sample_fes_on_alanine_dipeptide(tmp_path):

@@ -19,7 +19,8 @@ from scipy.spatial.transform import Rotation
 from neuralmd.errors import InputError
 from neuralmd.surrogates.cg_md import analyse_cg_run, start_cg_md
 from neuralmd.surrogates.cg_training import CGTrainer, CGTrainSettings
-from neuralmd.surrogates.coarse_grain import CGFeatures, Mapping, Prior, load_cg_data, torsion_angles
+from neuralmd.models.coarse_grain import CGFeatures, Prior, torsion_angles
+from neuralmd.surrogates.coarse_grain import Mapping, load_cg_data
 
 from ..conftest import shared_file
 
@@ -176,7 +177,7 @@ def test_cg_md_cli_with_opes_walkers_and_resume(cgnet_run, tmp_path):
     # two replicas wrote trajectories; the colvar holds the torsions and the bias of all four,
     # and its torsions match a direct computation on the trajectories
     from neuralmd.md.reporters import read_h5md
-    from neuralmd.sampling.runs import load_samples
+    from neuralmd.sampling.samples import load_samples
 
     assert sorted(p.name for p in out.glob("traj_*.h5md")) == ["traj_000.h5md", "traj_001.h5md"]
     samples = load_samples(out)
@@ -191,7 +192,7 @@ def test_cg_md_cli_with_opes_walkers_and_resume(cgnet_run, tmp_path):
 def test_torsion_surface_fit_recovers_a_known_two_dimensional_free_energy():
     """Samples of p(φ, ψ) ∝ exp(-F/kT) with a known coupled F give back F (up to a constant)
     within the histogram noise, in the populated region."""
-    from neuralmd.surrogates.coarse_grain import fit_torsion_surface, torsion_pair_basis
+    from neuralmd.models.coarse_grain import fit_torsion_surface, torsion_pair_basis
 
     kT = 0.025852
 
@@ -215,7 +216,7 @@ def test_boltzmann_inversion_step_recovers_a_known_torsion_free_energy_differenc
     """Samples of p_CG ∝ p_ref exp(-ΔF/kT) give back the update +ΔF (a region the CG model
     over-populates is raised), times the damping, where the reference is populated."""
     from neuralmd.surrogates.cg_refine import torsion_update
-    from neuralmd.surrogates.coarse_grain import torsion_grid_basis
+    from neuralmd.models.coarse_grain import torsion_grid_basis
 
     kT, bins, order = 0.025852, 24, 2
     rng = np.random.default_rng(1)
@@ -250,7 +251,7 @@ def test_boltzmann_inversion_step_raises_where_only_the_model_goes():
     """The data stay in phi < 0; a model that puts a third of its frames at phi > 0 gets that
     half raised by about the cap, not left alone because the data say nothing there."""
     from neuralmd.surrogates.cg_refine import torsion_update
-    from neuralmd.surrogates.coarse_grain import torsion_grid_basis
+    from neuralmd.models.coarse_grain import torsion_grid_basis
 
     kT, bins, order = 0.025852, 24, 4
     rng = np.random.default_rng(2)
@@ -269,7 +270,7 @@ def test_cg_refine_cli_adds_a_torsion_correction_and_resumes(cgnet_run, tmp_path
     exactly its 2D torsion correction; a second call with more iterations continues; a
     reference of the wrong shape exits 2 and writes nothing."""
     from neuralmd.models.neural import load_potential
-    from neuralmd.surrogates.coarse_grain import torsion_pair_basis
+    from neuralmd.models.coarse_grain import torsion_pair_basis
 
     reference = shared_file("ala2_cg/ala2_coordinates.npy")
     cli = [sys.executable, "-m", "neuralmd.cli", "cg", "refine", str(cgnet_run / "model.pt"), "--reference",

@@ -34,6 +34,7 @@ from ..data.io import read_frames, write_frames
 from ..data.store import LabelStore, frame_key
 from ..errors import InputError
 from ..io_utils import atomic_write_json
+from ..reference.factory import make_labeler
 
 PROJECT_FILE = "active.toml"
 
@@ -88,14 +89,6 @@ class ActiveSettings:
                 raise InputError(f"active options: {message}")
         if not Path(self.structure).is_file():
             raise InputError(f"structure: {self.structure}: file not found")
-
-
-def make_labeler(s: ActiveSettings):
-    from ..reference import PySCFLabeler, XTBLabeler
-
-    if s.labeler in ("xtb", "gfn1"):
-        return XTBLabeler("GFN2-xTB" if s.labeler == "xtb" else "GFN1-xTB", charge=s.charge, uhf=s.spin)
-    return PySCFLabeler("HF" if s.labeler == "hf" else s.functional, s.basis, True, s.charge, s.spin, 1)
 
 
 def farthest_point_sampling(descriptors: np.ndarray, k: int, first: int = 0) -> list[int]:
@@ -157,7 +150,8 @@ class ActiveLearning:
         self.s = settings
         self.run_dir = Path(run_dir)
         self.report = report or (lambda row: None)
-        self.labeler = make_labeler(settings)
+        self.labeler = make_labeler(settings.labeler, settings.functional, settings.basis, True, settings.charge,
+                                    settings.spin, threads=1)
         self.start = read_frames(settings.structure, require_labels=False)[0]
         store = settings.store or str(self.run_dir / "labels.db")
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -293,7 +287,8 @@ class ActiveLearning:
         ``sample_every`` steps, at the first temperature; widths from a short probe), or None."""
         if not self.s.explore_cv:
             return None
-        from ..sampling.runs import BiasSettings, native_bias
+        from ..sampling.bias_factory import BiasSettings
+        from ..sampling.runs import native_bias
         from ..sampling.spec import parse_cv
 
         cv = parse_cv(self.s.explore_cv, self.start.numbers)
@@ -362,7 +357,7 @@ class ActiveLearning:
         self.report(row)
 
     def _plot(self) -> None:
-        from ..analysis.plots import _save, plt
+        from ..analysis.plots import save_figure, plt
 
         rows = [h for h in self.state["history"] if "valid_force_mae_mev_per_A" in h]
         if not rows:
@@ -376,4 +371,4 @@ class ActiveLearning:
         ax.set_title("active learning")
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        _save(fig, self.run_dir / "error_vs_labels.png")
+        save_figure(fig, self.run_dir / "error_vs_labels.png")

@@ -49,7 +49,7 @@ def cv_steepness(model: torch.nn.Module, descriptors: np.ndarray) -> np.ndarray:
 
 def plot_relevance(relevance: np.ndarray, names: Sequence[str], path: str | os.PathLike, top: int = 20) -> None:
     """Horizontal bar chart of the ``top`` most relevant descriptors (PNG)."""
-    from .plots import _save, plt
+    from .plots import save_figure, plt
 
     order = np.argsort(relevance)[::-1][:top]
     fig, ax = plt.subplots(figsize=(6, 0.3 * len(order) + 1.2))
@@ -57,4 +57,4 @@ def plot_relevance(relevance: np.ndarray, names: Sequence[str], path: str | os.P
     ax.set_xlabel("relevance (fraction)")
     ax.set_title("descriptor relevance to the CV")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)

@@ -14,7 +14,8 @@ import numpy as np  # noqa: E402
 from ..io_utils import atomic_path  # noqa: E402
 
 
-def _save(fig, path: str | os.PathLike) -> None:
+def save_figure(fig, path: str | os.PathLike) -> None:
+    """Write a matplotlib figure as PNG (atomically) and close it."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
     plt.close(fig)
@@ -37,7 +38,7 @@ def plot_learning_curve(history: Sequence[dict], path: str | os.PathLike) -> Non
         ax.grid(alpha=0.3, which="both")
     fig.suptitle("learning curve")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_parity(energy_true: np.ndarray, energy_pred: np.ndarray, n_atoms: np.ndarray,
@@ -66,7 +67,7 @@ def plot_parity(energy_true: np.ndarray, energy_pred: np.ndarray, n_atoms: np.nd
         ax.legend(loc="upper left")
         ax.grid(alpha=0.3)
     fig.suptitle(title or f"parity ({metrics['frames']} frames)")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_md_log(log_csv: str | os.PathLike, path: str | os.PathLike) -> None:
@@ -87,7 +88,7 @@ def plot_md_log(log_csv: str | os.PathLike, path: str | os.PathLike) -> None:
         ax.grid(alpha=0.3)
     fig.suptitle(f"MD: {len(replicas)} replica(s)" + (" (first 16 shown)" if len(replicas) > 16 else ""))
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_fes(centres: Sequence[np.ndarray], free_energy: np.ndarray, names: Sequence[str],
@@ -105,7 +106,7 @@ def plot_fes(centres: Sequence[np.ndarray], free_energy: np.ndarray, names: Sequ
         ax.set_ylabel(names[1])
     ax.set_title(title)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_convergence(times: np.ndarray, delta_f: np.ndarray, path: str | os.PathLike, time_label: str = "time (ns)",
@@ -120,7 +121,7 @@ def plot_convergence(times: np.ndarray, delta_f: np.ndarray, path: str | os.Path
     ax.set_ylabel("ΔF (kJ/mol)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_cg_learning_curve(history: Sequence[dict], prior_rmse: float, path: str | os.PathLike) -> None:
@@ -137,7 +138,7 @@ def plot_cg_learning_curve(history: Sequence[dict], prior_rmse: float, path: str
     ax.grid(alpha=0.3)
     ax.set_title("CG force matching (the noise of mapped forces sets the floor)")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_fes_comparison(centres: Sequence[np.ndarray], surfaces: dict[str, np.ndarray], names: Sequence[str],
@@ -153,4 +154,4 @@ def plot_fes_comparison(centres: Sequence[np.ndarray], surfaces: dict[str, np.nd
     fig.colorbar(mesh, ax=axes[0].tolist(), label="F (kJ/mol)")
     if title:
         fig.suptitle(title)
-    _save(fig, path)
+    save_figure(fig, path)

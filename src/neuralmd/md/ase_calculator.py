@@ -31,7 +31,7 @@ class NeuralCalculator(Calculator):
 
     def calculate(self, atoms: Atoms | None = None, properties=("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
-        if "numbers" in system_changes and hasattr(self.potential, "check_elements"):
+        if "numbers" in system_changes:
             self.potential.check_elements(self.atoms.numbers, where="atoms")
         stress = "stress" in properties and bool(self.atoms.pbc.all())
         batch = AtomsBatch.from_atoms([self.atoms], dtype=torch.float64, device=self.potential.device)

@@ -14,13 +14,9 @@ from openmm import unit
 
 from ..models.base import Potential
 from ..state import AtomsBatch
-from ..units import EV_IN_KJMOL
+from ..units import EV_IN_KJMOL, NM_IN_A
 from .integrators import ForceFn
 from .simulation import make_force_fn
-
-#: 1 nm in Å.
-NM_IN_A = 10.0
-
 
 def python_force(force_fn: ForceFn, template: AtomsBatch, periodic: bool, name: str) -> openmm.PythonForce:
     """An ``openmm.PythonForce`` evaluating ``force_fn`` on ``template`` (one system) with the
@@ -47,8 +43,7 @@ def potential_force(potential: Potential, atoms: Atoms) -> openmm.PythonForce:
     ``potential`` is any :class:`~neuralmd.models.base.Potential`. Periodic cells are taken
     from the OpenMM state each call when ``atoms`` is periodic.
     """
-    if hasattr(potential, "check_elements"):
-        potential.check_elements(atoms.numbers, where="OpenMM system")
+    potential.check_elements(atoms.numbers, where="OpenMM system")
     template = AtomsBatch.from_atoms([atoms], dtype=torch.float64)
     return python_force(make_force_fn(potential), template, bool(atoms.pbc.all()), "neuralmd")
 

@@ -1,34 +1,32 @@
-"""Reporters: small objects with ``report(simulation, state)`` (OpenMM's shape) that write
-what a run produces, plus ``truncate(step)`` so a resumed run first drops what was written
-after its checkpoint.
+"""Reporters: small objects with ``report(run, state)`` (OpenMM's shape) that write what a run
+produces, called by the engine every ``interval`` steps, plus ``truncate(step)`` so a resumed run
+first drops what was written after its checkpoint, and ``close()`` (see
+:class:`~neuralmd.md.protocols.Reporter`).
 
 - :class:`H5MDReporter`: one H5MD (HDF5) file per replica, readable by MDAnalysis
   (``mda.Universe("traj_000.pdb", "traj_000.h5md")``); positions Å, velocities Å/ps, time ps.
 - :class:`LogReporter`: a CSV log, one row per replica and report: step, time (ps), potential
-  (including any bias terms),
-  kinetic and total energy (eV), temperature (K).
+  (including any bias terms), kinetic and total energy (eV), temperature (K).
+- :class:`ProgressReporter`: the progress bar of a run.
 """
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import h5py
 import numpy as np
-from ase import units
 from ase.io import write
 
-from .. import __version__
+from ..progress import progress_bar
+from ..units import VELOCITY_TO_A_PER_PS
+from ..version import __version__
 from .integrators import MDState, kinetic_energy, temperature
 
 if TYPE_CHECKING:
-    from .simulation import Simulation
-
-#: ASE velocity units (Å per ASE time) to Å/ps.
-VELOCITY_TO_A_PER_PS = 1000.0 * units.fs
-
+    from .run import MDRun
 
 def thermo(state: MDState) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Potential and kinetic energy (eV) and temperature (K) of every replica, as numpy."""
@@ -52,7 +50,7 @@ class H5MDReporter:
     def path(self, replica: int) -> Path:
         return self.folder / f"traj_{replica:03d}.h5md"
 
-    def _open(self, sim: "Simulation", replica: int, atoms) -> h5py.File:
+    def _open(self, replica: int, atoms) -> h5py.File:
         path = self.path(replica)
         if path.exists():
             return h5py.File(path, "a")
@@ -96,11 +94,11 @@ class H5MDReporter:
             dataset.resize(k + 1, axis=0)
             dataset[k] = data
 
-    def _handles(self, sim, b: int, atoms) -> dict[str, list]:
+    def _handles(self, b: int, atoms) -> dict[str, list]:
         """The (value, step, time) datasets of every element of replica ``b``'s file (h5py
         lookups cost more than the writes, so they are made once)."""
         if b not in self._datasets:
-            f = self._files[b] = self._open(sim, b, atoms)
+            f = self._files[b] = self._open(b, atoms)
             elements = {"position": "particles/trajectory/position", "velocity": "particles/trajectory/velocity",
                         "box": "particles/trajectory/box/edges",
                         **{name: f"observables/{name}" for name in ("potential_energy", "kinetic_energy", "temperature")}}
@@ -108,16 +106,14 @@ class H5MDReporter:
                                  for key, path in elements.items() if path in f}
         return self._datasets[b]
 
-    def report(self, sim: "Simulation", state: MDState) -> None:
-        if state.step % self.interval:
-            return
+    def report(self, run: MDRun, state: MDState) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         frames = state.batch.to_atoms()
         epot, ekin, temp = thermo(state)
         starts = np.cumsum([0] + [len(a) for a in frames])
-        time_ps = sim.time_ps(state.step)
+        time_ps = run.time_ps(state.step)
         for b in self.replicas if self.replicas is not None else range(len(frames)):
-            handles = self._handles(sim, b, frames[b])
+            handles = self._handles(b, frames[b])
             self._append(handles["position"], frames[b].positions, state.step, time_ps)
             if "velocity" in handles:
                 v = state.batch.velocities[starts[b] : starts[b + 1]].detach().cpu().numpy() * VELOCITY_TO_A_PER_PS
@@ -150,7 +146,7 @@ class H5MDReporter:
 
 class CsvReporter:
     """A CSV file appended every ``interval`` steps and flushed after each report; subclasses
-    give ``fields`` and ``rows(sim, state)``. ``truncate`` keeps the header and the complete rows
+    give ``fields`` and ``rows(run, state)``. ``truncate`` keeps the header and the complete rows
     up to a step (a resumed run drops what was written after its checkpoint, and a torn line)."""
 
     fields: list[str]
@@ -160,19 +156,17 @@ class CsvReporter:
         self.interval = interval
         self._fh = None
 
-    def rows(self, sim, state: MDState) -> list[list]:
+    def rows(self, run: MDRun, state: MDState) -> list[list]:
         raise NotImplementedError
 
-    def report(self, sim, state: MDState) -> None:
-        if state.step % self.interval:
-            return
+    def report(self, run: MDRun, state: MDState) -> None:
         if self._fh is None:
             new = not self.path.exists()
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = open(self.path, "a", newline="")
             if new:
-                csv.writer(self._fh).writerow(self.fields)
-        csv.writer(self._fh).writerows(self.rows(sim, state))
+                csv.writer(self._fh, lineterminator="\n").writerow(self.fields)
+        csv.writer(self._fh, lineterminator="\n").writerows(self.rows(run, state))
         self._fh.flush()
 
     def truncate(self, step: int) -> None:
@@ -199,11 +193,45 @@ class LogReporter(CsvReporter):
     fields = ["step", "time_ps", "replica", "potential_energy_eV", "kinetic_energy_eV",  # noqa: RUF012
               "total_energy_eV", "temperature_K"]
 
-    def rows(self, sim, state: MDState) -> list[list]:
+    def rows(self, run: MDRun, state: MDState) -> list[list]:
         epot, ekin, temp = thermo(state)
-        t = sim.time_ps(state.step)
+        t = run.time_ps(state.step)
         return [[state.step, f"{t:.6f}", b, f"{epot[b]:.8f}", f"{ekin[b]:.8f}", f"{epot[b] + ekin[b]:.8f}",
                  f"{temp[b]:.3f}"] for b in range(len(epot))]
+
+
+class BaseReporter:
+    """A convenient base of a :class:`~.protocols.Reporter` that writes no file: subclasses set
+    ``interval`` (steps) and implement :meth:`report`; there is nothing to truncate or close."""
+
+    interval: int = 1
+
+    def report(self, run: MDRun, state: MDState) -> None:
+        raise NotImplementedError
+
+    def truncate(self, step: int) -> None:
+        """Nothing written, nothing to cut back."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+class ProgressReporter(BaseReporter):
+    """The progress bar of a run: steps done of ``total``, time remaining and ``status(state)``
+    (temperature, ns/day), refreshed every ``interval`` steps."""
+
+    def __init__(self, label: str, total: int, completed: int, interval: int,
+                 status: Callable[[MDState], str]) -> None:
+        self.interval, self.status = interval, status
+        self._bar = progress_bar(label)
+        self._task = self._bar.add_task(label, total=total, completed=completed, status="")
+        self._bar.start()
+
+    def report(self, run: MDRun, state: MDState) -> None:
+        self._bar.update(self._task, completed=state.step, status=self.status(state))
+
+    def close(self) -> None:
+        self._bar.stop()
 
 
 def read_h5md(path: str | Path) -> list:

@@ -4,9 +4,15 @@ A Potential maps an :class:`~neuralmd.state.AtomsBatch` to per-atom energies; th
 turns them into per-system energies (accumulated in float64), forces as the exact negative
 gradient of that energy, and stress by the strain derivative. Subclasses implement
 :meth:`atomic_energies` only, so forces can never be non-conservative.
+
+The contract every caller (the engines, the ASE calculator, the OpenMM force, active learning)
+relies on, and nothing more: :meth:`forward`, :attr:`implemented_properties`, :attr:`cutoff`,
+:attr:`dtype`, :attr:`device` and :meth:`check_elements`.
 """
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -17,6 +23,9 @@ from ..state import AtomsBatch
 class Potential(nn.Module):
     """Base class of all potentials. Energies in eV, forces in eV/Å, stress in eV/Å³."""
 
+    #: What :meth:`forward` computes (as ASE's ``Calculator.implemented_properties``): every
+    #: potential gives energies, per-atom energies and forces; stress needs a periodic cell.
+    implemented_properties: tuple[str, ...] = ("energy", "atom_energy", "forces", "stress")
     #: Cutoff radius in Å (0 for potentials that need no neighbour list).
     cutoff: float = 0.0
     #: Large batches of molecules are evaluated in chunks of whole systems of about this many
@@ -28,6 +37,11 @@ class Potential(nn.Module):
     def atomic_energies(self, batch: AtomsBatch) -> torch.Tensor:
         """Per-atom energies (N,) in eV, float64, differentiable w.r.t. batch.positions/cell."""
         raise NotImplementedError
+
+    def check_elements(self, numbers: torch.Tensor | Sequence[int], where: str = "input") -> None:
+        """InputError naming ``where`` if ``numbers`` holds an element the potential cannot
+        evaluate. The base accepts every element (analytic potentials); trained models override
+        it with the elements they were trained on."""
 
     @property
     def dtype(self) -> torch.dtype:

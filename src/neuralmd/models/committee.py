@@ -40,8 +40,7 @@ class Committee(Potential):
 
     def check_elements(self, numbers, where: str = "input") -> None:
         for m in self.members:
-            if hasattr(m, "check_elements"):
-                m.check_elements(numbers, where)
+            m.check_elements(numbers, where)
 
     def atomic_energies(self, batch: AtomsBatch) -> torch.Tensor:
         return torch.stack([m.atomic_energies(batch) for m in self.members]).mean(0)

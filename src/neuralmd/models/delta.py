@@ -22,21 +22,18 @@ from ..reference.base import Labeler
 from ..state import AtomsBatch
 from .base import Potential
 
-BASELINES = {"xtb": "GFN2-xTB", "gfn1": "GFN1-xTB"}
-
-
 def baseline_from_spec(spec: str) -> Labeler:
     """The baseline named on the command line: ``xtb`` (GFN2-xTB), ``gfn1`` (GFN1-xTB), or
     ``openmm:FILE`` (a classical force field: a serialised OpenMM System .xml, or a .pdb
     topology with amber99sb-ildn)."""
+    from ..reference.factory import XTB_METHODS, make_labeler
     from ..reference.openmm_ff import OpenMMLabeler
-    from ..reference.xtb import XTBLabeler
 
-    if spec in BASELINES:
-        return XTBLabeler(BASELINES[spec])
+    if spec in XTB_METHODS:
+        return make_labeler(spec)
     if spec.startswith("openmm:"):
         return OpenMMLabeler.from_file(spec.removeprefix("openmm:"))
-    raise InputError(f"baseline: {spec!r}; expected one of {sorted(BASELINES)} or openmm:SYSTEM.xml|TOPOLOGY.pdb")
+    raise InputError(f"baseline: {spec!r}; expected one of {sorted(XTB_METHODS)} or openmm:SYSTEM.xml|TOPOLOGY.pdb")
 
 
 def baseline_settings(baseline: Labeler) -> dict[str, Any]:

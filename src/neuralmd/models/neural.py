@@ -117,8 +117,8 @@ def load_potential(path: str | os.PathLike, dtype: torch.dtype | None = None,
     """Load any neuralmd model file (optionally cast to ``dtype``): a :class:`NeuralPotential`,
     a :class:`~.delta.DeltaPotential` when the network is a correction to a baseline (use
     :func:`load_network` for the network alone), or a coarse-grained
-    :class:`~neuralmd.surrogates.coarse_grain.CGPotential`."""
-    from ..surrogates import coarse_grain
+    :class:`~neuralmd.models.coarse_grain.CGPotential`."""
+    from . import coarse_grain
 
     payload = _read_payload(path, device, (FORMAT, coarse_grain.FORMAT))
     if payload["format"] == coarse_grain.FORMAT:

@@ -29,7 +29,8 @@ from torch import nn
 from ..errors import InputError
 from ..state import AtomsBatch
 from ..units import KJMOL, kT_eV
-from .cvs import CV, replica_positions
+from ..geometry import replica_positions
+from .cvs import CV
 
 class Bias(nn.Module):
     """Base class: ``forward(batch) -> (B,)`` bias energy in eV via ``self.cv``.
@@ -47,6 +48,10 @@ class Bias(nn.Module):
         if len(periods) != cv.dim:
             raise InputError(f"periods: {len(periods)} values for a {cv.dim}-dimensional CV")
         self.register_buffer("periods", torch.tensor(periods, dtype=torch.float64))
+
+    def check_atoms(self, n_atoms: int) -> None:
+        """InputError if the CV refers to atoms beyond ``n_atoms`` (the engine asks before a run)."""
+        self.cv.check_atoms(n_atoms)
 
     def cv_values(self, batch: AtomsBatch) -> torch.Tensor:
         return self.cv(replica_positions(batch)).to(torch.float64)
@@ -89,7 +94,7 @@ class Wall(Bias):
         return self.kappa * torch.clamp(x if self.upper else -x, min=0.0).pow(2)
 
 
-class _KernelBias(Bias):
+class KernelBias(Bias):
     """Shared machinery: a growing list of Gaussian kernels (centres, widths, heights)."""
 
     def __init__(self, cv: CV, sigma: Sequence[float], pace: int, temperature_K: float, periods=None) -> None:
@@ -143,7 +148,7 @@ class _KernelBias(Bias):
         self.set_state(payload["state"])
 
 
-class WellTemperedMetaD(_KernelBias):
+class WellTemperedMetaD(KernelBias):
     """Well-tempered metadynamics.
 
     Args:
@@ -179,7 +184,7 @@ class WellTemperedMetaD(_KernelBias):
         return -self.biasfactor / (self.biasfactor - 1) * self.kernel_sum(s)
 
 
-class OPES(_KernelBias):
+class OPES(KernelBias):
     """OPES_METAD (``mode="metad"``) or OPES_EXPLORE (``mode="explore"``).
 
     Args:

@@ -2,7 +2,7 @@
 
 ``colvar.csv`` columns: step, time_ps, replica, one column per CV output, bias_kjmol (the bias
 at that moment, which is what reweighting needs). Written by :class:`ColvarReporter` in either
-engine (the same ``report(sim, state)`` shape as the MD reporters, with ``truncate`` for
+engine (the same ``report(run, state)`` shape as the MD reporters, with ``truncate`` for
 resumed runs).
 """
 
@@ -17,7 +17,8 @@ from ..errors import InputError
 from ..md.reporters import CsvReporter
 from ..units import EV_IN_KJMOL
 from .biases import Bias
-from .cvs import CV, replica_positions
+from ..geometry import replica_positions
+from .cvs import CV
 
 
 class ColvarReporter(CsvReporter):
@@ -35,11 +36,11 @@ class ColvarReporter(CsvReporter):
         self.cv, self.bias = cv, bias
         self.fields = ["step", "time_ps", "replica", *cv.names, "bias_kjmol"]
 
-    def rows(self, sim, state) -> list[list]:
+    def rows(self, run, state) -> list[list]:
         with torch.no_grad():
             s = self.cv(replica_positions(state.batch).to(torch.float64)).to(torch.float64)
             v = self.bias.energy_of_cv(s) if self.bias is not None else torch.zeros(len(s), dtype=torch.float64)
-        t = sim.time_ps(state.step)
+        t = run.time_ps(state.step)
         return [[state.step, f"{t:.6f}", b, *(f"{x:.8g}" for x in row), f"{bias * EV_IN_KJMOL:.8g}"]
                 for b, (row, bias) in enumerate(zip(s.numpy(), v.numpy()))]
 

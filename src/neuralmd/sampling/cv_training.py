@@ -18,10 +18,17 @@ from ..errors import InputError
 from ..io_utils import atomic_write_json
 from .cvs import PairwiseDistances
 from .learned import LearnedCV, train_autoencoder, train_deep_lda, train_deep_tica
-from .runs import engine_settings, load_samples
+from ..rundir import md_settings
+from .samples import load_samples
 from .spec import descriptor_atoms
 
 METHODS = ("deep-tica", "autoencoder", "deep-lda")
+#: a CV steeper than this (its own standard deviations per Å of descriptor change) may need a
+#: shorter timestep when biased (see neuralmd.analysis.interpret: torsion-like CVs stay at a few)
+STEEP_CV_PER_A = 10.0
+#: a Deep-TICA CV whose autocorrelation at the lag is below this follows no process slower than the lag
+#: (alanine dipeptide, from validation losses ≈ -λ²: trainings that found phi 0.35-0.94, stalled ones 0.01-0.13)
+SLOW_TICA_EIGENVALUE = 0.2
 
 
 def train_cv_from_runs(runs: Sequence[str | Path], out: str | Path, method: str = "deep-tica",
@@ -58,7 +65,7 @@ def train_cv_from_runs(runs: Sequence[str | Path], out: str | Path, method: str 
             raise InputError(f"{run}: a different system from {runs[0]} (atoms or elements differ)")
         samples = load_samples(run, cv=desc)
         if method == "deep-tica":
-            settings = engine_settings(run)
+            settings = md_settings(run)
             stride_ps = settings["report_every"] * settings["timestep_fs"] / 1000.0
             lag = int(round(lag_ps / stride_ps))
             if lag < 1:

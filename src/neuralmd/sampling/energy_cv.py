@@ -20,7 +20,7 @@ import torch
 from openmm import unit
 
 from ..errors import InputError
-from ..md.openmm_force import NM_IN_A
+from ..units import NM_IN_A
 from .cvs import CV
 
 
@@ -57,7 +57,7 @@ class PotentialEnergy(CV):
     """The force-field potential energy (kJ/mol) of an OpenMM system, biases excluded.
 
     Created unbound by the CV specification ``energy``; :meth:`bind` attaches it to a System
-    (an :class:`~neuralmd.sampling.openmm_engine.OpenMMRun` does this before adding biases).
+    (the sampling runs do this before adding biases).
     """
 
     def __init__(self) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import openmm
 from openmm import unit
 
-from ..md.openmm_force import NM_IN_A
+from ..units import NM_IN_A
 from .cvs import CV
 
 

@@ -24,7 +24,7 @@ from ..errors import InputError
 from ..io_utils import atomic_write_json
 from ..md.simulation import MDSettings, Simulation
 from ..sampling.fes import delta_f, delta_f_blocks, fes, kT_kjmol
-from .coarse_grain import CGPotential, torsion_angles
+from ..models.coarse_grain import CGPotential, torsion_angles
 
 PERIODIC = [(-math.pi, math.pi)] * 2
 
@@ -43,7 +43,8 @@ def start_cg_md(model_path: str | Path, output: str | Path, ns: float, replicas:
     torsions and energies go to colvar.csv and log.csv. ``start_positions`` (S, n, 3) Å replace
     the model's stored start frames."""
     from ..models.neural import load_potential
-    from ..sampling.runs import BiasSettings, start_native
+    from ..sampling.bias_factory import BiasSettings
+    from ..sampling.runs import start_native
 
     model = load_potential(model_path)
     if not isinstance(model, CGPotential):
@@ -114,7 +115,7 @@ def analyse_cg_run(run_dir: str | Path, model: CGPotential, reference_coords: np
     """Torsion FES of a CG run, reweighted when it was biased (and against mapped reference
     coordinates): writes ``cg_fes.png`` and ``cg_analysis.json`` in ``run_dir``."""
     from ..analysis.plots import plot_fes_comparison
-    from ..sampling.runs import load_samples
+    from ..sampling.samples import load_samples
 
     run_dir = Path(run_dir)
     quads = dict(list(model.torsions.items())[:2])

@@ -33,7 +33,7 @@ import numpy as np
 from ..errors import InputError
 from ..io_utils import atomic_write_json
 from .cg_md import analyse_cg_run, start_cg_md
-from .coarse_grain import CGPotential, fit_series, torsion_angles, torsion_grid_basis
+from ..models.coarse_grain import CGPotential, fit_series, torsion_angles, torsion_grid_basis
 
 
 def torsion_update(sample: np.ndarray, weights: np.ndarray, reference: np.ndarray, kT: float, order: int,
@@ -67,7 +67,7 @@ def sample_against_data(model_path: str | Path, reference_coords: np.ndarray, ru
     """One refinement run (also the evaluation protocol): ``replicas`` CG replicas of ``ns``
     started from reference frames drawn at random (seeded), walkers of one ``bias``, analysed
     against the reference. Returns (model, simulation, analysis dict, samples)."""
-    from ..sampling.runs import load_samples
+    from ..sampling.samples import load_samples
 
     shutil.rmtree(run, ignore_errors=True)  # a run killed midway starts over
     starts = reference_coords[np.random.default_rng(seed).choice(len(reference_coords), replicas)]

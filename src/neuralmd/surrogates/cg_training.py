@@ -17,14 +17,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..config import load_config, save_config
 from ..errors import InputError
 from ..io_utils import atomic_save, atomic_write_json
+from ..progress import progress_bar
 from ..threads import set_threads
 from ..units import force_factor
-from .coarse_grain import CGData, CGFeatures, CGPotential, Mapping, Prior, load_cg_data
+from ..models.coarse_grain import CGFeatures, CGPotential, Prior
+from .coarse_grain import CGData, Mapping, load_cg_data
 
 CHECKPOINT = "checkpoint.pt"
 SETTINGS = "cg.toml"
@@ -188,9 +189,7 @@ class CGTrainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(self.settings, self.run_dir / SETTINGS)
         s = self.settings
-        columns = [TextColumn("CG force matching"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   TextColumn("{task.fields[status]}")]
-        with Progress(*columns, disable=not self.progress) as bar:
+        with progress_bar("CG force matching", self.progress) as bar:
             task = bar.add_task("cg", total=s.epochs, completed=self.epoch, status="")
             while self.epoch < s.epochs and self.epoch - self.best["epoch"] < s.patience:
                 t0 = time.perf_counter()

@@ -270,7 +270,7 @@ def plot_neb(result: NEBResult, path: str | os.PathLike, trust_eV_A: float = TRU
     above it marked in red."""
     import matplotlib.pyplot as plt
 
-    from ..analysis.plots import _save
+    from ..analysis.plots import save_figure
 
     x, energy = result.reaction_coordinate_A, result.energies_eV - result.energies_eV[0]
     committee = result.force_deviation_eV_A is not None
@@ -302,4 +302,4 @@ def plot_neb(result: NEBResult, path: str | os.PathLike, trust_eV_A: float = TRU
     ax.set_title(f"NEB, {len(result.images) - 2} images, {'converged' if result.converged else 'NOT converged'} "
                  f"in {result.steps} steps")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)

@@ -28,15 +28,15 @@ import torch
 from ase import Atoms
 from rdkit import Chem, rdBase
 from rdkit.Chem import AllChem
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ..analysis.plots import _save
+from ..analysis.plots import save_figure
 from ..data.io import write_frames
 from ..errors import InputError
 from ..io_utils import atomic_write_json, atomic_write_text
 from ..md.ase_calculator import NeuralCalculator, relax
 from ..models.base import Potential
 from ..models.neural import load_potential
+from ..progress import progress_bar
 from ..state import AtomsBatch
 from ..units import EV_IN_KJMOL
 
@@ -190,11 +190,10 @@ def screen_molecule(molecule: Molecule, potential: Potential, calculator: Neural
 
     Raises _MoleculeFailed for elements unknown to the potential, embedding failures and
     non-finite energies."""
-    if hasattr(potential, "check_elements"):
-        try:
-            potential.check_elements(_atomic_numbers(molecule.mol), where=f"SMILES {molecule.smiles!r}")
-        except InputError as exc:
-            raise _MoleculeFailed(str(exc)) from None
+    try:
+        potential.check_elements(_atomic_numbers(molecule.mol), where=f"SMILES {molecule.smiles!r}")
+    except InputError as exc:
+        raise _MoleculeFailed(str(exc)) from None
     frames = embed_conformers(molecule.mol, n_conformers, seed, prune_rms_A)
     if not frames:
         raise _MoleculeFailed(f"SMILES {molecule.smiles!r}: RDKit could not embed a 3D conformer")
@@ -252,7 +251,7 @@ def plot_conformer_energies(conformers: Sequence[Conformer], path: str | os.Path
     ax.grid(alpha=0.3, axis="y")
     ax.legend()
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def output_paths(output: str | os.PathLike) -> dict[str, Path]:
@@ -308,12 +307,10 @@ def screen(smiles_file: str | os.PathLike, potential: Potential | str | os.PathL
     calculator = NeuralCalculator(potential)
     start = time.perf_counter()
     ranked: list[Conformer] = []
-    columns = [TextColumn("screen"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-               TextColumn("{task.fields[name]}")]
-    with Progress(*columns, disable=not progress) as bar:
-        task = bar.add_task("screen", total=len(molecules), name="")
+    with progress_bar("screen", progress) as bar:
+        task = bar.add_task("screen", total=len(molecules), status="")
         for molecule in molecules:
-            bar.update(task, name=molecule.name)
+            bar.update(task, status=molecule.name)
             try:
                 ranked.extend(screen_molecule(molecule, potential, calculator, conformers, fmax_eV_A, max_steps,
                                               seed, prune_rms_A))

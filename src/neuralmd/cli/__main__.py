@@ -1,0 +1,5 @@
+"""``python -m neuralmd.cli``: the command line."""
+
+from . import main
+
+main()

@@ -1,0 +1,169 @@
+"""``neuralmd md``: plain MD with a neural potential (native engine) or a force field (OpenMM)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import InputError
+from ..md.simulation import MDSettings
+from .common import CONFIG_HELP, app, console, default, given, one_temperature, settings_from
+
+
+class Ensemble(str, Enum):
+    nvt = "nvt"
+    nve = "nve"
+
+
+class Engine(str, Enum):
+    native = "native"
+    openmm = "openmm"
+
+
+def check_device(device: str) -> None:
+    """InputError unless ``device`` is a torch device this machine has."""
+    import torch
+
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise InputError(f"device: {device!r} is not a torch device; expected cpu, cuda or cuda:N") from None
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device: {device!r}, but torch sees no CUDA GPU on this machine; use --device cpu")
+
+
+def temperatures(text: str) -> list[float]:
+    """Temperatures in K, comma-separated (one, or one per replica)."""
+    try:
+        return [float(t) for t in text.split(",")]
+    except ValueError:
+        raise InputError(f"temperature: cannot read {text!r} as K values") from None
+
+
+def finish(run, what: str, export_xyz: bool = False) -> None:
+    """The log plot (and, with ``export_xyz``, extxyz copies of the trajectories) and the
+    one-line summary of a finished run."""
+    from ..analysis.plots import plot_md_log
+
+    plot_md_log(run.run_dir / "log.csv", run.run_dir / "md.png")
+    if export_xyz:
+        from ..data.io import write_frames
+        from ..md.reporters import read_h5md
+
+        for path in sorted(run.run_dir.glob("traj_*.h5md")):
+            write_frames(read_h5md(path), path.with_suffix(".xyz"))
+    files = ", ".join(["traj_*.h5md", "log.csv", "md.png"] + (["colvar.csv"] if (run.run_dir / "colvar.csv").exists()
+                                                               else []))
+    console.print(f"{run.step} steps ({run.time_ps(run.step) / 1000:.4f} ns) of {what} at {run.ns_per_day():.2f} "
+                  f"ns/day -> {run.run_dir}/ ({files})")
+
+
+def run_resumed(run_dir: Path, steps: Optional[int], potential=None, export_xyz: bool = False) -> None:
+    """Continue the run in ``run_dir`` (plain MD or sampling, either engine) up to ``steps``
+    steps in all (default: its stored total)."""
+    from ..sampling.runs import resume_run
+
+    run = resume_run(run_dir, potential, progress=True)
+    if steps is not None:
+        if steps < run.step:
+            raise InputError(f"steps: {steps}; the run in {run_dir} is already at step {run.step}")
+        run.settings.total_steps = steps
+    run.run()
+    finish(run, "a resumed run", export_xyz)
+
+
+@app.command()
+def md(
+    ctx: typer.Context,
+    model: Optional[Path] = typer.Argument(None, help="model file (model.pt; native engine)"),
+    structure: Optional[Path] = typer.Option(None, help="starting structure(s): one frame, or one per replica"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="run directory"),
+    resume: Optional[Path] = typer.Option(None, help="continue the run in this directory"),
+    config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
+    engine: Engine = typer.Option(Engine.native, help="native (neural potential) or openmm (PDB + force field)"),
+    pdb: Optional[Path] = typer.Option(None, help="PDB file (openmm engine)"),
+    forcefield: str = typer.Option("amber99sbildn.xml", help="OpenMM force-field files, comma-separated (openmm engine)"),
+    platform: str = typer.Option("Reference", help="OpenMM platform (Reference is fastest for small molecules)"),
+    ensemble: Ensemble = typer.Option(Ensemble.nvt, help="nvt (Langevin BAOAB) or nve (velocity Verlet)"),
+    temperature: str = typer.Option("300", help="K; one value or one per replica, comma-separated"),
+    timestep_fs: Optional[float] = typer.Option(None, help="timestep in fs (default 0.5 native, 2 openmm)"),
+    friction_per_ps: float = typer.Option(default(MDSettings, "friction_per_ps"), help="Langevin friction in 1/ps"),
+    steps: int = typer.Option(default(MDSettings, "total_steps"), help="total number of steps (with --resume: a "
+                                                                      "new total)"),
+    replicas: int = typer.Option(default(MDSettings, "replicas"), help="replicas of the structure, run as one batch"),
+    report_every: int = typer.Option(default(MDSettings, "report_every"), help="steps between trajectory frames "
+                                                                               "and log rows"),
+    checkpoint_every: int = typer.Option(default(MDSettings, "checkpoint_every"), help="steps between checkpoints"),
+    seed: int = typer.Option(default(MDSettings, "seed")),
+    float64: bool = typer.Option(True, help="evaluate the model in float64 (exact energy conservation)"),
+    export_xyz: bool = typer.Option(False, help="also write each replica's trajectory as extxyz (traj_XXX.xyz)"),
+    compile: bool = typer.Option(False, "--compile", help="compile the model for these molecules (all-pairs graph "
+                                                          "+ torch.compile): faster steps after ~30 s of compiling; "
+                                                          "molecules of up to 64 atoms, needs a C++ compiler"),
+    threads: int = typer.Option(0, help="torch threads (0: all cores; the openmm engine: 1)"),
+    device: str = typer.Option("cpu", help="torch device of the native engine: cpu, or cuda for a GPU"),
+) -> None:
+    """Molecular dynamics with a neural potential (many replicas in one batch) or a classical
+    force field through OpenMM: H5MD trajectories, CSV log, checkpoints; --resume continues
+    exactly where a run stopped; --config RUN/md.toml reruns a run from its own record."""
+    import torch
+
+    from ..config import load_config
+    from ..md import start
+    from ..models.neural import load_potential
+    from ..rundir import engine_in, engine_of
+    from ..threads import set_threads
+
+    dtype = torch.float64 if float64 else None
+    if resume is not None:
+        native = engine_of(resume) == "native"
+        set_threads((threads or None) if native else (threads or 1))
+        potential = None
+        if native:
+            check_device(device)
+            stored = load_config(MDSettings, resume / "md.toml")
+            potential = load_potential(model or stored.model_path, dtype=dtype, device=device)
+        return run_resumed(resume, steps if given(ctx, "steps") else None, potential, export_xyz)
+    if output is None:
+        raise InputError("md: give -o RUN_DIR (or --resume RUN_DIR)")
+    use_openmm = engine == Engine.openmm
+    if config is not None and not given(ctx, "engine"):
+        use_openmm = engine_in(config) == "openmm"
+    common = {"friction_per_ps": ("friction_per_ps", friction_per_ps), "seed": ("seed", seed),
+              "report_every": ("report_every", report_every), "checkpoint_every": ("checkpoint_every", checkpoint_every),
+              "total_steps": ("steps", steps)}
+    if timestep_fs is not None:
+        common["timestep_fs"] = ("timestep_fs", timestep_fs)
+    if use_openmm:
+        from ..md.openmm_engine import OpenMMSettings
+
+        set_threads(threads or 1)  # torch only evaluates CVs here; one thread is fastest
+        settings = settings_from(ctx, OpenMMSettings, config, {
+            **common, "pdb": ("pdb", str(pdb or "")), "platform": ("platform", platform),
+            "forcefield": ("forcefield", [f.strip() for f in forcefield.split(",")]),
+            "temperature_K": ("temperature", one_temperature(temperature))})
+        if not settings.pdb:
+            raise InputError("md --engine openmm: give --pdb FILE (or --config FILE.toml)")
+        run = start.start_openmm(settings, output, progress=True)
+        run.run()
+        return finish(run, "OpenMM MD")
+    set_threads(threads or None)
+    check_device(device)
+    settings = settings_from(ctx, MDSettings, config, {
+        **common, "ensemble": ("ensemble", ensemble.value), "temperature_K": ("temperature", temperatures(temperature)),
+        "model_path": ("model", str(model.resolve()) if model else ""),
+        "structure": ("structure", str(structure.resolve()) if structure else ""),
+        "replicas": ("replicas", replicas), "compile": ("compile", compile)})
+    if not settings.model_path or not settings.structure:
+        raise InputError("md: give MODEL --structure FILE -o RUN_DIR (or --config FILE.toml, or --resume RUN_DIR)")
+    from ..rundir import refuse_existing
+
+    refuse_existing(output, "an MD run")
+    settings.validate()
+    potential = load_potential(settings.model_path, dtype=dtype, device=device)
+    sim = start.start_native(settings, output, potential, progress=True)
+    sim.run()
+    finish(sim, f"{sim.state.batch.n_systems} replica(s)", export_xyz)

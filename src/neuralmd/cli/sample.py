@@ -1,0 +1,197 @@
+"""``neuralmd sample`` (enhanced sampling in OpenMM or the native engine) and ``neuralmd fes``
+(free energies from a finished run)."""
+
+from __future__ import annotations
+
+import dataclasses
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import torch
+import typer
+
+from ..errors import InputError
+from .common import app, console, given, one_temperature, settings_from
+from .md import Engine, finish, run_resumed
+
+
+class BiasKind(str, Enum):
+    opes = "opes"
+    opes_explore = "opes-explore"
+    opes_multithermal = "opes-multithermal"
+    metad = "metad"
+    none = "none"
+
+
+@app.command()
+def sample(
+    ctx: typer.Context,
+    cv: Optional[str] = typer.Option(None, help="CVs: phi,psi | torsion(i,j,k,l) | distance(i,j) | angle(i,j,k) | "
+                                               "an exported CV folder (0-based atoms) | energy (force-field "
+                                               "potential energy, kJ/mol; the default of opes-multithermal)"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="run directory"),
+    resume: Optional[Path] = typer.Option(None, help="continue the run in this directory"),
+    config: Optional[list[Path]] = typer.Option(None, "--config", help="a run's md.toml and/or sample.toml (give "
+                                                                      "--config twice for both); options given on "
+                                                                      "the command line override them"),
+    engine: Engine = typer.Option(Engine.openmm, help="openmm (PDB + force field) or native (--model)"),
+    pdb: Optional[Path] = typer.Option(None, help="PDB file (openmm engine)"),
+    forcefield: str = typer.Option("amber99sbildn.xml", help="OpenMM force-field files, comma-separated"),
+    platform: str = typer.Option("Reference", help="OpenMM platform"),
+    model: Optional[Path] = typer.Option(None, help="neural potential model.pt (native engine)"),
+    structure: Optional[Path] = typer.Option(None, help="starting structure(s) (native engine)"),
+    replicas: int = typer.Option(1, help="walkers sharing one bias (native engine)"),
+    bias: BiasKind = typer.Option(BiasKind.opes, help="opes (OPES_METAD), opes-explore, metad (well-tempered), "
+                                                      "opes-multithermal (OPES_EXPANDED on the energy, T..--tmax), "
+                                                      "none"),
+    tmax: float = typer.Option(0.0, help="opes-multithermal: highest temperature in K (0: twice --temperature)"),
+    barrier_kjmol: float = typer.Option(40.0, help="OPES BARRIER: the free-energy barrier to overcome (kJ/mol)"),
+    biasfactor: float = typer.Option(0.0, help="bias factor γ (0: OPES's βΔE, metad 10)"),
+    sigma: Optional[str] = typer.Option(None, help="kernel widths per CV, comma-separated (default: CV std in a "
+                                                  "short unbiased probe, widened where the bias would be too "
+                                                  "stiff for the timestep)"),
+    pace: int = typer.Option(500, help="steps between kernel depositions"),
+    height_kjmol: float = typer.Option(1.2, help="initial Gaussian height (metad)"),
+    grid: bool = typer.Option(True, help="tabulate the bias on a grid inside OpenMM (fast); --no-grid: exact "
+                                         "PythonForce"),
+    grid_range: Optional[str] = typer.Option(None, help="LOW:HIGH per non-periodic CV, comma-separated"),
+    ns: Optional[float] = typer.Option(None, help="simulated time in ns (or --steps)"),
+    steps: Optional[int] = typer.Option(None, help="number of steps"),
+    temperature: str = typer.Option("300", help="K"),
+    timestep_fs: Optional[float] = typer.Option(None, help="fs (default 2 openmm, 0.5 native)"),
+    friction_per_ps: float = typer.Option(1.0, help="Langevin friction in 1/ps"),
+    report_every: int = typer.Option(500, help="steps between trajectory frames and colvar rows"),
+    checkpoint_every: int = typer.Option(50_000, help="steps between checkpoints"),
+    seed: int = typer.Option(0),
+    threads: int = typer.Option(0, help="torch threads (0: 1 for openmm, all cores for native)"),
+) -> None:
+    """Enhanced sampling: OPES, OPES_EXPLORE or well-tempered metadynamics along CVs (torsions,
+    distances or a learned CV), in OpenMM or the native engine, or multithermal OPES on the
+    force-field energy (OpenMM; no CV needed); writes colvar.csv for `neuralmd fes`."""
+    from ..md.openmm_engine import OpenMMSettings
+    from ..md.simulation import MDSettings
+    from ..rundir import engine_of, engine_in, read_toml
+    from ..sampling.bias_factory import BiasSettings
+    from ..threads import set_threads
+
+    if resume is not None:
+        set_threads((threads or None) if engine_of(resume) == "native" else (threads or 1))
+        return run_resumed(resume, steps)
+    if output is None:
+        raise InputError("sample: give -o RUN_DIR (or --resume RUN_DIR)")
+    bias_fields = {f.name for f in dataclasses.fields(BiasSettings)}
+    bias_file = next((c for c in config or [] if set(read_toml(c)) <= bias_fields), None)
+    engine_file = next((c for c in config or [] if c != bias_file), None)
+    try:
+        sigmas = [float(v) for v in sigma.split(",")] if sigma else []
+        ranges = [[float(x) for x in r.split(":")] for r in grid_range.split(",")] if grid_range else []
+    except ValueError:
+        raise InputError(f"sigma/grid-range: cannot read {sigma!r} / {grid_range!r} as numbers") from None
+    if any(len(r) != 2 for r in ranges):
+        raise InputError(f"grid-range: {grid_range!r}; expected LOW:HIGH per CV")
+    if cv is None and bias == BiasKind.opes_multithermal and bias_file is None:
+        cv = "energy"
+    bias_settings = settings_from(ctx, BiasSettings, bias_file, {
+        "cv": ("cv", cv or ""), "bias": ("bias", bias.value), "barrier_kjmol": ("barrier_kjmol", barrier_kjmol),
+        "biasfactor": ("biasfactor", biasfactor), "sigma": ("sigma", sigmas), "pace": ("pace", pace),
+        "height_kjmol": ("height_kjmol", height_kjmol), "grid": ("grid", grid), "grid_ranges": ("grid_range", ranges),
+        "tmax_K": ("tmax", tmax)})
+    use_openmm = engine == Engine.openmm
+    if engine_file is not None and not given(ctx, "engine"):
+        use_openmm = engine_in(engine_file) == "openmm"
+    common = {"friction_per_ps": ("friction_per_ps", friction_per_ps), "seed": ("seed", seed),
+              "report_every": ("report_every", report_every), "checkpoint_every": ("checkpoint_every", checkpoint_every)}
+    if timestep_fs is not None:
+        common["timestep_fs"] = ("timestep_fs", timestep_fs)
+    if use_openmm:
+        from ..sampling.runs import start_openmm
+
+        set_threads(threads or 1)  # torch only evaluates CVs here; one thread is fastest
+        settings = settings_from(ctx, OpenMMSettings, engine_file, {
+            **common, "pdb": ("pdb", str(pdb or "")), "platform": ("platform", platform),
+            "forcefield": ("forcefield", [f.strip() for f in forcefield.split(",")]),
+            "temperature_K": ("temperature", one_temperature(temperature))})
+        if not settings.pdb:
+            raise InputError("sample --engine openmm: give --pdb FILE (or --config FILE.toml)")
+        settings.total_steps = total_steps(ctx, settings, ns, steps, engine_file)
+        run = start_openmm(settings, bias_settings, output, progress=True)
+    else:
+        from ..models.neural import load_potential
+        from ..sampling.runs import start_native
+
+        set_threads(threads or None)
+        settings = settings_from(ctx, MDSettings, engine_file, {
+            **common, "temperature_K": ("temperature", [one_temperature(temperature)]),
+            "model_path": ("model", str(model.resolve()) if model else ""),
+            "structure": ("structure", str(structure.resolve()) if structure else ""),
+            "replicas": ("replicas", replicas)})
+        if not settings.model_path or not settings.structure:
+            raise InputError("--engine native: give --model FILE --structure FILE -o RUN_DIR (or --config, or "
+                             "--resume RUN_DIR)")
+        settings.total_steps = total_steps(ctx, settings, ns, steps, engine_file)
+        from ..md.start import starting_frames
+
+        run = start_native(load_potential(settings.model_path, dtype=torch.float64), starting_frames(settings),
+                           settings, bias_settings, output, progress=True)
+    run.run()
+    finish(run, "sampling")
+
+
+def total_steps(ctx: typer.Context, settings, ns: Optional[float], steps: Optional[int], config: Optional[Path]) -> int:
+    """The run's length: --steps, else --ns at the run's timestep, else the config file's, else 0.1 ns."""
+    if steps is not None:
+        return steps
+    if ns is None and config is not None:
+        return settings.total_steps
+    return int(round((ns if ns is not None else 0.1) * 1e6 / settings.timestep_fs))
+
+
+@app.command()
+def fes(
+    run: Path = typer.Argument(..., help="run directory (sample or md)"),
+    cv: Optional[str] = typer.Option(None, help="CVs to project on (default: the run's biased CV), e.g. phi,psi"),
+    basin_a: Optional[str] = typer.Option(None, help="basin A, e.g. 'phi<0' (default for phi: phi<0)"),
+    basin_b: Optional[str] = typer.Option(None, help="basin B, e.g. 'phi>0' (default for phi: phi>0)"),
+    bins: int = typer.Option(60, help="histogram bins per CV"),
+    blocks: int = typer.Option(5, help="blocks for the error bar"),
+    skip_ns: float = typer.Option(0.0, help="discard the first ns (transient of the bias)"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="folder for fes.png/fes.json (default: RUN)"),
+) -> None:
+    """Reweighted free-energy surface on one or two CVs, the free-energy difference between two
+    basins with a block error, and its convergence curve ΔF(t)."""
+    import numpy as np
+
+    from ..analysis.plots import plot_convergence, plot_fes
+    from ..io_utils import atomic_write_json
+    from ..sampling import fes as F
+    from ..sampling.samples import load_samples
+
+    samples = load_samples(run, cv)
+    keep = samples.time_ns >= skip_ns
+    if keep.sum() < 2 * blocks:
+        raise InputError(f"{run}: {int(keep.sum())} frames after --skip-ns {skip_ns}; need at least {2 * blocks}")
+    values, weights, t = samples.values[keep], samples.weights[keep], samples.time_ns[keep]
+    names = samples.names
+    if len(names) > 2:
+        raise InputError(f"fes: {len(names)} CVs {names}; project on one or two (--cv)")
+    ranges = [(-p / 2, p / 2) if p else (float(values[:, k].min()), float(values[:, k].max()))
+              for k, p in enumerate(samples.periods)]
+    centres, surface = F.fes(values, weights, bins, ranges, samples.temperature_K)
+    out = output or run
+    out.mkdir(parents=True, exist_ok=True)
+    plot_fes(centres, surface, names, out / "fes.png", title=f"free energy ({samples.temperature_K:.0f} K), {run.name}")
+    result = {"run": str(run), "cvs": names, "frames": int(keep.sum()), "temperature_K": samples.temperature_K,
+              "simulated_ns": float(samples.time_ns.max())}
+    if basin_a is None and basin_b is None and "phi" in names:
+        basin_a, basin_b = "phi<0", "phi>0"
+    if basin_a and basin_b:
+        region_a, region_b = F.parse_region(basin_a, names), F.parse_region(basin_b, names)
+        report = F.basin_report(values, weights, t, region_a, region_b, samples.temperature_K, blocks)
+        result.update({"basin_a": basin_a, "basin_b": basin_b, **report})
+        curve = np.array(report["curve"])
+        plot_convergence(curve[:, 0], curve[:, 1], out / "fes_convergence.png")
+        console.print(f"ΔF = F({basin_b}) - F({basin_a}) = {report['deltaF_kjmol']:.2f} ± "
+                      f"{report['deltaF_err_kjmol']:.2f} kJ/mol ({int(keep.sum())} frames, {blocks} blocks)")
+    atomic_write_json(result, out / "fes.json")
+    console.print(f"-> {out / 'fes.png'}, {out / 'fes.json'}" + (", fes_convergence.png" if basin_a else ""))

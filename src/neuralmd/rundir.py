@@ -1,0 +1,95 @@
+"""The run directory: one home for what every command that writes one shares.
+
+A run directory holds a run's settings (a TOML file named after the command: ``md.toml``,
+``sample.toml``, ``config.toml``, ``cg.toml``, ``active.toml``), its checkpoint, logs,
+trajectories, plots and ``results.json``. This module knows the file names, refuses to start a
+new run where one is stored already, finds a run to resume, tells which engine made an MD run,
+and locks a directory against a second process writing into it at the same time.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import tomllib
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from .errors import InputError
+
+CHECKPOINT = "checkpoint.pt"
+RESULTS = "results.json"
+LAST_GOOD = "last_good.xyz"
+FINAL = "final.xyz"
+LOG = "log.csv"
+COLVAR = "colvar.csv"
+MD_SETTINGS = "md.toml"
+BIAS_SETTINGS = "sample.toml"
+TOPOLOGY = "topology.pdb"
+LOCK = ".neuralmd.lock"
+
+
+def refuse_existing(run_dir: str | os.PathLike, what: str, marker: str = CHECKPOINT) -> Path:
+    """``run_dir`` as a Path, unless it already holds a run (its ``marker`` file exists): then an
+    InputError that says to resume it or choose another -o."""
+    run_dir = Path(run_dir)
+    if (run_dir / marker).exists():
+        raise InputError(f"{run_dir}: already holds {what}; use --resume {run_dir} or another -o")
+    return run_dir
+
+
+def require_existing(run_dir: str | os.PathLike, what: str, marker: str = CHECKPOINT) -> Path:
+    """``run_dir`` as a Path, if it holds a run to resume (its ``marker`` file); else an
+    InputError naming the missing file."""
+    run_dir = Path(run_dir)
+    if not (run_dir / marker).is_file():
+        raise InputError(f"{run_dir / marker}: not found; is {run_dir} {what}?")
+    return run_dir
+
+
+def read_toml(path: str | os.PathLike) -> dict:
+    """A TOML file as a plain dict; InputError naming the file if it is missing or not TOML."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: settings file not found")
+    try:
+        return tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not valid TOML ({exc})") from None
+
+
+def md_settings(run_dir: str | os.PathLike) -> dict:
+    """The MD run's ``md.toml`` as a plain dict (either engine's settings)."""
+    return read_toml(require_existing(run_dir, "an MD or sampling run directory", MD_SETTINGS) / MD_SETTINGS)
+
+
+def engine_in(settings_file: str | os.PathLike) -> str:
+    """'openmm' or 'native': the engine an MD settings file is for (files written before
+    md.toml named its engine are native)."""
+    return str(read_toml(settings_file).get("engine", "native"))
+
+
+def engine_of(run_dir: str | os.PathLike) -> str:
+    """'openmm' or 'native': the engine that made the MD run in ``run_dir``."""
+    return engine_in(require_existing(run_dir, "an MD or sampling run directory", MD_SETTINGS) / MD_SETTINGS)
+
+
+@contextmanager
+def locked(run_dir: str | os.PathLike) -> Iterator[Path]:
+    """Hold an exclusive lock on ``run_dir`` (created if needed) while the block runs: a second
+    process that tries to write into the same directory gets an InputError at once instead of
+    interleaving its files with ours. The lock dies with the process (kill -9 included)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fh = open(run_dir / LOCK, "a")
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        raise InputError(f"{run_dir}: another neuralmd process is writing into this run directory") from None
+    try:
+        yield run_dir
+    finally:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        fh.close()
