@@ -82,7 +82,7 @@ def test_bad_config_exits_2_names_file_and_key_and_writes_nothing(tmp_path):
     (tmp_path / "junk.toml").write_text('timestep_fs = = 1\n')
     out = tmp_path / "out"
     one_line_error(run("md", "--config", str(tmp_path / "missing.toml"), "-o", str(out)), "missing.toml", "not found")
-    one_line_error(run("md", "--config", str(tmp_path / "train.toml"), "-o", str(out)), "train.toml", "'train'",
+    one_line_error(run("md", "--config", str(tmp_path / "train.toml"), "-o", str(out)), "train.toml", "'features'",
                    "another command")
     one_line_error(run("md", "--config", str(tmp_path / "typo.toml"), "-o", str(out)), "typo.toml", "temprature_K",
                    "expected keys")

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
-from click.core import ParameterSource
 from rich.console import Console
 
 from ..config import load_config
@@ -45,7 +44,8 @@ def default(cls: type, name: str) -> Any:
 
 def given(ctx: typer.Context, name: str) -> bool:
     """Whether the option ``name`` (its Python parameter name) was given on the command line."""
-    return ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+    source = ctx.get_parameter_source(name)  # typer's click or the click package: compare by name
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
 def settings_from(ctx: typer.Context, cls: type[T], config: Path | None, options: dict[str, tuple[str, Any]],
