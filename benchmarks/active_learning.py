@@ -197,7 +197,7 @@ def main() -> None:
     write_frames([start], structure)
     settings = ActiveSettings(structure=str(structure), committee=2, temperatures_K=[300.0, 600.0], rounds=7,
                               initial_frames=20, replicas_per_temperature=4, md_steps=int(2000 * args.scale),
-                              sample_every=20, trust_low_eV_A=0.05, trust_high_eV_A=0.5, max_select=40,
+                              sample_every=20, trust_low_eV_per_A=0.05, trust_high_eV_per_A=0.5, max_select=40,
                               train_steps=steps, features=32, interactions=2, workers=2, seed=0,
                               labeler=args.labeler)
     loop = ActiveLearning(settings, work / "active", report=lambda row: print("active round", row))

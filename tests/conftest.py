@@ -53,3 +53,24 @@ def float64_model():
     torch.manual_seed(0)
     return NeuralPotential([1, 6, 8], e0=[-13.6, -1025.0, -2035.0], scale=1.3, shift=0.1,
                            features=16, interactions=2, cutoff=4.0, num_basis=8).double()
+
+
+#: bead elements of the mapped alanine dipeptide data (../shared/data/ala2_cg)
+CG_BEADS = ["C", "N", "C", "C", "N"]
+
+
+@pytest.fixture(scope="session")
+def cg_data():
+    return shared_file("ala2_cg/ala2_coordinates.npy"), shared_file("ala2_cg/ala2_forces.npy")
+
+
+@pytest.fixture(scope="session")
+def cgnet_run(cg_data, tmp_path_factory) -> Path:
+    """CGnet's prior (bonds, angles, repulsion; no torsion terms) plus a network, 20 epochs."""
+    from neuralmd.surrogates.cg_training import CGTrainer, CGTrainSettings
+
+    coords, forces = cg_data
+    run = tmp_path_factory.mktemp("cg")
+    CGTrainer(CGTrainSettings(coords=str(coords), forces=str(forces), force_unit="kcal/mol/A", bead_elements=CG_BEADS,
+                              prior_torsion_order=0, epochs=20, patience=20, threads=2), run, progress=False).run()
+    return run

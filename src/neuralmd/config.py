@@ -34,9 +34,10 @@ def save_config(config: Any, path: str | os.PathLike) -> None:
     atomic_write_text(to_toml(dataclasses.asdict(config)), path)
 
 
-def load_config(cls: type[T], path: str | os.PathLike) -> T:
+def load_config(cls: type[T], path: str | os.PathLike, renamed: dict[str, str] | None = None) -> T:
     """Read a dataclass config from TOML: InputError naming the file and key for an unknown key,
-    a value of the wrong type or a missing required one."""
+    a value of the wrong type or a missing required one. ``renamed`` maps keys of older files to
+    today's field names."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: config file not found")
@@ -44,6 +45,7 @@ def load_config(cls: type[T], path: str | os.PathLike) -> T:
         values = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: not valid TOML ({exc})") from None
+    values = {(renamed or {}).get(key, key): value for key, value in values.items()}
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)

@@ -25,10 +25,10 @@ from tblite.ase import TBLite
 from .analysis.plots import plot_parity
 from .data.dataset import FrameDataset
 from .data.io import write_frames
-from .errors import InputError
 from .io_utils import atomic_write_json
 from .models.neural import load_potential
 from .reference.xtb import XTBLabeler
+from .rundir import refuse_existing
 from .training.metrics import evaluate
 from .training.trainer import TrainConfig, Trainer
 
@@ -108,7 +108,7 @@ def run_active_stage(start: Atoms, out: Path, console: Console) -> dict[str, Any
     write_frames([Atoms(start.numbers, start.positions)], structure)
     settings = ActiveSettings(structure=str(structure), committee=2, temperatures_K=[300.0, 600.0], rounds=1,
                               initial_frames=16, md_steps=400, max_select=12, train_steps=150, features=16,
-                              trust_low_eV_A=0.05, trust_high_eV_A=1.0, workers=2, seed=0)
+                              trust_low_eV_per_A=0.05, trust_high_eV_per_A=1.0, workers=2, seed=0)
     summary = ActiveLearning(settings, out).run()
     row = summary["history"][-1]
     console.print(f"round 1: {row['candidates']} candidates between the trust levels, {row['selected']} selected "
@@ -121,9 +121,7 @@ def run_demo(out: str | Path = "neuralmd-demo", train_minutes: float = 1.5, n_tr
              n_test: int = 100, threads: int | None = None, console: Console | None = None) -> dict[str, Any]:
     """Run the demo into ``out``; return its results."""
     console = console or Console()
-    out = Path(out)
-    if (out / "train").exists():
-        raise InputError(f"{out}: already holds a demo run; remove it or choose another -o")
+    out = refuse_existing(out, "a demo run", marker="train", resumable=False)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     mol = molecule("CH3CH2OH")

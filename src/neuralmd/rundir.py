@@ -30,12 +30,13 @@ TOPOLOGY = "topology.pdb"
 LOCK = ".neuralmd.lock"
 
 
-def refuse_existing(run_dir: str | os.PathLike, what: str, marker: str = CHECKPOINT) -> Path:
-    """``run_dir`` as a Path, unless it already holds a run (its ``marker`` file exists): then an
-    InputError that says to resume it or choose another -o."""
+def refuse_existing(run_dir: str | os.PathLike, what: str, marker: str = CHECKPOINT, resumable: bool = True) -> Path:
+    """``run_dir`` as a Path, unless it already holds a run (its ``marker`` file or folder
+    exists): then an InputError that says to resume it (``resumable``) or choose another -o."""
     run_dir = Path(run_dir)
     if (run_dir / marker).exists():
-        raise InputError(f"{run_dir}: already holds {what}; use --resume {run_dir} or another -o")
+        advice = f"use --resume {run_dir} or another -o" if resumable else "remove it or choose another -o"
+        raise InputError(f"{run_dir}: already holds {what}; {advice}")
     return run_dir
 
 

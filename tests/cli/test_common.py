@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import os
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
@@ -18,21 +15,9 @@ from ase.io import write
 
 from neuralmd.training.trainer import TrainConfig
 
+from .helpers import assert_input_error, run
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def run(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "neuralmd.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=600)
-
-
-def one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert result.returncode == 2, result.stderr
-    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr, result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 def test_train_defaults_are_the_benchmarked_settings(tmp_path, ethanol_xyz):
@@ -81,13 +66,13 @@ def test_bad_config_exits_2_names_file_and_key_and_writes_nothing(tmp_path):
     (tmp_path / "type.toml").write_text('timestep_fs = "fast"\n')
     (tmp_path / "junk.toml").write_text('timestep_fs = = 1\n')
     out = tmp_path / "out"
-    one_line_error(run("md", "--config", str(tmp_path / "missing.toml"), "-o", str(out)), "missing.toml", "not found")
-    one_line_error(run("md", "--config", str(tmp_path / "train.toml"), "-o", str(out)), "train.toml", "'features'",
+    assert_input_error(run("md", "--config", str(tmp_path / "missing.toml"), "-o", str(out)), "missing.toml", "not found")
+    assert_input_error(run("md", "--config", str(tmp_path / "train.toml"), "-o", str(out)), "train.toml", "'features'",
                    "another command")
-    one_line_error(run("md", "--config", str(tmp_path / "typo.toml"), "-o", str(out)), "typo.toml", "temprature_K",
+    assert_input_error(run("md", "--config", str(tmp_path / "typo.toml"), "-o", str(out)), "typo.toml", "temprature_K",
                    "expected keys")
-    one_line_error(run("md", "--config", str(tmp_path / "type.toml"), "-o", str(out)), "type.toml", "timestep_fs",
+    assert_input_error(run("md", "--config", str(tmp_path / "type.toml"), "-o", str(out)), "type.toml", "timestep_fs",
                    "float")
-    one_line_error(run("md", "--config", str(tmp_path / "junk.toml"), "-o", str(out)), "junk.toml", "not valid TOML")
-    one_line_error(run("train", "--config", str(tmp_path / "typo.toml"), "-o", str(out)), "typo.toml", "TrainConfig")
+    assert_input_error(run("md", "--config", str(tmp_path / "junk.toml"), "-o", str(out)), "junk.toml", "not valid TOML")
+    assert_input_error(run("train", "--config", str(tmp_path / "typo.toml"), "-o", str(out)), "typo.toml", "TrainConfig")
     assert not out.exists()

@@ -120,7 +120,7 @@ def test_surrogate_barrier_matches_xtb_neb(endpoints, xtb_path, committee_models
     assert abs(surrogate.barrier_forward_eV - xtb_path.barrier_forward_eV) < BARRIER_TOL_EV
     assert abs(surrogate.barrier_reverse_eV - xtb_path.barrier_reverse_eV) < BARRIER_TOL_EV
     summary = json.loads((tmp_path / "path" / "neb.json").read_text())
-    assert summary["barrier_forward_kJmol"] == pytest.approx(surrogate.barrier_forward_eV * 96.485, rel=1e-4)
+    assert summary["barrier_forward_kjmol"] == pytest.approx(surrogate.barrier_forward_eV * 96.485, rel=1e-4)
     assert len(read_frames(tmp_path / "path" / "path.xyz", require_labels=True)) == 11
     assert (tmp_path / "path" / "neb.png").stat().st_size > 0
 
@@ -149,7 +149,7 @@ def test_cli_committee_reports_uncertainty_per_image(endpoints, xtb_path, commit
     summary = json.loads((tmp_path / "out" / "neb.json").read_text())
     assert summary["converged"] and summary["committee"]
     assert abs(summary["barrier_forward_eV"] - xtb_path.barrier_forward_eV) < BARRIER_TOL_EV
-    deviation = np.array([row["force_deviation_eV_A"] for row in summary["images"]])
+    deviation = np.array([row["force_deviation_eV_per_A"] for row in summary["images"]])
     std = np.array([row["energy_std_eV"] for row in summary["images"]])
     assert len(deviation) == len(std) == 11
     assert np.isfinite(deviation).all() and (deviation >= 0).all() and (std >= 0).all()
@@ -159,11 +159,11 @@ def test_cli_committee_reports_uncertainty_per_image(endpoints, xtb_path, commit
     # on the path the committee agrees (below the default trust level); far from the data it does not
     path = read_frames(tmp_path / "out" / "path.xyz")
     committee = load_committee(committee_models)
-    on_path = committee_uncertainty(committee, path)["force_deviation_eV_A"]
+    on_path = committee_uncertainty(committee, path)["force_deviation_eV_per_A"]
     np.testing.assert_allclose(on_path, deviation, rtol=1e-4, atol=1e-6)
     stretched = unlabelled(path[0])
     stretched.set_distance(0, 1, 1.6, fix=0)  # one N-H bond at 1.6 Å, never seen in training
-    far = committee_uncertainty(committee, [stretched])["force_deviation_eV_A"][0]
+    far = committee_uncertainty(committee, [stretched])["force_deviation_eV_per_A"][0]
     assert on_path.max() < 0.2 and far > 5 * on_path.max()
 
 

@@ -54,7 +54,7 @@ def screened(trained_model, tmp_path_factory):
     folder = tmp_path_factory.mktemp("screen")
     (folder / "molecules.smi").write_text(SMILES)
     summary = screen(folder / "molecules.smi", trained_model, folder / "ranked.csv", conformers=N_CONFORMERS,
-                     fmax_eV_A=FMAX, max_steps=MAX_STEPS, seed=0)
+                     fmax_eV_per_A=FMAX, max_steps=MAX_STEPS, seed=0)
     return summary, folder
 
 

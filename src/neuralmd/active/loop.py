@@ -37,6 +37,8 @@ from ..io_utils import atomic_write_json
 from ..reference.factory import make_labeler
 
 PROJECT_FILE = "active.toml"
+#: keys of active.toml files written before the unit suffixes were made one spelling
+RENAMED_KEYS = {"trust_low_eV_A": "trust_low_eV_per_A", "trust_high_eV_A": "trust_high_eV_per_A"}
 
 
 @dataclass
@@ -58,8 +60,8 @@ class ActiveSettings:
     md_steps: int = 2000
     timestep_fs: float = 0.5
     sample_every: int = 20
-    trust_low_eV_A: float = 0.05
-    trust_high_eV_A: float = 0.35
+    trust_low_eV_per_A: float = 0.05
+    trust_high_eV_per_A: float = 0.35
     #: explore under an OPES_EXPLORE bias on this CV (as ``neuralmd sample --cv``); "": plain MD
     explore_cv: str = ""
     explore_barrier_kjmol: float = 20.0
@@ -77,8 +79,8 @@ class ActiveSettings:
         checks = [
             (self.labeler in ("xtb", "gfn1", "dft", "hf"), f"labeler: {self.labeler!r}; expected xtb, gfn1, dft or hf"),
             (self.committee >= 2, f"committee: {self.committee}; at least 2 members are needed"),
-            (0 < self.trust_low_eV_A < self.trust_high_eV_A,
-             f"trust levels: need 0 < low ({self.trust_low_eV_A}) < high ({self.trust_high_eV_A}) eV/Å"),
+            (0 < self.trust_low_eV_per_A < self.trust_high_eV_per_A,
+             f"trust levels: need 0 < low ({self.trust_low_eV_per_A}) < high ({self.trust_high_eV_per_A}) eV/Å"),
             (self.rounds >= 1 and self.initial_frames >= 4, "rounds must be >= 1 and initial_frames >= 4"),
             (self.md_steps >= self.sample_every >= 1, "md_steps must be >= sample_every >= 1"),
             (all(t > 0 for t in self.temperatures_K) and self.temperatures_K, "temperatures must be > 0 K"),
@@ -166,7 +168,7 @@ class ActiveLearning:
         path = Path(run_dir) / PROJECT_FILE
         if not path.is_file():
             raise InputError(f"{path}: not found; is {run_dir} an active-learning run directory?")
-        return cls(load_config(ActiveSettings, path), run_dir, report)
+        return cls(load_config(ActiveSettings, path, RENAMED_KEYS), run_dir, report)
 
     # --- persistence --------------------------------------------------------------------
     def _load_state(self) -> dict[str, Any]:
@@ -258,10 +260,10 @@ class ActiveLearning:
             dev = committee.predict(state.batch)["force_deviation"].numpy()
             frames = state.batch.to_atoms()
             for b in np.nonzero(active)[0]:
-                if dev[b] >= self.s.trust_high_eV_A:
+                if dev[b] >= self.s.trust_high_eV_per_A:
                     active[b] = False
                     stopped_high += 1
-                elif dev[b] >= self.s.trust_low_eV_A:
+                elif dev[b] >= self.s.trust_low_eV_per_A:
                     atoms = Atoms(frames[b].numbers, frames[b].positions)
                     atoms.info.update({"force_deviation": float(dev[b]), "temperature_K": temps[b], "step": steps})
                     candidates.append(atoms)

@@ -10,36 +10,47 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import InputError
-from .common import Method, app, console
+from ..rundir import refuse_existing
+from ..active.loop import ActiveSettings
+from .common import CONFIG_HELP, Method, app, comma_list, console, default, settings_from
+
+
+def _d(name: str):
+    return default(ActiveSettings, name)
+
 
 @app.command()
 def active(
+    ctx: typer.Context,
     structure: Optional[Path] = typer.Option(None, help="starting structure"),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="run directory"),
     resume: Optional[Path] = typer.Option(None, help="continue the loop in this directory"),
-    labeler: Method = typer.Option(Method.xtb, help="xtb, gfn1 (tblite) or dft, hf (PySCF)"),
-    functional: str = typer.Option("PBE"), basis: str = typer.Option("def2-SVP"),
-    charge: int = typer.Option(0), spin: int = typer.Option(0),
-    committee: int = typer.Option(4, help="committee members (different seeds)"),
-    temperatures: str = typer.Option("300", help="exploration temperatures in K, comma-separated"),
-    rounds: int = typer.Option(5), initial_frames: int = typer.Option(20, help="displaced copies labelled first"),
-    md_steps: int = typer.Option(2000, help="exploration steps per round"),
-    replicas: int = typer.Option(2, help="exploration replicas per temperature"),
-    trust_low: float = typer.Option(0.05, help="lower trust level: force deviation in eV/Å"),
-    trust_high: float = typer.Option(0.35, help="upper trust level: force deviation in eV/Å"),
-    max_select: int = typer.Option(20, help="frames labelled per round at most"),
-    explore_cv: Optional[str] = typer.Option(None, help="explore under an OPES_EXPLORE bias on this CV "
-                                                        "(e.g. 'torsion(1,0,2,8)'); default plain MD"),
-    explore_barrier_kjmol: float = typer.Option(20.0, help="OPES_EXPLORE barrier in kJ/mol"),
-    train_steps: int = typer.Option(1000, help="training steps per member per round"),
-    workers: int = typer.Option(1, help="Dask workers of a local cluster"),
-    scheduler: Optional[str] = typer.Option(None, help="address of an existing Dask scheduler (tcp://host:8786)"),
-    store: Optional[str] = typer.Option(None, help="label store: .db path or postgresql:// URL (default RUN/labels.db)"),
-    seed: int = typer.Option(0),
+    config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
+    labeler: Method = typer.Option(_d("labeler"), help="xtb, gfn1 (tblite) or dft, hf (PySCF)"),
+    functional: str = typer.Option(_d("functional")), basis: str = typer.Option(_d("basis")),
+    charge: int = typer.Option(_d("charge")), spin: int = typer.Option(_d("spin")),
+    committee: int = typer.Option(_d("committee"), help="committee members (different seeds)"),
+    temperatures: str = typer.Option(",".join(f"{t:g}" for t in _d("temperatures_K")),
+                                     help="exploration temperatures in K, comma-separated"),
+    rounds: int = typer.Option(_d("rounds")),
+    initial_frames: int = typer.Option(_d("initial_frames"), help="displaced copies labelled first"),
+    md_steps: int = typer.Option(_d("md_steps"), help="exploration steps per round"),
+    replicas: int = typer.Option(_d("replicas_per_temperature"), help="exploration replicas per temperature"),
+    trust_low: float = typer.Option(_d("trust_low_eV_per_A"), help="lower trust level: force deviation in eV/Å"),
+    trust_high: float = typer.Option(_d("trust_high_eV_per_A"), help="upper trust level: force deviation in eV/Å"),
+    max_select: int = typer.Option(_d("max_select"), help="frames labelled per round at most"),
+    explore_cv: str = typer.Option(_d("explore_cv"), help="explore under an OPES_EXPLORE bias on this CV "
+                                                          "(e.g. 'torsion(1,0,2,8)'); default plain MD"),
+    explore_barrier_kjmol: float = typer.Option(_d("explore_barrier_kjmol"), help="OPES_EXPLORE barrier in kJ/mol"),
+    train_steps: int = typer.Option(_d("train_steps"), help="training steps per member per round"),
+    workers: int = typer.Option(_d("workers"), help="Dask workers of a local cluster"),
+    scheduler: str = typer.Option(_d("scheduler"), help="address of an existing Dask scheduler (tcp://host:8786)"),
+    store: str = typer.Option(_d("store"), help="label store: .db path or postgresql:// URL (default RUN/labels.db)"),
+    seed: int = typer.Option(_d("seed")),
 ) -> None:
     """Active learning: committee MD explores, frames between the trust levels are labelled on a
     Dask cluster into an SQLite store, the committee retrains; --resume continues after a kill."""
-    from ..active.loop import ActiveLearning, ActiveSettings
+    from ..active.loop import ActiveLearning
 
     table_rows: list[dict] = []
 
@@ -60,21 +71,22 @@ def active(
     if resume is not None:
         loop = ActiveLearning.resume(resume, report)
     else:
-        if structure is None or output is None:
-            raise InputError("active: give --structure FILE and -o RUN_DIR (or --resume RUN_DIR)")
-        if (output / "state.json").exists():
-            raise InputError(f"{output}: already holds an active-learning run; use --resume {output}")
-        try:
-            temps = [float(t) for t in temperatures.split(",")]
-        except ValueError:
-            raise InputError(f"temperatures: cannot read {temperatures!r} as K values") from None
-        settings = ActiveSettings(structure=str(structure.resolve()), labeler=labeler.value, functional=functional,
-                                  basis=basis, charge=charge, spin=spin, committee=committee, temperatures_K=temps,
-                                  rounds=rounds, initial_frames=initial_frames, md_steps=md_steps,
-                                  replicas_per_temperature=replicas, trust_low_eV_A=trust_low,
-                                  trust_high_eV_A=trust_high, max_select=max_select, train_steps=train_steps,
-                                  explore_cv=explore_cv or "", explore_barrier_kjmol=explore_barrier_kjmol,
-                                  workers=workers, scheduler=scheduler or "", store=store or "", seed=seed)
+        if output is None or (structure is None and config is None):
+            raise InputError("active: give --structure FILE (or --config FILE.toml) and -o RUN_DIR (or --resume RUN_DIR)")
+        refuse_existing(output, "an active-learning run", marker="state.json")
+        settings = settings_from(ctx, ActiveSettings, config, {
+            "structure": ("structure", str(structure.resolve()) if structure else ""),
+            "labeler": ("labeler", labeler.value), "functional": ("functional", functional), "basis": ("basis", basis),
+            "charge": ("charge", charge), "spin": ("spin", spin), "committee": ("committee", committee),
+            "temperatures_K": ("temperatures", comma_list(temperatures, "temperatures", float)),
+            "rounds": ("rounds", rounds), "initial_frames": ("initial_frames", initial_frames),
+            "md_steps": ("md_steps", md_steps), "replicas_per_temperature": ("replicas", replicas),
+            "trust_low_eV_per_A": ("trust_low", trust_low), "trust_high_eV_per_A": ("trust_high", trust_high),
+            "max_select": ("max_select", max_select), "train_steps": ("train_steps", train_steps),
+            "explore_cv": ("explore_cv", explore_cv), "explore_barrier_kjmol": ("explore_barrier_kjmol",
+                                                                                explore_barrier_kjmol),
+            "workers": ("workers", workers), "scheduler": ("scheduler", scheduler), "store": ("store", store),
+            "seed": ("seed", seed)})
         loop = ActiveLearning(settings, output, report)
     summary = loop.run()
     console.print(f"{summary['labels']} labels ({summary['failed']} failed); final committee validation force MAE "

@@ -8,7 +8,14 @@ from typing import Optional
 import typer
 
 from ..errors import InputError
-from .common import app, comma_list, console, load_npy
+from ..rundir import refuse_existing
+from ..surrogates.cg_training import CGTrainSettings
+from .common import app, comma_list, console, default, given, load_npy, settings_from
+
+
+def _d(name: str):
+    return default(CGTrainSettings, name)
+
 
 cg_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Coarse-grained ML force fields.")
 app.add_typer(cg_app, name="cg")
@@ -16,6 +23,7 @@ app.add_typer(cg_app, name="cg")
 
 @cg_app.command("train")
 def cg_train(
+    ctx: typer.Context,
     coords: Optional[Path] = typer.Option(None, help="coordinates .npy (frames, atoms or beads, 3) in Å"),
     forces: Optional[Path] = typer.Option(None, help="forces .npy, same shape"),
     force_unit: Optional[str] = typer.Option(None, help="unit of the forces, e.g. kcal/mol/A, eV/A (required)"),
@@ -23,39 +31,48 @@ def cg_train(
                                                       "without it the data are taken as already mapped"),
     bead_elements: str = typer.Option("", help="elements of pre-mapped beads, comma-separated (default C)"),
     torsion_names: str = typer.Option("", help="names of the consecutive-bead torsions (default phi,psi for 5 beads)"),
-    temperature: float = typer.Option(300.0, help="temperature of the data in K"),
-    prior_torsion_order: int = typer.Option(4, help="Fourier order of the prior's torsion terms (0: none, "
-                                                     "CGnet's bonds + angles + repulsion only)"),
-    prior_torsion_pair: bool = typer.Option(False, help="one 2D surface in the first two torsions (CMAP-like) "
-                                                        "instead of 1D terms"),
-    valid_fraction: float = typer.Option(0.2, help="last fraction of the frames held out"),
-    hidden: str = typer.Option("128,128,128", help="hidden layer widths"),
-    epochs: int = typer.Option(40), batch_size: int = typer.Option(128), lr: float = typer.Option(1e-3),
-    patience: int = typer.Option(10, help="epochs without held-out improvement before stopping"),
-    seed: int = typer.Option(0), threads: int = typer.Option(0, help="torch threads (0: all cores)"),
+    temperature: float = typer.Option(_d("temperature_K"), help="temperature of the data in K"),
+    prior_torsion_order: int = typer.Option(_d("prior_torsion_order"), help="Fourier order of the prior's torsion "
+                                                                            "terms (0: none, CGnet's bonds + angles + "
+                                                                            "repulsion only)"),
+    prior_torsion_pair: bool = typer.Option(_d("prior_torsion_pair"), help="one 2D surface in the first two torsions "
+                                                                          "(CMAP-like) instead of 1D terms"),
+    valid_fraction: float = typer.Option(_d("valid_fraction"), help="last fraction of the frames held out"),
+    hidden: str = typer.Option(",".join(map(str, _d("hidden"))), help="hidden layer widths"),
+    epochs: int = typer.Option(_d("epochs")), batch_size: int = typer.Option(_d("batch_size")),
+    lr: float = typer.Option(_d("lr")),
+    patience: int = typer.Option(_d("patience"), help="epochs without held-out improvement before stopping"),
+    seed: int = typer.Option(_d("seed")), threads: int = typer.Option(_d("threads"), help="torch threads (0: all cores)"),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="run directory"),
     resume: Optional[Path] = typer.Option(None, help="continue the training in this directory"),
+    config: Optional[Path] = typer.Option(None, "--config", help="settings TOML (e.g. a run's own cg.toml); options "
+                                                                 "given on the command line override it"),
 ) -> None:
     """CGnet-style force matching: a prior (bonds, angles, repulsion by Boltzmann inversion) plus a
     network trained on mapped forces; held-out force error against the prior alone."""
-    from ..surrogates.cg_training import CGTrainer, CGTrainSettings
+    from ..surrogates.cg_training import CGTrainer
 
     if resume is not None:
         trainer = CGTrainer.resume(resume)
     else:
-        if coords is None or forces is None or output is None:
-            raise InputError("cg train: give --coords FILE --forces FILE --force-unit UNIT -o RUN_DIR (or --resume)")
-        if force_unit is None:
+        if output is None or config is None and (coords is None or forces is None):
+            raise InputError("cg train: give --coords FILE --forces FILE --force-unit UNIT -o RUN_DIR (or --config "
+                             "FILE.toml, or --resume)")
+        if config is None and force_unit is None:
             raise InputError(f"{forces}: .npy files do not record units; give --force-unit (e.g. kcal/mol/A)")
-        if (output / "checkpoint.pt").exists():
-            raise InputError(f"{output}: already holds a CG training run; use --resume {output}")
-        settings = CGTrainSettings(
-            coords=str(coords.resolve()), forces=str(forces.resolve()), force_unit=force_unit,
-            mapping=str(mapping.resolve()) if mapping else "", bead_elements=comma_list(bead_elements, "bead_elements"),
-            torsion_names=comma_list(torsion_names, "torsion_names"), temperature_K=temperature,
-            prior_torsion_order=prior_torsion_order, prior_torsion_pair=prior_torsion_pair,
-            valid_fraction=valid_fraction, hidden=comma_list(hidden, "hidden", int), epochs=epochs,
-            batch_size=batch_size, lr=lr, patience=patience, seed=seed, threads=threads)
+        refuse_existing(output, "a CG training run")
+        settings = settings_from(ctx, CGTrainSettings, config, {
+            "coords": ("coords", str(coords.resolve()) if coords else ""),
+            "forces": ("forces", str(forces.resolve()) if forces else ""), "force_unit": ("force_unit", force_unit),
+            "mapping": ("mapping", str(mapping.resolve()) if mapping else ""),
+            "bead_elements": ("bead_elements", comma_list(bead_elements, "bead_elements")),
+            "torsion_names": ("torsion_names", comma_list(torsion_names, "torsion_names")),
+            "temperature_K": ("temperature", temperature), "prior_torsion_order": ("prior_torsion_order",
+                                                                                   prior_torsion_order),
+            "prior_torsion_pair": ("prior_torsion_pair", prior_torsion_pair),
+            "valid_fraction": ("valid_fraction", valid_fraction), "hidden": ("hidden", comma_list(hidden, "hidden", int)),
+            "epochs": ("epochs", epochs), "batch_size": ("batch_size", batch_size), "lr": ("lr", lr),
+            "patience": ("patience", patience), "seed": ("seed", seed), "threads": ("threads", threads)})
         trainer = CGTrainer(settings, output)
     results = trainer.run()
     rmse = results["valid_force_rmse_eV_per_A"]
@@ -65,6 +82,7 @@ def cg_train(
 
 @cg_app.command("md")
 def cg_md(
+    ctx: typer.Context,
     model: Optional[Path] = typer.Argument(None, help="CG model file from `neuralmd cg train`"),
     ns: float = typer.Option(1.0, help="simulated time per replica in ns (with --resume: a new total)"),
     replicas: int = typer.Option(16, help="replicas, started from frames stored in the model"),
@@ -82,6 +100,9 @@ def cg_md(
     seed: int = typer.Option(0), threads: int = typer.Option(0, help="torch threads (0: all cores)"),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="run directory"),
     resume: Optional[Path] = typer.Option(None, help="continue the run in this directory"),
+    config: Optional[Path] = typer.Option(None, "--config", help="a CG run's md.toml (its sample.toml beside it "
+                                                                 "gives the bias): rerun it; options given on the "
+                                                                 "command line override it"),
 ) -> None:
     """Langevin CG MD of many replicas in one batch, then the torsion FES, the basin ΔF and (with
     --reference) the FES error against the all-atom data."""
@@ -102,10 +123,24 @@ def cg_md(
         sim.settings.total_steps = int(round(ns * 1e6 / sim.settings.timestep_fs))
         run_dir = resume
     else:
+        # start_cg_md's arguments from the options (parameter names where they differ)
+        args = {"ns": ns, "replicas": replicas, "timestep_fs": timestep_fs, "friction_per_ps": friction_per_ps,
+                "temperature_K": temperature, "seed": seed, "report_every": report_every, "bias": bias,
+                "barrier_kjmol": barrier_kjmol, "trajectory_replicas": trajectory_replicas}
+        if config is not None:  # the stored run's settings where the command line does not give them
+            from ..sampling.runs import load_bias_settings
+
+            stored, stored_bias = load_config(MDSettings, config), load_bias_settings(config.parent)
+            model = model or Path(stored.model_path)
+            record = {"ns": stored.total_steps * stored.timestep_fs * 1e-6, "replicas": stored.replicas,
+                      "timestep_fs": stored.timestep_fs, "friction_per_ps": stored.friction_per_ps,
+                      "temperature_K": stored.temperature_K[0], "seed": stored.seed,
+                      "report_every": stored.report_every, "bias": stored_bias.bias,
+                      "barrier_kjmol": stored_bias.barrier_kjmol, "trajectory_replicas": stored.trajectory_replicas}
+            args.update({k: v for k, v in record.items() if not given(ctx, "temperature" if k == "temperature_K" else k)})
         if model is None or output is None:
-            raise InputError("cg md: give MODEL -o RUN_DIR (or --resume RUN_DIR)")
-        sim = start_cg_md(model, output, ns, replicas, timestep_fs, friction_per_ps, temperature, seed, report_every,
-                          bias=bias, barrier_kjmol=barrier_kjmol, trajectory_replicas=trajectory_replicas)
+            raise InputError("cg md: give MODEL -o RUN_DIR (or --config RUN/md.toml, or --resume RUN_DIR)")
+        sim = start_cg_md(model, output, **args)
         potential, run_dir = sim.potential, output
     sim.run()
     ref = load_npy(reference) if reference is not None else None

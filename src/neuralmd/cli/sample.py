@@ -12,8 +12,13 @@ import torch
 import typer
 
 from ..errors import InputError
-from .common import app, console, given, one_temperature, settings_from
+from ..sampling.bias_factory import BiasSettings
+from .common import app, console, default, given, one_temperature, settings_from
 from .md import Engine, finish, run_resumed
+
+
+def _b(name: str):
+    return default(BiasSettings, name)
 
 
 class BiasKind(str, Enum):
@@ -42,18 +47,18 @@ def sample(
     model: Optional[Path] = typer.Option(None, help="neural potential model.pt (native engine)"),
     structure: Optional[Path] = typer.Option(None, help="starting structure(s) (native engine)"),
     replicas: int = typer.Option(1, help="walkers sharing one bias (native engine)"),
-    bias: BiasKind = typer.Option(BiasKind.opes, help="opes (OPES_METAD), opes-explore, metad (well-tempered), "
+    bias: BiasKind = typer.Option(_b("bias"), help="opes (OPES_METAD), opes-explore, metad (well-tempered), "
                                                       "opes-multithermal (OPES_EXPANDED on the energy, T..--tmax), "
                                                       "none"),
-    tmax: float = typer.Option(0.0, help="opes-multithermal: highest temperature in K (0: twice --temperature)"),
-    barrier_kjmol: float = typer.Option(40.0, help="OPES BARRIER: the free-energy barrier to overcome (kJ/mol)"),
-    biasfactor: float = typer.Option(0.0, help="bias factor γ (0: OPES's βΔE, metad 10)"),
+    tmax: float = typer.Option(_b("tmax_K"), help="opes-multithermal: highest temperature in K (0: twice --temperature)"),
+    barrier_kjmol: float = typer.Option(_b("barrier_kjmol"), help="OPES BARRIER: the free-energy barrier to overcome (kJ/mol)"),
+    biasfactor: float = typer.Option(_b("biasfactor"), help="bias factor γ (0: OPES's βΔE, metad 10)"),
     sigma: Optional[str] = typer.Option(None, help="kernel widths per CV, comma-separated (default: CV std in a "
                                                   "short unbiased probe, widened where the bias would be too "
                                                   "stiff for the timestep)"),
-    pace: int = typer.Option(500, help="steps between kernel depositions"),
-    height_kjmol: float = typer.Option(1.2, help="initial Gaussian height (metad)"),
-    grid: bool = typer.Option(True, help="tabulate the bias on a grid inside OpenMM (fast); --no-grid: exact "
+    pace: int = typer.Option(_b("pace"), help="steps between kernel depositions"),
+    height_kjmol: float = typer.Option(_b("height_kjmol"), help="initial Gaussian height (metad)"),
+    grid: bool = typer.Option(_b("grid"), help="tabulate the bias on a grid inside OpenMM (fast); --no-grid: exact "
                                          "PythonForce"),
     grid_range: Optional[str] = typer.Option(None, help="LOW:HIGH per non-periodic CV, comma-separated"),
     ns: Optional[float] = typer.Option(None, help="simulated time in ns (or --steps)"),
@@ -72,7 +77,6 @@ def sample(
     from ..md.openmm_engine import OpenMMSettings
     from ..md.simulation import MDSettings
     from ..rundir import engine_of, engine_in, read_toml
-    from ..sampling.bias_factory import BiasSettings
     from ..threads import set_threads
 
     if resume is not None:

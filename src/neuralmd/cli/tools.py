@@ -30,7 +30,7 @@ def screen_cmd(
     from ..threads import set_threads
 
     set_threads(threads or None)
-    summary = screen(smiles_file, model, output, conformers=conformers, fmax_eV_A=fmax, max_steps=max_steps,
+    summary = screen(smiles_file, model, output, conformers=conformers, fmax_eV_per_A=fmax, max_steps=max_steps,
                      seed=seed, prune_rms_A=prune_rms, progress=True)
     if summary["failures"]:
         table = Table(title=f"{len(summary['failures'])} of {summary['molecules']} molecules failed")
@@ -71,8 +71,8 @@ def neb(
     check_images(images)
     first, last = load_endpoints(start, end)
     potential = load_committee(model) if len(model) > 1 else load_potential(model[0])
-    result = run_neb(first, last, potential, images=images, fmax_eV_A=fmax, steps=steps, climb=climb,
-                     relax_endpoints=relax_endpoints, logfile="-", output=output, trust_eV_A=trust)
+    result = run_neb(first, last, potential, images=images, fmax_eV_per_A=fmax, steps=steps, climb=climb,
+                     relax_endpoints=relax_endpoints, logfile="-", output=output, trust_eV_per_A=trust)
     summary = result.summary(trust)
     table = Table(title=f"NEB path ({'committee of ' + str(len(model)) if summary['committee'] else 'one model'})")
     columns = ["image", "s (Å)", "E - E0 (eV)"] + (["force dev (eV/Å)", "E std (eV)"] if summary["committee"] else [])
@@ -81,12 +81,12 @@ def neb(
     for row in summary["images"]:
         cells = [str(row["image"]), f"{row['reaction_coordinate_A']:.3f}", f"{row['relative_energy_eV']:.4f}"]
         if summary["committee"]:
-            cells += [f"{row['force_deviation_eV_A']:.3f}", f"{row['energy_std_eV']:.4f}"]
+            cells += [f"{row['force_deviation_eV_per_A']:.3f}", f"{row['energy_std_eV']:.4f}"]
         table.add_row(*cells)
     Console().print(table)
     state = "converged" if result.converged else f"NOT converged (fmax {fmax} eV/Å not reached)"
     console.print(f"NEB {state} in {result.steps} steps; barrier forward {summary['barrier_forward_eV']:.4f} eV "
-                  f"({summary['barrier_forward_kJmol']:.2f} kJ/mol), reverse {summary['barrier_reverse_eV']:.4f} eV "
-                  f"({summary['barrier_reverse_kJmol']:.2f} kJ/mol) -> {output}/ (path.xyz, neb.json, neb.png)")
+                  f"({summary['barrier_forward_kjmol']:.2f} kJ/mol), reverse {summary['barrier_reverse_eV']:.4f} eV "
+                  f"({summary['barrier_reverse_kjmol']:.2f} kJ/mol) -> {output}/ (path.xyz, neb.json, neb.png)")
     if summary["warning"]:
         console.print(summary["warning"], markup=False, highlight=False, soft_wrap=True)

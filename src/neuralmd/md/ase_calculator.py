@@ -54,9 +54,9 @@ def load_calculator(path: str | os.PathLike, dtype: torch.dtype | None = None,
     return NeuralCalculator(load_potential(path, dtype=dtype, device=device))
 
 
-def relax(atoms: Atoms, fmax_eV_A: float = 0.05, steps: int = 200, logfile: str | None = None) -> tuple[bool, int]:
+def relax(atoms: Atoms, fmax_eV_per_A: float = 0.05, steps: int = 200, logfile: str | None = None) -> tuple[bool, int]:
     """Minimise ``atoms`` in place with its calculator (ASE's BFGS) until the largest force is
-    below ``fmax_eV_A`` (eV/Å) or ``steps`` steps; returns (converged, steps taken)."""
+    below ``fmax_eV_per_A`` (eV/Å) or ``steps`` steps; returns (converged, steps taken)."""
     with BFGS(atoms, logfile=logfile) as optimizer:
-        converged = bool(optimizer.run(fmax=fmax_eV_A, steps=steps))
+        converged = bool(optimizer.run(fmax=fmax_eV_per_A, steps=steps))
         return converged, int(optimizer.nsteps)

@@ -116,10 +116,10 @@ class Simulation(MDRun):
             at the (first) temperature unless the batch carries them.
         settings: an :class:`MDSettings` (or keyword arguments for one).
         terms: extra energy terms (biases, restraints) added to the potential; those that are
-            :class:`~.protocols.AdaptiveTerm`\ s are updated every ``pace`` steps.
+            :class:`~.protocols.AdaptiveTerm` objects are updated every ``pace`` steps.
         run_dir: where the trajectory, log and checkpoints go (None: nothing is written).
         stop_conditions: checked at every report; a returned string stops the run.
-        reporters: extra :class:`~.protocols.Reporter`\ s, each called every ``interval`` steps.
+        reporters: extra :class:`~.protocols.Reporter` objects, each called every ``interval`` steps.
         progress: show a progress bar.
     """
 

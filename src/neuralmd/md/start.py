@@ -82,7 +82,7 @@ def resume_md(run_dir: str | Path, potential: Potential | None = None, terms: Se
               reporters: Sequence[Reporter] = (), progress: bool = False) -> MDRun:
     """The MD run in ``run_dir`` rebuilt from md.toml and its checkpoint, ready to ``run()``.
     A native run loads its model from md.toml (float64) unless ``potential`` is given; ``terms``
-    are the run's energy terms (native) or :class:`OpenMMTerm`\ s, in the order it had them."""
+    are the run's energy terms (native) or :class:`OpenMMTerm` objects, in the order it had them."""
     settings = load_md_settings(run_dir)
     if isinstance(settings, OpenMMSettings):
         run = OpenMMRun(settings, run_dir, terms=terms, reporters=reporters, progress=progress)

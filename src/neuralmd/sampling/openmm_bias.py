@@ -1,7 +1,7 @@
 """neuralmd's CVs and biases inside OpenMM.
 
 Two ways to put a bias into an :class:`~neuralmd.md.openmm_engine.OpenMMRun`, both
-:class:`~neuralmd.md.openmm_engine.OpenMMTerm`\ s the engine updates every ``pace`` steps:
+:class:`~neuralmd.md.openmm_engine.OpenMMTerm` objects the engine updates every ``pace`` steps:
 
 - :class:`GridBias` (default): the CV outputs become OpenMM forces (native custom forces for
   distances, angles and torsions; a ``PythonForce`` for anything else, such as a learned CV) and

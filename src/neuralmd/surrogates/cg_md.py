@@ -55,12 +55,10 @@ def start_cg_md(model_path: str | Path, output: str | Path, ns: float, replicas:
     if len(model.torsions) < 2:
         raise InputError(f"{model_path}: the CG model names {len(model.torsions)} torsion(s); the analysis needs two")
     output = Path(output)
-    if (output / "checkpoint.pt").exists():
-        raise InputError(f"{output}: already holds an MD run; use --resume {output} or another -o")
     settings = MDSettings(ensemble="nvt", timestep_fs=timestep_fs, temperature_K=[temperature_K or model.temperature_K],
                           friction_per_ps=friction_per_ps, seed=seed, report_every=report_every,
                           checkpoint_every=checkpoint_every, total_steps=int(round(ns * 1e6 / timestep_fs)),
-                          model_path=str(Path(model_path).resolve()), max_spread_A=20.0,
+                          model_path=str(Path(model_path).resolve()), max_spread_A=20.0, replicas=replicas,
                           trajectory_replicas=trajectory_replicas)
     spec = ",".join(f"torsion({','.join(map(str, q))})" for q in list(model.torsions.values())[:2])
     starts = model.start_positions if start_positions is None else np.asarray(start_positions)

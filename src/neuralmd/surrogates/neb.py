@@ -98,7 +98,7 @@ class NEBResult:
     steps: int
     endpoints_converged: list[bool] | None
     settings: dict[str, Any]
-    force_deviation_eV_A: np.ndarray | None = None
+    force_deviation_eV_per_A: np.ndarray | None = None
     energy_std_eV: np.ndarray | None = None
     energy_std_per_atom_eV: np.ndarray | None = None
 
@@ -116,42 +116,42 @@ class NEBResult:
         """Highest image energy minus the end energy (eV)."""
         return float(self.energies_eV.max() - self.energies_eV[-1])
 
-    def untrusted_images(self, trust_eV_A: float = TRUST_EV_A) -> list[int]:
-        """Indices of images whose committee force deviation exceeds ``trust_eV_A`` (eV/Å)."""
-        if self.force_deviation_eV_A is None:
+    def untrusted_images(self, trust_eV_per_A: float = TRUST_EV_A) -> list[int]:
+        """Indices of images whose committee force deviation exceeds ``trust_eV_per_A`` (eV/Å)."""
+        if self.force_deviation_eV_per_A is None:
             return []
-        return [int(i) for i in np.flatnonzero(self.force_deviation_eV_A > trust_eV_A)]
+        return [int(i) for i in np.flatnonzero(self.force_deviation_eV_per_A > trust_eV_per_A)]
 
-    def warning(self, trust_eV_A: float = TRUST_EV_A) -> str | None:
+    def warning(self, trust_eV_per_A: float = TRUST_EV_A) -> str | None:
         """One line saying where the surrogate is unreliable, or None."""
-        bad = self.untrusted_images(trust_eV_A)
+        bad = self.untrusted_images(trust_eV_per_A)
         if not bad:
             return None
-        worst = float(self.force_deviation_eV_A.max())
-        return (f"warning: committee force deviation exceeds the trust level {trust_eV_A:g} eV/Å at image(s) "
+        worst = float(self.force_deviation_eV_per_A.max())
+        return (f"warning: committee force deviation exceeds the trust level {trust_eV_per_A:g} eV/Å at image(s) "
                 f"{', '.join(map(str, bad))} (max {worst:.3f} eV/Å); the surrogate is unreliable there, "
                 "check those geometries with the reference method")
 
-    def summary(self, trust_eV_A: float = TRUST_EV_A) -> dict[str, Any]:
+    def summary(self, trust_eV_per_A: float = TRUST_EV_A) -> dict[str, Any]:
         """Everything of neb.json: barriers in eV and kJ/mol and the per-image table."""
         rows = []
         for i, energy in enumerate(self.energies_eV):
             row = {"image": i, "energy_eV": float(energy), "relative_energy_eV": float(energy - self.energies_eV[0]),
                    "reaction_coordinate_A": float(self.reaction_coordinate_A[i])}
-            if self.force_deviation_eV_A is not None:
-                row.update(force_deviation_eV_A=float(self.force_deviation_eV_A[i]),
+            if self.force_deviation_eV_per_A is not None:
+                row.update(force_deviation_eV_per_A=float(self.force_deviation_eV_per_A[i]),
                            energy_std_eV=float(self.energy_std_eV[i]),
                            energy_std_per_atom_eV=float(self.energy_std_per_atom_eV[i]))
             rows.append(row)
         forward, reverse = self.barrier_forward_eV, self.barrier_reverse_eV
         return {
             "barrier_forward_eV": forward, "barrier_reverse_eV": reverse,
-            "barrier_forward_kJmol": forward * EV_IN_KJMOL, "barrier_reverse_kJmol": reverse * EV_IN_KJMOL,
+            "barrier_forward_kjmol": forward * EV_IN_KJMOL, "barrier_reverse_kjmol": reverse * EV_IN_KJMOL,
             "reaction_energy_eV": float(self.energies_eV[-1] - self.energies_eV[0]),
             "highest_image": self.highest_image, "converged": self.converged, "steps": self.steps,
             "endpoints_converged": self.endpoints_converged, "settings": self.settings,
-            "committee": self.force_deviation_eV_A is not None, "trust_eV_A": trust_eV_A,
-            "untrusted_images": self.untrusted_images(trust_eV_A), "warning": self.warning(trust_eV_A),
+            "committee": self.force_deviation_eV_per_A is not None, "trust_eV_per_A": trust_eV_per_A,
+            "untrusted_images": self.untrusted_images(trust_eV_per_A), "warning": self.warning(trust_eV_per_A),
             "images": rows,
         }
 
@@ -179,16 +179,16 @@ def labelled_copy(atoms: Atoms) -> Atoms:
 
 
 def run_neb(start: Atoms, end: Atoms, model: Potential | CalculatorFactory, images: int = 9,
-            fmax_eV_A: float = 0.05, steps: int = 500, climb: bool = True, relax_endpoints: bool = True,
+            fmax_eV_per_A: float = 0.05, steps: int = 500, climb: bool = True, relax_endpoints: bool = True,
             method: str = "improvedtangent", spring_eV_A2: float = 0.1, logfile: str | None = None,
-            output: str | os.PathLike | None = None, trust_eV_A: float = TRUST_EV_A) -> NEBResult:
+            output: str | os.PathLike | None = None, trust_eV_per_A: float = TRUST_EV_A) -> NEBResult:
     """Climbing-image NEB between ``start`` and ``end`` (left unchanged).
 
     Args:
         model: a neuralmd potential (a committee runs on its mean and gets per-image
             uncertainties) or a factory of ASE calculators, called once per image.
         images: intermediate images (>= 1).
-        fmax_eV_A: convergence threshold on the NEB forces and the endpoint relaxation, eV/Å.
+        fmax_eV_per_A: convergence threshold on the NEB forces and the endpoint relaxation, eV/Å.
         steps: optimiser step limit (band and each endpoint relaxation).
         climb: climbing image on the highest image (the barrier is then a saddle-point energy).
         relax_endpoints: minimise both endpoints with the model first.
@@ -196,7 +196,7 @@ def run_neb(start: Atoms, end: Atoms, model: Potential | CalculatorFactory, imag
         spring_eV_A2: spring constant in eV/Å².
         logfile: per-step optimiser log (``"-"``: stdout; None: silent).
         output: folder for path.xyz, neb.json and neb.png (see :func:`write_neb_outputs`).
-        trust_eV_A: committee force deviation above which an image is flagged, eV/Å.
+        trust_eV_per_A: committee force deviation above which an image is flagged, eV/Å.
     """
     check_images(images)
     check_endpoints(start, end)
@@ -207,14 +207,14 @@ def run_neb(start: Atoms, end: Atoms, model: Potential | CalculatorFactory, imag
         image.calc = factory()
     endpoints_converged = None
     if relax_endpoints:
-        endpoints_converged = [relax(end, fmax_eV_A, steps, logfile)[0] for end in (band[0], band[-1])]
+        endpoints_converged = [relax(end, fmax_eV_per_A, steps, logfile)[0] for end in (band[0], band[-1])]
     neb = NEB(band, k=spring_eV_A2, climb=climb, method=method, remove_rotation_and_translation=not periodic)
     neb.interpolate(method="idpp", mic=periodic, apply_constraint=False)
     with FIRE(neb, logfile=logfile) as opt:
-        converged = bool(opt.run(fmax=fmax_eV_A, steps=steps))
+        converged = bool(opt.run(fmax=fmax_eV_per_A, steps=steps))
         n_steps = int(opt.nsteps)
     final = [labelled_copy(image) for image in band]
-    settings = {"images": images, "fmax_eV_A": fmax_eV_A, "steps": steps, "climb": climb,
+    settings = {"images": images, "fmax_eV_per_A": fmax_eV_per_A, "steps": steps, "climb": climb,
                 "relax_endpoints": relax_endpoints, "method": method, "spring_eV_A2": spring_eV_A2,
                 "interpolation": "idpp", "optimizer": "FIRE"}
     result = NEBResult(final, np.array([a.info["energy"] for a in final]), reaction_coordinate(final), converged,
@@ -222,19 +222,19 @@ def run_neb(start: Atoms, end: Atoms, model: Potential | CalculatorFactory, imag
     if isinstance(model, Committee):
         add_uncertainty(result, model)
     if output is not None:
-        write_neb_outputs(result, output, trust_eV_A)
+        write_neb_outputs(result, output, trust_eV_per_A)
     return result
 
 
 # --- uncertainty --------------------------------------------------------------------------
 def committee_uncertainty(committee: Committee, images: Sequence[Atoms]) -> dict[str, np.ndarray]:
-    """Per image: ``force_deviation_eV_A`` (max over atoms of the members' RMS force deviation,
+    """Per image: ``force_deviation_eV_per_A`` (max over atoms of the members' RMS force deviation,
     eV/Å), ``energy_std_eV`` (the members' energy standard deviation, eV) and
     ``energy_std_per_atom_eV`` (the same per atom)."""
     batch = AtomsBatch.from_atoms(list(images), dtype=committee.dtype)
     pred = committee.predict(batch)
     per_atom = pred["energy_std_per_atom"].numpy()
-    return {"force_deviation_eV_A": pred["force_deviation"].numpy(),
+    return {"force_deviation_eV_per_A": pred["force_deviation"].numpy(),
             "energy_std_eV": per_atom * batch.counts.numpy(), "energy_std_per_atom_eV": per_atom}
 
 
@@ -242,16 +242,16 @@ def add_uncertainty(result: NEBResult, committee: Committee) -> None:
     """Evaluate the committee on the band and store the per-image uncertainty in ``result``
     and in each image's ``info``."""
     unc = committee_uncertainty(committee, result.images)
-    result.force_deviation_eV_A = unc["force_deviation_eV_A"]
+    result.force_deviation_eV_per_A = unc["force_deviation_eV_per_A"]
     result.energy_std_eV = unc["energy_std_eV"]
     result.energy_std_per_atom_eV = unc["energy_std_per_atom_eV"]
     for i, image in enumerate(result.images):
-        image.info["force_deviation"] = float(result.force_deviation_eV_A[i])
+        image.info["force_deviation"] = float(result.force_deviation_eV_per_A[i])
         image.info["energy_std"] = float(result.energy_std_eV[i])
 
 
 # --- output -------------------------------------------------------------------------------
-def write_neb_outputs(result: NEBResult, output: str | os.PathLike, trust_eV_A: float = TRUST_EV_A) -> None:
+def write_neb_outputs(result: NEBResult, output: str | os.PathLike, trust_eV_per_A: float = TRUST_EV_A) -> None:
     """Write ``output``/path.xyz (images with energies in eV, forces in eV/Å), neb.json
     (:meth:`NEBResult.summary`) and neb.png (:func:`plot_neb`), each atomically."""
     from ..data.io import write_frames
@@ -260,11 +260,11 @@ def write_neb_outputs(result: NEBResult, output: str | os.PathLike, trust_eV_A: 
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     write_frames(result.images, output / "path.xyz")
-    atomic_write_json(result.summary(trust_eV_A), output / "neb.json")
-    plot_neb(result, output / "neb.png", trust_eV_A)
+    atomic_write_json(result.summary(trust_eV_per_A), output / "neb.json")
+    plot_neb(result, output / "neb.png", trust_eV_per_A)
 
 
-def plot_neb(result: NEBResult, path: str | os.PathLike, trust_eV_A: float = TRUST_EV_A) -> None:
+def plot_neb(result: NEBResult, path: str | os.PathLike, trust_eV_per_A: float = TRUST_EV_A) -> None:
     """Energy relative to the start (eV) against the reaction coordinate (Å); for a committee
     also the band ± energy std and, below, the force deviation with the trust level, images
     above it marked in red."""
@@ -273,7 +273,7 @@ def plot_neb(result: NEBResult, path: str | os.PathLike, trust_eV_A: float = TRU
     from ..analysis.plots import save_figure
 
     x, energy = result.reaction_coordinate_A, result.energies_eV - result.energies_eV[0]
-    committee = result.force_deviation_eV_A is not None
+    committee = result.force_deviation_eV_per_A is not None
     fig, axes = plt.subplots(2 if committee else 1, 1, figsize=(6.4, 6.4 if committee else 4.2), sharex=True,
                              squeeze=False)
     ax = axes[0, 0]
@@ -284,14 +284,14 @@ def plot_neb(result: NEBResult, path: str | os.PathLike, trust_eV_A: float = TRU
     if committee:
         std = result.energy_std_eV
         ax.fill_between(x, energy - std, energy + std, color="C0", alpha=0.25, label="committee ± std")
-        bad = result.untrusted_images(trust_eV_A)
+        bad = result.untrusted_images(trust_eV_per_A)
         if bad:
-            ax.plot(x[bad], energy[bad], "o", ms=10, mfc="none", mec="red", mew=2, label=f"deviation > {trust_eV_A:g} eV/Å")
+            ax.plot(x[bad], energy[bad], "o", ms=10, mfc="none", mec="red", mew=2, label=f"deviation > {trust_eV_per_A:g} eV/Å")
         dev_ax = axes[1, 0]
-        dev_ax.plot(x, result.force_deviation_eV_A, "o-", color="C2")
-        dev_ax.axhline(trust_eV_A, color="red", ls="--", lw=1, label="trust level")
+        dev_ax.plot(x, result.force_deviation_eV_per_A, "o-", color="C2")
+        dev_ax.axhline(trust_eV_per_A, color="red", ls="--", lw=1, label="trust level")
         if bad:
-            dev_ax.plot(x[bad], result.force_deviation_eV_A[bad], "o", color="red")
+            dev_ax.plot(x[bad], result.force_deviation_eV_per_A[bad], "o", color="red")
         dev_ax.set_ylabel("committee force deviation (eV/Å)")
         dev_ax.legend(loc="upper left")
         dev_ax.grid(alpha=0.3)

@@ -41,7 +41,7 @@ from ..state import AtomsBatch
 from ..units import EV_IN_KJMOL
 
 CSV_COLUMNS = ("name", "smiles", "line", "conformer", "rank", "energy_eV", "rel_energy_kjmol", "initial_energy_eV",
-               "converged", "n_steps", "fmax_eV_A")
+               "converged", "n_steps", "fmax_eV_per_A")
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class Failure:
 
 @dataclass
 class Conformer:
-    """One relaxed conformer: energies in eV, ``fmax_eV_A`` the largest atomic force after
+    """One relaxed conformer: energies in eV, ``fmax_eV_per_A`` the largest atomic force after
     relaxation (eV/Å), ``rel_energy_kjmol`` relative to the molecule's lowest conformer."""
 
     molecule: Molecule
@@ -76,7 +76,7 @@ class Conformer:
     energy_eV: float
     converged: bool
     n_steps: int
-    fmax_eV_A: float
+    fmax_eV_per_A: float
     rank: int = 0
     rel_energy_kjmol: float = 0.0
 
@@ -185,7 +185,7 @@ def rank_conformers(conformers: list[Conformer]) -> list[Conformer]:
 
 
 def screen_molecule(molecule: Molecule, potential: Potential, calculator: NeuralCalculator, n_conformers: int,
-                    fmax_eV_A: float, max_steps: int, seed: int, prune_rms_A: float) -> list[Conformer]:
+                    fmax_eV_per_A: float, max_steps: int, seed: int, prune_rms_A: float) -> list[Conformer]:
     """Embed, relax and rank the conformers of one molecule (units as in :func:`screen`).
 
     Raises _MoleculeFailed for elements unknown to the potential, embedding failures and
@@ -201,7 +201,7 @@ def screen_molecule(molecule: Molecule, potential: Potential, calculator: Neural
     conformers = []
     for k, atoms in enumerate(frames):
         atoms.calc = calculator
-        converged, steps = relax(atoms, fmax_eV_A, max_steps)
+        converged, steps = relax(atoms, fmax_eV_per_A, max_steps)
         energy = float(atoms.get_potential_energy())
         if not (np.isfinite(energy) and np.isfinite(initial[k])):
             raise _MoleculeFailed(f"SMILES {molecule.smiles!r}: conformer {k}: non-finite energy from the potential")
@@ -218,7 +218,7 @@ def _csv_text(conformers: Sequence[Conformer]) -> str:
     for c in conformers:
         writer.writerow([c.molecule.name, c.molecule.smiles, c.molecule.line, c.conformer, c.rank,
                          f"{c.energy_eV:.6f}", f"{c.rel_energy_kjmol:.4f}", f"{c.initial_energy_eV:.6f}",
-                         int(c.converged), c.n_steps, f"{c.fmax_eV_A:.5f}"])
+                         int(c.converged), c.n_steps, f"{c.fmax_eV_per_A:.5f}"])
     return buffer.getvalue()
 
 
@@ -228,7 +228,7 @@ def _frame(c: Conformer) -> Atoms:
     atoms.arrays["forces"] = c.atoms.get_forces().copy()
     atoms.info.update(energy=c.energy_eV, name=c.molecule.name, smiles=c.molecule.smiles, line=c.molecule.line,
                       conformer=c.conformer, rank=c.rank, rel_energy_kjmol=c.rel_energy_kjmol,
-                      converged=c.converged, n_steps=c.n_steps, fmax_eV_A=c.fmax_eV_A)
+                      converged=c.converged, n_steps=c.n_steps, fmax_eV_per_A=c.fmax_eV_per_A)
     return atoms
 
 
@@ -263,11 +263,11 @@ def output_paths(output: str | os.PathLike) -> dict[str, Path]:
             "png": csv_path.with_suffix(".png")}
 
 
-def _check_settings(conformers: int, fmax_eV_A: float, max_steps: int, seed: int, prune_rms_A: float) -> None:
+def _check_settings(conformers: int, fmax_eV_per_A: float, max_steps: int, seed: int, prune_rms_A: float) -> None:
     if conformers < 1:
         raise InputError(f"conformers: {conformers}; expected at least 1")
-    if not fmax_eV_A > 0:
-        raise InputError(f"fmax: {fmax_eV_A} eV/Å; expected > 0")
+    if not fmax_eV_per_A > 0:
+        raise InputError(f"fmax: {fmax_eV_per_A} eV/Å; expected > 0")
     if max_steps < 0:
         raise InputError(f"max_steps: {max_steps}; expected >= 0")
     if seed < 0:
@@ -278,7 +278,7 @@ def _check_settings(conformers: int, fmax_eV_A: float, max_steps: int, seed: int
 
 # --- driver -------------------------------------------------------------------------------
 def screen(smiles_file: str | os.PathLike, potential: Potential | str | os.PathLike, output: str | os.PathLike,
-           conformers: int = 20, fmax_eV_A: float = 0.05, max_steps: int = 200, seed: int = 0,
+           conformers: int = 20, fmax_eV_per_A: float = 0.05, max_steps: int = 200, seed: int = 0,
            prune_rms_A: float = 0.25, progress: bool = False) -> dict[str, Any]:
     """Screen the conformers of every molecule of ``smiles_file`` with one potential.
 
@@ -287,7 +287,7 @@ def screen(smiles_file: str | os.PathLike, potential: Potential | str | os.PathL
         potential: any neuralmd Potential, or the path of a model file (loaded once).
         output: ranked CSV path; ``.xyz``, ``.json`` and ``.png`` are written beside it.
         conformers: conformers embedded per molecule before pruning.
-        fmax_eV_A: relaxation stops when the largest force is below this (eV/Å).
+        fmax_eV_per_A: relaxation stops when the largest force is below this (eV/Å).
         max_steps: BFGS steps per conformer at most.
         seed: RDKit embedding seed (>= 0).
         prune_rms_A: conformers within this heavy-atom RMSD (Å) of another are dropped.
@@ -297,7 +297,7 @@ def screen(smiles_file: str | os.PathLike, potential: Potential | str | os.PathL
     energy (eV) per molecule, the failures and the output paths. Raises InputError, writing
     nothing, if the file holds no parsable SMILES or no molecule could be screened.
     """
-    _check_settings(conformers, fmax_eV_A, max_steps, seed, prune_rms_A)
+    _check_settings(conformers, fmax_eV_per_A, max_steps, seed, prune_rms_A)
     paths = output_paths(output)
     molecules, failures = read_smiles(smiles_file)
     n_entries = len(molecules) + len(failures)
@@ -312,7 +312,7 @@ def screen(smiles_file: str | os.PathLike, potential: Potential | str | os.PathL
         for molecule in molecules:
             bar.update(task, status=molecule.name)
             try:
-                ranked.extend(screen_molecule(molecule, potential, calculator, conformers, fmax_eV_A, max_steps,
+                ranked.extend(screen_molecule(molecule, potential, calculator, conformers, fmax_eV_per_A, max_steps,
                                               seed, prune_rms_A))
             except _MoleculeFailed as exc:
                 failures.append(Failure(molecule.line, molecule.smiles, molecule.name,
@@ -324,7 +324,7 @@ def screen(smiles_file: str | os.PathLike, potential: Potential | str | os.PathL
         raise InputError(f"{smiles_file}: no molecule could be screened; first failure: {first}")
     summary = {
         "input": str(smiles_file), "model": model,
-        "settings": {"conformers": conformers, "fmax_eV_A": fmax_eV_A, "max_steps": max_steps, "seed": seed,
+        "settings": {"conformers": conformers, "fmax_eV_per_A": fmax_eV_per_A, "max_steps": max_steps, "seed": seed,
                      "prune_rms_A": prune_rms_A, "optimizer": "BFGS", "embedding": "RDKit ETKDGv3"},
         "molecules": n_entries,
         "screened": len({c.molecule.line for c in ranked}),

@@ -32,6 +32,7 @@ from ..errors import InputError, TrainingError
 from ..io_utils import atomic_save, atomic_write_json
 from ..models.neural import NeuralPotential
 from ..progress import progress_bar
+from ..rundir import refuse_existing
 from ..threads import set_threads
 from .metrics import baseline_metrics, evaluate
 
@@ -239,8 +240,7 @@ class Trainer:
             ckpt = torch.load(checkpoint_path, weights_only=True)
             self.model = NeuralPotential.from_metadata(ckpt["model_metadata"])
         else:
-            if checkpoint_path.exists():
-                raise InputError(f"{self.run_dir}: already holds a training run; resume it or choose another -o")
+            refuse_existing(self.run_dir, "a training run")
             self.model = warm_start(cfg, self.train_data) if cfg.init_model else build_model(cfg, self.train_data)
             if cfg.baseline:
                 from ..models.delta import baseline_from_spec, baseline_settings

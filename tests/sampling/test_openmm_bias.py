@@ -1,5 +1,5 @@
 """Biases inside OpenMM: alanine dipeptide (amber99sb-ildn, vacuum) biased along phi and psi
-through the exact PythonForce bias (the grid bias is tested in test_sampling_runs)."""
+through the exact PythonForce bias (the grid bias is tested in test_runs)."""
 
 from __future__ import annotations
 

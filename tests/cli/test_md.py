@@ -1,0 +1,48 @@
+"""neuralmd md (neuralmd.cli.md): a batched run, its resume, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from ase.build import molecule
+from ase.io import write
+
+from neuralmd.data import read_frames
+
+from .helpers import assert_input_error, run
+
+
+def test_md_run_resume_and_bad_input(tmp_path, trained_model):
+    write(tmp_path / "ethanol.xyz", molecule("CH3CH2OH"))
+    args = ["md", str(trained_model), "--structure", str(tmp_path / "ethanol.xyz"), "--replicas", "3",
+            "--temperature", "300,400,500", "--steps", "60", "--report-every", "20", "--checkpoint-every", "20",
+            "--threads", "2"]
+    result = run(*args, "-o", str(tmp_path / "md"))
+    assert result.returncode == 0, result.stderr
+    for name in ("traj_000.h5md", "traj_002.h5md", "traj_000.pdb", "log.csv", "md.png", "final.xyz", "results.json",
+                 "checkpoint.pt", "md.toml"):
+        assert (tmp_path / "md" / name).is_file(), name
+    rows = (tmp_path / "md" / "log.csv").read_text().splitlines()
+    assert len(rows) == 1 + 4 * 3  # header + steps 0, 20, 40, 60 for 3 replicas
+    result = run("md", "--resume", str(tmp_path / "md"), "--steps", "100", "--threads", "2", "--export-xyz")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "md" / "results.json").read_text())["steps"] == 100
+    exported = read_frames(tmp_path / "md" / "traj_002.xyz", require_labels=False)
+    assert [a.info["step"] for a in exported] == [0, 20, 40, 60, 80, 100]
+    assert len(exported[-1]) == 9 and exported[-1].get_velocities().any()
+
+    assert_input_error(run(*args, "-o", str(tmp_path / "md")), "already holds an MD run")
+    assert_input_error(run(*args[:-2], "--timestep-fs", "-1", "-o", str(tmp_path / "x")), "timestep_fs")
+    assert_input_error(run(*[a if a != "300,400,500" else "0" for a in args], "-o", str(tmp_path / "x")), "temperature")
+    (tmp_path / "junk.xyz").write_text("this is not xyz\n")
+    assert_input_error(run("md", str(trained_model), "--structure", str(tmp_path / "junk.xyz"), "-o",
+                           str(tmp_path / "x")), "junk.xyz")
+    write(tmp_path / "nh3.xyz", molecule("NH3"))
+    assert_input_error(run("md", str(trained_model), "--structure", str(tmp_path / "nh3.xyz"), "-o",
+                           str(tmp_path / "x")), "N not known")
+    assert_input_error(run("md", "--resume", str(tmp_path / "nowhere")), "nowhere")
+    assert_input_error(run(*args, "--device", "gpu", "-o", str(tmp_path / "x")), "not a torch device")
+    if not torch.cuda.is_available():
+        assert_input_error(run(*args, "--device", "cuda", "-o", str(tmp_path / "x")), "no CUDA GPU")
+    assert not (tmp_path / "x").exists()

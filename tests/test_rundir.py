@@ -1,0 +1,54 @@
+"""neuralmd.rundir: refusing to overwrite a run, finding one to resume, its engine, the lock."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from neuralmd.errors import InputError
+from neuralmd.rundir import engine_in, engine_of, locked, refuse_existing, require_existing
+
+
+def test_refuse_and_require(tmp_path):
+    assert refuse_existing(tmp_path / "new", "an MD run") == tmp_path / "new"
+    assert not (tmp_path / "new").exists()  # checking writes nothing
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "checkpoint.pt").write_bytes(b"")
+    with pytest.raises(InputError, match=r"old: already holds an MD run; use --resume .*old or another -o"):
+        refuse_existing(tmp_path / "old", "an MD run")
+    with pytest.raises(InputError, match="remove it or choose another -o"):
+        refuse_existing(tmp_path / "old", "a demo run", resumable=False)
+    assert require_existing(tmp_path / "old", "an MD run directory") == tmp_path / "old"
+    with pytest.raises(InputError, match=r"new/checkpoint\.pt: not found"):
+        require_existing(tmp_path / "new", "an MD run directory")
+
+
+def test_engine_of_a_run_and_of_a_settings_file(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "md.toml").write_text('engine = "openmm"\npdb = "x.pdb"\n')
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "md.toml").write_text("timestep_fs = 0.5\n")  # written before md.toml named its engine
+    assert engine_of(tmp_path / "a") == "openmm" and engine_in(tmp_path / "a" / "md.toml") == "openmm"
+    assert engine_of(tmp_path / "b") == "native"
+    with pytest.raises(InputError, match=r"c/md\.toml: not found"):
+        engine_of(tmp_path / "c")
+
+
+def test_a_second_process_cannot_write_into_a_locked_run_directory(tmp_path):
+    script = textwrap.dedent(f"""
+        from neuralmd.errors import InputError
+        from neuralmd.rundir import locked
+        try:
+            with locked({str(tmp_path / 'run')!r}):
+                print("entered")
+        except InputError as exc:
+            print(exc)
+    """)
+    with locked(tmp_path / "run"):
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60).stdout
+    assert "another neuralmd process is writing into this run directory" in out
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60).stdout
+    assert out.strip() == "entered"  # released when the block ends
