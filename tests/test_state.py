@@ -71,8 +71,6 @@ def test_round_trip_through_ase_keeps_geometry_cell_pbc_velocities_and_masses():
     assert np.abs(AtomsBatch.from_atoms(frames).to_atoms()[0].get_velocities()).max() == 0.0
 
 
-@pytest.mark.xfail(strict=True, reason="AtomsBatch.to_atoms does not write batch.masses back into the frames: "
-                   "isotope (non-default) masses are replaced by the element's standard mass")
 def test_round_trip_keeps_non_default_masses():
     heavy = molecule("H2O")
     heavy.set_masses([15.999, 2.014, 2.014])  # D2O

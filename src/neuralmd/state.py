@@ -112,8 +112,10 @@ class AtomsBatch:
         )
 
     def to_atoms(self) -> list[Atoms]:
-        """Split back into ASE frames (velocities included when present)."""
+        """Split back into ASE frames (velocities included when present; masses where they are
+        not the elements' standard ones, e.g. isotopes)."""
         counts = self.counts.tolist()
+        masses = self.masses.detach().cpu().double().split(counts)
         pos = self.positions.detach().cpu().double().split(counts)
         num = self.numbers.cpu().split(counts)
         vel = self.velocities.detach().cpu().double().split(counts) if self.velocities is not None else None
@@ -125,6 +127,8 @@ class AtomsBatch:
                 cell=self.cell[b].detach().cpu().double().numpy(),
                 pbc=self.pbc[b].cpu().numpy(),
             )
+            if not np.allclose(masses[b].numpy(), atoms.get_masses()):
+                atoms.set_masses(masses[b].numpy())
             if vel is not None:
                 atoms.set_velocities(vel[b].numpy())
             frames.append(atoms)

@@ -224,8 +224,6 @@ def test_basin_report_and_convergence_curve():
     np.testing.assert_allclose(values, curve[:, 1])
 
 
-@pytest.mark.xfail(strict=True, reason="convergence() uses end index 0 when there are fewer samples than points, "
-                   "and basin_report then dates that point time_ns[-1], the end of the run")
 def test_convergence_curve_times_never_go_back_with_few_samples():
     x = np.array([-1.0, 1.0, -1.0, 1.0, -1.0])
     report = basin_report(x, np.ones(5), np.arange(1, 6) * 0.1, A_REGION, B_REGION, T, blocks=2, points=20)

@@ -59,9 +59,10 @@ def delta_f_blocks(values, weights, region_a, region_b, temperature_K: float, bl
 
 
 def convergence(values, weights, region_a, region_b, temperature_K: float, points: int = 20) -> tuple[np.ndarray, np.ndarray]:
-    """ΔF (kJ/mol) from the first fraction of the samples, at ``points`` fractions in (0, 1]."""
+    """ΔF (kJ/mol) from the first fraction of the samples, at ``points`` fractions in (0, 1]
+    (fewer, each at least one sample, when there are fewer samples than points)."""
     n = len(values)
-    ends = np.linspace(n / points, n, points).astype(int)
+    ends = np.unique(np.clip(np.linspace(n / points, n, points).astype(int), 1, n))
     return ends, np.array([delta_f(values[:e], weights[:e], region_a, region_b, temperature_K) for e in ends])
 
 
