@@ -10,6 +10,7 @@ import typer
 
 from ..errors import InputError
 from ..md.simulation import MDSettings
+from ..rundir import engine_in
 from .common import CONFIG_HELP, app, console, default, given, one_temperature, settings_from
 
 
@@ -41,6 +42,38 @@ def temperatures(text: str) -> list[float]:
         return [float(t) for t in text.split(",")]
     except ValueError:
         raise InputError(f"temperature: cannot read {text!r} as K values") from None
+
+
+def wants_openmm(ctx: typer.Context, engine: Engine, config: Optional[Path]) -> bool:
+    """The OpenMM engine: as --engine says, or as the settings file says when --engine is not given."""
+    if config is not None and not given(ctx, "engine"):
+        return engine_in(config) == "openmm"
+    return engine == Engine.openmm
+
+
+def run_options(friction_per_ps: float, seed: int, report_every: int, checkpoint_every: int,
+                timestep_fs: Optional[float]) -> dict:
+    """The options every engine's settings take (:class:`~neuralmd.md.run.RunSettings`), as
+    ``settings_from`` wants them; the timestep only where given (each engine has its default)."""
+    options = {"friction_per_ps": ("friction_per_ps", friction_per_ps), "seed": ("seed", seed),
+               "report_every": ("report_every", report_every), "checkpoint_every": ("checkpoint_every", checkpoint_every)}
+    if timestep_fs is not None:
+        options["timestep_fs"] = ("timestep_fs", timestep_fs)
+    return options
+
+
+def openmm_settings(ctx: typer.Context, config: Optional[Path], options: dict, pdb: Optional[Path], forcefield: str,
+                    platform: str, temperature: str, command: str):
+    """:class:`~neuralmd.md.openmm_engine.OpenMMSettings` from ``config`` and the options."""
+    from ..md.openmm_engine import OpenMMSettings
+
+    settings = settings_from(ctx, OpenMMSettings, config, {
+        **options, "pdb": ("pdb", str(pdb or "")), "platform": ("platform", platform),
+        "forcefield": ("forcefield", [f.strip() for f in forcefield.split(",")]),
+        "temperature_K": ("temperature", one_temperature(temperature))})
+    if not settings.pdb:
+        raise InputError(f"{command} --engine openmm: give --pdb FILE (or --config FILE.toml)")
+    return settings
 
 
 def finish(run, what: str, export_xyz: bool = False) -> None:
@@ -114,7 +147,7 @@ def md(
     from ..config import load_config
     from ..md import start
     from ..models.neural import load_potential
-    from ..rundir import engine_in, engine_of
+    from ..rundir import engine_of
     from ..threads import set_threads
 
     dtype = torch.float64 if float64 else None
@@ -129,24 +162,11 @@ def md(
         return run_resumed(resume, steps if given(ctx, "steps") else None, potential, export_xyz)
     if output is None:
         raise InputError("md: give -o RUN_DIR (or --resume RUN_DIR)")
-    use_openmm = engine == Engine.openmm
-    if config is not None and not given(ctx, "engine"):
-        use_openmm = engine_in(config) == "openmm"
-    common = {"friction_per_ps": ("friction_per_ps", friction_per_ps), "seed": ("seed", seed),
-              "report_every": ("report_every", report_every), "checkpoint_every": ("checkpoint_every", checkpoint_every),
+    common = {**run_options(friction_per_ps, seed, report_every, checkpoint_every, timestep_fs),
               "total_steps": ("steps", steps)}
-    if timestep_fs is not None:
-        common["timestep_fs"] = ("timestep_fs", timestep_fs)
-    if use_openmm:
-        from ..md.openmm_engine import OpenMMSettings
-
+    if wants_openmm(ctx, engine, config):
         set_threads(threads or 1)  # torch only evaluates CVs here; one thread is fastest
-        settings = settings_from(ctx, OpenMMSettings, config, {
-            **common, "pdb": ("pdb", str(pdb or "")), "platform": ("platform", platform),
-            "forcefield": ("forcefield", [f.strip() for f in forcefield.split(",")]),
-            "temperature_K": ("temperature", one_temperature(temperature))})
-        if not settings.pdb:
-            raise InputError("md --engine openmm: give --pdb FILE (or --config FILE.toml)")
+        settings = openmm_settings(ctx, config, common, pdb, forcefield, platform, temperature, "md")
         run = start.start_openmm(settings, output, progress=True)
         run.run()
         return finish(run, "OpenMM MD")

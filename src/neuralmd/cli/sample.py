@@ -13,8 +13,8 @@ import typer
 
 from ..errors import InputError
 from ..sampling.bias_factory import BiasSettings
-from .common import app, console, default, given, one_temperature, settings_from
-from .md import Engine, finish, run_resumed
+from .common import app, console, default, one_temperature, settings_from
+from .md import Engine, finish, openmm_settings, run_options, run_resumed, wants_openmm
 
 
 def _b(name: str):
@@ -74,9 +74,8 @@ def sample(
     """Enhanced sampling: OPES, OPES_EXPLORE or well-tempered metadynamics along CVs (torsions,
     distances or a learned CV), in OpenMM or the native engine, or multithermal OPES on the
     force-field energy (OpenMM; no CV needed); writes colvar.csv for `neuralmd fes`."""
-    from ..md.openmm_engine import OpenMMSettings
     from ..md.simulation import MDSettings
-    from ..rundir import engine_of, engine_in, read_toml
+    from ..rundir import engine_of, read_toml
     from ..threads import set_threads
 
     if resume is not None:
@@ -101,26 +100,16 @@ def sample(
         "biasfactor": ("biasfactor", biasfactor), "sigma": ("sigma", sigmas), "pace": ("pace", pace),
         "height_kjmol": ("height_kjmol", height_kjmol), "grid": ("grid", grid), "grid_ranges": ("grid_range", ranges),
         "tmax_K": ("tmax", tmax)})
-    use_openmm = engine == Engine.openmm
-    if engine_file is not None and not given(ctx, "engine"):
-        use_openmm = engine_in(engine_file) == "openmm"
-    common = {"friction_per_ps": ("friction_per_ps", friction_per_ps), "seed": ("seed", seed),
-              "report_every": ("report_every", report_every), "checkpoint_every": ("checkpoint_every", checkpoint_every)}
-    if timestep_fs is not None:
-        common["timestep_fs"] = ("timestep_fs", timestep_fs)
-    if use_openmm:
+    common = run_options(friction_per_ps, seed, report_every, checkpoint_every, timestep_fs)
+    if wants_openmm(ctx, engine, engine_file):
         from ..sampling.runs import start_openmm
 
         set_threads(threads or 1)  # torch only evaluates CVs here; one thread is fastest
-        settings = settings_from(ctx, OpenMMSettings, engine_file, {
-            **common, "pdb": ("pdb", str(pdb or "")), "platform": ("platform", platform),
-            "forcefield": ("forcefield", [f.strip() for f in forcefield.split(",")]),
-            "temperature_K": ("temperature", one_temperature(temperature))})
-        if not settings.pdb:
-            raise InputError("sample --engine openmm: give --pdb FILE (or --config FILE.toml)")
-        settings.total_steps = total_steps(ctx, settings, ns, steps, engine_file)
+        settings = openmm_settings(ctx, engine_file, common, pdb, forcefield, platform, temperature, "sample")
+        settings.total_steps = total_steps(settings, ns, steps, engine_file)
         run = start_openmm(settings, bias_settings, output, progress=True)
     else:
+        from ..md.start import starting_frames
         from ..models.neural import load_potential
         from ..sampling.runs import start_native
 
@@ -133,16 +122,14 @@ def sample(
         if not settings.model_path or not settings.structure:
             raise InputError("--engine native: give --model FILE --structure FILE -o RUN_DIR (or --config, or "
                              "--resume RUN_DIR)")
-        settings.total_steps = total_steps(ctx, settings, ns, steps, engine_file)
-        from ..md.start import starting_frames
-
+        settings.total_steps = total_steps(settings, ns, steps, engine_file)
         run = start_native(load_potential(settings.model_path, dtype=torch.float64), starting_frames(settings),
                            settings, bias_settings, output, progress=True)
     run.run()
     finish(run, "sampling")
 
 
-def total_steps(ctx: typer.Context, settings, ns: Optional[float], steps: Optional[int], config: Optional[Path]) -> int:
+def total_steps(settings, ns: Optional[float], steps: Optional[int], config: Optional[Path]) -> int:
     """The run's length: --steps, else --ns at the run's timestep, else the config file's, else 0.1 ns."""
     if steps is not None:
         return steps
