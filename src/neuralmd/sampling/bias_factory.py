@@ -9,9 +9,10 @@ import numpy as np
 
 from ..errors import InputError
 from .biases import OPES, Bias, OPESMultithermal, WellTemperedMetaD
-from .cvs import CV
+from .cvs import CV, Stack
 from .energy_cv import energy_cvs
 from .fes import kT_kjmol
+from .spec import ExportedCV
 
 BIASES = ("none", "opes", "opes-explore", "metad", "opes-multithermal")
 
@@ -88,10 +89,10 @@ def grid_ranges(settings: BiasSettings, cv: CV, probe: np.ndarray | None = None,
     if settings.grid_ranges:
         return [tuple(r) for r in settings.grid_ranges]
     out: list[tuple[float, float] | None] = []
-    parts = list(cv.cvs) if hasattr(cv, "cvs") else [cv]
+    parts = list(cv.cvs) if isinstance(cv, Stack) else [cv]
     column = 0
     for part in parts:
-        meta = getattr(part, "meta", {})
+        meta = part.meta if isinstance(part, ExportedCV) else {}
         for k, p in enumerate(part.periods):
             if p > 0:
                 out.append(None)

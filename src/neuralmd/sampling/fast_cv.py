@@ -13,7 +13,7 @@ import openmm
 from openmm import unit
 
 from ..units import NM_IN_A
-from .cvs import CV
+from .cvs import CV, PairwiseDistances
 
 
 #: last evaluation per learned CV (positions bytes, values, gradients): OpenMM asks each output
@@ -51,10 +51,12 @@ class MLPDistanceCV:
         PairwiseDistances), or None if ``cv`` is not of that form."""
         import uuid
 
-        model = getattr(cv, "model", None)
-        pairs = getattr(getattr(cv, "descriptors", None), "pairs", None)
-        if model is None or pairs is None:
+        from .learned import LearnedCV
+        from .spec import ExportedCV
+
+        if not isinstance(cv, (ExportedCV, LearnedCV)) or not isinstance(cv.descriptors, PairwiseDistances):
             return None
+        model, pairs = cv.model, cv.descriptors.pairs
         state = {k: v.detach().double().numpy() for k, v in model.state_dict().items()}
         linear = sorted({int(k.split(".")[1]) for k in state if k.startswith("network.") and k.endswith(".weight")})
         if not linear or "normalise.mean" not in state or "projection" not in state:

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..io_utils import atomic_path, atomic_write_json
-from .cvs import CV
+from .cvs import CV, PairwiseDistances
 
 
 def mlp(sizes: Sequence[int]) -> nn.Sequential:
@@ -89,11 +89,12 @@ class LearnedCV(CV):
         desc = {"type": type(self.descriptors).__name__, "names": self.descriptors.names,
                 "method": self.method, "cv_names": self.names, "units": "Angstrom (distances), radians (angles)",
                 **(meta or {})}
-        if hasattr(self.descriptors, "pairs"):
+        distances = isinstance(self.descriptors, PairwiseDistances)
+        if distances:
             desc["atoms_0based"] = self.descriptors.atoms
             desc["pairs_0based"] = self.descriptors.pairs.tolist()
         lines = []
-        if hasattr(self.descriptors, "pairs"):
+        if distances:
             for (a, b), name in zip(self.descriptors.pairs.tolist(), self.descriptors.names):
                 lines.append(f"{name.replace('-', '_')}: DISTANCE ATOMS={a + 1},{b + 1}")
             args = ",".join(n.replace("-", "_") for n in self.descriptors.names)
