@@ -91,6 +91,19 @@ class OpenMMSettings(RunSettings):
             raise InputError(f"platform: {self.platform!r}; this OpenMM has {', '.join(platforms)}")
 
 
+def read_pdb(pdb: str | Path) -> app.PDBFile:
+    """OpenMM's reading of a PDB file, or an InputError naming the file."""
+    try:
+        return app.PDBFile(str(pdb))
+    except Exception as exc:  # OpenMM's PDB reader raises bare exceptions on junk
+        raise InputError(f"{pdb}: not a readable PDB file ({type(exc).__name__}: {exc})") from None
+
+
+def pdb_numbers(pdb: str | Path) -> np.ndarray:
+    """Atomic numbers of the atoms of a PDB file."""
+    return np.array([a.element.atomic_number for a in read_pdb(pdb).topology.atoms()])
+
+
 @dataclass
 class OpenMMSystem:
     """What a run is made of: the topology, the System (forces in kJ/mol, nm), the starting
@@ -104,10 +117,7 @@ class OpenMMSystem:
     @classmethod
     def from_settings(cls, settings: OpenMMSettings) -> "OpenMMSystem":
         """The PDB of ``settings`` with its force field (PME if the PDB has a box, else no cutoff)."""
-        try:
-            pdb = app.PDBFile(settings.pdb)
-        except Exception as exc:  # OpenMM's PDB reader raises bare exceptions on junk
-            raise InputError(f"{settings.pdb}: not a readable PDB file ({type(exc).__name__}: {exc})") from None
+        pdb = read_pdb(settings.pdb)
         try:
             forcefield = app.ForceField(*settings.forcefield)
             system = forcefield.createSystem(
@@ -115,8 +125,7 @@ class OpenMMSystem:
                 constraints=getattr(app, settings.constraints) if settings.constraints != "None" else None)
         except (ValueError, OSError) as exc:
             raise InputError(f"{settings.pdb} with force field {settings.forcefield}: {exc}") from None
-        numbers = np.array([a.element.atomic_number for a in pdb.topology.atoms()])
-        return cls(pdb.topology, system, pdb.positions, numbers)
+        return cls(pdb.topology, system, pdb.positions, np.array([a.element.atomic_number for a in pdb.topology.atoms()]))
 
 
 class OpenMMRun(MDRun):

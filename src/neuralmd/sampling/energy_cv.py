@@ -76,6 +76,11 @@ class PotentialEnergy(CV):
             copy.addForce(force)
         self._xml, self._context = openmm.XmlSerializer.serialize(copy), None
 
+    @property
+    def bound(self) -> bool:
+        """Whether :meth:`bind` has given this CV a force field."""
+        return self._xml is not None
+
     def _system(self) -> openmm.System:
         if self._xml is None:
             raise InputError("CV 'energy': the force-field energy is a CV of OpenMM runs (--engine openmm); "

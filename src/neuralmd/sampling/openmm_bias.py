@@ -273,11 +273,12 @@ def openmm_bias_terms(settings: OpenMMSettings, run_dir: str | Path | None, bias
                       ) -> tuple[list, list]:
     """The OpenMM terms (the bias, tabulated or exact) and reporters (colvar.csv) of a run of
     ``settings`` biased by ``bias`` and recording ``cv`` (default: the bias's CV). Energy CVs
-    are bound to the force field of ``settings`` first."""
+    not bound yet are bound to the force field of ``settings`` first."""
     cv = cv if cv is not None else (bias.cv if bias is not None else None)
-    if energy_cvs(cv) or energy_cvs(bias.cv if bias is not None else None):
+    unbound = [e for e in energy_cvs(cv) + energy_cvs(bias.cv if bias is not None else None) if not e.bound]
+    if unbound:
         system = OpenMMSystem.from_settings(settings).system
-        for energy in energy_cvs(cv) + energy_cvs(bias.cv if bias is not None else None):
+        for energy in unbound:
             energy.bind(system)
     terms = []
     if bias is not None:

@@ -22,7 +22,7 @@ from ..config import load_config, save_config
 from ..errors import InputError
 from ..geometry import replica_positions
 from ..md import start as md_start
-from ..md.openmm_engine import OpenMMRun, OpenMMSettings, OpenMMSystem
+from ..md.openmm_engine import OpenMMRun, OpenMMSettings, OpenMMSystem, pdb_numbers
 from ..md.run import MDRun
 from ..md.simulation import MDSettings, Simulation
 from ..models.base import Potential
@@ -140,7 +140,7 @@ def resume_run(run_dir: str | Path, potential: Potential | None = None, progress
     if not bias_settings.cv:
         return md_start.resume_md(run_dir, potential, progress=progress)
     if isinstance(settings, OpenMMSettings):
-        cv = parse_cv(bias_settings.cv, OpenMMSystem.from_settings(settings).numbers, settings.pdb)
+        cv = parse_cv(bias_settings.cv, pdb_numbers(settings.pdb), settings.pdb)
         bias = make_bias(bias_settings, cv, settings.temperature_K, bias_settings.sigma)
         ranges = grid_ranges(bias_settings, cv) if bias is not None and bias_settings.grid else None
         terms, reporters = openmm_bias_terms(settings, run_dir, bias, cv, bias_settings.grid, ranges)
