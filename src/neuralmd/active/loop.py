@@ -155,6 +155,7 @@ class ActiveLearning:
         self.labeler = make_labeler(settings.labeler, settings.functional, settings.basis, True, settings.charge,
                                     settings.spin, threads=1)
         self.start = read_frames(settings.structure, require_labels=False)[0]
+        self.labeler.check_frame(self.start, settings.structure)  # an impossible charge or spin: before any work
         store = settings.store or str(self.run_dir / "labels.db")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.store = LabelStore(store, project=f"neuralmd-active:{self.run_dir.resolve().name}")

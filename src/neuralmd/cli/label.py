@@ -30,6 +30,7 @@ def label(
     detect_format(output)  # fail before any work if the output cannot be written
     frames = read_frames(geometries, require_labels=False, energy_unit="eV", force_unit="eV/A")
     labeler = make_labeler(method.value, functional, basis, density_fit, charge, spin, threads or None)
+    labeler.check_frames(frames, str(geometries))  # an impossible charge or spin: before any QM call
     result = labeler.label(frames, progress=True)
     failures_file = output.with_name(output.name + ".failures.json")
     if result.failures:

@@ -16,6 +16,33 @@ import numpy as np
 from ase import Atoms
 from rich.progress import track
 
+from ..errors import InputError
+
+#: atomic numbers of the noble gases (and 0): the closed-shell cores below each element
+NOBLE_GAS_Z = (0, 2, 10, 18, 36, 54, 86, 118)
+
+
+def core_electrons(z: int) -> int:
+    """Electrons of the noble-gas core below element ``z`` (an even number)."""
+    return max(g for g in NOBLE_GAS_Z if g < z)
+
+
+def check_electrons(numbers: Sequence[int], charge: int, spin: int, where: str, valence_only: bool = False) -> None:
+    """InputError naming ``where`` unless ``charge`` (e) and ``spin`` (2S, unpaired electrons) are
+    possible for atoms ``numbers``: at least ``spin`` electrons left after the charge, and an
+    electron count of the same parity as ``spin``. With ``valence_only`` the count is that of
+    the electrons outside the noble-gas cores (tight binding), an upper bound of a minimal-basis
+    method's valence electrons; core electrons are even, so the parity test is exact either way."""
+    total = sum(int(z) - (core_electrons(int(z)) if valence_only else 0) for z in numbers)
+    left = total - charge
+    what = "valence electrons" if valence_only else "electrons"
+    if spin < 0:
+        raise InputError(f"{where}: spin {spin}; expected the number of unpaired electrons (2S >= 0)")
+    if left < spin or (left - spin) % 2:
+        raise InputError(f"{where}: charge {charge} and spin {spin} (unpaired electrons) are impossible with "
+                         f"{total} {what}: {left} would remain; give a charge and spin of the same parity as the "
+                         f"electron count, with no more unpaired electrons than electrons")
+
 
 @dataclass
 class Failure:
@@ -50,6 +77,15 @@ class Labeler(ABC):
         """The options that define the level of theory (recorded with every label)."""
         return {"method": self.name}
 
+    def check_frame(self, atoms: Atoms, where: str) -> None:
+        """InputError naming ``where`` if this frame cannot be labelled as asked (an impossible
+        charge or spin), found before any calculation; the base accepts every frame."""
+
+    def check_frames(self, frames: Sequence[Atoms], source: str = "input") -> None:
+        """:meth:`check_frame` of every frame, named ``source: frame k``."""
+        for k, atoms in enumerate(frames):
+            self.check_frame(atoms, f"{source}: frame {k}")
+
     def label_one(self, atoms: Atoms) -> Atoms:
         """A labelled copy of ``atoms`` (raises on failure)."""
         energy, forces = self.compute(atoms)
@@ -63,7 +99,9 @@ class Labeler(ABC):
         return out
 
     def label(self, frames: Sequence[Atoms], progress: bool = False) -> LabelResult:
-        """Label every frame; failures are recorded, never raised."""
+        """Label every frame; failures of the calculations are recorded, never raised. Frames that
+        cannot be labelled as asked (:meth:`check_frame`) raise an InputError before any is."""
+        self.check_frames(frames)
         result = LabelResult()
         start = time.perf_counter()
         items = track(enumerate(frames), total=len(frames), description=f"labelling ({self.name})",

@@ -9,7 +9,7 @@ from ase import Atoms
 from ase.units import Bohr, Hartree
 
 from ..errors import LabelingError
-from .base import Labeler
+from .base import Labeler, check_electrons
 
 
 class PySCFLabeler(Labeler):
@@ -45,6 +45,10 @@ class PySCFLabeler(Labeler):
         return {"method": "pyscf", "functional": self.functional, "basis": self.basis,
                 "density_fit": self.density_fit, "charge": self.charge, "spin": self.spin,
                 "max_cycle": self.max_cycle, "conv_tol": self.conv_tol, "grid_level": self.grid_level}
+
+    def check_frame(self, atoms: Atoms, where: str) -> None:
+        check_electrons(atoms.numbers, int(atoms.info.get("charge", self.charge)),
+                        int(atoms.info.get("spin", self.spin)), where)
 
     def make_scf(self, atoms: Atoms):
         """The PySCF mean-field object for one frame (not yet run)."""

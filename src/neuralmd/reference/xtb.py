@@ -9,7 +9,7 @@ from ase import Atoms
 from ase.units import Bohr, Hartree
 from tblite.interface import Calculator
 
-from .base import Labeler
+from .base import Labeler, check_electrons
 
 
 class XTBLabeler(Labeler):
@@ -38,6 +38,10 @@ class XTBLabeler(Labeler):
     def settings(self) -> dict[str, Any]:
         return {"method": self.method, "charge": self.charge, "uhf": self.uhf, "accuracy": self.accuracy,
                 "max_iterations": self.max_iterations, "electronic_temperature_K": self.electronic_temperature_K}
+
+    def check_frame(self, atoms: Atoms, where: str) -> None:
+        check_electrons(atoms.numbers, int(atoms.info.get("charge", self.charge)), int(atoms.info.get("spin", self.uhf)),
+                        where, valence_only=True)
 
     def compute(self, atoms: Atoms) -> tuple[float, np.ndarray]:
         periodic = atoms.pbc.any()
