@@ -142,3 +142,31 @@ def test_a_run_from_before_the_huber_loss_resumes_with_the_mse(tmp_path, ethanol
     config.write_text("\n".join(line for line in config.read_text().splitlines()
                                 if not line.startswith(("force_loss", "huber_delta"))))
     assert Trainer.resume(tmp_path / "run", progress=False).cfg.force_loss == "mse"
+
+
+def test_a_run_killed_before_its_first_checkpoint_resumes_by_starting_over(tmp_path, ethanol_xyz):
+    """kill -9 at step 5 (first checkpoint at 10): config.toml exists, checkpoint.pt does not;
+    --resume starts over from the stored config and ends with the weights of a run never killed."""
+    from neuralmd.data import read_frames, write_frames
+
+    small = tmp_path / "small.xyz"
+    write_frames(read_frames(ethanol_xyz)[:40], small)
+    script = tmp_path / "train.py"
+    script.write_text(RESUME_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for name, kill_at in (("killed", "5"), ("straight", "-1")):
+        subprocess.run([sys.executable, str(script), str(small), str(tmp_path / name), kill_at], env=env)
+    assert (tmp_path / "killed" / "config.toml").is_file() and not (tmp_path / "killed" / "checkpoint.pt").exists()
+    resumed = Trainer.resume(tmp_path / "killed", progress=False)
+    assert resumed.step == 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the subprocess: bit for bit needs the same reduction order
+    try:
+        resumed.run()
+    finally:
+        torch.set_num_threads(threads)
+    a = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
+    assert a["step"] == b["step"] == 40
+    for key in b["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key

@@ -277,14 +277,15 @@ class Trainer:
     @classmethod
     def resume(cls, run_dir: str | Path, progress: bool = True, **overrides: Any) -> "Trainer":
         """Continue the run in ``run_dir`` with its stored config (``overrides`` replace options,
-        e.g. a longer ``max_steps``)."""
+        e.g. a longer ``max_steps``). A run stopped before its first checkpoint starts over from
+        that config (it had nothing else to keep)."""
         path = Path(run_dir) / "config.toml"
         cfg = load_config(TrainConfig, path)
         if "force_loss" not in tomllib.loads(path.read_text()):  # runs from before the Huber loss used the MSE
             cfg.force_loss = "mse"
         for key, value in overrides.items():
             setattr(cfg, key, value)
-        return cls(cfg, run_dir, resume=True, progress=progress)
+        return cls(cfg, run_dir, resume=(Path(run_dir) / CHECKPOINT).is_file(), progress=progress)
 
     # --- state ------------------------------------------------------------------------
     def _restore(self, ckpt: dict[str, Any]) -> None:
