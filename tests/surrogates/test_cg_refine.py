@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 from neuralmd.models.coarse_grain import torsion_angles
@@ -100,3 +101,21 @@ def test_cg_refine_cli_adds_a_torsion_correction_and_resumes(cgnet_run, tmp_path
                           capture_output=True, text=True, env=env)
     assert proc.returncode == 2 and "expected (frames, 5, 3)" in proc.stderr
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("bad", [{"timestep_fs": 0.0}, {"timestep_fs": -2.0}, {"order": 0}, {"replicas": 0},
+                                 {"ns": -1.0}, {"iterations": 0}])
+def test_bad_refine_and_md_settings_are_input_errors_before_anything_is_written(cgnet_run, tmp_path, bad):
+    from neuralmd.errors import InputError
+    from neuralmd.surrogates.cg_md import start_cg_md
+    from neuralmd.surrogates.cg_refine import refine_cg_model
+
+    reference = np.load(shared_file("ala2_cg/ala2_coordinates.npy"))[:100]
+    args = {"iterations": 1, "ns": 0.001, "replicas": 2, "timestep_fs": 2.0, "order": 2, **bad}
+    with pytest.raises(InputError):
+        refine_cg_model(cgnet_run / "model.pt", reference, tmp_path / "refine", **args)
+    md_args = {k: v for k, v in args.items() if k in ("ns", "replicas", "timestep_fs")}
+    if md_args != {"ns": 0.001, "replicas": 2, "timestep_fs": 2.0}:
+        with pytest.raises(InputError):
+            start_cg_md(cgnet_run / "model.pt", tmp_path / "md", **md_args)
+    assert list(tmp_path.iterdir()) == []

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..io_utils import atomic_write_json
+from ..md.integrators import check_timestep
 from ..md.simulation import MDSettings, Simulation
 from ..sampling.fes import delta_f, delta_f_blocks, fes, kT_kjmol
 from ..models.coarse_grain import CGPotential, torsion_angles
@@ -52,6 +53,7 @@ def start_cg_md(model_path: str | Path, output: str | Path, ns: float, replicas:
     if replicas < 1 or not ns > 0 or not (trajectory_replicas >= 1 or trajectory_replicas == -1):
         raise InputError(f"replicas {replicas}, ns {ns}, trajectory_replicas {trajectory_replicas}: expected "
                          f"replicas >= 1, ns > 0 and trajectory_replicas >= 1 or -1 (all)")
+    check_timestep(timestep_fs)
     if len(model.torsions) < 2:
         raise InputError(f"{model_path}: the CG model names {len(model.torsions)} torsion(s); the analysis needs two")
     output = Path(output)

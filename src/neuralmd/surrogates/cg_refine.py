@@ -32,6 +32,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..io_utils import atomic_write_json
+from ..md.integrators import check_timestep
 from .cg_md import analyse_cg_run, start_cg_md
 from ..models.coarse_grain import CGPotential, fit_series, torsion_angles, torsion_grid_basis
 
@@ -90,8 +91,10 @@ def refine_cg_model(model_path: str | Path, reference_coords: np.ndarray, output
     iteration's model before its update)."""
     from ..models.neural import load_potential
 
-    if iterations < 1 or not 0 < damping <= 1:
-        raise InputError(f"iterations {iterations}, damping {damping}: expected iterations >= 1, 0 < damping <= 1")
+    if iterations < 1 or not 0 < damping <= 1 or order < 1 or replicas < 1 or not ns > 0:
+        raise InputError(f"iterations {iterations}, damping {damping}, order {order}, replicas {replicas}, ns {ns}: "
+                         f"expected iterations >= 1, 0 < damping <= 1, order >= 1, replicas >= 1, ns > 0")
+    check_timestep(timestep_fs)
     source = load_potential(model_path)
     if not isinstance(source, CGPotential) or len(source.torsions) < 2:
         raise InputError(f"{model_path}: not a coarse-grained model with two named torsions")
