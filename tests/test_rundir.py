@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 from neuralmd.errors import InputError
-from neuralmd.rundir import engine_in, engine_of, locked, refuse_existing, require_existing
+from neuralmd.rundir import RunLock, engine_in, engine_of, refuse_existing, require_existing
 
 
 def test_refuse_and_require(tmp_path):
@@ -40,15 +40,17 @@ def test_engine_of_a_run_and_of_a_settings_file(tmp_path):
 def test_a_second_process_cannot_write_into_a_locked_run_directory(tmp_path):
     script = textwrap.dedent(f"""
         from neuralmd.errors import InputError
-        from neuralmd.rundir import locked
+        from neuralmd.rundir import RunLock
         try:
-            with locked({str(tmp_path / 'run')!r}):
-                print("entered")
+            RunLock({str(tmp_path / 'run')!r}).acquire()
+            print("entered")
         except InputError as exc:
             print(exc)
     """)
-    with locked(tmp_path / "run"):
-        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60).stdout
-    assert "another neuralmd process is writing into this run directory" in out
+    lock = RunLock(tmp_path / "run").acquire()
+    assert lock.held and lock.acquire() is lock  # taking a lock one holds is a no-op
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60).stdout
-    assert out.strip() == "entered"  # released when the block ends
+    assert "another neuralmd process is writing into this run directory" in out
+    lock.release()
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60).stdout
+    assert out.strip() == "entered"  # released

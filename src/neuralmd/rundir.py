@@ -12,9 +12,7 @@ from __future__ import annotations
 import fcntl
 import os
 import tomllib
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from .errors import InputError
 
@@ -76,21 +74,36 @@ def engine_of(run_dir: str | os.PathLike) -> str:
     return engine_in(require_existing(run_dir, "an MD or sampling run directory", MD_SETTINGS) / MD_SETTINGS)
 
 
-@contextmanager
-def locked(run_dir: str | os.PathLike) -> Iterator[Path]:
-    """Hold an exclusive lock on ``run_dir`` (created if needed) while the block runs: a second
-    process that tries to write into the same directory gets an InputError at once instead of
-    interleaving its files with ours. The lock dies with the process (kill -9 included)."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fh = open(run_dir / LOCK, "a")
-    try:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.close()
-        raise InputError(f"{run_dir}: another neuralmd process is writing into this run directory") from None
-    try:
-        yield run_dir
-    finally:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-        fh.close()
+class RunLock:
+    """An exclusive lock on a run directory (a ``flock`` on its lock file): a second process that
+    tries to write into the same directory gets an InputError at once instead of interleaving its
+    files with ours. Taken before a run's first file is written and held until it ends; the lock
+    dies with the process (kill -9 included)."""
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        self.run_dir = Path(run_dir)
+        self._fh = None
+
+    @property
+    def held(self) -> bool:
+        return self._fh is not None
+
+    def acquire(self) -> "RunLock":
+        """Take the lock (creating the directory); InputError if another process holds it."""
+        if self._fh is not None:
+            return self
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        fh = open(self.run_dir / LOCK, "a")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            raise InputError(f"{self.run_dir}: another neuralmd process is writing into this run directory") from None
+        self._fh = fh
+        return self
+
+    def release(self) -> None:
+        if self._fh is not None:
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None

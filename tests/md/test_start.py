@@ -81,3 +81,33 @@ def test_plain_openmm_run_writes_its_record_and_resumes(tmp_path):
     with pytest.raises(InputError, match="timestep_fs"):
         start_openmm(OpenMMSettings(pdb=str(pdb), timestep_fs=-1.0), tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_second_process_cannot_start_or_run_into_a_run_directory_in_use(tmp_path, float64_model):
+    """The lock is taken before a run's first file: a run started into a directory another
+    process holds is refused and writes nothing (md.toml keeps the first run's seed)."""
+    import subprocess
+    import sys
+    import textwrap
+    import tomllib
+
+    write(tmp_path / "ethanol.xyz", molecule("CH3CH2OH"))
+    first = start_native(MDSettings(structure=str(tmp_path / "ethanol.xyz"), seed=1, total_steps=20), tmp_path / "run",
+                         float64_model)
+    script = textwrap.dedent(f"""
+        import torch
+        from neuralmd.errors import InputError
+        from neuralmd.md.simulation import MDSettings
+        from neuralmd.md.start import start_native
+        from neuralmd.models import NeuralPotential
+        model = NeuralPotential([1, 6, 8], features=8, interactions=1, cutoff=4.0, num_basis=4).double()
+        try:
+            start_native(MDSettings(structure={str(tmp_path / 'ethanol.xyz')!r}, seed=2), {str(tmp_path / 'run')!r}, model)
+        except InputError as exc:
+            print(exc)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert "another neuralmd process is writing into this run directory" in out.stdout, out.stderr
+    assert tomllib.loads((tmp_path / "run" / "md.toml").read_text())["seed"] == 1
+    first.run()
+    assert not first.lock.held  # released when the run returns

@@ -24,7 +24,7 @@ import torch
 from ..data.io import write_frames
 from ..errors import InputError, NeuralMDError
 from ..io_utils import atomic_save, atomic_write_json
-from ..rundir import CHECKPOINT, FINAL, LAST_GOOD, RESULTS, locked
+from ..rundir import CHECKPOINT, FINAL, LAST_GOOD, RESULTS, RunLock
 from .integrators import MDState
 from .protocols import AdaptiveTerm, Reporter
 from .reporters import ProgressReporter
@@ -85,6 +85,9 @@ class MDRun(ABC):
     adaptive: list[AdaptiveTerm]
     stop_conditions: list[StopCondition]
     progress: bool
+    #: the lock on ``run_dir``, taken when the run's first file is written (md.start) or when
+    #: :meth:`run` starts, released when :meth:`run` returns
+    lock: RunLock | None = None
     wall_seconds: float = 0.0
     _last_good: MDState | None = None
 
@@ -180,8 +183,11 @@ class MDRun(ABC):
             raise InputError(f"steps: the run is already at step {self.step} > {s.total_steps}")
         if self.run_dir is None:
             return self._loop()
-        with locked(self.run_dir):
+        self.lock = (self.lock or RunLock(self.run_dir)).acquire()
+        try:
             return self._loop()
+        finally:
+            self.lock.release()
 
     def _loop(self) -> MDState:
         s = self.settings

@@ -20,7 +20,7 @@ from ..config import load_config, save_config
 from ..data.io import read_frames
 from ..errors import InputError
 from ..models.base import Potential
-from ..rundir import MD_SETTINGS, TOPOLOGY, engine_of, refuse_existing, require_existing
+from ..rundir import MD_SETTINGS, TOPOLOGY, RunLock, engine_of, refuse_existing, require_existing
 from ..state import AtomsBatch
 from .openmm_engine import OpenMMRun, OpenMMSettings, OpenMMTerm
 from .protocols import EnergyTerm, Reporter
@@ -40,6 +40,18 @@ def starting_frames(settings: MDSettings) -> list[Atoms]:
     return frames
 
 
+def claim(run_dir: Path) -> RunLock:
+    """The lock on a new run's directory, taken before its first file is written; a second
+    process starting a run into the same directory meanwhile is refused (and writes nothing)."""
+    lock = RunLock(run_dir).acquire()
+    try:
+        refuse_existing(run_dir, "an MD run")  # another process may have finished one there meanwhile
+    except InputError:
+        lock.release()
+        raise
+    return lock
+
+
 def start_native(settings: MDSettings, run_dir: str | Path, potential: Potential, frames: Sequence[Atoms] | None = None,
                  terms: Sequence[EnergyTerm] = (), reporters: Sequence[Reporter] = (),
                  progress: bool = False) -> Simulation:
@@ -50,6 +62,7 @@ def start_native(settings: MDSettings, run_dir: str | Path, potential: Potential
     frames = list(frames) if frames is not None else starting_frames(settings)
     sim = Simulation(potential, AtomsBatch.from_atoms(frames), settings, terms=terms, run_dir=run_dir,
                      reporters=reporters, progress=progress)
+    sim.lock = claim(run_dir)
     save_config(settings, run_dir / MD_SETTINGS)
     return sim
 
@@ -62,7 +75,7 @@ def start_openmm(settings: OpenMMSettings, run_dir: str | Path, terms: Sequence[
     settings.pdb = str(Path(settings.pdb).resolve())
     settings.validate()
     run = OpenMMRun(settings, run_dir, terms=terms, reporters=reporters, progress=progress)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run.lock = claim(run_dir)
     shutil.copyfile(settings.pdb, run_dir / TOPOLOGY)
     save_config(settings, run_dir / MD_SETTINGS)
     return run
