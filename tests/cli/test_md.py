@@ -46,3 +46,18 @@ def test_md_run_resume_and_bad_input(tmp_path, trained_model):
     if not torch.cuda.is_available():
         assert_input_error(run(*args, "--device", "cuda", "-o", str(tmp_path / "x")), "no CUDA GPU")
     assert not (tmp_path / "x").exists()
+
+
+def test_resume_refuses_options_it_would_ignore_and_fewer_steps_touching_nothing(tmp_path, trained_model):
+    write(tmp_path / "ethanol.xyz", molecule("CH3CH2OH"))
+    result = run("md", str(trained_model), "--structure", str(tmp_path / "ethanol.xyz"), "--steps", "40",
+                 "--report-every", "10", "--checkpoint-every", "20", "--threads", "2", "-o", str(tmp_path / "md"))
+    assert result.returncode == 0, result.stderr
+    before = {p.name: p.read_bytes() for p in (tmp_path / "md").iterdir() if p.is_file()}
+    for option, value in (("--temperature", "900"), ("--timestep-fs", "2"), ("--replicas", "5"), ("--seed", "3")):
+        assert_input_error(run("md", "--resume", str(tmp_path / "md"), option, value), option, "--resume",
+                           "--config")
+    assert_input_error(run("md", "--resume", str(tmp_path / "md"), "--steps", "20"), "steps: 20", "already at step 40")
+    assert_input_error(run("sample", "--resume", str(tmp_path / "md"), "--bias", "metad"), "--bias", "--resume")
+    after = {p.name: p.read_bytes() for p in (tmp_path / "md").iterdir() if p.is_file()}
+    assert after == before

@@ -63,6 +63,16 @@ def settings_from(ctx: typer.Context, cls: type[T], config: Path | None, options
     return dataclasses.replace(settings, **changes)
 
 
+def refuse_with_resume(ctx: typer.Context, names: list[str], run_dir: Path) -> None:
+    """InputError if any option in ``names`` was given together with --resume: a resumed run
+    keeps the settings it was started with (its checkpoint continues them bit for bit)."""
+    for name in names:
+        if given(ctx, name):
+            option = "--" + name.replace("_", "-")
+            raise InputError(f"{option}: not used with --resume (the run in {run_dir} keeps its stored settings); to "
+                             f"change it, start a new run: --config {run_dir}/md.toml {option} ... -o NEW_DIR")
+
+
 def comma_list(text: str, what: str, kind: type = str) -> list:
     """``"a,b,c"`` as a list of ``kind``; InputError naming ``what`` otherwise."""
     try:

@@ -11,7 +11,7 @@ import typer
 from ..errors import InputError
 from ..md.simulation import MDSettings
 from ..rundir import engine_in
-from .common import CONFIG_HELP, app, console, default, given, one_temperature, settings_from
+from .common import CONFIG_HELP, app, console, default, given, one_temperature, refuse_with_resume, settings_from
 
 
 class Ensemble(str, Enum):
@@ -96,13 +96,15 @@ def finish(run, what: str, export_xyz: bool = False) -> None:
 
 def run_resumed(run_dir: Path, steps: Optional[int], potential=None, export_xyz: bool = False) -> None:
     """Continue the run in ``run_dir`` (plain MD or sampling, either engine) up to ``steps``
-    steps in all (default: its stored total)."""
+    steps in all (default: its stored total); fewer steps than done is refused before any file
+    is touched."""
+    from ..md.start import checkpoint_step
     from ..sampling.runs import resume_run
 
+    if steps is not None and steps < checkpoint_step(run_dir):
+        raise InputError(f"steps: {steps}; the run in {run_dir} is already at step {checkpoint_step(run_dir)}")
     run = resume_run(run_dir, potential, progress=True)
     if steps is not None:
-        if steps < run.step:
-            raise InputError(f"steps: {steps}; the run in {run_dir} is already at step {run.step}")
         run.settings.total_steps = steps
     run.run()
     finish(run, "a resumed run", export_xyz)
@@ -152,6 +154,9 @@ def md(
 
     dtype = torch.float64 if float64 else None
     if resume is not None:
+        refuse_with_resume(ctx, ["structure", "output", "config", "engine", "pdb", "forcefield", "platform", "ensemble",
+                                 "temperature", "timestep_fs", "friction_per_ps", "replicas", "report_every",
+                                 "checkpoint_every", "seed", "compile"], resume)
         native = engine_of(resume) == "native"
         set_threads((threads or None) if native else (threads or 1))
         potential = None

@@ -13,7 +13,7 @@ import typer
 
 from ..errors import InputError
 from ..sampling.bias_factory import BiasSettings
-from .common import app, console, default, one_temperature, settings_from
+from .common import app, console, default, one_temperature, refuse_with_resume, settings_from
 from .md import Engine, finish, openmm_settings, run_options, run_resumed, wants_openmm
 
 
@@ -79,7 +79,15 @@ def sample(
     from ..threads import set_threads
 
     if resume is not None:
+        refuse_with_resume(ctx, ["output", "config", "cv", "engine", "pdb", "forcefield", "platform", "model",
+                                 "structure", "replicas", "bias", "tmax", "barrier_kjmol", "biasfactor", "sigma", "pace",
+                                 "height_kjmol", "grid", "grid_range", "temperature", "timestep_fs", "friction_per_ps",
+                                 "report_every", "checkpoint_every", "seed"], resume)
         set_threads((threads or None) if engine_of(resume) == "native" else (threads or 1))
+        if ns is not None and steps is None:
+            from ..md.start import load_md_settings
+
+            steps = int(round(ns * 1e6 / load_md_settings(resume).timestep_fs))
         return run_resumed(resume, steps)
     if output is None:
         raise InputError("sample: give -o RUN_DIR (or --resume RUN_DIR)")

@@ -91,6 +91,13 @@ def load_md_settings(run_dir: str | Path) -> MDSettings | OpenMMSettings:
     return load_config(MDSettings, run_dir / MD_SETTINGS)
 
 
+def checkpoint_step(run_dir: str | Path) -> int:
+    """The step of the checkpoint of the MD run in ``run_dir`` (either engine), read without
+    rebuilding the run (so a refused resume touches no file)."""
+    engine = OpenMMRun if engine_of(run_dir) == "openmm" else Simulation
+    return int(engine.read_checkpoint(run_dir)["step"])
+
+
 def resume_md(run_dir: str | Path, potential: Potential | None = None, terms: Sequence = (),
               reporters: Sequence[Reporter] = (), progress: bool = False) -> MDRun:
     """The MD run in ``run_dir`` rebuilt from md.toml and its checkpoint, ready to ``run()``.
