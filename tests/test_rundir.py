@@ -54,3 +54,21 @@ def test_a_second_process_cannot_write_into_a_locked_run_directory(tmp_path):
     lock.release()
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60).stdout
     assert out.strip() == "entered"  # released
+
+
+def test_outputs_that_cannot_be_made_or_already_exist_are_refused_before_anything_is_written(tmp_path):
+    from neuralmd.rundir import check_writable, refuse_existing_files
+
+    (tmp_path / "file.txt").write_text("x")
+    assert check_writable(tmp_path / "a" / "b") == tmp_path / "a" / "b"
+    with pytest.raises(InputError, match=r"file\.txt is a file, not a folder"):
+        check_writable(tmp_path / "file.txt" / "run")
+    with pytest.raises(InputError, match="is a file; expected a folder"):
+        check_writable(tmp_path / "file.txt")
+    with pytest.raises(InputError, match="is a folder; expected a file"):
+        check_writable(tmp_path, folder=False)
+    with pytest.raises(InputError, match=r"file\.txt: exists already \(labels\)"):
+        refuse_existing_files([tmp_path / "new.xyz", tmp_path / "file.txt"], "labels")
+    with pytest.raises(InputError, match="is a file"):
+        refuse_existing(tmp_path / "file.txt" / "md", "an MD run")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]

@@ -28,14 +28,41 @@ TOPOLOGY = "topology.pdb"
 LOCK = ".neuralmd.lock"
 
 
+def check_writable(path: str | os.PathLike, folder: bool = True) -> Path:
+    """``path`` as a Path if it can be made (a folder, or with ``folder`` False a file) where it
+    is: InputError naming it if it, or a parent on the way, is a file where a folder is needed,
+    or if the nearest existing folder cannot be written into. Nothing is created."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        raise InputError(f"{path}: is {'a file' if folder else 'a folder'}; expected {'a folder' if folder else 'a file'}"
+                         f" (-o)")
+    parent = path if folder else path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"{path}: {parent} is a file, not a folder (-o)")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{path}: {parent} is not writable (-o)")
+    return path
+
+
 def refuse_existing(run_dir: str | os.PathLike, what: str, marker: str = CHECKPOINT, resumable: bool = True) -> Path:
     """``run_dir`` as a Path, unless it already holds a run (its ``marker`` file or folder
-    exists): then an InputError that says to resume it (``resumable``) or choose another -o."""
-    run_dir = Path(run_dir)
+    exists; then an InputError that says to resume it (``resumable``) or choose another -o) or it
+    cannot be made (:func:`check_writable`)."""
+    run_dir = check_writable(run_dir)
     if (run_dir / marker).exists():
         advice = f"use --resume {run_dir} or another -o" if resumable else "remove it or choose another -o"
         raise InputError(f"{run_dir}: already holds {what}; {advice}")
     return run_dir
+
+
+def refuse_existing_files(paths: list[Path], what: str) -> None:
+    """InputError if any of ``paths`` (the files a command writes) exists already: results are
+    never overwritten."""
+    for path in paths:
+        if path.exists():
+            raise InputError(f"{path}: exists already ({what}); choose another -o or remove it")
 
 
 def require_existing(run_dir: str | os.PathLike, what: str, marker: str = CHECKPOINT) -> Path:

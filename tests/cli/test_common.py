@@ -76,3 +76,16 @@ def test_bad_config_exits_2_names_file_and_key_and_writes_nothing(tmp_path):
     assert_input_error(run("md", "--config", str(tmp_path / "junk.toml"), "-o", str(out)), "junk.toml", "not valid TOML")
     assert_input_error(run("train", "--config", str(tmp_path / "typo.toml"), "-o", str(out)), "typo.toml", "TrainConfig")
     assert not out.exists()
+
+
+def test_an_output_under_a_regular_file_or_an_existing_result_exits_2_before_any_work(tmp_path, ethanol_xyz):
+    (tmp_path / "file").write_text("not a folder")
+    (tmp_path / "done.xyz").write_text("labels of an earlier run")
+    write(tmp_path / "ethanol.xyz", molecule("CH3CH2OH"))
+    assert_input_error(run("train", "--train", str(ethanol_xyz), "-o", str(tmp_path / "file" / "run")), "is a file")
+    assert_input_error(run("md", "--engine", "openmm", "--pdb", "x.pdb", "-o", str(tmp_path / "file" / "md")),
+                       "is a file")
+    assert_input_error(run("label", str(tmp_path / "ethanol.xyz"), "-o", str(tmp_path / "file" / "l.xyz")), "is a file")
+    assert_input_error(run("label", str(tmp_path / "ethanol.xyz"), "-o", str(tmp_path / "done.xyz")), "exists already")
+    assert (tmp_path / "done.xyz").read_text() == "labels of an earlier run"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["done.xyz", "ethanol.xyz", "file"]

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from ..rundir import check_writable, refuse_existing_files
 from .common import Method, app, console
 
 
@@ -28,11 +29,13 @@ def label(
     from ..reference.factory import make_labeler
 
     detect_format(output)  # fail before any work if the output cannot be written
+    failures_file = output.with_name(output.name + ".failures.json")
+    check_writable(output, folder=False)
+    refuse_existing_files([output, failures_file], "labels of an earlier run")
     frames = read_frames(geometries, require_labels=False, energy_unit="eV", force_unit="eV/A")
     labeler = make_labeler(method.value, functional, basis, density_fit, charge, spin, threads or None)
     labeler.check_frames(frames, str(geometries))  # an impossible charge or spin: before any QM call
     result = labeler.label(frames, progress=True)
-    failures_file = output.with_name(output.name + ".failures.json")
     if result.failures:
         table = Table(title=f"{len(result.failures)} of {len(frames)} frames failed")
         table.add_column("frame")

@@ -18,7 +18,7 @@ from ..errors import InputError
 from ..io_utils import atomic_write_json
 from .cvs import PairwiseDistances
 from .learned import LearnedCV, train_autoencoder, train_deep_lda, train_deep_tica
-from ..rundir import md_settings
+from ..rundir import md_settings, refuse_existing
 from .samples import load_samples
 from .spec import descriptor_atoms
 
@@ -47,6 +47,7 @@ def train_cv_from_runs(runs: Sequence[str | Path], out: str | Path, method: str 
     seeds stall near eigenvalue 0 on a fast mode while others find the phi transition)."""
     from ..analysis.interpret import cv_relevance, cv_steepness, plot_relevance
 
+    refuse_existing(out, "a learned CV", marker="cv.pt", resumable=False)
     if method not in METHODS:
         raise InputError(f"method: {method!r}; expected one of {', '.join(METHODS)}")
     if restarts < 1:

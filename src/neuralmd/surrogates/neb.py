@@ -29,6 +29,7 @@ from ..errors import InputError
 from ..md.ase_calculator import relax
 from ..models.base import Potential
 from ..models.committee import Committee
+from ..rundir import refuse_existing
 from ..state import AtomsBatch
 from ..units import EV_IN_KJMOL
 
@@ -198,6 +199,8 @@ def run_neb(start: Atoms, end: Atoms, model: Potential | CalculatorFactory, imag
         output: folder for path.xyz, neb.json and neb.png (see :func:`write_neb_outputs`).
         trust_eV_per_A: committee force deviation above which an image is flagged, eV/Å.
     """
+    if output is not None:
+        refuse_existing(output, "a NEB result", marker="neb.json", resumable=False)
     check_images(images)
     check_endpoints(start, end)
     factory = calculator_factory(model)

@@ -37,6 +37,7 @@ from ..md.ase_calculator import NeuralCalculator, relax
 from ..models.base import Potential
 from ..models.neural import load_potential
 from ..progress import progress_bar
+from ..rundir import check_writable, refuse_existing_files
 from ..state import AtomsBatch
 from ..units import EV_IN_KJMOL
 
@@ -263,6 +264,12 @@ def output_paths(output: str | os.PathLike) -> dict[str, Path]:
             "png": csv_path.with_suffix(".png")}
 
 
+def check_outputs(paths: dict[str, Path]) -> None:
+    """InputError unless the screen's files can be written and none exists already."""
+    check_writable(paths["csv"], folder=False)
+    refuse_existing_files(list(paths.values()), "a screen's results")
+
+
 def _check_settings(conformers: int, fmax_eV_per_A: float, max_steps: int, seed: int, prune_rms_A: float) -> None:
     if conformers < 1:
         raise InputError(f"conformers: {conformers}; expected at least 1")
@@ -299,6 +306,7 @@ def screen(smiles_file: str | os.PathLike, potential: Potential | str | os.PathL
     """
     _check_settings(conformers, fmax_eV_per_A, max_steps, seed, prune_rms_A)
     paths = output_paths(output)
+    check_outputs(paths)
     molecules, failures = read_smiles(smiles_file)
     n_entries = len(molecules) + len(failures)
     model = str(potential) if isinstance(potential, (str, os.PathLike)) else type(potential).__name__
