@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from neuralmd.cli import app as cli
 from neuralmd.sampling.biases import OPES
 from neuralmd.sampling.cvs import Distance, Stack, Torsion
+from neuralmd.errors import InputError
 from neuralmd.md.openmm_engine import OpenMMSettings
 from neuralmd.sampling.openmm_bias import GridBias, cv_forces
 from neuralmd.sampling.bias_factory import BiasSettings
@@ -261,11 +262,24 @@ def test_cli_sample_with_a_neural_potential_walkers_fes_and_resume(tmp_path, tra
     assert result.exit_code == 0, result.output
     colvar = np.genfromtxt(tmp_path / "run" / "colvar.csv", delimiter=",", names=True)
     assert len(colvar) == 2 * 16 and set(colvar["replica"]) == {0, 1}  # steps 0..300 every 20, two walkers
-    result = runner.invoke(cli, ["fes", str(tmp_path / "run"), "--basin-a", "t3-0-1-2<0", "--basin-b", "t3-0-1-2>0",
+    result = runner.invoke(cli, ["fes", str(tmp_path / "run"), "--basin-a", "t3-0-1-2<2.1", "--basin-b", "t3-0-1-2>2.1",
                                  "--blocks", "2"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "run" / "fes.json").read_text())
     assert report["cvs"] == ["t3-0-1-2"] and report["frames"] == 32 and "deltaF_kjmol" in report
+    # bad fes input: one line, exit 2, and the run's own files untouched
+    (tmp_path / "fes").mkdir()
+    for options, fragment in ((["--basin-a", "t3-0-1-2<0", "--basin-b", "t3-0-1-2>0"], "holds none of the 32 frames"),
+                              (["--basin-a", "t3-0-1-2<0"], "give both basins"), (["--bins", "0"], "bins 0"),
+                              (["--blocks", "0"], "blocks 0"), (["--skip-ns", "-1"], "skip-ns -1")):
+        result = runner.invoke(cli, ["fes", str(tmp_path / "run"), "-o", str(tmp_path / "fes"), *options])
+        assert result.exit_code != 0 and isinstance(result.exception, InputError), (options, result.output)
+        assert fragment in str(result.exception), (fragment, str(result.exception))
+    assert list((tmp_path / "fes").iterdir()) == []
+    colvar_file = tmp_path / "run" / "colvar.csv"
+    colvar_file.write_text(colvar_file.read_text() + "300,0.15,0,2.1")  # a row torn by a crash
+    result = runner.invoke(cli, ["fes", str(tmp_path / "run"), "-o", str(tmp_path / "fes")])
+    assert isinstance(result.exception, InputError) and "line 34: incomplete" in str(result.exception)
 
 
 def test_cv_training_restarts_keep_the_lowest_validation_loss(tmp_path):

@@ -12,6 +12,7 @@ import torch
 import typer
 
 from ..errors import InputError
+from ..rundir import check_writable
 from ..sampling.bias_factory import BiasSettings
 from .common import app, console, default, one_temperature, refuse_with_resume, settings_from
 from .md import Engine, finish, openmm_settings, run_options, run_resumed, wants_openmm
@@ -166,6 +167,11 @@ def fes(
     from ..sampling import fes as F
     from ..sampling.samples import load_samples
 
+    if bins < 2 or blocks < 2 or not skip_ns >= 0:
+        raise InputError(f"bins {bins}, blocks {blocks}, skip-ns {skip_ns}: expected bins >= 2, blocks >= 2, "
+                         f"skip-ns >= 0")
+    if bool(basin_a) != bool(basin_b):
+        raise InputError("basin-a/basin-b: give both basins (or neither: phi<0 and phi>0 where the run has phi)")
     samples = load_samples(run, cv)
     keep = samples.time_ns >= skip_ns
     if keep.sum() < 2 * blocks:
@@ -176,16 +182,21 @@ def fes(
         raise InputError(f"fes: {len(names)} CVs {names}; project on one or two (--cv)")
     ranges = [(-p / 2, p / 2) if p else (float(values[:, k].min()), float(values[:, k].max()))
               for k, p in enumerate(samples.periods)]
+    if basin_a is None and basin_b is None and "phi" in names:
+        basin_a, basin_b = "phi<0", "phi>0"
+    regions = [F.parse_region(b, names) for b in (basin_a, basin_b)] if basin_a else []
+    for text, region in zip((basin_a, basin_b), regions):
+        if not F.in_region(values, region).any():
+            raise InputError(f"{run}: basin {text!r} holds none of the {int(keep.sum())} frames; the run never "
+                             f"visited it (run longer, or check the basin)")
     centres, surface = F.fes(values, weights, bins, ranges, samples.temperature_K)
-    out = output or run
+    out = check_writable(output or run)
     out.mkdir(parents=True, exist_ok=True)
     plot_fes(centres, surface, names, out / "fes.png", title=f"free energy ({samples.temperature_K:.0f} K), {run.name}")
     result = {"run": str(run), "cvs": names, "frames": int(keep.sum()), "temperature_K": samples.temperature_K,
               "simulated_ns": float(samples.time_ns.max())}
-    if basin_a is None and basin_b is None and "phi" in names:
-        basin_a, basin_b = "phi<0", "phi>0"
-    if basin_a and basin_b:
-        region_a, region_b = F.parse_region(basin_a, names), F.parse_region(basin_b, names)
+    if regions:
+        region_a, region_b = regions
         report = F.basin_report(values, weights, t, region_a, region_b, samples.temperature_K, blocks)
         result.update({"basin_a": basin_a, "basin_b": basin_b, **report})
         curve = np.array(report["curve"])

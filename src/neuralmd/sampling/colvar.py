@@ -46,15 +46,32 @@ class ColvarReporter(CsvReporter):
 
 
 def read_colvar(path: str | Path) -> dict[str, np.ndarray]:
-    """Columns of a colvar.csv as arrays (step and replica as integers)."""
+    """Columns of a colvar.csv as arrays (step and replica as integers). A row that is torn (the
+    run stopped while writing it), has another number of fields or a value that is not a finite
+    number is an InputError naming its line; no row is dropped silently."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no colvar file (is this a sampling run directory?)")
-    data = np.genfromtxt(path, delimiter=",", names=True, deletechars="")
-    data = np.atleast_1d(data)
-    if data.dtype.names is None or "bias_kjmol" not in data.dtype.names:
+    lines = path.read_text().splitlines(keepends=True)
+    header = lines[0].strip().split(",") if lines else []
+    if "bias_kjmol" not in header or header[:3] != ["step", "time_ps", "replica"]:
         raise InputError(f"{path}: field 'bias_kjmol' missing; not a neuralmd colvar file")
-    out = {name: np.asarray(data[name]) for name in data.dtype.names}
+    rows = []
+    for n, line in enumerate(lines[1:], start=2):
+        if not line.endswith("\n"):
+            raise InputError(f"{path}: line {n}: incomplete (the run stopped while writing it); resume the run "
+                             f"(--resume), which cuts it, or delete the line")
+        fields = line.rstrip("\n").split(",")
+        try:
+            row = [float(x) for x in fields]
+        except ValueError:
+            row = []
+        if len(fields) != len(header) or len(row) != len(header) or not np.isfinite(row).all():
+            raise InputError(f"{path}: line {n}: {line.strip()!r}; expected {len(header)} finite numbers "
+                             f"({','.join(header)})")
+        rows.append(row)
+    data = np.array(rows, dtype=float).reshape(len(rows), len(header))
+    out = {name: data[:, k] for k, name in enumerate(header)}
     out["step"] = out["step"].astype(int)
     out["replica"] = out["replica"].astype(int)
     return out

@@ -30,7 +30,7 @@ def weights_from_bias(bias_eV: np.ndarray, temperature_K: float) -> np.ndarray:
     return np.exp(b - b.max())
 
 
-def _in(values: np.ndarray, region: Sequence[tuple[float, float]]) -> np.ndarray:
+def in_region(values: np.ndarray, region: Sequence[tuple[float, float]]) -> np.ndarray:
     values = np.atleast_2d(np.asarray(values, dtype=float).T).T
     mask = np.ones(len(values), dtype=bool)
     for k, (lo, hi) in enumerate(region):
@@ -41,7 +41,7 @@ def _in(values: np.ndarray, region: Sequence[tuple[float, float]]) -> np.ndarray
 def delta_f(values: np.ndarray, weights: np.ndarray, region_a, region_b, temperature_K: float) -> float:
     """F(B) - F(A) in kJ/mol from weighted samples; regions are lists of (low, high) per CV."""
     w = np.asarray(weights, dtype=float)
-    pa, pb = w[_in(values, region_a)].sum(), w[_in(values, region_b)].sum()
+    pa, pb = w[in_region(values, region_a)].sum(), w[in_region(values, region_b)].sum()
     if pa <= 0 or pb <= 0:
         return float("nan")
     return float(-kT_kjmol(temperature_K) * np.log(pb / pa))
