@@ -25,7 +25,7 @@ from .cvs import CV, Angle, Distance, PairwiseDistances, Stack, Torsion
 from .energy_cv import PotentialEnergy
 from .learned import load_exported
 
-_CALL = re.compile(r"^(torsion|angle|distance|atoms)\(([\d,\s]+)\)$")
+_CALL = re.compile(r"^(torsion|angle|distance|atoms)\(([-+\d,\s]+)\)$")
 _ARITY = {"torsion": 4, "angle": 3, "distance": 2}
 
 
@@ -158,6 +158,8 @@ def parse_cv(spec: str, numbers: np.ndarray, pdb: str | Path | None = None) -> C
             idx = _indices(m.group(2), item)
             if len(idx) != _ARITY[m.group(1)]:
                 raise InputError(f"CV {item!r}: expected {_ARITY[m.group(1)]} atom indices")
+            if min(idx) < 0 or len(set(idx)) != len(idx):
+                raise InputError(f"CV {item!r}: atom indices must be distinct and >= 0 (0-based)")
             cls = {"torsion": Torsion, "angle": Angle, "distance": Distance}[m.group(1)]
             cv = cls(*idx)
         elif item == "energy":
