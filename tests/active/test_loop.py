@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 from ase.build import molecule
 
-from neuralmd.data.io import read_frames
+from neuralmd.active.loop import ActiveLearning, ActiveSettings
+from neuralmd.config import save_config
+from neuralmd.data.io import read_frames, write_frames
 from neuralmd.data.store import LabelStore, frame_key
 from neuralmd.errors import InputError
 from neuralmd.reference.xtb import XTBLabeler
@@ -193,3 +195,20 @@ def test_a_postgresql_store_works_in_place_of_sqlite(tmp_path, postgres_url):
     assert pg_store.count() == n  # finished run: nothing labelled again
     with pytest.raises(InputError, match="project"):
         LabelStore(postgres_url, project="neuralmd-active:another")
+
+
+def test_a_bad_explore_cv_is_refused_before_any_work_and_a_stored_one_says_where_to_fix_it(tmp_path):
+    write_frames([molecule("CH3CH2OH")], tmp_path / "ethanol.xyz")
+    settings = ActiveSettings(structure=str(tmp_path / "ethanol.xyz"), explore_cv="torsion(0,1,2,99)", committee=2,
+                              rounds=1, initial_frames=4)
+    with pytest.raises(InputError, match="explore_cv: CV .*atom index 99"):
+        ActiveLearning(settings, tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # nothing labelled, trained or written
+    # a run whose stored settings went bad: the error says where to correct them
+    (tmp_path / "old").mkdir()
+    save_config(settings, tmp_path / "old" / "active.toml")
+    with pytest.raises(InputError, match=r"correct explore_cv in .*old/active\.toml and --resume"):
+        ActiveLearning.resume(tmp_path / "old")
+    fixed = (tmp_path / "old" / "active.toml").read_text().replace("torsion(0,1,2,99)", "torsion(3,0,1,2)")
+    (tmp_path / "old" / "active.toml").write_text(fixed)
+    assert ActiveLearning.resume(tmp_path / "old").s.explore_cv == "torsion(3,0,1,2)"

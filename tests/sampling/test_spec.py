@@ -40,3 +40,23 @@ def test_bad_specifications_name_the_item_and_what_was_expected(spec, fragment):
     with pytest.raises(InputError) as err:
         parse_cv(spec, ETHANOL.numbers)
     assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_broken_exported_cv_is_one_clear_error(tmp_path):
+    from neuralmd.sampling.learned import LearnedCV, load_exported, train_autoencoder
+    from neuralmd.sampling.cvs import PairwiseDistances
+
+    descriptors = PairwiseDistances([0, 1, 2])
+    x = np.random.default_rng(0).normal(size=(64, 3)) + 2.0
+    model, _ = train_autoencoder(x, n_cv=1, hidden=(4,), epochs=2, seed=0)
+    folder = LearnedCV(descriptors, model, "autoencoder").export(tmp_path / "cv")
+    assert load_exported(folder)[1]["atoms_0based"] == [0, 1, 2]
+    (folder / "descriptors.json").write_text('{"atoms_0based": [0, 1')
+    with pytest.raises(InputError, match=r"descriptors\.json: not valid JSON"):
+        parse_cv(str(folder), ETHANOL.numbers)
+    (folder / "descriptors.json").unlink()
+    with pytest.raises(InputError, match=r"descriptors\.json: not found"):
+        parse_cv(str(folder), ETHANOL.numbers)
+    (folder / "cv.pt").write_bytes((folder / "cv.pt").read_bytes()[:100])
+    with pytest.raises(InputError, match=r"cv\.pt: not a readable TorchScript CV"):
+        parse_cv(str(folder), ETHANOL.numbers)

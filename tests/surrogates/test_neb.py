@@ -155,6 +155,11 @@ def test_cli_committee_reports_uncertainty_per_image(endpoints, xtb_path, commit
     assert np.isfinite(deviation).all() and (deviation >= 0).all() and (std >= 0).all()
     assert summary["untrusted_images"] == list(range(11))
     assert (tmp_path / "out" / "neb.png").stat().st_size > 0
+    # too few steps: the files are written, but the command says so and exits non-zero
+    short = cli(str(tmp_path / "start.xyz"), str(tmp_path / "end.xyz"), *models, "--images", "3", "--steps", "2",
+                "--threads", "1", "-o", str(tmp_path / "short"))
+    assert short.returncode == 1 and "did not converge in 2 steps" in short.stderr, short.stderr
+    assert not json.loads((tmp_path / "short" / "neb.json").read_text())["converged"]
 
     # on the path the committee agrees (below the default trust level); far from the data it does not
     path = read_frames(tmp_path / "out" / "path.xyz")
@@ -188,7 +193,9 @@ def test_cli_bad_endpoints_exit_2_and_write_nothing(tmp_path, endpoints):
     write(tmp_path / "nh2.xyz", endpoints[1][:3])
     out = tmp_path / "out"
     nh3, nh2 = str(tmp_path / "nh3.xyz"), str(tmp_path / "nh2.xyz")
-    for args, fragments in (([nh3, nh2], [nh3, nh2, "atom count"]),
+    for args, fragments in (([nh3, nh2], [nh3, nh2, "atom count"]), ([nh3, nh3], ["the same geometry"]),
+                            ([nh3, nh2, "--fmax", "0"], ["fmax 0"]), ([nh3, nh2, "--steps", "-5"], ["steps -5"]),
+                            ([nh3, nh2, "--trust", "-1"], ["trust -1"]),
                             ([nh3, nh3, "--images", "0"], ["images: 0", "at least 1 intermediate image"])):
         result = cli(*args, "--model", str(tmp_path / "model.pt"), "-o", str(out))
         assert result.returncode == 2, result.stderr

@@ -156,6 +156,7 @@ class ActiveLearning:
                                     settings.spin, threads=1)
         self.start = read_frames(settings.structure, require_labels=False)[0]
         self.labeler.check_frame(self.start, settings.structure)  # an impossible charge or spin: before any work
+        self._check_explore_cv()
         store = settings.store or str(self.run_dir / "labels.db")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.store = LabelStore(store, project=f"neuralmd-active:{self.run_dir.resolve().name}")
@@ -163,6 +164,20 @@ class ActiveLearning:
             save_config(settings, self.run_dir / PROJECT_FILE)
         self.state = self._load_state()
         self._client = None
+
+    def _check_explore_cv(self) -> None:
+        """InputError now, before any labelling or training, if ``explore_cv`` does not fit the
+        structure; for a stored run it says where to correct it."""
+        if not self.s.explore_cv:
+            return
+        from ..sampling.spec import parse_cv
+
+        try:
+            parse_cv(self.s.explore_cv, self.start.numbers)
+        except InputError as exc:
+            stored = self.run_dir / PROJECT_FILE
+            hint = f"; correct explore_cv in {stored} and --resume {self.run_dir}" if stored.exists() else ""
+            raise InputError(f"explore_cv: {exc}{hint}") from None
 
     @classmethod
     def resume(cls, run_dir: str | Path, report=None) -> "ActiveLearning":

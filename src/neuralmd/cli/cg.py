@@ -115,8 +115,9 @@ def cg_md(
     from ..threads import set_threads
 
     set_threads(threads or None)
-    if reference is not None and not reference.is_file():
-        raise InputError(f"{reference}: reference coordinates not found")
+    ref = load_npy(reference) if reference is not None else None
+    if not 0 <= skip_ps < ns * 1000:
+        raise InputError(f"skip-ps: {skip_ps}; expected >= 0 and shorter than the run ({ns * 1000:g} ps)")
     if resume is not None:
         potential = load_potential(model or load_config(MDSettings, resume / "md.toml").model_path)
         sim = resume_run(resume, potential, progress=True)
@@ -140,10 +141,11 @@ def cg_md(
             args.update({k: v for k, v in record.items() if not given(ctx, "temperature" if k == "temperature_K" else k)})
         if model is None or output is None:
             raise InputError("cg md: give MODEL -o RUN_DIR (or --config RUN/md.toml, or --resume RUN_DIR)")
+        check_reference(ref, reference, load_potential(model))
         sim = start_cg_md(model, output, **args)
         potential, run_dir = sim.potential, output
+    check_reference(ref, reference, potential)
     sim.run()
-    ref = load_npy(reference) if reference is not None else None
     result = analyse_cg_run(run_dir, potential, ref, skip_ps)
     line = (f"{sim.state.batch.n_systems} replicas x {sim.time_ps(sim.state.step) / 1000:.3f} ns, "
             f"{sim.ns_per_day():.1f} ns/day per replica; ΔF(first torsion > 0) = {result['deltaF_kjmol']:.2f} ± "
@@ -151,6 +153,13 @@ def cg_md(
     if ref is not None:
         line += f" (data {result['reference_deltaF_kjmol']:.2f}), FES error {result['fes_mae_kT']:.2f} kT"
     console.print(line + f" -> {run_dir}/ (traj_*.h5md, log.csv, cg_fes.png, cg_analysis.json)")
+
+
+def check_reference(ref, path: Optional[Path], model) -> None:
+    """InputError unless the reference coordinates are (frames, beads, 3) for ``model``."""
+    if ref is not None and (ref.ndim != 3 or ref.shape[1:] != (len(model.elements), 3)):
+        raise InputError(f"{path}: shape {ref.shape}; expected (frames, {len(model.elements)}, 3) bead coordinates "
+                         f"in Å for this model")
 
 
 @cg_app.command("refine")

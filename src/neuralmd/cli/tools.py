@@ -64,11 +64,11 @@ def neb(
     eV and kJ/mol, the path plot, and with a committee the uncertainty of every image."""
     from ..models.committee import load_committee
     from ..models.neural import load_potential
-    from ..surrogates.neb import check_images, load_endpoints, run_neb
+    from ..surrogates.neb import check_settings, load_endpoints, run_neb
     from ..threads import set_threads
 
     set_threads(threads or None)
-    check_images(images)
+    check_settings(images, fmax, steps, trust)
     first, last = load_endpoints(start, end)
     potential = load_committee(model) if len(model) > 1 else load_potential(model[0])
     result = run_neb(first, last, potential, images=images, fmax_eV_per_A=fmax, steps=steps, climb=climb,
@@ -90,3 +90,7 @@ def neb(
                   f"({summary['barrier_reverse_kjmol']:.2f} kJ/mol) -> {output}/ (path.xyz, neb.json, neb.png)")
     if summary["warning"]:
         console.print(summary["warning"], markup=False, highlight=False, soft_wrap=True)
+    if not result.converged:  # the files are written (a start for more steps), but this is no answer yet
+        console.print(f"error: the NEB did not converge in {steps} steps; the barrier above is not a saddle point "
+                      f"(raise --steps, add --images, or check the endpoints)")
+        raise typer.Exit(1)

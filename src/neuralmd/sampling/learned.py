@@ -293,4 +293,17 @@ def load_exported(folder: str | Path) -> tuple[torch.jit.ScriptModule, dict]:
     folder = Path(folder)
     if not (folder / "cv.pt").is_file():
         raise InputError(f"{folder / 'cv.pt'}: exported CV not found")
-    return torch.jit.load(str(folder / "cv.pt")), json.loads((folder / "descriptors.json").read_text())
+    try:
+        model = torch.jit.load(str(folder / "cv.pt"))
+    except Exception as exc:  # truncated or foreign files fail inside TorchScript in many ways
+        raise InputError(f"{folder / 'cv.pt'}: not a readable TorchScript CV ({type(exc).__name__})") from None
+    path = folder / "descriptors.json"
+    if not path.is_file():
+        raise InputError(f"{path}: not found; an exported CV needs its descriptors.json beside cv.pt")
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise InputError(f"{path}: expected a JSON object with 'atoms_0based' and 'pairs_0based'")
+    return model, meta

@@ -60,12 +60,18 @@ def check_endpoints(start: Atoms, end: Atoms, start_name: str = "start", end_nam
                          f"in {end_name} ({len(differ)} atom(s) differ); expected the same atoms in the same order")
     if (start.pbc != end.pbc).any() or (start.pbc.any() and not np.allclose(start.cell, end.cell)):
         raise InputError(f"{start_name} and {end_name}: NEB endpoints differ in cell or periodicity")
+    if np.abs(start.positions - end.positions).max() < 1e-3:
+        raise InputError(f"{start_name} and {end_name}: the same geometry; a NEB needs two different states")
 
 
-def check_images(images: int) -> None:
-    """Raise InputError unless the band has at least one intermediate image."""
+def check_settings(images: int, fmax_eV_per_A: float, steps: int, trust_eV_per_A: float) -> None:
+    """Raise InputError unless the band has at least one intermediate image and the threshold,
+    step limit and trust level are positive."""
     if images < 1:
         raise InputError(f"images: {images}; a NEB needs at least 1 intermediate image")
+    if not fmax_eV_per_A > 0 or steps < 1 or not trust_eV_per_A > 0:
+        raise InputError(f"fmax {fmax_eV_per_A} eV/Å, steps {steps}, trust {trust_eV_per_A} eV/Å: expected fmax > 0, "
+                         f"steps >= 1 and trust > 0")
 
 
 def load_endpoints(start_path: str | os.PathLike, end_path: str | os.PathLike) -> tuple[Atoms, Atoms]:
@@ -201,7 +207,7 @@ def run_neb(start: Atoms, end: Atoms, model: Potential | CalculatorFactory, imag
     """
     if output is not None:
         refuse_existing(output, "a NEB result", marker="neb.json", resumable=False)
-    check_images(images)
+    check_settings(images, fmax_eV_per_A, steps, trust_eV_per_A)
     check_endpoints(start, end)
     factory = calculator_factory(model)
     periodic = bool(start.pbc.any())

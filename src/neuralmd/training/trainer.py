@@ -88,6 +88,12 @@ class TrainConfig:
     def validate(self) -> None:
         checks = [
             (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.features >= 1 and self.interactions >= 1 and self.num_basis >= 1,
+             f"features {self.features}, interactions {self.interactions}, num_basis {self.num_basis}: each must be >= 1"),
+            (0 < self.valid_fraction < 1 or bool(self.valid), f"valid_fraction {self.valid_fraction}: expected in (0, 1)"),
+            (self.energy_weight >= 0 and self.force_weight >= 0 and self.energy_weight + self.force_weight > 0,
+             "energy_weight and force_weight must be >= 0, not both 0"),
+            (self.patience >= 1, "patience must be >= 1"),
             (self.lr > 0, "lr must be > 0"),
             (self.cutoff_A > 0, "cutoff_A must be > 0"),
             (self.max_steps >= 1, "max_steps must be >= 1"),
