@@ -25,6 +25,7 @@ from tblite.ase import TBLite
 from .analysis.plots import plot_parity
 from .data.dataset import FrameDataset
 from .data.io import write_frames
+from .errors import InputError
 from .io_utils import atomic_write_json
 from .models.neural import load_potential
 from .reference.xtb import XTBLabeler
@@ -121,6 +122,9 @@ def run_demo(out: str | Path = "neuralmd-demo", train_minutes: float = 1.5, n_tr
              n_test: int = 100, threads: int | None = None, console: Console | None = None) -> dict[str, Any]:
     """Run the demo into ``out``; return its results."""
     console = console or Console()
+    if not 0 < train_minutes < float("inf") or n_train < 10 or n_test < 1:
+        raise InputError(f"train_minutes {train_minutes}, n_train {n_train}, n_test {n_test}: expected a training "
+                         f"time > 0 minutes, at least 10 training and 1 test frame")
     out = refuse_existing(out, "a demo run", marker="train", resumable=False)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

@@ -8,10 +8,14 @@ import os
 
 import torch
 
+from .errors import InputError
+
 
 def set_threads(threads: int | None = None) -> int:
     """Set torch's intra-op threads (None: all cores, at most 8) and one inter-op thread.
     Returns the count used. Also keeps freed memory in the process (see :func:`keep_freed_memory`)."""
+    if threads is not None and threads < 1:
+        raise InputError(f"threads: {threads}; expected >= 1 (or 0 for all cores)")
     keep_freed_memory()
     n = threads or min(os.cpu_count() or 1, 8)
     torch.set_num_threads(n)

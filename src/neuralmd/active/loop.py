@@ -83,8 +83,18 @@ class ActiveSettings:
              f"trust levels: need 0 < low ({self.trust_low_eV_per_A}) < high ({self.trust_high_eV_per_A}) eV/Å"),
             (self.rounds >= 1 and self.initial_frames >= 4, "rounds must be >= 1 and initial_frames >= 4"),
             (self.md_steps >= self.sample_every >= 1, "md_steps must be >= sample_every >= 1"),
-            (all(t > 0 for t in self.temperatures_K) and self.temperatures_K, "temperatures must be > 0 K"),
-            (self.explore_barrier_kjmol > 0, f"explore_barrier_kjmol: {self.explore_barrier_kjmol}; expected > 0"),
+            (all(0 < t <= 1e5 for t in self.temperatures_K) and self.temperatures_K,
+             f"temperatures: {self.temperatures_K}; expected values in (0, 100000] K"),
+            (0 < self.explore_barrier_kjmol < float("inf"),
+             f"explore_barrier_kjmol: {self.explore_barrier_kjmol}; expected > 0"),
+            (self.replicas_per_temperature >= 1 and self.max_select >= 1 and self.train_steps >= 1,
+             f"replicas {self.replicas_per_temperature}, max_select {self.max_select}, train_steps "
+             f"{self.train_steps}: each must be >= 1"),
+            (self.workers >= 1, f"workers: {self.workers}; expected >= 1"),
+            (0 < self.timestep_fs <= 10 and 0 <= self.rattle_A < float("inf"),
+             f"timestep_fs {self.timestep_fs}, rattle_A {self.rattle_A}: expected 0 < timestep <= 10 fs, rattle >= 0"),
+            (self.features >= 1 and self.interactions >= 1 and 0 < self.cutoff_A < float("inf"),
+             "features and interactions must be >= 1, cutoff_A > 0"),
         ]
         for ok, message in checks:
             if not ok:

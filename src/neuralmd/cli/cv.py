@@ -51,8 +51,6 @@ def cv_train(
         layers = tuple(int(v) for v in hidden.split(","))
     except ValueError:
         raise InputError(f"hidden: {hidden!r}; expected sizes like 24,12") from None
-    if smoothness < 0 or scale_floor < 0:
-        raise InputError(f"smoothness {smoothness}, scale-floor {scale_floor}: expected values >= 0")
     summary = train_cv_from_runs(runs, output, method.value, descriptors, lag_ps, n_cv, layers, epochs, seed,
                                  reweight, scale_floor, smoothness, progress=True, restarts=restarts)
     table = Table(title=f"{method.value} CV from {summary['frames']} frames")

@@ -115,6 +115,7 @@ def sample(
 
         set_threads(threads or 1)  # torch only evaluates CVs here; one thread is fastest
         settings = openmm_settings(ctx, engine_file, common, pdb, forcefield, platform, temperature, "sample")
+        settings.validate()  # the timestep before it divides
         settings.total_steps = total_steps(settings, ns, steps, engine_file)
         run = start_openmm(settings, bias_settings, output, progress=True)
     else:
@@ -131,6 +132,7 @@ def sample(
         if not settings.model_path or not settings.structure:
             raise InputError("--engine native: give --model FILE --structure FILE -o RUN_DIR (or --config, or "
                              "--resume RUN_DIR)")
+        settings.validate()  # the timestep before it divides
         settings.total_steps = total_steps(settings, ns, steps, engine_file)
         run = start_native(load_potential(settings.model_path, dtype=torch.float64), starting_frames(settings),
                            settings, bias_settings, output, progress=True)
@@ -144,6 +146,8 @@ def total_steps(settings, ns: Optional[float], steps: Optional[int], config: Opt
         return steps
     if ns is None and config is not None:
         return settings.total_steps
+    if ns is not None and not 0 < ns < float("inf"):
+        raise InputError(f"ns: {ns}; expected a simulated time > 0 ns")
     return int(round((ns if ns is not None else 0.1) * 1e6 / settings.timestep_fs))
 
 

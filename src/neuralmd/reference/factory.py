@@ -20,6 +20,9 @@ def make_labeler(method: str, functional: str = "PBE", basis: str = "def2-SVP", 
     from .dft import PySCFLabeler
     from .xtb import XTBLabeler
 
+    if threads is not None and threads < 1:
+        raise InputError(f"threads: {threads}; expected >= 1 (or 0 for the library's default)")
+
     if method in XTB_METHODS:
         return XTBLabeler(XTB_METHODS[method], charge=charge, uhf=spin)
     if method in ("dft", "hf"):

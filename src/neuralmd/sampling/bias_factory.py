@@ -39,15 +39,17 @@ class BiasSettings:
             raise InputError(f"bias: {self.bias!r}; expected one of {', '.join(BIASES)}")
         if self.bias != "none" and not self.cv:
             raise InputError("bias: a biased run needs --cv")
-        if self.bias != "none" and not self.barrier_kjmol > 0:
+        if self.bias != "none" and not 0 < self.barrier_kjmol < float("inf"):
             raise InputError(f"barrier_kjmol: {self.barrier_kjmol}; expected > 0")
         if self.biasfactor and not self.biasfactor > 1:
             raise InputError(f"biasfactor: {self.biasfactor}; expected > 1 (or 0 for the default)")
-        if self.sigma and min(self.sigma) <= 0:
+        if self.sigma and not all(0 < s < float("inf") for s in self.sigma):
             raise InputError(f"sigma: {self.sigma}; expected positive widths")
+        if not 0 < self.height_kjmol < float("inf"):
+            raise InputError(f"height_kjmol: {self.height_kjmol}; expected > 0")
         if self.pace < 1 or self.probe_steps < 100:
             raise InputError("pace must be >= 1 and probe_steps >= 100")
-        if self.tmax_K < 0:
+        if not 0 <= self.tmax_K < float("inf"):
             raise InputError(f"tmax_K: {self.tmax_K}; expected > 0 (or 0 for twice the temperature)")
 
 

@@ -50,8 +50,11 @@ def train_cv_from_runs(runs: Sequence[str | Path], out: str | Path, method: str 
     refuse_existing(out, "a learned CV", marker="cv.pt", resumable=False)
     if method not in METHODS:
         raise InputError(f"method: {method!r}; expected one of {', '.join(METHODS)}")
-    if restarts < 1:
-        raise InputError(f"restarts: {restarts}; expected >= 1")
+    if restarts < 1 or n_cv < 1 or epochs < 1 or not hidden or min(hidden) < 1:
+        raise InputError(f"restarts {restarts}, n_cv {n_cv}, epochs {epochs}, hidden {list(hidden)}: expected each >= 1")
+    if not 0 < lag_ps < float("inf") or not 0 <= smoothness < float("inf") or not 0 <= scale_floor < float("inf"):
+        raise InputError(f"lag_ps {lag_ps}, smoothness {smoothness}, scale_floor {scale_floor}: expected lag_ps > 0, "
+                         f"smoothness >= 0 and scale_floor >= 0")
     if method == "deep-lda" and len(runs) < 2:
         raise InputError("deep-lda: give one run per state (at least two runs)")
     parts, numbers, lag_frames = [], None, None
