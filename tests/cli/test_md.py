@@ -10,6 +10,7 @@ from ase.io import write
 
 from neuralmd.data import read_frames
 
+from ..conftest import shared_file
 from .helpers import assert_input_error, run
 
 
@@ -61,3 +62,17 @@ def test_resume_refuses_options_it_would_ignore_and_fewer_steps_touching_nothing
     assert_input_error(run("sample", "--resume", str(tmp_path / "md"), "--bias", "metad"), "--bias", "--resume")
     after = {p.name: p.read_bytes() for p in (tmp_path / "md").iterdir() if p.is_file()}
     assert after == before
+
+
+def test_options_that_do_not_apply_are_refused_not_ignored(tmp_path, trained_model):
+    pdb = str(shared_file("alanine_dipeptide/ala2.pdb"))
+    write(tmp_path / "twenty.xyz", [molecule("CH3CH2OH")] * 20)
+    assert_input_error(run("md", "--engine", "openmm", "--pdb", pdb, "--replicas", "4", "-o", str(tmp_path / "a")),
+                       "--replicas", "OpenMM engine")
+    assert_input_error(run("md", "--engine", "openmm", "--pdb", pdb, "--ensemble", "nve", "-o", str(tmp_path / "a")),
+                       "--ensemble")
+    assert_input_error(run("md", str(trained_model), "--structure", str(tmp_path / "twenty.xyz"), "--pdb", pdb,
+                           "-o", str(tmp_path / "a")), "--pdb", "--engine openmm")
+    assert_input_error(run("md", str(trained_model), "--structure", str(tmp_path / "twenty.xyz"), "-o",
+                           str(tmp_path / "a")), "20 frames for 1 replica", "--replicas 20")
+    assert not (tmp_path / "a").exists()

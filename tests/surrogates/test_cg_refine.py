@@ -87,6 +87,9 @@ def test_cg_refine_cli_adds_a_torsion_correction_and_resumes(cgnet_run, tmp_path
     proc = subprocess.run(cli + ["--iterations", "2"], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
     assert len(json.loads((tmp_path / "ref" / "refine.json").read_text())["history"]) == 2
+    # other settings into the same folder: refused (was: the old result returned as if it were theirs)
+    other = subprocess.run(cli + ["--iterations", "2", "--order", "2"], capture_output=True, text=True, env=env)
+    assert other.returncode == 2 and "made with order 4, not order 2" in other.stderr, other.stderr
     original, refined = load_potential(cgnet_run / "model.pt"), load_potential(tmp_path / "ref" / "model.pt")
     assert len(refined.correction_coef) == 80 and float(refined.correction_coef.abs().max()) > 0
     x = torch.as_tensor(np.load(reference)[:50], dtype=torch.float64)

@@ -167,13 +167,17 @@ class ActiveLearning:
         self.start = read_frames(settings.structure, require_labels=False)[0]
         self.labeler.check_frame(self.start, settings.structure)  # an impossible charge or spin: before any work
         self._check_explore_cv()
+        self._client = None
+        if settings.scheduler:  # an unreachable scheduler is an error before anything is written
+            from ..parallel import connect
+
+            self._client = connect(self.s.workers, self.s.scheduler)
         store = settings.store or str(self.run_dir / "labels.db")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.store = LabelStore(store, project=f"neuralmd-active:{self.run_dir.resolve().name}")
         if not (self.run_dir / PROJECT_FILE).exists():
             save_config(settings, self.run_dir / PROJECT_FILE)
         self.state = self._load_state()
-        self._client = None
 
     def _check_explore_cv(self) -> None:
         """InputError now, before any labelling or training, if ``explore_cv`` does not fit the

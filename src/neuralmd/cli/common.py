@@ -63,14 +63,20 @@ def settings_from(ctx: typer.Context, cls: type[T], config: Path | None, options
     return dataclasses.replace(settings, **changes)
 
 
-def refuse_with_resume(ctx: typer.Context, names: list[str], run_dir: Path) -> None:
-    """InputError if any option in ``names`` was given together with --resume: a resumed run
-    keeps the settings it was started with (its checkpoint continues them bit for bit)."""
+def refuse_given(ctx: typer.Context, names: list[str], why: str) -> None:
+    """InputError if any option in ``names`` was given: an option is honoured or refused, never
+    silently ignored. ``why`` says why it does not apply (``{option}`` is replaced by its name)."""
     for name in names:
         if given(ctx, name):
             option = "--" + name.replace("_", "-")
-            raise InputError(f"{option}: not used with --resume (the run in {run_dir} keeps its stored settings); to "
-                             f"change it, start a new run: --config {run_dir}/md.toml {option} ... -o NEW_DIR")
+            raise InputError(f"{option}: {why.format(option=option)}")
+
+
+def refuse_with_resume(ctx: typer.Context, names: list[str], run_dir: Path) -> None:
+    """InputError if any option in ``names`` was given together with --resume: a resumed run
+    keeps the settings it was started with (its checkpoint continues them bit for bit)."""
+    refuse_given(ctx, names, f"not used with --resume (the run in {run_dir} keeps its stored settings); to change it, "
+                             f"start a new run: --config {run_dir}/md.toml {{option}} ... -o NEW_DIR")
 
 
 def comma_list(text: str, what: str, kind: type = str) -> list:

@@ -11,7 +11,8 @@ import typer
 from ..errors import InputError
 from ..md.simulation import MDSettings
 from ..rundir import engine_in
-from .common import CONFIG_HELP, app, console, default, given, one_temperature, refuse_with_resume, settings_from
+from .common import (CONFIG_HELP, app, console, default, given, one_temperature, refuse_given, refuse_with_resume,
+                     settings_from)
 
 
 class Ensemble(str, Enum):
@@ -170,11 +171,14 @@ def md(
     common = {**run_options(friction_per_ps, seed, report_every, checkpoint_every, timestep_fs),
               "total_steps": ("steps", steps)}
     if wants_openmm(ctx, engine, config):
+        refuse_given(ctx, ["model", "structure", "replicas", "ensemble", "compile", "device"],
+                     "not used by the OpenMM engine (one PDB system, Langevin dynamics)")
         set_threads(threads or 1)  # torch only evaluates CVs here; one thread is fastest
         settings = openmm_settings(ctx, config, common, pdb, forcefield, platform, temperature, "md")
         run = start.start_openmm(settings, output, progress=True)
         run.run()
         return finish(run, "OpenMM MD")
+    refuse_given(ctx, ["pdb", "forcefield", "platform"], "an option of the OpenMM engine (--engine openmm)")
     set_threads(threads or None)
     check_device(device)
     settings = settings_from(ctx, MDSettings, config, {

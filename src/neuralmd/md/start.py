@@ -34,9 +34,9 @@ def starting_frames(settings: MDSettings) -> list[Atoms]:
     frames = read_frames(settings.structure, require_labels=False)
     if len(frames) == 1:
         return [frames[0].copy() for _ in range(settings.replicas)]
-    if settings.replicas not in (1, len(frames)):
-        raise InputError(f"{settings.structure}: {len(frames)} frames for {settings.replicas} replicas; give one "
-                         f"frame or one per replica")
+    if settings.replicas != len(frames):
+        raise InputError(f"{settings.structure}: {len(frames)} frames for {settings.replicas} replica(s); give "
+                         f"--replicas {len(frames)} to start one replica from each frame, or a one-frame structure")
     return frames
 
 

@@ -33,6 +33,7 @@ import numpy as np
 from ..errors import InputError
 from ..io_utils import atomic_write_json
 from ..md.integrators import check_timestep
+from ..rundir import check_writable
 from .cg_md import analyse_cg_run, start_cg_md
 from ..models.coarse_grain import CGPotential, fit_series, torsion_angles, torsion_grid_basis
 
@@ -101,10 +102,14 @@ def refine_cg_model(model_path: str | Path, reference_coords: np.ndarray, output
     if reference_coords.ndim != 3 or reference_coords.shape[1:] != (len(source.elements), 3):
         raise InputError(f"reference: shape {reference_coords.shape}; expected (frames, {len(source.elements)}, 3) "
                          f"bead coordinates in Å for {model_path}")
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
+    output = check_writable(output)
     state_path = output / "refine.json"
-    state = _load_state(state_path, model_path)
+    # what makes the refinement (the number of iterations may grow on a rerun: it continues)
+    settings = {"ns": ns, "replicas": replicas, "timestep_fs": timestep_fs, "order": order, "damping": damping,
+                "bias": bias, "barrier_kjmol": barrier_kjmol, "report_every": report_every, "seed": seed,
+                "reference_frames": len(reference_coords)}
+    state = _load_state(state_path, model_path, settings)
+    output.mkdir(parents=True, exist_ok=True)
     current = Path(state["history"][-1]["model"]) if state["history"] else Path(model_path)
     for it in range(len(state["history"]), iterations):
         run = output / f"iter_{it:02d}" / "md"
@@ -130,13 +135,23 @@ def refine_cg_model(model_path: str | Path, reference_coords: np.ndarray, output
     return state
 
 
-def _load_state(path: Path, model_path: str | Path) -> dict[str, Any]:
+def _load_state(path: Path, model_path: str | Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """The refinement stored in ``path`` (to continue), or a new one; InputError if it refines
+    another model or was made with other settings (a rerun never returns another run's result)."""
     import json
 
     source = str(Path(model_path).resolve())
     if not path.exists():
-        return {"source_model": source, "history": []}
-    state = json.loads(path.read_text())
+        return {"source_model": source, "settings": settings, "history": []}
+    try:
+        state = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: not valid JSON ({exc})") from None
     if state.get("source_model") != source:
         raise InputError(f"{path}: refines {state.get('source_model')}, not {source}; use another -o")
+    stored = state.setdefault("settings", settings)  # refinements from before settings were stored
+    differ = sorted(k for k in settings if k in stored and stored[k] != settings[k])
+    if differ:
+        raise InputError(f"{path}: made with {', '.join(f'{k} {stored[k]}' for k in differ)}, not "
+                         f"{', '.join(f'{k} {settings[k]}' for k in differ)}; rerun with those or use another -o")
     return state
