@@ -41,7 +41,7 @@ def test_md_run_resume_and_bad_input(tmp_path, trained_model):
                            str(tmp_path / "x")), "junk.xyz")
     write(tmp_path / "nh3.xyz", molecule("NH3"))
     assert_input_error(run("md", str(trained_model), "--structure", str(tmp_path / "nh3.xyz"), "-o",
-                           str(tmp_path / "x")), "N not known")
+                           str(tmp_path / "x")), "nh3.xyz: frame 0", "N not known")
     assert_input_error(run("md", "--resume", str(tmp_path / "nowhere")), "nowhere")
     assert_input_error(run(*args, "--device", "gpu", "-o", str(tmp_path / "x")), "not a torch device")
     if not torch.cuda.is_available():

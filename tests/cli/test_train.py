@@ -65,6 +65,13 @@ def test_eval_rejects_foreign_model_and_unknown_elements(tmp_path, trained_model
     ammonia = GOOD.replace("O 0 0 0", "N 0 0 0")
     (tmp_path / "nh2.xyz").write_text(ammonia)
     assert_input_error(run("eval", str(trained_model), str(tmp_path / "nh2.xyz")), "nh2.xyz: frame 0", "N not known")
+    assert_input_error(run("eval", str(tmp_path / "data.xyz"), str(tmp_path / "data.xyz")), "data.xyz",
+                       "not a readable neuralmd model file", "neuralmd train")
+    assert "weights_only" not in run("eval", str(tmp_path / "data.xyz"), str(tmp_path / "data.xyz")).stderr
+    (tmp_path / "iso.xyz").write_text(GOOD.replace("3\n", "1\n", 1).split("H 0 0.76")[0])  # one O atom
+    (tmp_path / "two.xyz").write_text(GOOD + GOOD)
+    assert_input_error(run("train", "--train", str(tmp_path / "two.xyz"), "--valid-fraction", "0.5", "--isolated-atoms",
+                           str(tmp_path / "iso.xyz"), "-o", str(tmp_path / "run")), "iso.xyz", "no single-atom frame for H")
     assert not list(tmp_path.glob("*.png"))
 
 

@@ -71,6 +71,7 @@ def neb(
     check_settings(images, fmax, steps, trust)
     first, last = load_endpoints(start, end)
     potential = load_committee(model) if len(model) > 1 else load_potential(model[0])
+    potential.check_elements(first.numbers, where=str(start))
     result = run_neb(first, last, potential, images=images, fmax_eV_per_A=fmax, steps=steps, climb=climb,
                      relax_endpoints=relax_endpoints, logfile="-", output=output, trust_eV_per_A=trust)
     summary = result.summary(trust)

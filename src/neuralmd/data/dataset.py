@@ -25,18 +25,20 @@ def composition_matrix(frames: Sequence[Atoms], elements: Sequence[int]) -> np.n
 
 
 def reference_energies(frames: Sequence[Atoms], elements: Sequence[int],
-                       isolated: Sequence[Atoms] | None = None) -> np.ndarray:
+                       isolated: Sequence[Atoms] | None = None, source: str = "isolated-atom energies") -> np.ndarray:
     """Per-element reference energies E0 in eV, in the order of ``elements``.
 
     From ``isolated`` single-atom frames (their ``info["energy"]``) when given, else by least
     squares of the frame energies on the composition (minimum-norm solution where the
-    compositions do not determine every element, e.g. one molecule).
+    compositions do not determine every element, e.g. one molecule). ``source`` names the
+    isolated atoms in errors (their file).
     """
     if isolated is not None:
         table = {int(a.numbers[0]): float(a.info["energy"]) for a in isolated if len(a) == 1 and "energy" in a.info}
         missing = [chemical_symbols[z] for z in elements if z not in table]
         if missing:
-            raise InputError(f"isolated-atom energies: no single-atom frame for {', '.join(missing)}")
+            raise InputError(f"{source}: no single-atom frame for {', '.join(missing)} (the elements of the training "
+                             f"data)")
         return np.array([table[z] for z in elements])
     energies = np.array([a.info["energy"] for a in frames])
     e0, *_ = np.linalg.lstsq(composition_matrix(frames, elements), energies, rcond=None)

@@ -60,6 +60,8 @@ def start_native(settings: MDSettings, run_dir: str | Path, potential: Potential
     run_dir = refuse_existing(run_dir, "an MD run")
     settings.validate()
     frames = list(frames) if frames is not None else starting_frames(settings)
+    for k, atoms in enumerate(frames):
+        potential.check_elements(atoms.numbers, where=f"{settings.structure or 'structure'}: frame {k}")
     sim = Simulation(potential, AtomsBatch.from_atoms(frames), settings, terms=terms, run_dir=run_dir,
                      reporters=reporters, progress=progress)
     sim.lock = claim(run_dir)

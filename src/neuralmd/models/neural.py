@@ -147,7 +147,9 @@ def _read_payload(path: str | os.PathLike, device: str | torch.device, formats: 
     try:
         payload = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # pickle errors, truncated files, foreign formats
-        raise ModelFormatError(f"{path}: not a readable neuralmd model file ({type(exc).__name__}: {exc})") from None
+        # torch's own message is advice about weights_only, which does not apply to a foreign file
+        raise ModelFormatError(f"{path}: not a readable neuralmd model file ({type(exc).__name__} when reading it; "
+                               f"model files are written by `neuralmd train`)") from None
     if not isinstance(payload, dict) or payload.get("format") not in formats:
         raise ModelFormatError(f"{path}: field 'format': not a neuralmd model file (expected one of {list(formats)})")
     return payload

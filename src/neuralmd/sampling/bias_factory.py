@@ -47,6 +47,9 @@ class BiasSettings:
             raise InputError(f"sigma: {self.sigma}; expected positive widths")
         if not 0 < self.height_kjmol < float("inf"):
             raise InputError(f"height_kjmol: {self.height_kjmol}; expected > 0")
+        bad = [r for r in self.grid_ranges if len(r) != 2 or not r[0] < r[1]]
+        if bad:
+            raise InputError(f"grid_ranges: {bad[0]}; expected LOW:HIGH with LOW < HIGH for each non-periodic CV")
         if self.pace < 1 or self.probe_steps < 100:
             raise InputError("pace must be >= 1 and probe_steps >= 100")
         if not 0 <= self.tmax_K < float("inf"):

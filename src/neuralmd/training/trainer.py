@@ -150,7 +150,7 @@ def build_model(cfg: TrainConfig, train: FrameDataset) -> NeuralPotential:
     """A fresh model with reference energies, shift and scale fitted to the training set."""
     elements = train.elements
     isolated = read_frames(cfg.isolated_atoms, require_labels=False) if cfg.isolated_atoms else None
-    e0 = reference_energies(train.frames, elements, isolated)
+    e0 = reference_energies(train.frames, elements, isolated, source=cfg.isolated_atoms)
     shift = train.mean_residual_per_atom(elements, e0)
     torch.manual_seed(cfg.seed)
     model = NeuralPotential(elements, e0, scale=train.force_rms(), shift=shift, features=cfg.features,
