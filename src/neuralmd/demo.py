@@ -126,6 +126,8 @@ def run_demo(out: str | Path = "neuralmd-demo", train_minutes: float = 1.5, n_tr
         raise InputError(f"train_minutes {train_minutes}, n_train {n_train}, n_test {n_test}: expected a training "
                          f"time > 0 minutes, at least 10 training and 1 test frame")
     out = refuse_existing(out, "a demo run", marker="train", resumable=False)
+    if out.is_dir() and any(out.iterdir()):
+        raise InputError(f"{out}: exists and is not empty; the demo writes a new folder (choose another -o)")
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     mol = molecule("CH3CH2OH")

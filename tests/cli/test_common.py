@@ -89,3 +89,10 @@ def test_an_output_under_a_regular_file_or_an_existing_result_exits_2_before_any
     assert_input_error(run("label", str(tmp_path / "ethanol.xyz"), "-o", str(tmp_path / "done.xyz")), "exists already")
     assert (tmp_path / "done.xyz").read_text() == "labels of an earlier run"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["done.xyz", "ethanol.xyz", "file"]
+
+
+def test_demo_refuses_a_folder_that_holds_anything(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(b"an MD run's")
+    assert_input_error(run("demo", "-o", str(tmp_path / "run")), "run: exists and is not empty")
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoint.pt"]

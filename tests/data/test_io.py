@@ -139,3 +139,13 @@ def test_forces_for_the_wrong_number_of_atoms(tmp_path):
     np.savez(tmp_path / "short.npz", z=[8, 1, 1], R=np.stack([water, water]), E=np.zeros(2), F=np.zeros((2, 2, 3)))
     with pytest.raises(InputError, match=r"short.npz: frame 0: field 'forces': shape \(2, 3\), expected \(3, 3\)"):
         read_frames(tmp_path / "short.npz", energy_unit="eV", force_unit="eV/A")
+
+
+def test_a_deepmd_type_map_naming_no_element_is_an_input_error(tmp_path):
+    import shutil
+
+    folder = tmp_path / "water"
+    shutil.copytree(shared_file("deepmd_water/data_0"), folder)
+    (folder / "type_map.raw").write_text("O\nHy\n")
+    with pytest.raises(InputError, match=r"type_map\.raw: 'Hy' is not a chemical element symbol"):
+        read_frames(folder)

@@ -19,6 +19,7 @@ from typing import Iterable, Sequence
 import ase.db
 import numpy as np
 from ase import Atoms
+from ase.data import chemical_symbols
 from ase.io import iread, write
 
 from ..errors import InputError, where
@@ -182,6 +183,10 @@ def _read_deepmd_system(folder: Path) -> Iterable[Atoms]:
     if not type_map_file.exists():
         raise InputError(f"{type_map_file}: missing; needed to know which element each type index is")
     type_map = type_map_file.read_text().split()
+    unknown = [name for name in type_map if name not in chemical_symbols[1:]]
+    if unknown:
+        raise InputError(f"{type_map_file}: {unknown[0]!r} is not a chemical element symbol; expected names like "
+                         f"O H C, one per type index")
     if types.max() >= len(type_map):
         raise InputError(f"{folder / 'type.raw'}: type index {types.max()} but type_map.raw names {len(type_map)} types")
     symbols = [type_map[t] for t in types]

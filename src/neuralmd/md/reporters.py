@@ -20,6 +20,7 @@ import h5py
 import numpy as np
 from ase.io import write
 
+from ..errors import InputError
 from ..progress import progress_bar
 from ..units import VELOCITY_TO_A_PER_PS
 from ..version import __version__
@@ -239,7 +240,13 @@ def read_h5md(path: str | Path) -> list:
     velocities in ASE units, ``info["energy"]`` the potential energy in eV, ``info["step"]``)."""
     from ase import Atoms
 
-    with h5py.File(path, "r") as f:
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:  # truncated or not HDF5
+        raise InputError(f"{path}: not a readable H5MD trajectory ({exc})") from None
+    with f:
+        if "particles/trajectory/position/value" not in f:
+            raise InputError(f"{path}: field 'particles/trajectory/position': missing; not a neuralmd H5MD trajectory")
         group = f["particles/trajectory"]
         numbers = group["species"][()]
         positions = group["position/value"][()]
