@@ -102,8 +102,9 @@ def run_resumed(run_dir: Path, steps: Optional[int], potential=None, export_xyz:
     from ..md.start import checkpoint_step
     from ..sampling.runs import resume_run
 
-    if steps is not None and steps < checkpoint_step(run_dir):
-        raise InputError(f"steps: {steps}; the run in {run_dir} is already at step {checkpoint_step(run_dir)}")
+    done = checkpoint_step(run_dir) if steps is not None else 0
+    if steps is not None and steps < done:
+        raise InputError(f"steps: {steps}; the run in {run_dir} is already at step {done}")
     run = resume_run(run_dir, potential, progress=True)
     if steps is not None:
         run.settings.total_steps = steps
