@@ -59,7 +59,7 @@ def test_bad_files_name_the_file_the_key_and_what_was_expected(tmp_path, text, f
 
 
 def test_missing_file_and_renamed_keys(tmp_path):
-    with pytest.raises(InputError, match="config file not found"):
+    with pytest.raises(InputError, match=r"nowhere\.toml: settings file not found"):
         load_config(Example, tmp_path / "nowhere.toml")
     (tmp_path / "old.toml").write_text("n_steps = 4\n")
     assert load_config(Example, tmp_path / "old.toml", renamed={"n_steps": "steps"}).steps == 4

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tomllib
 import types
 import typing
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any, TypeVar
 
 from .errors import InputError
 from .io_utils import atomic_write_text
+from .rundir import read_toml
 
 T = TypeVar("T")
 
@@ -39,13 +39,7 @@ def load_config(cls: type[T], path: str | os.PathLike, renamed: dict[str, str] |
     a value of the wrong type or a missing required one. ``renamed`` maps keys of older files to
     today's field names."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: config file not found")
-    try:
-        values = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not valid TOML ({exc})") from None
-    values = {(renamed or {}).get(key, key): value for key, value in values.items()}
+    values = {(renamed or {}).get(key, key): value for key, value in read_toml(path).items()}
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
