@@ -29,7 +29,7 @@ from .errors import InputError
 from .io_utils import atomic_write_json
 from .models.neural import load_potential
 from .reference.xtb import XTBLabeler
-from .rundir import refuse_existing
+from .rundir import LOG, refuse_existing
 from .training.metrics import evaluate
 from .training.trainer import TrainConfig, Trainer
 
@@ -61,7 +61,7 @@ def run_md_stage(model, start: Atoms, out: Path, console: Console, replicas: int
     sim = Simulation(model, AtomsBatch.from_atoms([start] * replicas), ensemble="nvt", timestep_fs=0.5,
                      temperature_K=300.0, friction_per_ps=5.0, seed=7, report_every=50, run_dir=out, progress=True)
     state = sim.run(steps)
-    plot_md_log(out / "log.csv", out / "md.png")
+    plot_md_log(out / LOG, out / "md.png")
     from .md.integrators import temperature
 
     mean_t = float(temperature(state.batch).mean())

@@ -35,6 +35,7 @@ from ..data.store import LabelStore, frame_key
 from ..errors import InputError
 from ..io_utils import atomic_write_json
 from ..reference.factory import make_labeler
+from ..rundir import CHECKPOINT
 
 PROJECT_FILE = "active.toml"
 #: keys of active.toml files written before the unit suffixes were made one spelling
@@ -130,7 +131,7 @@ def _train_member(cfg_dict: dict, run_dir: str) -> dict:
     run = Path(run_dir)
     if (run / "results.json").exists():
         return json.loads((run / "results.json").read_text())
-    if (run / "checkpoint.pt").exists():
+    if (run / CHECKPOINT).exists():
         return Trainer.resume(run, progress=False).run()
     return Trainer(TrainConfig(**cfg_dict), run, progress=False).run()
 

@@ -109,6 +109,7 @@ def cg_md(
 
     from ..config import load_config
     from ..md.simulation import MDSettings
+    from ..md.start import load_md_settings
     from ..models.neural import load_potential
     from ..sampling.runs import resume_run
     from ..surrogates.cg_md import analyse_cg_run, start_cg_md
@@ -119,7 +120,7 @@ def cg_md(
     if not 0 <= skip_ps < ns * 1000:
         raise InputError(f"skip-ps: {skip_ps}; expected >= 0 and shorter than the run ({ns * 1000:g} ps)")
     if resume is not None:
-        potential = load_potential(model or load_config(MDSettings, resume / "md.toml").model_path)
+        potential = load_potential(model or load_md_settings(resume).model_path)
         sim = resume_run(resume, potential, progress=True)
         sim.settings.total_steps = int(round(ns * 1e6 / sim.settings.timestep_fs))
         run_dir = resume

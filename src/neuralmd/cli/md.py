@@ -10,7 +10,7 @@ import typer
 
 from ..errors import InputError
 from ..md.simulation import MDSettings
-from ..rundir import engine_in
+from ..rundir import COLVAR, LOG, engine_in
 from .common import (CONFIG_HELP, app, console, default, given, one_temperature, refuse_given, refuse_with_resume,
                      settings_from)
 
@@ -82,14 +82,14 @@ def finish(run, what: str, export_xyz: bool = False) -> None:
     one-line summary of a finished run."""
     from ..analysis.plots import plot_md_log
 
-    plot_md_log(run.run_dir / "log.csv", run.run_dir / "md.png")
+    plot_md_log(run.run_dir / LOG, run.run_dir / "md.png")
     if export_xyz:
         from ..data.io import write_frames
         from ..md.reporters import read_h5md
 
         for path in sorted(run.run_dir.glob("traj_*.h5md")):
             write_frames(read_h5md(path), path.with_suffix(".xyz"))
-    files = ", ".join(["traj_*.h5md", "log.csv", "md.png"] + (["colvar.csv"] if (run.run_dir / "colvar.csv").exists()
+    files = ", ".join(["traj_*.h5md", "log.csv", "md.png"] + (["colvar.csv"] if (run.run_dir / COLVAR).exists()
                                                                else []))
     console.print(f"{run.step} steps ({run.time_ps(run.step) / 1000:.4f} ns) of {what} at {run.ns_per_day():.2f} "
                   f"ns/day -> {run.run_dir}/ ({files})")
@@ -148,7 +148,6 @@ def md(
     exactly where a run stopped; --config RUN/md.toml reruns a run from its own record."""
     import torch
 
-    from ..config import load_config
     from ..md import start
     from ..models.neural import load_potential
     from ..rundir import engine_of
@@ -164,8 +163,7 @@ def md(
         potential = None
         if native:
             check_device(device)
-            stored = load_config(MDSettings, resume / "md.toml")
-            potential = load_potential(model or stored.model_path, dtype=dtype, device=device)
+            potential = load_potential(model or start.load_md_settings(resume).model_path, dtype=dtype, device=device)
         return run_resumed(resume, steps if given(ctx, "steps") else None, potential, export_xyz)
     if output is None:
         raise InputError("md: give -o RUN_DIR (or --resume RUN_DIR)")

@@ -20,6 +20,7 @@ import torch
 
 from ..errors import InputError
 from ..models.base import Potential
+from ..rundir import CHECKPOINT, LOG
 from ..state import AtomsBatch
 from .integrators import (ForceFn, MDState, ReplicaNoise, check_temperature, check_timestep, langevin,
                           maxwell_boltzmann, nve, temperature)
@@ -172,7 +173,7 @@ class Simulation(MDRun):
         if self.run_dir is not None:
             n_traj = batch.n_systems if settings.trajectory_replicas < 0 else settings.trajectory_replicas
             self.reporters = [H5MDReporter(self.run_dir, settings.report_every, list(range(min(n_traj, batch.n_systems)))),
-                              LogReporter(self.run_dir / "log.csv", settings.report_every)]
+                              LogReporter(self.run_dir / LOG, settings.report_every)]
         self.reporters += list(reporters)
         self._last_good = self.state
         self._centres_ok = self._spread(self.state.batch) + settings.max_spread_A
@@ -248,7 +249,7 @@ class Simulation(MDRun):
         """Continue the run in ``run_dir`` from its checkpoint; trajectory frames and log rows
         written after the checkpoint are dropped first, so the files match an uninterrupted run."""
         ckpt = cls.read_checkpoint(run_dir)
-        path = Path(run_dir) / "checkpoint.pt"
+        path = Path(run_dir) / CHECKPOINT
         if ckpt.get("format_version") != CHECKPOINT_VERSION:
             raise InputError(f"{path}: field 'format_version': not a neuralmd MD checkpoint of version "
                              f"{CHECKPOINT_VERSION}")

@@ -22,12 +22,12 @@ from ..config import load_config, save_config
 from ..errors import InputError
 from ..io_utils import atomic_save, atomic_write_json
 from ..progress import progress_bar
+from ..rundir import CHECKPOINT
 from ..threads import set_threads
 from ..units import force_factor
 from ..models.coarse_grain import CGFeatures, CGPotential, Prior
 from .coarse_grain import CGData, Mapping, load_cg_data
 
-CHECKPOINT = "checkpoint.pt"
 SETTINGS = "cg.toml"
 
 

@@ -32,11 +32,10 @@ from ..errors import InputError, TrainingError
 from ..io_utils import atomic_save, atomic_write_json
 from ..models.neural import NeuralPotential
 from ..progress import progress_bar
-from ..rundir import refuse_existing
+from ..rundir import CHECKPOINT, refuse_existing
 from ..threads import set_threads
 from .metrics import baseline_metrics, evaluate
 
-CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
 
 
