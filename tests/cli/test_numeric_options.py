@@ -59,7 +59,7 @@ CASES = [
         ("--images", "positive_int"), ("--fmax", "positive_float"), ("--steps", "positive_int"),
         ("--trust", "positive_float")]],
     *[(["fes", "{tmp}/no-run"], option, kind) for option, kind in [
-        ("--bins", "positive_int"), ("--blocks", "positive_int"), ("--skip-ns", "nonnegative_float")]],
+        ("--bins", "positive_int"), ("--blocks", "nonnegative_int"), ("--skip-ns", "nonnegative_float")]],
     *[(["cv", "train", "{tmp}/no-run"], option, kind) for option, kind in [
         ("--lag-ps", "positive_float"), ("--n-cv", "positive_int"), ("--epochs", "positive_int"),
         ("--restarts", "positive_int"), ("--smoothness", "nonnegative_float"), ("--scale-floor", "nonnegative_float")]],

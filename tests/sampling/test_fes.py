@@ -9,11 +9,10 @@ from scipy import constants
 from scipy.stats import norm
 
 from neuralmd.errors import InputError
+from neuralmd.sampling.convergence import basin_report, diagnose
 from neuralmd.sampling.fes import (
-    basin_report,
     convergence,
     delta_f,
-    delta_f_blocks,
     fes,
     kT_kjmol,
     parse_region,
@@ -167,7 +166,8 @@ def test_delta_f_of_two_states_with_known_populations():
     x = _two_states(n, p_b, np.random.default_rng(5))
     ref = -KT_KJMOL * np.log(p_b / p_a)
     sd = KT_KJMOL / np.sqrt(n * p_a * p_b)  # binomial error of ln(n_B / n_A)
-    df, err = delta_f_blocks(x, np.ones(n), A_REGION, B_REGION, T, blocks=20)
+    d = diagnose(x, np.ones(n), A_REGION, B_REGION, T, blocks=20)
+    df, err = d.deltaF_kjmol, d.deltaF_err_kjmol
     assert abs(df - ref) < 4 * sd
     assert 0.5 * sd < err < 1.6 * sd  # 19-dof estimate of the same error
     assert df == delta_f(x, np.ones(n), A_REGION, B_REGION, T)
@@ -180,15 +180,15 @@ def test_delta_f_of_two_states_with_known_populations():
 
 
 def test_block_error_is_the_spread_of_repeated_estimates():
-    """Over 300 independent data sets the block errors (5 blocks) agree in RMS with the actual
-    scatter of the estimates, and with the binomial prediction."""
+    """Over 300 independent data sets the block errors (length from the data) agree in RMS with
+    the actual scatter of the estimates, and with the binomial prediction."""
     rng = np.random.default_rng(7)
     n, p_b = 4000, 0.2
     estimates, errors = [], []
     for _ in range(300):
-        df, err = delta_f_blocks(_two_states(n, p_b, rng), np.ones(n), A_REGION, B_REGION, T, blocks=5)
-        estimates.append(df)
-        errors.append(err)
+        d = diagnose(_two_states(n, p_b, rng), np.ones(n), A_REGION, B_REGION, T)
+        estimates.append(d.deltaF_kjmol)
+        errors.append(d.deltaF_err_kjmol)
     scatter = np.std(estimates, ddof=1)
     predicted = KT_KJMOL / np.sqrt(n * p_b * (1 - p_b))
     # relative standard errors: ~0.04 for the scatter, ~0.02 for the RMS of 300 block errors
@@ -197,28 +197,23 @@ def test_block_error_is_the_spread_of_repeated_estimates():
     assert np.mean(estimates) == pytest.approx(-KT_KJMOL * np.log(p_b / (1 - p_b)), abs=4 * scatter / np.sqrt(300))
 
 
-def test_block_error_is_nan_when_only_one_block_sees_both_states():
-    x = np.array([-1.0] * 90 + [1.0] * 5 + [-1.0] * 5)  # B only in the last block of 10
-    df, err = delta_f_blocks(x, np.ones(100), A_REGION, B_REGION, T, blocks=10)
-    assert df == pytest.approx(-KT_KJMOL * np.log(5 / 95)) and np.isnan(err)
-
-
 def test_basin_report_and_convergence_curve():
     rng = np.random.default_rng(8)
     n = 2000
     x = _two_states(n, 0.3, rng)
     time_ns = np.arange(1, n + 1) * 0.001
     report = basin_report(x, np.ones(n), time_ns, A_REGION, B_REGION, T, blocks=4, points=10)
-    assert set(report) == {"deltaF_kjmol", "deltaF_err_kjmol", "curve"}
-    df, err = delta_f_blocks(x, np.ones(n), A_REGION, B_REGION, T, blocks=4)
-    assert report["deltaF_kjmol"] == df and report["deltaF_err_kjmol"] == err
+    assert set(report) == {"deltaF_kjmol", "deltaF_err_kjmol", "converged", "reason", "diagnostics", "curve"}
+    d = diagnose(x, np.ones(n), A_REGION, B_REGION, T, blocks=4)
+    assert report["deltaF_kjmol"] == d.deltaF_kjmol and report["deltaF_err_kjmol"] == d.deltaF_err_kjmol
+    assert report["converged"] and report["diagnostics"]["block_frames"] == 500
     curve = np.array(report["curve"])
     assert curve.shape == (10, 2)
     np.testing.assert_allclose(curve[:, 0], np.arange(1, 11) * 0.2)  # every 200 samples, 0.2 ns
     for t_ns, value in curve:
         first = x[: int(round(t_ns / 0.001))]
         assert value == pytest.approx(-KT_KJMOL * np.log((first > 0).sum() / (first < 0).sum()), rel=1e-6)
-    assert curve[-1, 1] == pytest.approx(df)
+    assert curve[-1, 1] == pytest.approx(d.deltaF_kjmol)
     ends, values = convergence(x, np.ones(n), A_REGION, B_REGION, T, points=10)
     np.testing.assert_array_equal(ends, np.arange(1, 11) * 200)
     np.testing.assert_allclose(values, curve[:, 1])
@@ -229,6 +224,7 @@ def test_convergence_curve_times_never_go_back_with_few_samples():
     report = basin_report(x, np.ones(5), np.arange(1, 6) * 0.1, A_REGION, B_REGION, T, blocks=2, points=20)
     times = [t for t, _ in report["curve"]]
     assert np.all(np.diff(times) >= 0)
+    assert not report["converged"]  # five frames of border jitter are no transitions
 
 
 def test_parse_region():

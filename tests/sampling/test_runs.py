@@ -267,11 +267,12 @@ def test_cli_sample_with_a_neural_potential_walkers_fes_and_resume(tmp_path, tra
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "run" / "fes.json").read_text())
     assert report["cvs"] == ["t3-0-1-2"] and report["frames"] == 32 and "deltaF_kjmol" in report
+    assert report["converged"] is False and report["reason"]  # 200 steps: no free energy to trust
     # bad fes input: one line, exit 2, and the run's own files untouched
     (tmp_path / "fes").mkdir()
     for options, fragment in ((["--basin-a", "t3-0-1-2<0", "--basin-b", "t3-0-1-2>0"], "holds none of the 32 frames"),
                               (["--basin-a", "t3-0-1-2<0"], "give both basins"), (["--bins", "0"], "bins 0"),
-                              (["--blocks", "0"], "blocks 0"), (["--skip-ns", "-1"], "skip-ns -1")):
+                              (["--blocks", "1"], "blocks 1"), (["--skip-ns", "-1"], "skip-ns -1")):
         result = runner.invoke(cli, ["fes", str(tmp_path / "run"), "-o", str(tmp_path / "fes"), *options])
         assert result.exit_code != 0 and isinstance(result.exception, InputError), (options, result.output)
         assert fragment in str(result.exception), (fragment, str(result.exception))

@@ -154,6 +154,9 @@ def cg_md(
     if ref is not None:
         line += f" (data {result['reference_deltaF_kjmol']:.2f}), FES error {result['fes_mae_kT']:.2f} kT"
     console.print(line + f" -> {run_dir}/ (traj_*.h5md, log.csv, cg_fes.png, cg_analysis.json)")
+    if not result["converged"]:
+        console.print(f"[red]ΔF UNCONVERGED: {result['reason']}[/red] -> "
+                      + "; ".join(result["diagnostics"]["advice"]))
 
 
 def check_reference(ref, path: Optional[Path], model) -> None:

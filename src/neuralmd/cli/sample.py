@@ -156,28 +156,34 @@ def fes(
     basin_a: Optional[str] = typer.Option(None, help="basin A, e.g. 'phi<0' (default for phi: phi<0)"),
     basin_b: Optional[str] = typer.Option(None, help="basin B, e.g. 'phi>0' (default for phi: phi>0)"),
     bins: int = typer.Option(60, help="histogram bins per CV"),
-    blocks: int = typer.Option(5, help="blocks for the error bar"),
+    blocks: int = typer.Option(0, help="blocks for the error bar (0: block length from the data, where the block "
+                                       "error levels off)"),
     skip_ns: float = typer.Option(0.0, help="discard the first ns (transient of the bias)"),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="folder for fes.png/fes.json (default: RUN)"),
 ) -> None:
     """Reweighted free-energy surface on one or two CVs, the free-energy difference between two
-    basins with a block error, and its convergence curve ΔF(t)."""
+    basins with a block error, its convergence curve ΔF(t) and the verdict whether it converged
+    (transitions between the basins, effective sample sizes, the weight of the heaviest stretch
+    of the run, the drift of ΔF, the plateau of the block error): an unconverged ΔF is printed
+    and stored as such, with the reason and what to do."""
     import numpy as np
 
     from ..analysis.plots import plot_convergence, plot_fes
     from ..io_utils import atomic_write_json
     from ..sampling import fes as F
+    from ..sampling.convergence import MIN_BLOCKS, basin_report
     from ..sampling.samples import load_samples
 
-    if bins < 2 or blocks < 2 or not skip_ns >= 0:
-        raise InputError(f"bins {bins}, blocks {blocks}, skip-ns {skip_ns}: expected bins >= 2, blocks >= 2, "
-                         f"skip-ns >= 0")
+    if bins < 2 or blocks < 0 or blocks == 1 or not skip_ns >= 0:
+        raise InputError(f"bins {bins}, blocks {blocks}, skip-ns {skip_ns}: expected bins >= 2, blocks 0 (from the "
+                         f"data) or >= 2, skip-ns >= 0")
     if bool(basin_a) != bool(basin_b):
         raise InputError("basin-a/basin-b: give both basins (or neither: phi<0 and phi>0 where the run has phi)")
     samples = load_samples(run, cv)
     keep = samples.time_ns >= skip_ns
-    if keep.sum() < 2 * blocks:
-        raise InputError(f"{run}: {int(keep.sum())} frames after --skip-ns {skip_ns}; need at least {2 * blocks}")
+    least = 2 * max(blocks, MIN_BLOCKS)
+    if keep.sum() < least:
+        raise InputError(f"{run}: {int(keep.sum())} frames after --skip-ns {skip_ns}; need at least {least}")
     values, weights, t = samples.values[keep], samples.weights[keep], samples.time_ns[keep]
     names = samples.names
     if len(names) > 2:
@@ -199,11 +205,21 @@ def fes(
               "simulated_ns": float(samples.time_ns.max())}
     if regions:
         region_a, region_b = regions
-        report = F.basin_report(values, weights, t, region_a, region_b, samples.temperature_K, blocks)
+        report = basin_report(values, weights, t, region_a, region_b, samples.temperature_K,
+                              segments=samples.replica[keep], blocks=blocks)
         result.update({"basin_a": basin_a, "basin_b": basin_b, **report})
         curve = np.array(report["curve"])
         plot_convergence(curve[:, 0], curve[:, 1], out / "fes_convergence.png")
-        console.print(f"ΔF = F({basin_b}) - F({basin_a}) = {report['deltaF_kjmol']:.2f} ± "
-                      f"{report['deltaF_err_kjmol']:.2f} kJ/mol ({int(keep.sum())} frames, {blocks} blocks)")
+        diagnostics = report["diagnostics"]
+        text = (f"ΔF = F({basin_b}) - F({basin_a}) = {report['deltaF_kjmol']:.2f} ± {report['deltaF_err_kjmol']:.2f} "
+                f"kJ/mol ({int(keep.sum())} frames, {diagnostics['transitions']} transitions, effective samples "
+                f"{diagnostics['ess'][0]:.0f}/{diagnostics['ess'][1]:.0f}, blocks of {diagnostics['block_frames']} "
+                f"frames)")
+        if report["converged"]:
+            console.print(f"{text}: converged")
+        else:
+            console.print(f"[red]{text}: UNCONVERGED[/red]")
+            for reason, advice in zip(diagnostics["reasons"], diagnostics["advice"]):
+                console.print(f"[red]  {reason}[/red] -> {advice}")
     atomic_write_json(result, out / "fes.json")
     console.print(f"-> {out / 'fes.png'}, {out / 'fes.json'}" + (", fes_convergence.png" if basin_a else ""))

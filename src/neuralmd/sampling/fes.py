@@ -1,5 +1,6 @@
 """Free energies from (biased) samples: reweighting, FES on one or two CVs, basin free-energy
-differences with block-averaged errors, and convergence curves ΔF(t).
+differences and convergence curves ΔF(t) (their errors and the verdict whether they converged:
+:mod:`neuralmd.sampling.convergence`).
 
 Weights: for OPES and for metadynamics in its quasi-stationary regime, a frame sampled with
 bias V has weight exp(βV) (``weights_from_bias``); unbiased frames have weight 1. Free energies
@@ -47,17 +48,6 @@ def delta_f(values: np.ndarray, weights: np.ndarray, region_a, region_b, tempera
     return float(-kT_kjmol(temperature_K) * np.log(pb / pa))
 
 
-def delta_f_blocks(values, weights, region_a, region_b, temperature_K: float, blocks: int = 5) -> tuple[float, float]:
-    """ΔF (kJ/mol) from all samples and its standard error from ``blocks`` contiguous blocks."""
-    values, weights = np.asarray(values), np.asarray(weights)
-    full = delta_f(values, weights, region_a, region_b, temperature_K)
-    parts = [delta_f(v, w, region_a, region_b, temperature_K)
-             for v, w in zip(np.array_split(values, blocks), np.array_split(weights, blocks))]
-    parts = np.array([p for p in parts if np.isfinite(p)])
-    err = float(parts.std(ddof=1) / np.sqrt(len(parts))) if len(parts) > 1 else float("nan")
-    return full, err
-
-
 def convergence(values, weights, region_a, region_b, temperature_K: float, points: int = 20) -> tuple[np.ndarray, np.ndarray]:
     """ΔF (kJ/mol) from the first fraction of the samples, at ``points`` fractions in (0, 1]
     (fewer, each at least one sample, when there are fewer samples than points)."""
@@ -102,15 +92,6 @@ def parse_region(text: str, names: Sequence[str]) -> list[tuple[float, float]]:
             lo = float(m.group(4))
         region[k] = (lo, hi)
     return region
-
-
-def basin_report(values: np.ndarray, weights: np.ndarray, time_ns: np.ndarray, region_a, region_b,
-                 temperature_K: float, blocks: int = 5, points: int = 20) -> dict:
-    """ΔF = F(B) - F(A) (kJ/mol) with its block error and the convergence curve [ns, ΔF]."""
-    dF, err = delta_f_blocks(values, weights, region_a, region_b, temperature_K, blocks)
-    ends, curve = convergence(values, weights, region_a, region_b, temperature_K, points)
-    return {"deltaF_kjmol": dF, "deltaF_err_kjmol": err,
-            "curve": [[float(time_ns[e - 1]), float(c)] for e, c in zip(ends, curve)]}
 
 
 def metad_ct(bias, steps: np.ndarray, walkers: int, temperature_K: float, points: int = 80) -> np.ndarray:

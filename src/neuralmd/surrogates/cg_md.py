@@ -4,7 +4,9 @@ compared with the mapped all-atom data.
 The comparison (the numbers ``neuralmd cg md`` and benchmarks/surrogates.py report):
 
 - ``deltaF_kjmol``: F(t0 > 0) - F(t0 < 0) for the first named torsion (phi for a dipeptide),
-  with a block error over groups of replicas;
+  with a block error (block length from the data), ``converged`` and ``reason`` (the verdict of
+  :mod:`neuralmd.sampling.convergence`: transitions per replica, effective sample sizes, drift)
+  and its ``diagnostics``;
 - ``fes_mae_kT``: mean absolute difference of the 2D torsion FES (k_BT) over the bins that
   both populate (at least ``min_count`` reference frames), after removing the mean offset
   (free energies are defined up to a constant);
@@ -24,7 +26,8 @@ from ..errors import InputError
 from ..io_utils import atomic_write_json
 from ..md.integrators import check_timestep
 from ..md.simulation import MDSettings, Simulation
-from ..sampling.fes import delta_f, delta_f_blocks, fes, kT_kjmol
+from ..sampling.convergence import diagnose
+from ..sampling.fes import delta_f, fes, kT_kjmol
 from ..models.coarse_grain import CGPotential, torsion_angles
 
 PERIODIC = [(-math.pi, math.pi)] * 2
@@ -70,14 +73,17 @@ def start_cg_md(model_path: str | Path, output: str | Path, ns: float, replicas:
 
 
 def compare_torsion_fes(sample: np.ndarray, weights: np.ndarray, reference: np.ndarray | None, temperature_K: float,
-                        bins: int = 24, min_count: int = 10, blocks: int = 5) -> dict[str, Any]:
-    """Basin ΔF (kJ/mol) of the first torsion and, with a reference, the 2D FES error (k_BT).
+                        bins: int = 24, min_count: int = 10, replica: np.ndarray | None = None) -> dict[str, Any]:
+    """Basin ΔF (kJ/mol) of the first torsion with its verdict and, with a reference, the 2D FES
+    error (k_BT).
 
-    ``sample`` (T, 2) torsions in rad with reweighting ``weights`` (T,), in time order (the
-    error bar comes from ``blocks`` contiguous blocks); ``reference`` (T', 2) unbiased."""
+    ``sample`` (T, 2) torsions in rad with reweighting ``weights`` (T,), in time order;
+    ``replica`` (T,) the trajectory of each frame (transitions are counted per replica);
+    ``reference`` (T', 2) unbiased."""
     phi_neg, phi_pos = [(-math.pi, 0.0), (-math.inf, math.inf)], [(0.0, math.pi + 1e-9), (-math.inf, math.inf)]
-    dF, err = delta_f_blocks(sample, weights, phi_neg, phi_pos, temperature_K, blocks)
-    out: dict[str, Any] = {"frames": len(sample), "deltaF_kjmol": dF, "deltaF_err_kjmol": err,
+    d = diagnose(sample, weights, phi_neg, phi_pos, temperature_K, segments=replica)
+    out: dict[str, Any] = {"frames": len(sample), "deltaF_kjmol": d.deltaF_kjmol, "deltaF_err_kjmol": d.deltaF_err_kjmol,
+                           "converged": d.converged, "reason": "; ".join(d.reasons), "diagnostics": d.as_dict(),
                            "fraction_t0_positive": float(weights[sample[:, 0] > 0].sum() / weights.sum())}
     centres, f_sample = fes(sample, weights, [bins, bins], PERIODIC, temperature_K)
     out["fes"] = {"centres": centres, "sample": f_sample}
@@ -124,12 +130,14 @@ def analyse_cg_run(run_dir: str | Path, model: CGPotential, reference_coords: np
     if not keep.any():
         raise InputError(f"{run_dir}: no frames after skip_ps={skip_ps}")
     reference = torsion_angles(reference_coords, quads) if reference_coords is not None else None
-    result = compare_torsion_fes(samples.values[keep, :2], samples.weights[keep], reference, model.temperature_K)
+    result = compare_torsion_fes(samples.values[keep, :2], samples.weights[keep], reference, model.temperature_K,
+                                 replica=samples.replica[keep])
     surfaces = {"CG model": result["fes"]["sample"]}
     if reference is not None:
         surfaces["reference (mapped data)"] = result["fes"]["reference"]
     names = [f"{name} (rad)" for name in quads]
-    title = f"ΔF({list(quads)[0]}>0) = {result['deltaF_kjmol']:.2f} ± {result['deltaF_err_kjmol']:.2f} kJ/mol"
+    title = (f"ΔF({list(quads)[0]}>0) = {result['deltaF_kjmol']:.2f} ± {result['deltaF_err_kjmol']:.2f} kJ/mol"
+             + ("" if result["converged"] else " (unconverged)"))
     if reference is not None:
         title += f" (data {result['reference_deltaF_kjmol']:.2f}); FES error {result['fes_mae_kT']:.2f} kT"
     plot_fes_comparison(result["fes"]["centres"], surfaces, names, run_dir / "cg_fes.png", title)

@@ -127,7 +127,7 @@ def refine_cg_model(model_path: str | Path, reference_coords: np.ndarray, output
         model.save(new_path, extra={"refined_from": str(Path(model_path).resolve()), "iteration": it + 1})
         state["history"].append({"iteration": it, "fes_mae_kT": analysis["fes_mae_kT"],
                                  "js_divergence": analysis["js_divergence"], "deltaF_kjmol": analysis["deltaF_kjmol"],
-                                 "deltaF_err_kjmol": analysis["deltaF_err_kjmol"],
+                                 "deltaF_err_kjmol": analysis["deltaF_err_kjmol"], "converged": analysis["converged"],
                                  "ns_per_day_per_replica": sim.ns_per_day(), "model": str(new_path)})
         atomic_write_json(state, state_path)  # the iteration is done only once this is written
         current = new_path
