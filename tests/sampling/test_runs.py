@@ -150,7 +150,7 @@ def test_cli_md_cv_train_sample_fes_on_alanine_dipeptide(tmp_path):
     log = np.genfromtxt(tmp_path / "unbiased" / "log.csv", delimiter=",", names=True)
     assert abs(log["temperature_K"][20:].mean() - 300) < 30  # constraints counted in the degrees of freedom
     ok(["cv", "train", str(tmp_path / "unbiased"), "--method", "deep-tica", "--lag-ps", "0.5", "--epochs", "20",
-        "-o", str(tmp_path / "cv")])
+        "--force", "-o", str(tmp_path / "cv")])  # 40 ps hold no phi transition: kept only when forced
     meta = json.loads((tmp_path / "cv" / "descriptors.json").read_text())
     assert meta["atoms_0based"] == [1, 4, 5, 6, 8, 10, 14, 15, 16, 18]  # heavy atoms of ala2
     assert len(meta["steepness_per_A"]) == 1 and 0 < meta["steepness_per_A"][0] < 1e3
@@ -192,7 +192,7 @@ def test_bad_sampling_input_exits_2_and_writes_nothing(tmp_path):
     run.run()
     from neuralmd.sampling.cv_training import train_cv_from_runs
 
-    train_cv_from_runs([tmp_path / "short"], tmp_path / "cv", method="autoencoder", epochs=2)
+    train_cv_from_runs([tmp_path / "short"], tmp_path / "cv", method="autoencoder", epochs=2, force=True)
     from neuralmd.errors import InputError
     from neuralmd.sampling.spec import load_cv
 
@@ -290,11 +290,11 @@ def test_cv_training_restarts_keep_the_lowest_validation_loss(tmp_path):
     start_openmm(OpenMMSettings(pdb=pdb, report_every=10, total_steps=1000), BiasSettings(cv="phi", bias="none"),
                  tmp_path / "short").run()
     best = train_cv_from_runs([tmp_path / "short"], tmp_path / "cv", method="autoencoder", epochs=3, seed=5,
-                              restarts=3)
+                              restarts=3, force=True)
     losses = best["restarts_best_valid_loss"]
     assert len(losses) == 3 and len(set(losses)) == 3  # three different trainings
     assert best["seed"] == 5 + int(np.argmin(losses))
     alone = train_cv_from_runs([tmp_path / "short"], tmp_path / "alone", method="autoencoder", epochs=3,
-                               seed=best["seed"])
+                               seed=best["seed"], force=True)
     assert alone["best_valid_loss"] == best["best_valid_loss"] == min(losses)  # the kept one is that training
     assert json.loads((tmp_path / "cv" / "descriptors.json").read_text())["training"]["seed"] == best["seed"]

@@ -36,16 +36,17 @@ XML = f"""<ForceField>
 """
 
 PDB = """HETATM    1  C1  DWL A   1       0.000   0.000   0.000  1.00  0.00           C
-HETATM    2  C2  DWL A   1       1.500   0.000   0.000  1.00  0.00           C
+HETATM    2  C2  DWL A   1    {x:8.3f}   0.000   0.000  1.00  0.00           C
 CONECT    1    2
 END
 """
 
 
-def write_toy(folder: Path, barrier_kjmol: float = EB) -> tuple[Path, Path]:
-    """toy.pdb and toy.xml (a well of height ``barrier_kjmol``) in ``folder``."""
+def write_toy(folder: Path, barrier_kjmol: float = EB, distance_A: float = 1.5) -> tuple[Path, Path]:
+    """toy.pdb (the atoms ``distance_A`` apart: 1.5 in state A, 2.5 in B) and toy.xml (a well of
+    height ``barrier_kjmol``) in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "toy.pdb").write_text(PDB)
+    (folder / "toy.pdb").write_text(PDB.format(x=distance_A))
     (folder / "toy.xml").write_text(XML.replace("{eb}", str(barrier_kjmol)))
     return folder / "toy.pdb", folder / "toy.xml"
 

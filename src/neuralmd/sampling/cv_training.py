@@ -16,6 +16,7 @@ import torch
 
 from ..errors import InputError
 from ..io_utils import atomic_write_json
+from .convergence import MIN_TRANSITIONS, count_transitions
 from .cvs import PairwiseDistances
 from .learned import LearnedCV, train_autoencoder, train_deep_lda, train_deep_tica
 from ..rundir import md_settings, refuse_existing
@@ -29,13 +30,56 @@ STEEP_CV_PER_A = 10.0
 #: a Deep-TICA CV whose autocorrelation at the lag is below this follows no process slower than the lag
 #: (alanine dipeptide, from validation losses ≈ -λ²: trainings that found phi 0.35-0.94, stalled ones 0.01-0.13)
 SLOW_TICA_EIGENVALUE = 0.2
+#: transitions between the two modes of a learned CV's distribution, in the training
+#: trajectories, below which their data do not contain the process (five round trips, as `fes`)
+MIN_CV_CROSSINGS = MIN_TRANSITIONS
+#: a dip in ln(density) between two modes of at least this much separates them (a factor e)
+MODE_PROMINENCE = 1.0
+
+
+def cv_modes(s: np.ndarray, segments: np.ndarray, bins: int = 60) -> dict:
+    """The modes of a CV's distribution over the training frames and how often the trajectories
+    go from one to the other.
+
+    ``s`` (n,): the CV of each frame; ``segments`` (n,): its trajectory (frames of each in time
+    order). The density is a histogram over the 0.1-99.9 percentile range smoothed over 1.5
+    bins; modes are maxima of its logarithm standing at least :data:`MODE_PROMINENCE` above the
+    dip that separates them. Of two or more, the highest on each side of the deepest dip are
+    kept; each mode's core reaches from its peak halfway to that dip, and transitions are
+    counted between the cores (:func:`count_transitions`). Returns ``modes`` (CV values of the
+    peaks), ``boundary`` (the dip, or None), ``crossings``, ``visits`` and ``fraction`` (of the
+    frames beyond the boundary)."""
+    from scipy.ndimage import gaussian_filter1d
+    from scipy.signal import find_peaks
+
+    lo, hi = np.percentile(s, [0.1, 99.9])
+    one = {"boundary": None, "crossings": 0, "visits": [1, 0], "fraction": 0.0}
+    if not hi > lo:
+        return {"modes": [float(lo)], **one}
+    counts, edges = np.histogram(s, bins=bins, range=(lo, hi))
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    log_p = np.log(gaussian_filter1d(counts.astype(float), 1.5, mode="constant") + 1e-3)
+    padded = np.concatenate([[log_p.min() - 10], log_p, [log_p.min() - 10]])  # peaks at the edges count
+    peaks = find_peaks(padded, prominence=MODE_PROMINENCE)[0] - 1
+    if len(peaks) < 2:
+        return {"modes": [float(centres[np.argmax(log_p)])], **one}
+    dips = [i + int(np.argmin(log_p[i:j + 1])) for i, j in zip(peaks[:-1], peaks[1:])]
+    dip = min(dips, key=lambda k: log_p[k])
+    left = max((k for k in peaks if k < dip), key=lambda k: log_p[k])
+    right = max((k for k in peaks if k > dip), key=lambda k: log_p[k])
+    boundary = float(centres[dip])
+    core_a, core_b = 0.5 * (centres[left] + boundary), 0.5 * (boundary + centres[right])
+    labels = np.where(s <= core_a, 0, np.where(s >= core_b, 1, -1))
+    crossings, visits = count_transitions(labels, segments)
+    return {"modes": [float(centres[left]), float(centres[right])], "boundary": boundary, "crossings": crossings,
+            "visits": list(visits), "fraction": float((s > boundary).mean())}
 
 
 def train_cv_from_runs(runs: Sequence[str | Path], out: str | Path, method: str = "deep-tica",
                        descriptors: str = "heavy-atom-distances", lag_ps: float = 1.0, n_cv: int = 1,
                        hidden: Sequence[int] = (24, 12), epochs: int = 200, seed: int = 0,
                        reweight: bool = True, scale_floor: float = 0.5, smoothness: float = 1e-3,
-                       progress: bool = False, restarts: int = 1) -> dict:
+                       progress: bool = False, restarts: int = 1, force: bool = False) -> dict:
     """Train, export into ``out`` (cv.pt, descriptors.json, plumed.dat, history.json,
     relevance.csv/png) and return a summary, including each CV's steepness (1/Å, see
     :mod:`neuralmd.analysis.interpret`) and, for Deep-TICA, its eigenvalue (None otherwise).
@@ -44,7 +88,13 @@ def train_cv_from_runs(runs: Sequence[str | Path], out: str | Path, method: str 
     ``smoothness`` (Å²): Deep-TICA's gradient penalty (see :func:`train_deep_tica`).
     ``restarts``: trainings from seeds ``seed, seed + 1, ...``; the one with the lowest
     validation loss is kept (for Deep-TICA the largest eigenvalues: on alanine dipeptide some
-    seeds stall near eigenvalue 0 on a fast mode while others find the phi transition)."""
+    seeds stall near eigenvalue 0 on a fast mode while others find the phi transition).
+
+    Before anything is written, the learned CV is checked against its own data (not for Deep-LDA,
+    whose states come from separate runs): its first output must have two modes between which
+    the training trajectories cross at least :data:`MIN_CV_CROSSINGS` times (:func:`cv_modes`);
+    otherwise the exploration did not sample the process and an InputError says so, unless
+    ``force``."""
     from ..analysis.interpret import cv_relevance, cv_steepness, plot_relevance
 
     refuse_existing(out, "a learned CV", marker="cv.pt", resumable=False)
@@ -110,10 +160,20 @@ def train_cv_from_runs(runs: Sequence[str | Path], out: str | Path, method: str 
         s = net(torch.as_tensor(x)).numpy()
     steepness = [round(float(v), 3) for v in cv_steepness(net, x)]
     eigenvalues = history[-1].get("tica_eigenvalues")
+    modes = cv_modes(s[:, 0], segments) if method != "deep-lda" else None
+    if modes is not None and modes["crossings"] < MIN_CV_CROSSINGS and not force:
+        shape = ("one mode" if modes["boundary"] is None
+                 else f"two modes (at {modes['modes'][0]:.3g} and {modes['modes'][1]:.3g})")
+        raise InputError(f"{', '.join(str(r) for r in runs)}: the learned CV has {shape} and the trajectories cross "
+                         f"between them {modes['crossings']} times (need {MIN_CV_CROSSINGS}): the exploration did not "
+                         f"sample the process; explore longer (neuralmd cv discover does until it has), or --force "
+                         f"to keep this CV")
+    timescales = ([float(-lag_ps / np.log(v)) if 0 < v < 1 else None for v in eigenvalues]
+                  if eigenvalues else None)
     meta = {"n_atoms": len(numbers), "elements": [int(numbers[a]) for a in atoms],
             "cv_range": [[float(s[:, k].min()), float(s[:, k].max())] for k in range(n_cv)],
-            "steepness_per_A": steepness, "tica_eigenvalues": eigenvalues,
-            "training": {"runs": [str(Path(r).resolve()) for r in runs], "frames": len(x), "descriptors": descriptors,
+            "steepness_per_A": steepness, "tica_eigenvalues": eigenvalues, "implied_timescales_ps": timescales,
+            "modes": modes, "training": {"runs": [str(Path(r).resolve()) for r in runs], "frames": len(x), "descriptors": descriptors,
                          "lag_ps": lag_ps if method == "deep-tica" else None, "epochs": epochs, "seed": seed,
                          "restarts_best_valid_loss": [float(v) for v in valid_losses],
                          "scale_floor": scale_floor, "smoothness_A2": smoothness if method == "deep-tica" else None}}
@@ -128,7 +188,7 @@ def train_cv_from_runs(runs: Sequence[str | Path], out: str | Path, method: str 
     atomic_write_json(history, out / "history.json")
     cv.export(out, meta)
     return {"method": method, "frames": len(x), "cv_range": meta["cv_range"], "steepness_per_A": steepness,
-            "tica_eigenvalues": eigenvalues, "seed": seed,
+            "tica_eigenvalues": eigenvalues, "implied_timescales_ps": timescales, "modes": modes, "seed": seed,
             "restarts_best_valid_loss": meta["training"]["restarts_best_valid_loss"],
             "final_valid_loss":
             history[-1]["valid_loss"], "best_valid_loss": valid_losses[best],

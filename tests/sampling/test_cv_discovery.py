@@ -1,0 +1,74 @@
+"""Does the data behind a learned CV contain the process? The modes of a CV's distribution and
+the crossings between them; `cv train` refusing data that never cross (exit 2, nothing
+written) and keeping a CV of data that do; `cv discover` exploring until a transition is seen."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from typer.testing import CliRunner
+
+from neuralmd.cli import app
+from neuralmd.errors import InputError
+from neuralmd.sampling.cv_training import MIN_CV_CROSSINGS, cv_modes
+
+from .toy import write_toy
+
+
+def test_modes_and_crossings_of_a_cv_distribution():
+    rng = np.random.default_rng(0)
+    states = np.repeat(np.arange(31) % 2, 200)  # one trajectory hopping between two states 30 times
+    s = states * 3.0 + 0.3 * rng.normal(size=states.size)
+    hops = cv_modes(s, np.zeros(states.size, int))
+    assert hops["crossings"] == 30 and hops["visits"] == [16, 15]
+    assert np.allclose(hops["modes"], [0.0, 3.0], atol=0.3) and 0.5 < hops["boundary"] < 2.5
+    assert hops["fraction"] == (s > hops["boundary"]).mean()
+    # the same frames as two trajectories that never leave their state
+    apart = cv_modes(s, states)
+    assert apart["crossings"] == 0 and apart["visits"] == [1, 1] and apart["boundary"] is not None
+    # a rare state, 2 % of the frames, visited 6 times: still a mode, and its crossings counted
+    rare = np.zeros(6000, int)
+    for start in range(500, 6000, 1000):
+        rare[start:start + 20] = 1
+    rare_modes = cv_modes(rare * 3.0 + 0.3 * rng.normal(size=rare.size), np.zeros(rare.size, int))
+    assert rare_modes["crossings"] == 12 and rare_modes["visits"] == [7, 6]
+    # one broad state: a single mode, nothing to cross
+    single = cv_modes(rng.normal(size=5000), np.zeros(5000, int))
+    assert single["boundary"] is None and single["crossings"] == 0
+
+
+def _toy_run(folder, barrier_kjmol: float, distance_A: float, steps: int = 50_000, seed: int = 0):
+    pdb, xml = write_toy(folder, barrier_kjmol, distance_A)
+    result = CliRunner().invoke(app, ["md", "--engine", "openmm", "--pdb", str(pdb), "--forcefield", str(xml),
+                                      "--steps", str(steps), "--report-every", "50", "--seed", str(seed),
+                                      "-o", str(folder / "run")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return folder / "run"
+
+
+def test_cv_train_refuses_trajectories_that_never_cross_and_keeps_those_that_do(tmp_path):
+    """Two runs of the toy behind a 40 kJ/mol barrier, one in each state: Deep-TICA separates
+    them, but no trajectory crosses, so `cv train` stops (exit 2, nothing written) unless
+    --force; behind a 6 kJ/mol barrier the run crosses often and the CV is kept."""
+    a = _toy_run(tmp_path / "a", 40.0, 1.5)
+    b = _toy_run(tmp_path / "b", 40.0, 2.5)
+    args = ["cv", "train", str(a), str(b), "--lag-ps", "1", "--epochs", "20", "-o"]
+    result = CliRunner().invoke(app, [*args, str(tmp_path / "cv")])
+    assert result.exit_code != 0 and isinstance(result.exception, InputError)
+    message = str(result.exception)
+    assert "cross between them 0 times" in message and "did not sample the process" in message
+    assert str(a) in message and "\n" not in message
+    assert not (tmp_path / "cv").exists()
+    forced = CliRunner().invoke(app, [*args, str(tmp_path / "forced"), "--force"], catch_exceptions=False)
+    assert forced.exit_code == 0 and "warning (--force)" in " ".join(forced.output.split())
+    meta = json.loads((tmp_path / "forced" / "descriptors.json").read_text())
+    assert meta["modes"]["crossings"] == 0 and len(meta["modes"]["modes"]) == 2
+
+    hopping = _toy_run(tmp_path / "c", 6.0, 1.5, steps=200_000)
+    result = CliRunner().invoke(app, ["cv", "train", str(hopping), "--lag-ps", "1", "--epochs", "20",
+                                      "-o", str(tmp_path / "cv")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "cv" / "descriptors.json").read_text())
+    assert meta["modes"]["crossings"] >= MIN_CV_CROSSINGS
+    assert meta["tica_eigenvalues"][0] > 0.2 and meta["implied_timescales_ps"][0] > 1.0
