@@ -56,3 +56,41 @@ def test_an_exploding_openmm_run_stops_with_the_last_good_frame_and_a_clean_bias
     good = read(tmp_path / "last_good.xyz")
     assert len(good) == 22 and torch.isfinite(torch.as_tensor(good.positions)).all()
     assert torch.isfinite(bias.centres).all() and torch.isfinite(bias.sum_w)
+
+
+GRID_EDGE = """
+import numpy as np, openmm
+from openmm import unit
+from neuralmd.sampling.biases import OPES
+from neuralmd.sampling.cvs import Distance
+from neuralmd.sampling.openmm_bias import GridBias
+system = openmm.System()
+for _ in range(2):
+    system.addParticle(12.0)
+bond = openmm.HarmonicBondForce()
+bond.addBond(0, 1, 0.15, 1000.0)
+system.addForce(bond)
+# 32 knots over the grid range a multithermal run's energy once had: OpenMM's last knot falls an
+# ulp short of its top
+grid = GridBias(OPES(Distance(0, 1), sigma=[0.1], barrier_kjmol=10, pace=10, temperature_K=300), system,
+                ranges=[(-13.491631734546697, 52.70753914306916)], spacing=[3.0])
+grid.add_to(system)
+context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+for r_nm in (5.270753914306916, 6.0, 0.15):
+    context.setPositions([[0, 0, 0], [r_nm, 0, 0]])
+    state = context.getState(getEnergy=True, getForces=True)
+    assert np.isfinite(state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
+print("ok")
+"""
+
+
+def test_grid_bias_holds_a_cv_beyond_its_range_at_the_edge_without_aborting():
+    """A non-periodic CV at or past the top of its grid: the bias is held at its edge value. The
+    clamp used to sit exactly on the range's top, which OpenMM's last spline knot can miss by an
+    ulp: the spline then threw inside OpenMM's C++ step and the process aborted (seen in a
+    multithermal run whose energy left its grid). Run in a child process, since that was an abort."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", GRID_EDGE], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]

@@ -169,8 +169,11 @@ class GridBias:
         self.points = torch.stack([m.reshape(-1) for m in reversed(mesh)], dim=-1)
         self.shape = [len(a) for a in axes]
         self.bias, self.periodic = bias, all(periodic)
-        args = [f"s{k}" if periodic[k] else f"min(max(s{k},{self.bounds[k][0]!r}),{self.bounds[k][1]!r})"
-                for k in range(d)]
+        # held strictly inside the table: OpenMM places the last knot at lo + (n-1)·(hi-lo)/(n-1),
+        # which can fall an ulp short of hi, and a spline evaluated beyond it aborts the process
+        inset = [1e-9 * (hi - lo) for lo, hi in self.bounds]
+        args = [f"s{k}" if periodic[k] else
+                f"min(max(s{k},{self.bounds[k][0] + inset[k]!r}),{self.bounds[k][1] - inset[k]!r})" for k in range(d)]
         self.force = openmm.CustomCVForce(f"table({','.join(args)})")
         self.force.setName("neuralmd-grid-bias")
         self.force.addTabulatedFunction("table", self._function(np.zeros(len(self.points))))
