@@ -40,6 +40,7 @@ from openmm import app, unit
 
 from neuralmd.md.reporters import read_h5md
 from neuralmd.sampling import fes as F
+from neuralmd.sampling.convergence import basin_report
 from neuralmd.sampling.cv_training import train_cv_from_runs
 from neuralmd.md.openmm_engine import OpenMMSettings
 from neuralmd.sampling.bias_factory import BiasSettings
@@ -70,7 +71,7 @@ def run_neuralmd(out: Path, ns: float, bias: BiasSettings, seed: int, timestep_f
     run.run()
     wall = time.perf_counter() - t0
     s = load_samples(out, "phi")
-    report = F.basin_report(s.values, s.weights, s.time_ns, A, B, T, points=40)
+    report = basin_report(s.values, s.weights, s.time_ns, A, B, T, segments=s.replica, points=40)
     return report, wall / ns
 
 
@@ -183,6 +184,62 @@ def learned_cv_run(learned: Path, ns: dict, seed: int, args: argparse.Namespace)
     return report
 
 
+def discovery_run(folder: Path, seed: int, ns: float, reference: float) -> dict:
+    """One seed of the README's blind recipe, as written there: ``neuralmd cv discover`` (its
+    defaults: 0.5 ns unbiased, multithermal exploration in 1 ns steps until Deep-TICA's CV passes
+    its eigenvalue and crossing checks) then ``sample --config DIR/opes.toml`` for ``ns`` and the
+    ΔF verdict of ``fes``. Resumes a seed whose folder exists."""
+    from neuralmd.config import load_config
+    from neuralmd.rundir import CHECKPOINT
+    from neuralmd.sampling.discovery import OPES_SETTINGS, Discovery, DiscoverySettings
+    from neuralmd.sampling.runs import resume_run
+
+    t0 = time.perf_counter()
+    loop = (Discovery.resume(folder / "discover") if (folder / "discover" / "discover.toml").exists()
+            else Discovery.start(DiscoverySettings(pdb=str(PDB), seed=seed), folder / "discover"))
+    history = loop.run()
+    prep_wall = time.perf_counter() - t0
+    last = history["iterations"][-1] if history["iterations"] else {}
+    row = {"seed": seed, "exploration_ns": last.get("explore_ns"), "iterations": len(history["iterations"]),
+           "eigenvalue": last.get("eigenvalue"), "crossings": last.get("crossings"), "found": history["found"],
+           "discovery_wall_s": round(prep_wall, 1), "discovery": history["iterations"]}
+    if not history["found"]:
+        return {**row, "deltaF_kjmol": None, "deltaF_err_kjmol": None, "converged": False,
+                "reason": f"no CV: {history['stop_reason']}", "ns_to_1kjmol": None, "curve": []}
+    bias = load_config(BiasSettings, folder / "discover" / OPES_SETTINGS)
+    opes = folder / "opes"
+    settings = OpenMMSettings(pdb=str(PDB), temperature_K=T, seed=seed + 2, timestep_fs=2.0, report_every=500,
+                              checkpoint_every=500_000, total_steps=int(round(ns * 5e5)))
+    t0 = time.perf_counter()
+    if (opes / CHECKPOINT).exists():
+        run = resume_run(opes)
+        run.settings.total_steps = settings.total_steps
+    else:
+        shutil.rmtree(opes, ignore_errors=True)
+        run = start_openmm(settings, bias, opes)
+    run.run()
+    wall = time.perf_counter() - t0
+    s = load_samples(opes, "phi")
+    report = basin_report(s.values, s.weights, s.time_ns, A, B, T, segments=s.replica, points=40)
+    return {**row, "deltaF_kjmol": report["deltaF_kjmol"], "deltaF_err_kjmol": report["deltaF_err_kjmol"],
+            "converged": report["converged"], "reason": report["reason"],
+            "ns_to_1kjmol": ns_to_within(report["curve"], reference), "transitions":
+            report["diagnostics"]["transitions"], "ess": report["diagnostics"]["ess"], "sigma": bias.sigma,
+            "opes_wall_s_per_ns": wall / ns, "curve": report["curve"]}
+
+
+def discovery_summary(rows: list[dict], reference: float, results: dict) -> str:
+    """The issue's targets for the blind recipe, one line each."""
+    wrong = [r["seed"] for r in rows if r["converged"] and abs(r["deltaF_kjmol"] - reference) > 1.5]
+    honest = [r["seed"] for r in rows if not r["converged"] or abs(r["deltaF_kjmol"] - reference) <= 1.0]
+    ns = [r["ns_to_1kjmol"] if r["ns_to_1kjmol"] is not None else np.inf for r in rows]
+    metad = results.get("openmm_metad", {}).get("ns_to_1kjmol")
+    extra = [r["seed"] for r in rows if (r["iterations"] or 0) > 1]
+    return (f"discovery: {len(rows)} seeds; within 1 kJ/mol or reported unconverged: {len(honest)}/{len(rows)}; "
+            f"converged but > 1.5 kJ/mol off: {wrong or 'none'}; median ns to 1 kJ/mol {np.median(ns):g} "
+            f"(OpenMM metad {metad}); seeds that needed more than one exploration step: {extra}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", type=float, default=1.0, help="multiply all simulated times")
@@ -198,6 +255,10 @@ def main() -> None:
                                                    "(summary: none; recombine the stored runs)")
     parser.add_argument("--reference-ns", type=float, default=20.0, help="length of the long reference run")
     parser.add_argument("--seeds", type=int, default=3, help="runs of (b), (c) and (d) with different seeds")
+    parser.add_argument("--discovery-seeds", default="100,110,120,130,140",
+                        help="seeds of the blind recipe (cv discover -> OPES on its CV), part 'discovery'")
+    parser.add_argument("--resume", action="store_true", help="part 'discovery': keep the seeds already stored and "
+                                                               "continue an interrupted one")
     parser.add_argument("--cv-restarts", type=int, default=3,
                         help="(d): Deep-TICA trainings per seed, the largest eigenvalue kept (session 8 ran 1)")
     args = parser.parse_args()
@@ -208,7 +269,25 @@ def main() -> None:
     parts = set(args.only.split(",")) if args.only else {"unbiased", "metad", "opes", "learned", "reference"}
     results: dict = json.loads(out.read_text()) if args.only and out.exists() else {}  # keep the other parts
     for part in parts:
-        shutil.rmtree(work / part, ignore_errors=True)
+        if not (part == "discovery" and args.resume):
+            shutil.rmtree(work / part, ignore_errors=True)
+    if "discovery" in parts:
+        reference = results.get("reference_deltaF_kjmol") or 9.13
+        done = {row["seed"]: row for row in results.get("discovery", [])} if args.resume else {}
+        for seed in [int(v) for v in args.discovery_seeds.split(",")]:
+            if seed in done:
+                continue
+            print(f"discovery, seed {seed}: cv discover -> OPES on its CV ({args.ns:g} ns)")
+            done[seed] = discovery_run(work / "discovery" / str(seed), seed, args.ns * args.scale, reference)
+            results["discovery"] = finite_or_null(list(done.values()))
+            out.write_text(json.dumps(finite_or_null(results), indent=1))  # seed by seed: --resume keeps them
+            row = done[seed]
+            print(f"  explored {row['exploration_ns']} ns in {row['iterations']} iterations; ΔF "
+                  f"{row['deltaF_kjmol']} ± {row['deltaF_err_kjmol']}, converged {row['converged']} {row['reason']}; "
+                  f"ns to 1 kJ/mol {row['ns_to_1kjmol']}")
+        if parts == {"discovery"}:
+            print(discovery_summary(results["discovery"], reference, results))
+            return
     ns = {k: v * args.scale for k, v in {"unbiased": 10.0, "metad": args.ns, "opes": args.ns, "short": 0.5,
                                          "explore": args.explore_ns, "learned": args.ns}.items()}
     load = LoadMonitor()

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from ..errors import InputError
-from .common import app, console
+from ..sampling.discovery import DiscoverySettings
+from .common import CONFIG_HELP, app, comma_list, console, default, given, refuse_with_resume, settings_from
 
 cv_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Learned collective variables.")
 app.add_typer(cv_app, name="cv")
@@ -88,3 +90,81 @@ def cv_train(
         console.print(f"[yellow]warning: a CV changes by more than {STEEP_CV_PER_A:g} of its standard deviations per Å "
                       f"of descriptor change; biasing it may need a shorter timestep (raise --smoothness or "
                       f"--scale-floor)[/yellow]")
+
+
+def _d(name: str):
+    return default(DiscoverySettings, name)
+
+
+@cv_app.command("discover")
+def cv_discover(
+    ctx: typer.Context,
+    pdb: Optional[Path] = typer.Option(None, help="PDB file (OpenMM engine)"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="folder of the loop (short/, explore/, "
+                                                                      "cv-NN/, cv/, opes.toml, discover.json)"),
+    resume: Optional[Path] = typer.Option(None, help="continue the loop in this folder"),
+    config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
+    forcefield: str = typer.Option(",".join(_d("forcefield")), help="OpenMM force-field files, comma-separated"),
+    platform: str = typer.Option(_d("platform"), help="OpenMM platform"),
+    temperature: float = typer.Option(_d("temperature_K"), help="K"),
+    tmax: float = typer.Option(_d("tmax_K"), help="top of the multithermal exploration's temperature ladder, K"),
+    short_ns: float = typer.Option(_d("short_ns"), help="unbiased run at 2 fs, ns"),
+    explore_ns: float = typer.Option(_d("explore_ns"), help="exploration added per iteration, ns (at 1 fs)"),
+    max_explore_ns: float = typer.Option(_d("max_explore_ns"), help="exploration at most, ns (may be raised on "
+                                                                    "--resume)"),
+    descriptors: str = typer.Option(_d("descriptors"), help="heavy-atom-distances | all-distances | atoms(i,j,...)"),
+    lag_ps: float = typer.Option(_d("lag_ps"), help="Deep-TICA lag time, ps"),
+    restarts: int = typer.Option(_d("restarts"), help="Deep-TICA trainings per iteration (the slowest kept)"),
+    epochs: int = typer.Option(_d("epochs")),
+    min_eigenvalue: float = typer.Option(_d("min_eigenvalue"), help="least TICA eigenvalue of a CV that passes"),
+    min_crossings: int = typer.Option(_d("min_crossings"), help="least crossings between the CV's modes"),
+    time_limit_min: float = typer.Option(_d("time_limit_min"), help="wall-time limit in minutes, checked during "
+                                                                    "runs and between stages (0: none; may be "
+                                                                    "changed on --resume)"),
+    seed: int = typer.Option(_d("seed")),
+    threads: int = typer.Option(0, help="torch threads (0: 1, fastest for OpenMM's small molecules)"),
+) -> None:
+    """Find a CV of the slow process without naming it: explore (multithermal OPES on the
+    force-field energy), train Deep-TICA, check its eigenvalue and the crossings between its
+    modes, and extend the exploration until both pass; writes the CV (cv/) and the OPES settings
+    to bias it (opes.toml: `neuralmd sample --pdb PDB --config DIR/opes.toml ...`). Resumable;
+    exit 1 when the limits are reached without a CV."""
+    from ..sampling.discovery import Discovery
+    from ..threads import set_threads
+
+    set_threads(threads or 1)
+    if resume is not None:
+        refuse_with_resume(ctx, ["pdb", "output", "config", "forcefield", "platform", "temperature", "tmax", "short_ns",
+                                 "explore_ns", "descriptors", "lag_ps", "restarts", "epochs", "min_eigenvalue",
+                                 "min_crossings", "seed"], resume)
+        loop = Discovery.resume(resume, progress=True,
+                                max_explore_ns=max_explore_ns if given(ctx, "max_explore_ns") else None,
+                                time_limit_min=time_limit_min if given(ctx, "time_limit_min") else None)
+    else:
+        if output is None or (pdb is None and config is None):
+            raise InputError("cv discover: give --pdb FILE -o DIR (or --config DIR/discover.toml -o DIR, or "
+                             "--resume DIR)")
+        settings = settings_from(ctx, DiscoverySettings, config, {
+            "pdb": ("pdb", str(pdb) if pdb else ""), "forcefield": ("forcefield", comma_list(forcefield, "forcefield")),
+            "platform": ("platform", platform), "temperature_K": ("temperature", temperature), "tmax_K": ("tmax", tmax),
+            "short_ns": ("short_ns", short_ns), "explore_ns": ("explore_ns", explore_ns),
+            "max_explore_ns": ("max_explore_ns", max_explore_ns), "descriptors": ("descriptors", descriptors),
+            "lag_ps": ("lag_ps", lag_ps), "restarts": ("restarts", restarts), "epochs": ("epochs", epochs),
+            "min_eigenvalue": ("min_eigenvalue", min_eigenvalue), "min_crossings": ("min_crossings", min_crossings),
+            "time_limit_min": ("time_limit_min", time_limit_min), "seed": ("seed", seed)})
+        loop = Discovery.start(settings, output, progress=True)
+    history = loop.run()
+    table = Table(title="CV discovery")
+    for col in ("iteration", "exploration (ns)", "TICA eigenvalue", "crossings", "passed"):
+        table.add_column(col)
+    for row in history["iterations"]:
+        table.add_row(str(row["iteration"]), f"{row['explore_ns']:g}", f"{row['eigenvalue']:.3f}", str(row["crossings"]),
+                      "yes" if row["passed"] else "no")
+    Console().print(table)
+    if history["found"]:
+        console.print(f"{history['stop_reason']} -> {loop.out / 'cv'}/; bias it with: neuralmd sample --pdb "
+                      f"{loop.settings.pdb} --config {loop.out / 'opes.toml'} --ns 10 -o RUN_DIR")
+        return
+    console.print(f"[red]no CV found: {history['stop_reason']}[/red] -> continue with: neuralmd cv discover --resume "
+                  f"{loop.out} --max-explore-ns {2 * loop.settings.max_explore_ns:g} (or a longer --time-limit-min)")
+    raise typer.Exit(1)
