@@ -72,3 +72,57 @@ def test_cv_train_refuses_trajectories_that_never_cross_and_keeps_those_that_do(
     meta = json.loads((tmp_path / "cv" / "descriptors.json").read_text())
     assert meta["modes"]["crossings"] >= MIN_CV_CROSSINGS
     assert meta["tica_eigenvalues"][0] > 0.2 and meta["implied_timescales_ps"][0] > 1.0
+
+
+def _discover(*args):
+    return CliRunner().invoke(app, ["cv", "discover", *args], catch_exceptions=False)
+
+
+def test_cv_discover_explores_until_the_cv_crosses_then_stops_and_resumes_to_the_same_result(tmp_path):
+    """The toy behind a 30 kJ/mol (12 kT) barrier: the first exploration steps hold no crossing
+    of the learned CV's modes, so the loop extends them until one passes, then stops and writes
+    the CV and its OPES settings. Stopped at a lower limit and resumed with a higher one, the
+    loop reaches the same iterations (explorations continue from their checkpoints, trainings
+    repeat from their seeds); OPES with the written settings then crosses the toy's barrier."""
+    from neuralmd.config import load_config
+    from neuralmd.sampling.bias_factory import BiasSettings
+
+    pdb, xml = write_toy(tmp_path / "toy", barrier_kjmol=30.0)
+    common = ["--pdb", str(pdb), "--forcefield", str(xml), "--short-ns", "0.05", "--explore-ns", "0.05",
+              "--tmax", "1500", "--lag-ps", "1", "--epochs", "20", "--restarts", "1"]
+    whole = _discover(*common, "--max-explore-ns", "1", "-o", str(tmp_path / "whole"))
+    assert whole.exit_code == 0, whole.output
+    history = json.loads((tmp_path / "whole" / "discover.json").read_text())
+    rows = history["iterations"]
+    assert history["found"] and len(rows) > 1 and not rows[0]["passed"] and rows[-1]["passed"]
+    assert all(not r["passed"] for r in rows[:-1])
+    assert rows[-1]["crossings"] >= MIN_CV_CROSSINGS and rows[-1]["eigenvalue"] >= 0.2
+    assert np.allclose([r["explore_ns"] for r in rows], 0.05 * np.arange(1, len(rows) + 1))
+    bias = load_config(BiasSettings, tmp_path / "whole" / "opes.toml")
+    assert bias.bias == "opes" and bias.cv == str((tmp_path / "whole" / "cv").resolve()) and len(bias.sigma) == 1
+    assert (tmp_path / "whole" / "cv" / "cv.pt").is_file()
+
+    limit = f"{0.05 * (len(rows) - 1):g}"  # one step short of what it needs
+    stopped = _discover(*common, "--max-explore-ns", limit, "-o", str(tmp_path / "split"))
+    assert stopped.exit_code == 1 and "no CV found" in stopped.output and "--resume" in stopped.output
+    assert not (tmp_path / "split" / "cv").exists()
+    refused = CliRunner().invoke(app, ["cv", "discover", "--resume", str(tmp_path / "split"), "--lag-ps", "2"])
+    assert isinstance(refused.exception, InputError) and "--lag-ps" in str(refused.exception)
+    resumed = _discover("--resume", str(tmp_path / "split"), "--max-explore-ns", "1")
+    assert resumed.exit_code == 0, resumed.output
+    again = json.loads((tmp_path / "split" / "discover.json").read_text())["iterations"]
+    keys = ("explore_ns", "eigenvalue", "crossings", "passed")
+    assert [[r[k] for k in keys] for r in again] == [[r[k] for k in keys] for r in rows]
+
+    result = CliRunner().invoke(app, ["sample", "--pdb", str(pdb), "--forcefield", str(xml), "--config",
+                                      str(tmp_path / "whole" / "opes.toml"), "--ns", "0.2", "--report-every", "100",
+                                      "-o", str(tmp_path / "opes")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    from neuralmd.sampling.colvar import read_colvar
+
+    d = read_colvar(tmp_path / "opes" / "colvar.csv")
+    assert np.ptp(d["bias_kjmol"]) > 10.0  # the bias grew
+    from neuralmd.sampling.samples import load_samples
+
+    distance = load_samples(tmp_path / "opes", "distance(0,1)").values[:, 0]
+    assert (distance < 1.8).any() and (distance > 2.2).any()  # OPES on the discovered CV crosses the barrier
