@@ -65,6 +65,11 @@ CASES = [
         ("--restarts", "positive_int"), ("--smoothness", "nonnegative_float"), ("--scale-floor", "nonnegative_float")]],
     *[(["screen", "{tmp}/mols.smi", "--model", "{model}"], option, kind) for option, kind in [
         ("--conformers", "positive_int"), ("--fmax", "positive_float"), ("--max-steps", "positive_int")]],
+    *[(["cv", "discover", "--pdb", "{pdb}"], option, kind) for option, kind in [
+        ("--temperature", "temperature"), ("--tmax", "positive_float"), ("--short-ns", "positive_float"),
+        ("--explore-ns", "positive_float"), ("--max-explore-ns", "positive_float"), ("--lag-ps", "positive_float"),
+        ("--restarts", "positive_int"), ("--epochs", "positive_int"), ("--min-crossings", "positive_int"),
+        ("--time-limit-min", "nonnegative_float")]],
     (["label", "{xyz}"], "--threads", "nonnegative_int"),
     (["demo"], "--train-minutes", "positive_float"),
 ]

@@ -34,6 +34,7 @@ import numpy as np
 from ..config import load_config, save_config
 from ..errors import InputError
 from ..io_utils import atomic_write_json
+from ..md.integrators import check_temperature
 from ..md.openmm_engine import OpenMMSettings
 from ..md.start import checkpoint_step
 from ..rundir import CHECKPOINT, refuse_existing, require_existing
@@ -74,14 +75,15 @@ class DiscoverySettings:
                 raise InputError(f"{name}: {getattr(self, name)}; expected > 0")
         if self.max_explore_ns < self.explore_ns:
             raise InputError(f"max_explore_ns: {self.max_explore_ns}; expected >= explore_ns ({self.explore_ns})")
+        check_temperature(self.temperature_K)
         if not self.temperature_K < self.tmax_K < float("inf"):
             raise InputError(f"tmax_K: {self.tmax_K}; expected above temperature_K ({self.temperature_K})")
         if self.restarts < 1 or self.epochs < 1 or self.min_crossings < 1:
             raise InputError(f"restarts {self.restarts}, epochs {self.epochs}, min_crossings {self.min_crossings}: "
                              f"expected each >= 1")
-        if not 0 <= self.min_eigenvalue < 1 or not 0 <= self.time_limit_min < float("inf"):
+        if not -1 <= self.min_eigenvalue < 1 or not 0 <= self.time_limit_min < float("inf"):
             raise InputError(f"min_eigenvalue {self.min_eigenvalue}, time_limit_min {self.time_limit_min}: expected "
-                             f"0 <= min_eigenvalue < 1 and time_limit_min >= 0")
+                             f"-1 <= min_eigenvalue < 1 (an autocorrelation) and time_limit_min >= 0")
 
     def engine(self, timestep_fs: float, ns: float, seed: int) -> OpenMMSettings:
         """Settings of one of the loop's OpenMM runs (a frame every ps)."""

@@ -1,0 +1,88 @@
+"""README.md's enhanced-sampling recipes run as written, shortened: every command of its bash
+blocks that use alanine dipeptide ($PDB) is parsed out of the README, its lengths cut by the
+substitutions below, run through the command line in order, and its outputs checked. A recipe
+edited in the README is the recipe tested (the benchmark `benchmarks/ala2_sampling.py` runs the
+same commands at full length)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from neuralmd.cli import app
+
+from .conftest import shared_file
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+#: (pattern, replacement) making each recipe short: nanoseconds become picoseconds, and the
+#: discovery loop accepts its first CV (its checks are tested in tests/sampling/test_cv_discovery.py)
+SHORTER = [
+    (r"--ns 10\b", "--ns 0.02"),
+    (r"--ns 20\b", "--ns 0.03"),
+    (r"--ns 0\.01\b", "--ns 0.0002"),
+    (r"(cv discover --pdb \S+)", r"\1 --short-ns 0.02 --explore-ns 0.04 --max-explore-ns 0.04 --min-crossings 1 "
+                                 r"--min-eigenvalue -1 --epochs 5 --restarts 1"),
+]
+
+
+def recipe_commands(marker: str) -> list[str]:
+    """The neuralmd commands of README bash blocks containing ``marker``, continuation lines
+    joined, comments dropped, in order."""
+    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
+    commands = []
+    for block in blocks:
+        if marker not in block:
+            continue
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line.startswith("neuralmd "):
+                commands.append(" ".join(line.split()))
+    return commands
+
+
+def run_recipe(commands: list[str], variables: dict[str, str], workdir: Path) -> None:
+    for command in commands:
+        for pattern, replacement in SHORTER:
+            command = re.sub(pattern, replacement, command)
+        for name, value in variables.items():
+            command = command.replace(name, value)
+        args = shlex.split(command)[1:]
+        args = [str(workdir / a) if a.startswith("runs/") else a for a in args]
+        result = CliRunner().invoke(app, args, catch_exceptions=False)
+        assert result.exit_code == 0, (command, result.output)
+
+
+@pytest.fixture()
+def recipe_vars(tmp_path, trained_model, ethanol_xyz):
+    from neuralmd.data.io import read_frames, write_frames
+
+    write_frames(read_frames(ethanol_xyz)[:1], tmp_path / "start.xyz")
+    return {"$PDB": str(shared_file("alanine_dipeptide/ala2.pdb")), "runs/ethanol/model.pt": str(trained_model),
+            "start.xyz": str(tmp_path / "start.xyz")}
+
+
+def test_readme_known_cv_recipe(tmp_path, recipe_vars):
+    commands = recipe_commands("--cv phi,psi --bias opes")
+    assert len(commands) >= 4 and any(c.startswith("neuralmd fes") for c in commands)
+    run_recipe(commands, recipe_vars, tmp_path)
+    opes = tmp_path / "runs" / "ala2-opes"
+    report = json.loads((opes / "fes.json").read_text())
+    assert report["cvs"] == ["phi"] and report["converged"] is False and report["reason"]  # picoseconds: no verdict
+    assert json.loads((opes / "results.json").read_text())["steps"] == 15_000  # resumed to 0.03 ns at 2 fs
+    assert (tmp_path / "runs" / "ethanol-opes" / "colvar.csv").is_file()
+
+
+def test_readme_blind_cv_recipe(tmp_path, recipe_vars):
+    commands = recipe_commands("cv discover")
+    assert [c.split()[1] for c in commands] == ["cv", "sample", "fes"]
+    run_recipe(commands, recipe_vars, tmp_path)
+    history = json.loads((tmp_path / "runs" / "ala2-discover" / "discover.json").read_text())
+    assert history["found"] and (tmp_path / "runs" / "ala2-discover" / "cv" / "cv.pt").is_file()
+    report = json.loads((tmp_path / "runs" / "ala2-blind" / "fes.json").read_text())
+    assert "converged" in report and report["frames"] >= 2
