@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from neuralmd.cli import app
@@ -78,31 +79,59 @@ def _discover(*args):
     return CliRunner().invoke(app, ["cv", "discover", *args], catch_exceptions=False)
 
 
-def test_cv_discover_explores_until_the_cv_crosses_then_stops_and_resumes_to_the_same_result(tmp_path):
-    """The toy behind a 30 kJ/mol (12 kT) barrier: the first exploration steps hold no crossing
-    of the learned CV's modes, so the loop extends them until one passes, then stops and writes
-    the CV and its OPES settings. Stopped at a lower limit and resumed with a higher one, the
-    loop reaches the same iterations (explorations continue from their checkpoints, trainings
-    repeat from their seeds); OPES with the written settings then crosses the toy's barrier."""
-    from neuralmd.config import load_config
-    from neuralmd.sampling.bias_factory import BiasSettings
+KEYS = ("explore_ns", "eigenvalue", "crossings", "passed")
 
-    pdb, xml = write_toy(tmp_path / "toy", barrier_kjmol=30.0)
+
+@pytest.fixture(scope="module")
+def toy_discovery(tmp_path_factory):
+    """The toy behind a 30 kJ/mol (12 kT) barrier, discovered uninterrupted: (options, folder,
+    history)."""
+    tmp = tmp_path_factory.mktemp("discover")
+    pdb, xml = write_toy(tmp / "toy", barrier_kjmol=30.0)
     common = ["--pdb", str(pdb), "--forcefield", str(xml), "--short-ns", "0.05", "--explore-ns", "0.05",
               "--tmax", "1500", "--lag-ps", "1", "--epochs", "20", "--restarts", "1"]
-    whole = _discover(*common, "--max-explore-ns", "1", "-o", str(tmp_path / "whole"))
+    whole = _discover(*common, "--max-explore-ns", "1", "-o", str(tmp / "whole"))
     assert whole.exit_code == 0, whole.output
-    history = json.loads((tmp_path / "whole" / "discover.json").read_text())
+    return common, tmp / "whole", json.loads((tmp / "whole" / "discover.json").read_text())
+
+
+def test_cv_discover_explores_until_the_cv_crosses_then_stops(toy_discovery):
+    """The first exploration steps hold no (or too few) crossings of the learned CV's modes, so
+    the loop extends them until one passes, then stops and writes the CV and its OPES settings;
+    OPES with those settings crosses the toy's barrier."""
+    from neuralmd.config import load_config
+    from neuralmd.sampling.bias_factory import BiasSettings
+    from neuralmd.sampling.colvar import read_colvar
+    from neuralmd.sampling.samples import load_samples
+
+    common, folder, history = toy_discovery
     rows = history["iterations"]
-    assert history["found"] and len(rows) > 1 and not rows[0]["passed"] and rows[-1]["passed"]
-    assert all(not r["passed"] for r in rows[:-1])
+    assert history["found"] and len(rows) > 1 and all(not r["passed"] for r in rows[:-1]) and rows[-1]["passed"]
     assert rows[-1]["crossings"] >= MIN_CV_CROSSINGS and rows[-1]["eigenvalue"] >= 0.2
     assert np.allclose([r["explore_ns"] for r in rows], 0.05 * np.arange(1, len(rows) + 1))
-    bias = load_config(BiasSettings, tmp_path / "whole" / "opes.toml")
-    assert bias.bias == "opes" and bias.cv == str((tmp_path / "whole" / "cv").resolve()) and len(bias.sigma) == 1
-    assert (tmp_path / "whole" / "cv" / "cv.pt").is_file()
+    bias = load_config(BiasSettings, folder / "opes.toml")
+    assert bias.bias == "opes" and bias.cv == str((folder / "cv").resolve()) and len(bias.sigma) == 1
+    assert (folder / "cv" / "cv.pt").is_file()
+    again = _discover("--resume", str(folder))  # a finished loop: nothing to do, same answer
+    assert again.exit_code == 0 and json.loads((folder / "discover.json").read_text()) == history
 
-    limit = f"{0.05 * (len(rows) - 1):g}"  # one step short of what it needs
+    opes = folder.parent / "opes"
+    result = CliRunner().invoke(app, ["sample", *common[:4], "--config", str(folder / "opes.toml"), "--ns", "0.2",
+                                      "--report-every", "100", "-o", str(opes)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert np.ptp(read_colvar(opes / "colvar.csv")["bias_kjmol"]) > 10.0  # the bias grew
+    distance = load_samples(opes, "distance(0,1)").values[:, 0]
+    assert (distance < 1.8).any() and (distance > 2.2).any()  # and drove the system over the barrier
+
+
+def test_cv_discover_stopped_at_its_limit_resumes_to_the_same_iterations(toy_discovery, tmp_path):
+    """Stopped one exploration step short (exit 1, no CV, the way on printed) and resumed with a
+    higher limit, the loop reaches the same iterations: explorations continue from their
+    checkpoints, trainings repeat from their seeds. Settings other than the limits are refused
+    on resume."""
+    common, _, history = toy_discovery
+    rows = history["iterations"]
+    limit = f"{0.05 * (len(rows) - 1):g}"
     stopped = _discover(*common, "--max-explore-ns", limit, "-o", str(tmp_path / "split"))
     assert stopped.exit_code == 1 and "no CV found" in stopped.output and "--resume" in stopped.output
     assert not (tmp_path / "split" / "cv").exists()
@@ -111,18 +140,29 @@ def test_cv_discover_explores_until_the_cv_crosses_then_stops_and_resumes_to_the
     resumed = _discover("--resume", str(tmp_path / "split"), "--max-explore-ns", "1")
     assert resumed.exit_code == 0, resumed.output
     again = json.loads((tmp_path / "split" / "discover.json").read_text())["iterations"]
-    keys = ("explore_ns", "eigenvalue", "crossings", "passed")
-    assert [[r[k] for k in keys] for r in again] == [[r[k] for k in keys] for r in rows]
+    assert [[r[k] for k in KEYS] for r in again] == [[r[k] for k in KEYS] for r in rows]
 
-    result = CliRunner().invoke(app, ["sample", "--pdb", str(pdb), "--forcefield", str(xml), "--config",
-                                      str(tmp_path / "whole" / "opes.toml"), "--ns", "0.2", "--report-every", "100",
-                                      "-o", str(tmp_path / "opes")], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    from neuralmd.sampling.colvar import read_colvar
 
-    d = read_colvar(tmp_path / "opes" / "colvar.csv")
-    assert np.ptp(d["bias_kjmol"]) > 10.0  # the bias grew
-    from neuralmd.sampling.samples import load_samples
+def test_cv_discover_killed_and_resumed_reaches_the_same_iterations(toy_discovery, tmp_path):
+    """kill -9 while the loop explores or trains, then --resume: the same iterations as the
+    uninterrupted loop."""
+    import signal
+    import subprocess
+    import sys
+    import time
 
-    distance = load_samples(tmp_path / "opes", "distance(0,1)").values[:, 0]
-    assert (distance < 1.8).any() and (distance > 2.2).any()  # OPES on the discovered CV crosses the barrier
+    common, _, history = toy_discovery
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "neuralmd.cli", "cv", "discover", *common, "--max-explore-ns", "1",
+                             "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (out / "discover.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # after the first iteration is stored: the loop is exploring or training
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the loop ended before it could be killed"
+    assert not json.loads((out / "discover.json").read_text())["found"]
+    resumed = _discover("--resume", str(out))
+    assert resumed.exit_code == 0, resumed.output
+    again = json.loads((out / "discover.json").read_text())["iterations"]
+    assert [[r[k] for k in KEYS] for r in again] == [[r[k] for k in KEYS] for r in history["iterations"]]
