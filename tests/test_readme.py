@@ -1,8 +1,8 @@
-"""README.md's enhanced-sampling recipes run as written, shortened: every command of its bash
-blocks that use alanine dipeptide ($PDB) is parsed out of the README, its lengths cut by the
-substitutions below, run through the command line in order, and its outputs checked. A recipe
-edited in the README is the recipe tested (the benchmark `benchmarks/ala2_sampling.py` runs the
-same commands at full length)."""
+"""README.md's multi-step recipes run as written, shortened: the commands of a bash block are
+parsed out of the README, their lengths cut by the substitutions below, run through the command
+line in order, and their outputs checked. A recipe edited in the README is the recipe tested
+(the benchmarks `benchmarks/ala2_sampling.py` and `benchmarks/surrogates.py` run the same
+commands at full length)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,9 @@ SHORTER = [
     (r"--ns 10\b", "--ns 0.02"),
     (r"--ns 20\b", "--ns 0.03"),
     (r"--ns 0\.01\b", "--ns 0.0002"),
+    (r"(cg train .*?)(-o \S+)", r"\1--epochs 1 \2"),
+    (r"(cg md \S+) --ns 1 --replicas 64", r"\1 --ns 0.002 --replicas 8"),
+    (r"(cg refine \S+)", r"\1 --iterations 1 --ns 0.001 --replicas 8"),
     (r"(cv discover --pdb \S+)", r"\1 --short-ns 0.02 --explore-ns 0.04 --max-explore-ns 0.04 --min-crossings 1 "
                                  r"--min-eigenvalue -1 --epochs 5 --restarts 1"),
 ]
@@ -41,7 +44,7 @@ def recipe_commands(marker: str) -> list[str]:
             continue
         for line in block.replace("\\\n", " ").splitlines():
             line = line.split("#", 1)[0].strip()
-            if line.startswith("neuralmd "):
+            if line.startswith(("neuralmd cg ", "neuralmd cv ", "neuralmd sample ", "neuralmd fes ")):
                 commands.append(" ".join(line.split()))
     return commands
 
@@ -86,3 +89,14 @@ def test_readme_blind_cv_recipe(tmp_path, recipe_vars):
     assert history["found"] and (tmp_path / "runs" / "ala2-discover" / "cv" / "cv.pt").is_file()
     report = json.loads((tmp_path / "runs" / "ala2-blind" / "fes.json").read_text())
     assert "converged" in report and report["frames"] >= 2
+
+
+def test_readme_coarse_grained_recipe(tmp_path):
+    commands = recipe_commands("neuralmd cg train")
+    assert [c.split()[2] for c in commands] == ["train", "md", "refine"]
+    run_recipe(commands, {}, tmp_path)
+    for name in ("ala2-cg/model.pt", "ala2-cg/prior.pt", "ala2-cg-md/cg_fes.png", "ala2-cg-refined/model.pt"):
+        assert (tmp_path / "runs" / name).is_file(), name
+    analysis = json.loads((tmp_path / "runs" / "ala2-cg-md" / "cg_analysis.json").read_text())
+    assert analysis["converged"] is False and analysis["reason"]  # 2 ps of 8 replicas: no verdict
+    assert 0 <= analysis["fes_mae_kT"] < 10
