@@ -29,6 +29,7 @@ SHORTER = [
     (r"(cg train .*?)(-o \S+)", r"\1--epochs 1 \2"),
     (r"(cg md \S+) --ns 1 --replicas 64", r"\1 --ns 0.002 --replicas 8"),
     (r"(cg refine \S+)", r"\1 --iterations 1 --ns 0.001 --replicas 8"),
+    (r"--rounds 10\b", "--rounds 1 --initial-frames 4 --md-steps 40 --max-select 2 --train-steps 10"),
     (r"(cv discover --pdb \S+)", r"\1 --short-ns 0.02 --explore-ns 0.04 --max-explore-ns 0.04 --min-crossings 1 "
                                  r"--min-eigenvalue -1 --epochs 5 --restarts 1"),
 ]
@@ -44,7 +45,8 @@ def recipe_commands(marker: str) -> list[str]:
             continue
         for line in block.replace("\\\n", " ").splitlines():
             line = line.split("#", 1)[0].strip()
-            if line.startswith(("neuralmd cg ", "neuralmd cv ", "neuralmd sample ", "neuralmd fes ")):
+            if line.startswith(("neuralmd cg ", "neuralmd cv ", "neuralmd sample ", "neuralmd fes ", "neuralmd active ")) \
+                    and " ... " not in line:  # "active ... --scheduler": variants of the command above
                 commands.append(" ".join(line.split()))
     return commands
 
@@ -100,3 +102,18 @@ def test_readme_coarse_grained_recipe(tmp_path):
     analysis = json.loads((tmp_path / "runs" / "ala2-cg-md" / "cg_analysis.json").read_text())
     assert analysis["converged"] is False and analysis["reason"]  # 2 ps of 8 replicas: no verdict
     assert 0 <= analysis["fes_mae_kT"] < 10
+
+
+def test_readme_active_learning_recipe(tmp_path, ethanol_xyz):
+    """The recipe's DFT labels (PBE/def2-SVP through PySCF on a Dask cluster of 2 workers), one
+    short round, then --resume of the finished loop."""
+    from neuralmd.data.io import read_frames, write_frames
+
+    write_frames(read_frames(ethanol_xyz)[:1], tmp_path / "ethanol.xyz")
+    commands = recipe_commands("neuralmd active --structure")
+    assert [c.split()[2] for c in commands] == ["--structure", "--resume"]
+    run_recipe(commands, {"ethanol.xyz": str(tmp_path / "ethanol.xyz")}, tmp_path)
+    run = tmp_path / "runs" / "ethanol-al"
+    state = json.loads((run / "state.json").read_text())
+    assert state["completed_rounds"] == 1 and [row["round"] for row in state["history"]] == [0, 1]
+    assert all((run / "final" / f"member_{m}" / "model.pt").is_file() for m in range(4))
