@@ -136,3 +136,24 @@ def test_energy_cv_refuses_kernel_biases_and_the_native_engine():
         make_bias(BiasSettings(cv="phi", bias="opes-multithermal"), Torsion(4, 6, 8, 14), 300.0, [0.3])
     with pytest.raises(InputError, match="tmax_K"):
         OPESMultithermal(cv, 300.0, 250.0, 10.0, 100)
+
+
+def test_energy_cv_counts_degrees_of_freedom_and_their_equipartition_spread():
+    """Alanine dipeptide with HBonds: 22 atoms, 12 constrained bonds, the centre of mass held:
+    3·22 - 12 - 3 = 51 degrees of freedom; the harmonic potential energy fluctuates by
+    √(51/2) k_BT, which is what the multithermal ladder and its grid are sized with (a probe of
+    a few ps sees less)."""
+    import math
+
+    from neuralmd.sampling.energy_cv import PotentialEnergy
+    from neuralmd.sampling.fes import kT_kjmol
+
+    pdb = app.PDBFile(str(shared_file("alanine_dipeptide/ala2.pdb")))
+    system = app.ForceField("amber99sbildn.xml").createSystem(pdb.topology, constraints=app.HBonds)
+    cv = PotentialEnergy()
+    cv.bind(system)
+    assert cv.degrees_of_freedom == 51
+    assert cv.equipartition_std_kjmol(300.0) == pytest.approx(math.sqrt(25.5) * kT_kjmol(300.0))
+    free = app.ForceField("amber99sbildn.xml").createSystem(pdb.topology, constraints=None, removeCMMotion=False)
+    cv.bind(free)
+    assert cv.degrees_of_freedom == 66

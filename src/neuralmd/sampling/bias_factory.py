@@ -89,8 +89,9 @@ def grid_ranges(settings: BiasSettings, cv: CV, probe: np.ndarray | None = None,
     """Grid ranges for the non-periodic CV outputs: given ones, else a learned CV's training
     range widened by half its width on each side, else from ``probe`` (CV values of a short
     unbiased run, mean m, standard deviation σ): m ± (sqrt(2βB) + 3)σ, where a harmonic free
-    energy along the CV has risen by the barrier B, plus a margin; for the multithermal bias,
-    from m - 6σ to the mean energy at T_max (heat capacity σ²/k_BT²) + 6σ T_max/T."""
+    energy along the CV has risen by the barrier B, plus a margin; for the multithermal bias
+    (σ at least the bias's own energy spread, ``settings.sigma``), from m - 6σ to the mean
+    energy at T_max (heat capacity σ²/k_BT²) + 6σ T_max/T."""
     if settings.grid_ranges:
         return [tuple(r) for r in settings.grid_ranges]
     out: list[tuple[float, float] | None] = []
@@ -108,6 +109,7 @@ def grid_ranges(settings: BiasSettings, cv: CV, probe: np.ndarray | None = None,
                 x = probe[:, column]
                 mean, std, kT = x.mean(), max(x.std(), 1e-6), kT_kjmol(temperature_K)
                 if settings.bias == "opes-multithermal":
+                    std = max(std, *settings.sigma)  # the energy's spread as the ladder takes it
                     ratio = (settings.tmax_K or 2 * temperature_K) / temperature_K
                     out.append((float(mean - 6 * std), float(mean + std**2 / kT * (ratio - 1) + 6 * std * ratio)))
                 else:

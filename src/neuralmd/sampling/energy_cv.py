@@ -65,9 +65,15 @@ class PotentialEnergy(CV):
         self.names = ["energy"]
         self._xml: str | None = None
         self._context: openmm.Context | None = None
+        self.degrees_of_freedom = 0
 
     def bind(self, system: openmm.System) -> None:
-        """Take the energy terms of ``system`` (see :func:`force_field_forces`)."""
+        """Take the energy terms of ``system`` (see :func:`force_field_forces`) and count its
+        degrees of freedom (3 per massive particle, less constraints and the centre of mass
+        where a remover holds it)."""
+        massive = sum(system.getParticleMass(i).value_in_unit(unit.dalton) > 0 for i in range(system.getNumParticles()))
+        fixed_com = any(isinstance(f, openmm.CMMotionRemover) for f in system.getForces())
+        self.degrees_of_freedom = 3 * massive - system.getNumConstraints() - (3 if fixed_com else 0)
         copy = openmm.System()
         for i in range(system.getNumParticles()):
             copy.addParticle(system.getParticleMass(i))
@@ -75,6 +81,14 @@ class PotentialEnergy(CV):
         for force in force_field_forces(system):
             copy.addForce(force)
         self._xml, self._context = openmm.XmlSerializer.serialize(copy), None
+
+    def equipartition_std_kjmol(self, temperature_K: float) -> float:
+        """The potential energy's standard deviation (kJ/mol) of a harmonic system with these
+        degrees of freedom at ``temperature_K``: √(f/2) k_BT. Anharmonic systems fluctuate more;
+        a probe of a few ps, which sees only the fast vibrations, fluctuates less."""
+        from .fes import kT_kjmol
+
+        return float(np.sqrt(max(self.degrees_of_freedom, 1) / 2) * kT_kjmol(temperature_K))
 
     @property
     def bound(self) -> bool:

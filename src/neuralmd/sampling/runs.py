@@ -69,7 +69,11 @@ def start_openmm(settings: OpenMMSettings, bias_settings: BiasSettings, run_dir:
             with torch.no_grad():
                 values = cv(torch.as_tensor(positions, dtype=torch.float64)).numpy()
         if not bias_settings.sigma and bias_settings.bias == "opes-multithermal":  # not a kernel bias
-            bias_settings.sigma = estimate_sigma(values, cv.periods)
+            # the energy's spread sets the temperature ladder and the grid; a probe of a few ps
+            # underestimates it (ala2: 7.4-8.0 kJ/mol against 12.6 by equipartition), which left
+            # the ladder too coarse and the grid's top below the energies of its hot end
+            floor = energy_cvs(cv)[0].equipartition_std_kjmol(settings.temperature_K)
+            bias_settings.sigma = [max(estimate_sigma(values, cv.periods)[0], floor)]
         elif not bias_settings.sigma:
             bias_settings.sigma = probe_sigma(cv, values, positions, probe.template.masses.numpy(),
                                               settings.temperature_K, settings.timestep_fs)
