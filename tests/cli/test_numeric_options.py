@@ -34,7 +34,7 @@ CASES = [
     *[(["md", "{model}", "--structure", "{xyz}"], option, kind) for option, kind in [
         ("--timestep-fs", "timestep"), ("--temperature", "temperature"), ("--friction-per-ps", "nonnegative_float"),
         ("--steps", "nonnegative_int"), ("--replicas", "positive_int"), ("--report-every", "positive_int"),
-        ("--checkpoint-every", "positive_int"), ("--threads", "nonnegative_int")]],
+        ("--checkpoint-every", "positive_int"), ("--threads", "nonnegative_int"), ("--tau-ps", "positive_float")]],
     *[(["md", "--engine", "openmm", "--pdb", "{pdb}"], option, kind) for option, kind in [
         ("--timestep-fs", "positive_float"), ("--temperature", "temperature"), ("--steps", "nonnegative_int"),
         ("--friction-per-ps", "nonnegative_float"), ("--report-every", "positive_int")]],

@@ -18,3 +18,21 @@ class HarmonicWell(Potential):
 
     def atomic_energies(self, batch: AtomsBatch) -> torch.Tensor:
         return 0.5 * self.k * (batch.positions - self.centre).pow(2).sum(-1)
+
+
+class SpringNetwork(Potential):
+    """Springs 0.5 k (|r_i - r_j| - d0)² between every pair of atoms of a system (k in eV/Å²,
+    d0 in Å): translation- and rotation-invariant, anharmonic in Cartesian coordinates."""
+
+    def __init__(self, k_eV_per_A2: float = 2.0, d0_A: float = 1.5) -> None:
+        super().__init__()
+        self.k, self.d0 = k_eV_per_A2, d0_A
+
+    def atomic_energies(self, batch: AtomsBatch) -> torch.Tensor:
+        x = batch.positions
+        same = batch.system.unsqueeze(0) == batch.system.unsqueeze(1)
+        same = same & ~torch.eye(len(x), dtype=torch.bool, device=x.device)
+        diff = x.unsqueeze(0) - x.unsqueeze(1)
+        r = torch.sqrt(diff.pow(2).sum(-1) + torch.eye(len(x), dtype=x.dtype, device=x.device))
+        pair = torch.where(same, 0.5 * self.k * (r - self.d0) ** 2, torch.zeros_like(r))
+        return 0.5 * pair.sum(-1)  # each pair counted once per atom, half to each

@@ -8,12 +8,12 @@ import torch
 from ase import Atoms, units
 
 from neuralmd.errors import InputError
-from neuralmd.md.integrators import (ReplicaNoise, kinetic_energy, langevin, maxwell_boltzmann, nve,
+from neuralmd.md.integrators import (ReplicaNoise, csvr, kinetic_energy, langevin, maxwell_boltzmann, nve,
                                      temperature)
 from neuralmd.md.simulation import make_force_fn
 from neuralmd.state import AtomsBatch
 
-from .potentials import HarmonicWell
+from .potentials import HarmonicWell, SpringNetwork
 
 
 def _atoms_batch(n_replicas: int, atoms_per_replica: int = 1, mass: float = 12.0) -> AtomsBatch:
@@ -83,3 +83,54 @@ def test_bad_timestep(timestep_fs):
 def test_bad_temperature(temp):
     with pytest.raises(InputError, match="temperature"):
         langevin(lambda b: None, 0.5, temp, 1.0, ReplicaNoise([0]))
+
+
+def _spread_out(n_replicas: int, atoms: int, rng) -> AtomsBatch:
+    frames = [Atoms("C" * atoms, positions=rng.normal(scale=1.0, size=(atoms, 3))) for _ in range(n_replicas)]
+    return AtomsBatch.from_atoms(frames)
+
+
+def test_csvr_gives_the_canonical_kinetic_energy_distribution_per_replica():
+    """Spring networks of 6 atoms (3N - 3 = 15 degrees of freedom, the centre of mass at rest) at
+    300 K and 900 K in one batch: each replica's kinetic energy is Gamma(15/2, k_BT) in mean,
+    variance and shape (Kolmogorov-Smirnov), and the centre of mass never moves."""
+    from scipy import stats
+
+    temps = [300.0] * 8 + [900.0] * 8
+    noise = ReplicaNoise(range(16))
+    init_fn, step_fn = csvr(make_force_fn(SpringNetwork()), 1.0, temps, 0.02, noise)
+    state = init_fn(maxwell_boltzmann(_spread_out(16, 6, np.random.default_rng(0)), temps, noise))
+    ke, com = [], []
+    for step in range(6000):
+        state = step_fn(state)
+        if step >= 500 and step % 10 == 0:
+            ke.append(kinetic_energy(state.batch).numpy())
+            v = state.batch.velocities.reshape(16, 6, 3).numpy()
+            com.append(np.abs(v.mean(axis=1)).max())
+    ke = np.array(ke)
+    assert max(com) < 1e-12
+    for group, t in ((slice(0, 8), 300.0), (slice(8, 16), 900.0)):
+        kT = units.kB * t
+        sample = ke[:, group].ravel() / kT
+        n_eff = len(sample) / 2  # frames 10 fs apart, τ = 20 fs: about every other one independent
+        assert sample.mean() == pytest.approx(7.5, abs=4 * np.sqrt(7.5 / n_eff))
+        assert sample.var() == pytest.approx(7.5, rel=0.12)
+        assert stats.kstest(sample[::3], stats.gamma(7.5).cdf).pvalue > 1e-3
+
+
+def test_csvr_leaves_nve_dynamics_when_the_kinetic_energy_is_at_the_bath():
+    """With τ → ∞ (exp(-Δt/2τ) = 1 in float64) the rescaling factor is exactly 1 whatever the
+    noise: CSVR is velocity Verlet, step for step."""
+    batch = maxwell_boltzmann(_spread_out(3, 5, np.random.default_rng(1)), 300.0, ReplicaNoise(range(3)))
+    init_a, step_a = csvr(make_force_fn(SpringNetwork()), 1.0, 300.0, 1e20, ReplicaNoise(range(3)))
+    init_b, step_b = nve(make_force_fn(SpringNetwork()), 1.0)
+    a, b = init_a(batch), init_b(batch)
+    for _ in range(200):
+        a, b = step_a(a), step_b(b)
+    assert torch.equal(a.batch.positions, b.batch.positions)
+
+
+def test_csvr_refuses_a_bad_relaxation_time():
+    for tau in (0.0, -1.0, float("nan")):
+        with pytest.raises(InputError, match="tau_ps"):
+            csvr(make_force_fn(SpringNetwork()), 1.0, 300.0, tau, ReplicaNoise([0]))

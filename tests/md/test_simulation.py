@@ -180,8 +180,8 @@ def test_nve_energy_drift_of_trained_ethanol_model_over_10_ps(trained_model):
     assert ke.mean() > 0.5 * 1.5 * 9 * units.kB * 300 * 0.5  # the molecules did move
 
 
-@pytest.mark.parametrize("ensemble", ["nve", "nvt"])
-def test_resume_is_bit_for_bit_for_every_replica_with_chunking(tmp_path, float64_model, ensemble):
+@pytest.mark.parametrize("ensemble,thermostat", [("nve", "langevin"), ("nvt", "langevin"), ("nvt", "csvr")])
+def test_resume_is_bit_for_bit_for_every_replica_with_chunking(tmp_path, float64_model, ensemble, thermostat):
     """64 ethanol replicas (576 atoms: the potential evaluates them in chunks of whole systems),
     stopped at a checkpoint and resumed in a new Simulation: every frame of every replica's
     trajectory, and the log, equal those of an uninterrupted run."""
@@ -191,8 +191,8 @@ def test_resume_is_bit_for_bit_for_every_replica_with_chunking(tmp_path, float64
     batch = AtomsBatch.from_atoms(_ethanols(64))
 
     def simulation(run_dir):
-        return Simulation(float64_model, batch, ensemble=ensemble, temperature_K=300, seed=11, report_every=10,
-                          checkpoint_every=30, run_dir=run_dir)
+        return Simulation(float64_model, batch, ensemble=ensemble, thermostat=thermostat, temperature_K=300, seed=11,
+                          report_every=10, checkpoint_every=30, run_dir=run_dir)
 
     simulation(tmp_path / "straight").run(90)
     simulation(tmp_path / "split").run(60)

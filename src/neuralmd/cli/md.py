@@ -20,6 +20,11 @@ class Ensemble(str, Enum):
     nve = "nve"
 
 
+class Thermostat(str, Enum):
+    langevin = "langevin"
+    csvr = "csvr"
+
+
 class Engine(str, Enum):
     native = "native"
     openmm = "openmm"
@@ -128,6 +133,10 @@ def md(
     temperature: str = typer.Option("300", help="K; one value or one per replica, comma-separated"),
     timestep_fs: Optional[float] = typer.Option(None, help="timestep in fs (default 0.5 native, 2 openmm)"),
     friction_per_ps: float = typer.Option(default(MDSettings, "friction_per_ps"), help="Langevin friction in 1/ps"),
+    thermostat: Thermostat = typer.Option(default(MDSettings, "thermostat"), help="nvt: langevin (BAOAB) or csvr "
+                                                                                 "(stochastic velocity rescaling: "
+                                                                                 "dynamics undisturbed; native engine)"),
+    tau_ps: float = typer.Option(default(MDSettings, "tau_ps"), help="csvr: relaxation time in ps"),
     steps: int = typer.Option(default(MDSettings, "total_steps"), help="total number of steps (with --resume: a "
                                                                       "new total)"),
     replicas: int = typer.Option(default(MDSettings, "replicas"), help="replicas of the structure, run as one batch"),
@@ -156,8 +165,8 @@ def md(
     dtype = torch.float64 if float64 else None
     if resume is not None:
         refuse_with_resume(ctx, ["structure", "output", "config", "engine", "pdb", "forcefield", "platform", "ensemble",
-                                 "temperature", "timestep_fs", "friction_per_ps", "replicas", "report_every",
-                                 "checkpoint_every", "seed", "compile"], resume)
+                                 "temperature", "timestep_fs", "friction_per_ps", "thermostat", "tau_ps", "replicas",
+                                 "report_every", "checkpoint_every", "seed", "compile"], resume)
         native = engine_of(resume) == "native"
         set_threads((threads or None) if native else (threads or 1))
         potential = None
@@ -170,7 +179,7 @@ def md(
     common = {**run_options(friction_per_ps, seed, report_every, checkpoint_every, timestep_fs),
               "total_steps": ("steps", steps)}
     if wants_openmm(ctx, engine, config):
-        refuse_given(ctx, ["model", "structure", "replicas", "ensemble", "compile", "device"],
+        refuse_given(ctx, ["model", "structure", "replicas", "ensemble", "thermostat", "tau_ps", "compile", "device"],
                      "not used by the OpenMM engine (one PDB system, Langevin dynamics)")
         set_threads(threads or 1)  # torch only evaluates CVs here; one thread is fastest
         settings = openmm_settings(ctx, config, common, pdb, forcefield, platform, temperature, "md")
@@ -181,7 +190,8 @@ def md(
     set_threads(threads or None)
     check_device(device)
     settings = settings_from(ctx, MDSettings, config, {
-        **common, "ensemble": ("ensemble", ensemble.value), "temperature_K": ("temperature", temperatures(temperature)),
+        **common, "ensemble": ("ensemble", ensemble.value), "thermostat": ("thermostat", thermostat.value),
+        "tau_ps": ("tau_ps", tau_ps), "temperature_K": ("temperature", temperatures(temperature)),
         "model_path": ("model", str(model.resolve()) if model else ""),
         "structure": ("structure", str(structure.resolve()) if structure else ""),
         "replicas": ("replicas", replicas), "compile": ("compile", compile)})

@@ -9,6 +9,9 @@ ASE units; every user-facing argument is in fs or 1/ps.
 - :func:`langevin`: BAOAB Langevin (Leimkuhler & Matthews 2013), canonical; the noise of
   each replica comes from its own seeded generator, so a batch of replicas follows exactly the
   trajectories the same replicas would follow one by one.
+- :func:`csvr`: velocity Verlet between two half-steps of stochastic velocity rescaling
+  (Bussi, Donadio & Parrinello, J. Chem. Phys. 126, 014101 (2007)), canonical; it rescales each
+  replica's velocities as a whole, so diffusion and other dynamics are left as NVE has them.
 """
 
 from __future__ import annotations
@@ -53,6 +56,10 @@ class ReplicaNoise:
         """(sum(counts), 3) normals on ``device``: replica b's rows come from generator b."""
         noise = torch.cat([torch.randn(n, 3, generator=g, dtype=dtype) for n, g in zip(counts, self.generators)])
         return noise.to(device)
+
+    def scalars(self, counts: Sequence[int], dtype: torch.dtype = torch.float64) -> list[torch.Tensor]:
+        """``counts[b]`` standard normals from generator b, one tensor per replica (CPU)."""
+        return [torch.randn(n, generator=g, dtype=dtype) for n, g in zip(counts, self.generators)]
 
     def get_state(self) -> list[torch.Tensor]:
         return [g.get_state() for g in self.generators]
@@ -170,3 +177,63 @@ def langevin(force_fn: ForceFn, timestep_fs: float, temperature_K: float | Seque
 
     return init_fn, step_fn
 
+
+
+def csvr_kinetic_energy(kinetic: torch.Tensor, target: torch.Tensor, dof: Sequence[int], c: float,
+                        noise: ReplicaNoise) -> torch.Tensor:
+    """New kinetic energies (B,) after stochastic velocity rescaling over a time t with
+    c = exp(-t/τ): K' = K + (1-c)(K̄/N_f (R_1² + Σ_{i≥2} R_i²) - K) + 2R_1 √(c(1-c) K K̄/N_f), with
+    K̄ = N_f k_BT/2 the ``target`` and N_f ``dof`` per replica (Bussi et al. 2007, Eq. (A7)); the
+    N_f normals R_i of replica b come from its generator."""
+    out = []
+    for b, normals in enumerate(noise.scalars(dof, kinetic.dtype)):
+        k, kbar, n = float(kinetic[b]), float(target[b]), dof[b]
+        r1, rest = float(normals[0]), float(normals[1:].pow(2).sum())
+        out.append(k + (1 - c) * (kbar * (r1 * r1 + rest) / n - k) + 2 * r1 * (c * (1 - c) * k * kbar / n) ** 0.5)
+    return torch.tensor(out, dtype=kinetic.dtype)
+
+
+def csvr(force_fn: ForceFn, timestep_fs: float, temperature_K: float | Sequence[float], tau_ps: float,
+         noise: ReplicaNoise):
+    """Velocity Verlet with stochastic velocity rescaling (CSVR, "v-rescale") for half a step
+    before and after: ``(init_fn, step_fn)``.
+
+    Args:
+        temperature_K: bath temperature, one value or one per replica.
+        tau_ps: the thermostat's relaxation time in ps (0.1-1 ps leaves dynamics undisturbed; the
+            kinetic energy relaxes to the bath as exp(-t/τ)).
+        noise: per-replica generators (their state is part of the simulation state).
+
+    Each replica has 3N - 3 degrees of freedom (its centre of mass is at rest: the starting
+    velocities have none, the forces of a translation-invariant potential add none, and a
+    rescaling keeps it so)."""
+    dt = check_timestep(timestep_fs)
+    if not 0 < tau_ps < float("inf"):
+        raise InputError(f"tau_ps: {tau_ps}; expected a relaxation time > 0 ps (typical 0.1-1)")
+    c = float(torch.exp(torch.tensor(-0.5 * dt / (tau_ps * 1000.0 * units.fs), dtype=torch.float64)))
+    kT = check_temperature(temperature_K) * units.kB
+    dof: list[int] = []
+
+    def rescale(b: AtomsBatch) -> AtomsBatch:
+        if len(dof) != b.n_systems:
+            dof[:] = [max(3 * n - 3, 1) for n in b.counts.tolist()]
+        kinetic = kinetic_energy(b).cpu()
+        target = 0.5 * torch.tensor(dof, dtype=torch.float64) * kT.expand(b.n_systems)
+        new = csvr_kinetic_energy(kinetic, target, dof, c, noise)
+        alpha = torch.sqrt(new.clamp(min=0) / kinetic.clamp(min=1e-300)).to(b.velocities)
+        return b.replace(velocities=b.velocities * alpha[b.system].unsqueeze(-1))
+
+    def init_fn(batch: AtomsBatch) -> MDState:
+        energy, forces = force_fn(batch)
+        return MDState(batch, forces, energy, 0)
+
+    def step_fn(state: MDState) -> MDState:
+        b = rescale(state.batch)
+        inv_m = (1.0 / b.masses).unsqueeze(-1)
+        v = b.velocities + 0.5 * dt * state.forces * inv_m
+        moved = b.replace(positions=b.positions + dt * v, velocities=v)
+        energy, forces = force_fn(moved)
+        moved = rescale(moved.replace(velocities=v + 0.5 * dt * forces * inv_m))
+        return MDState(moved, forces, energy, state.step + 1)
+
+    return init_fn, step_fn

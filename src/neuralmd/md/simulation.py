@@ -22,7 +22,7 @@ from ..errors import InputError
 from ..models.base import Potential
 from ..rundir import CHECKPOINT, LOG
 from ..state import AtomsBatch
-from .integrators import (ForceFn, MDState, ReplicaNoise, check_temperature, check_timestep, langevin,
+from .integrators import (ForceFn, MDState, ReplicaNoise, check_temperature, check_timestep, csvr, langevin,
                           maxwell_boltzmann, nve, temperature)
 from .protocols import AdaptiveTerm, EnergyTerm, Reporter
 from .reporters import H5MDReporter, LogReporter
@@ -34,12 +34,18 @@ CHECKPOINT_VERSION = 1
 __all__ = ["MDSettings", "Simulation", "SimulationUnstable", "make_force_fn", "terms_force_fn"]
 
 
+THERMOSTATS = ("langevin", "csvr")
+
+
 @dataclass
 class MDSettings(RunSettings):
     """What defines a native run (stored in md.toml and its checkpoint). Units in the names."""
 
     engine: str = "native"
     ensemble: str = "nvt"
+    #: nvt's thermostat: langevin (BAOAB, friction_per_ps) or csvr (velocity rescaling, tau_ps)
+    thermostat: str = "langevin"
+    tau_ps: float = 0.1
     temperature_K: list[float] = field(default_factory=lambda: [300.0])
     max_force_eV_per_A: float = 100.0
     max_spread_A: float = 10.0
@@ -62,6 +68,12 @@ class MDSettings(RunSettings):
             raise InputError(f"engine: {self.engine!r}; these are native-engine settings")
         if self.ensemble not in ("nve", "nvt"):
             raise InputError(f"ensemble: {self.ensemble!r}; expected 'nve' or 'nvt'")
+        if self.thermostat not in THERMOSTATS:
+            raise InputError(f"thermostat: {self.thermostat!r}; expected one of {', '.join(THERMOSTATS)}")
+        if self.ensemble == "nve" and self.thermostat != "langevin":
+            raise InputError(f"thermostat: {self.thermostat!r} with ensemble 'nve', which has none; use --ensemble nvt")
+        if not 0 < self.tau_ps < float("inf"):
+            raise InputError(f"tau_ps: {self.tau_ps}; expected a relaxation time > 0 ps (typical 0.1-1)")
         check_temperature(self.temperature_K)
         if self.replicas < 1:
             raise InputError(f"replicas: {self.replicas}; expected >= 1")
@@ -158,6 +170,9 @@ class Simulation(MDRun):
         force_fn = make_force_fn(potential, self.terms)
         if settings.ensemble == "nve":
             init_fn, self.step_fn = nve(force_fn, settings.timestep_fs)
+        elif settings.thermostat == "csvr":
+            init_fn, self.step_fn = csvr(force_fn, settings.timestep_fs, settings.temperature_K, settings.tau_ps,
+                                         self.noise)
         else:
             init_fn, self.step_fn = langevin(force_fn, settings.timestep_fs, settings.temperature_K,
                                              settings.friction_per_ps, self.noise)
