@@ -8,12 +8,12 @@ import torch
 from ase import Atoms, units
 
 from neuralmd.errors import InputError
-from neuralmd.md.integrators import (ReplicaNoise, csvr, kinetic_energy, langevin, maxwell_boltzmann, nve,
-                                     temperature)
+from neuralmd.md.integrators import (ReplicaNoise, csvr, kinetic_energy, langevin, maxwell_boltzmann, npt_csvr,
+                                     nve, temperature)
 from neuralmd.md.simulation import make_force_fn
 from neuralmd.state import AtomsBatch
 
-from .potentials import HarmonicWell, SpringNetwork
+from .potentials import HarmonicWell, IdealGas, SpringNetwork
 
 
 def _atoms_batch(n_replicas: int, atoms_per_replica: int = 1, mass: float = 12.0) -> AtomsBatch:
@@ -134,3 +134,54 @@ def test_csvr_refuses_a_bad_relaxation_time():
     for tau in (0.0, -1.0, float("nan")):
         with pytest.raises(InputError, match="tau_ps"):
             csvr(make_force_fn(SpringNetwork()), 1.0, 300.0, tau, ReplicaNoise([0]))
+
+
+def _stress_fn(potential):
+    def force_fn(batch):
+        out = potential(batch, stress=True)
+        return out["energy"].detach(), out["forces"].detach(), out["stress"].detach()
+
+    return force_fn
+
+
+def test_stochastic_cell_rescaling_samples_the_ideal_gas_volume_distribution_per_replica():
+    """Ideal gases of N = 5 atoms at 300 K, half the replicas at 500 bar and half at 2000 bar, in
+    one batch: the isothermal-isobaric p(V) ∝ V^N exp(-βPV) has <V> = (N+1)k_BT/P and
+    Var V = (N+1)(k_BT/P)² (without SCR's k_BT/V term, or with the kinetic pressure counted over
+    3N instead of the 3N - 3 moving degrees of freedom, <V> would be off by k_BT/P: 17 %)."""
+    pressures = [500.0] * 8 + [2000.0] * 8
+    frames = []
+    rng = np.random.default_rng(2)
+    for p in pressures:
+        edge = (6 * units.kB * 300 / (p * units.bar)) ** (1 / 3)
+        frames.append(Atoms("Ar" * 5, positions=rng.uniform(0, edge, (5, 3)), cell=np.eye(3) * edge, pbc=True))
+    noise = ReplicaNoise(range(16))
+    init_fn, step_fn = npt_csvr(_stress_fn(IdealGas()), 2.0, 300.0, pressures, 0.05, 0.2, 1e-3, noise)
+    state = init_fn(maxwell_boltzmann(AtomsBatch.from_atoms(frames), 300.0, noise))
+    volumes = []
+    for step in range(12000):
+        state = step_fn(state)
+        if step >= 1000 and step % 20 == 0:
+            volumes.append(torch.linalg.det(state.batch.cell).numpy())
+    volumes = np.array(volumes)
+    for group, p in ((slice(0, 8), 500.0), (slice(8, 16), 2000.0)):
+        scale = units.kB * 300 / (p * units.bar)
+        v = volumes[:, group].ravel() / scale
+        n_eff = v.size / 4  # frames 40 fs apart, the volume decorrelates over ~0.1-0.2 ps
+        assert v.mean() == pytest.approx(6.0, abs=4 * np.sqrt(6.0 / n_eff)), v.mean()
+        assert v.var() == pytest.approx(6.0, rel=0.2), v.var()
+    cells = state.batch.cell.numpy()
+    assert np.allclose(cells, np.eye(3) * cells[:, :1, :1])  # isotropic: the cell stays cubic
+
+
+def test_npt_refuses_a_frame_without_a_cell_and_bad_pressures():
+    noise = ReplicaNoise([0])
+    init_fn, _ = npt_csvr(_stress_fn(IdealGas()), 1.0, 300.0, 1.0, 0.1, 1.0, 4.5e-5, noise)
+    with pytest.raises(InputError, match="periodic cell"):
+        init_fn(AtomsBatch.from_atoms([Atoms("Ar2", positions=[[0, 0, 0], [3, 0, 0]])]))
+    for bad in (float("nan"), 1e9, -float("inf")):
+        with pytest.raises(InputError, match="pressure"):
+            npt_csvr(_stress_fn(IdealGas()), 1.0, 300.0, bad, 0.1, 1.0, 4.5e-5, noise)
+    for tau_p, beta in ((0.0, 4.5e-5), (1.0, 0.0), (1.0, float("nan"))):
+        with pytest.raises(InputError, match="tau_p_ps|compressibility"):
+            npt_csvr(_stress_fn(IdealGas()), 1.0, 300.0, 1.0, 0.1, tau_p, beta, noise)

@@ -12,6 +12,9 @@ ASE units; every user-facing argument is in fs or 1/ps.
 - :func:`csvr`: velocity Verlet between two half-steps of stochastic velocity rescaling
   (Bussi, Donadio & Parrinello, J. Chem. Phys. 126, 014101 (2007)), canonical; it rescales each
   replica's velocities as a whole, so diffusion and other dynamics are left as NVE has them.
+- :func:`npt_csvr`: the same with isotropic stochastic cell rescaling (Bernetti & Bussi, J.
+  Chem. Phys. 153, 114107 (2020)) after each drift: isothermal-isobaric, one temperature and
+  one pressure per replica. Its ``force_fn`` also returns the stress.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from ..errors import InputError
 from ..state import AtomsBatch
 
 ForceFn = Callable[[AtomsBatch], tuple[torch.Tensor, torch.Tensor]]
+#: energy (B,) eV, forces (N, 3) eV/Å and stress (B, 3, 3) eV/Å³ (ASE's sign: (1/V) dE/dε)
+StressForceFn = Callable[[AtomsBatch], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,7 @@ class MDState:
     energy: torch.Tensor
     step: int = 0
     dof: torch.Tensor | None = None
+    stress: torch.Tensor | None = None  # (B, 3, 3) eV/Å³ at these positions, NPT only
 
 
 class ReplicaNoise:
@@ -193,6 +199,30 @@ def csvr_kinetic_energy(kinetic: torch.Tensor, target: torch.Tensor, dof: Sequen
     return torch.tensor(out, dtype=kinetic.dtype)
 
 
+def _csvr_rescaler(temperature_K: float | Sequence[float], c: float, noise: ReplicaNoise):
+    """The velocity-rescaling operator of CSVR over a time t with c = exp(-t/τ): batch -> batch."""
+    kT = check_temperature(temperature_K) * units.kB
+    dof: list[int] = []
+
+    def rescale(b: AtomsBatch) -> AtomsBatch:
+        if len(dof) != b.n_systems:
+            dof[:] = [max(3 * n - 3, 1) for n in b.counts.tolist()]
+        kinetic = kinetic_energy(b).cpu()
+        target = 0.5 * torch.tensor(dof, dtype=torch.float64) * kT.expand(b.n_systems)
+        new = csvr_kinetic_energy(kinetic, target, dof, c, noise)
+        alpha = torch.sqrt(new.clamp(min=0) / kinetic.clamp(min=1e-300)).to(b.velocities)
+        return b.replace(velocities=b.velocities * alpha[b.system].unsqueeze(-1))
+
+    return rescale
+
+
+def _half_step_c(dt: float, tau_ps: float) -> float:
+    """exp(-Δt/2τ) for a relaxation time ``tau_ps`` (InputError unless > 0)."""
+    if not 0 < tau_ps < float("inf"):
+        raise InputError(f"tau_ps: {tau_ps}; expected a relaxation time > 0 ps (typical 0.1-1)")
+    return float(torch.exp(torch.tensor(-0.5 * dt / (tau_ps * 1000.0 * units.fs), dtype=torch.float64)))
+
+
 def csvr(force_fn: ForceFn, timestep_fs: float, temperature_K: float | Sequence[float], tau_ps: float,
          noise: ReplicaNoise):
     """Velocity Verlet with stochastic velocity rescaling (CSVR, "v-rescale") for half a step
@@ -208,20 +238,7 @@ def csvr(force_fn: ForceFn, timestep_fs: float, temperature_K: float | Sequence[
     velocities have none, the forces of a translation-invariant potential add none, and a
     rescaling keeps it so)."""
     dt = check_timestep(timestep_fs)
-    if not 0 < tau_ps < float("inf"):
-        raise InputError(f"tau_ps: {tau_ps}; expected a relaxation time > 0 ps (typical 0.1-1)")
-    c = float(torch.exp(torch.tensor(-0.5 * dt / (tau_ps * 1000.0 * units.fs), dtype=torch.float64)))
-    kT = check_temperature(temperature_K) * units.kB
-    dof: list[int] = []
-
-    def rescale(b: AtomsBatch) -> AtomsBatch:
-        if len(dof) != b.n_systems:
-            dof[:] = [max(3 * n - 3, 1) for n in b.counts.tolist()]
-        kinetic = kinetic_energy(b).cpu()
-        target = 0.5 * torch.tensor(dof, dtype=torch.float64) * kT.expand(b.n_systems)
-        new = csvr_kinetic_energy(kinetic, target, dof, c, noise)
-        alpha = torch.sqrt(new.clamp(min=0) / kinetic.clamp(min=1e-300)).to(b.velocities)
-        return b.replace(velocities=b.velocities * alpha[b.system].unsqueeze(-1))
+    rescale = _csvr_rescaler(temperature_K, _half_step_c(dt, tau_ps), noise)
 
     def init_fn(batch: AtomsBatch) -> MDState:
         energy, forces = force_fn(batch)
@@ -235,5 +252,82 @@ def csvr(force_fn: ForceFn, timestep_fs: float, temperature_K: float | Sequence[
         energy, forces = force_fn(moved)
         moved = rescale(moved.replace(velocities=v + 0.5 * dt * forces * inv_m))
         return MDState(moved, forces, energy, state.step + 1)
+
+    return init_fn, step_fn
+
+
+def check_pressure(pressure_bar: float | Sequence[float]) -> torch.Tensor:
+    """Pressures as a float64 tensor in bar; InputError unless finite and within ±1e6 bar."""
+    p = torch.as_tensor(pressure_bar, dtype=torch.float64).reshape(-1)
+    if not bool((p.abs() <= 1e6).all()):
+        raise InputError(f"pressure: {p.tolist()} bar; expected finite values within ±1e6 bar (1 atm = 1.013 bar)")
+    return p
+
+
+def pressure(batch: AtomsBatch, stress: torch.Tensor) -> torch.Tensor:
+    """Instantaneous pressure per replica (B,) in eV/Å³: 2K/(3V) - tr(stress)/3 (``stress`` in
+    ASE's sign, the potential's (1/V) dE/dε)."""
+    volume = torch.linalg.det(batch.cell).abs()
+    return 2 * kinetic_energy(batch) / (3 * volume) - torch.diagonal(stress, dim1=1, dim2=2).sum(-1) / 3
+
+
+def npt_csvr(force_fn: StressForceFn, timestep_fs: float, temperature_K: float | Sequence[float],
+             pressure_bar: float | Sequence[float], tau_ps: float, tau_p_ps: float,
+             compressibility_per_bar: float, noise: ReplicaNoise):
+    """Isothermal-isobaric dynamics: :func:`csvr` with isotropic stochastic cell rescaling
+    (SCR) after each drift: ``(init_fn, step_fn)``. Every replica needs a periodic cell.
+
+    SCR moves ε = ln V by dε = -(β_T/τ_p)(P_0 - P - k_BT/V) dt + √(2 k_BT β_T dt/(V τ_p)) R
+    (Bernetti & Bussi 2020; R one normal per replica from its generator), and scales positions
+    and the cell by e^{dε/3} and velocities by e^{-dε/3}. P = 2K/(3V) - tr(stress)/3 with the
+    stress at the start of the step (forces are evaluated once per step). With the centre of
+    mass at rest (CSVR) ⟨2K/(3V)⟩ = (N-1)k_BT/V, and the k_BT/V term supplies the missing
+    k_BT/V: the Fokker-Planck equation of ε (diffusion ∝ 1/V) is then stationary at
+    p(V) ∝ V^N exp(-βP_0V) times the configurational weight, the isothermal-isobaric ensemble.
+
+    Args:
+        pressure_bar: target pressure P_0, one value or one per replica (bar).
+        tau_ps: CSVR's relaxation time (ps); tau_p_ps: the barostat's (ps, 1-5 ps typical).
+        compressibility_per_bar: β_T used by the barostat (1/bar; water 4.5e-5): it sets how
+            fast the volume relaxes, not the volume it relaxes to.
+    """
+    dt = check_timestep(timestep_fs)
+    rescale = _csvr_rescaler(temperature_K, _half_step_c(dt, tau_ps), noise)
+    if not 0 < tau_p_ps < float("inf"):
+        raise InputError(f"tau_p_ps: {tau_p_ps}; expected the barostat's relaxation time > 0 ps (typical 1-5)")
+    if not 0 < compressibility_per_bar < 1:
+        raise InputError(f"compressibility_per_bar: {compressibility_per_bar}; expected a compressibility in 1/bar "
+                         f"(water 4.5e-5)")
+    kT = check_temperature(temperature_K) * units.kB
+    p0 = check_pressure(pressure_bar) * units.bar
+    beta_t = compressibility_per_bar / units.bar  # Å³/eV
+    tau_p = tau_p_ps * 1000.0 * units.fs
+
+    def barostat(b: AtomsBatch, stress: torch.Tensor) -> AtomsBatch:
+        volume = torch.linalg.det(b.cell).abs().cpu()
+        p_int = pressure(b, stress).cpu()
+        kt, target = kT.expand(b.n_systems), p0.expand(b.n_systems)
+        r = torch.cat(noise.scalars([1] * b.n_systems))
+        d_eps = (-beta_t / tau_p * (target - p_int - kt / volume) * dt
+                 + torch.sqrt(2 * kt * beta_t * dt / (volume * tau_p)) * r)
+        mu = torch.exp(d_eps / 3).to(b.positions)
+        return b.replace(positions=b.positions * mu[b.system].unsqueeze(-1), cell=b.cell * mu.view(-1, 1, 1),
+                         velocities=b.velocities / mu[b.system].unsqueeze(-1))
+
+    def init_fn(batch: AtomsBatch) -> MDState:
+        if not bool(batch.pbc.all()) or bool((torch.linalg.det(batch.cell).abs() <= 0).any()):
+            raise InputError("npt: every replica needs a periodic cell (pbc in all three directions, volume > 0)")
+        energy, forces, stress = force_fn(batch)
+        return MDState(batch, forces, energy, 0, stress=stress)
+
+    def step_fn(state: MDState) -> MDState:
+        b = rescale(state.batch)
+        inv_m = (1.0 / b.masses).unsqueeze(-1)
+        v = b.velocities + 0.5 * dt * state.forces * inv_m
+        moved = barostat(b.replace(positions=b.positions + dt * v, velocities=v), state.stress)
+        energy, forces, stress = force_fn(moved)
+        inv_m = (1.0 / moved.masses).unsqueeze(-1)
+        moved = rescale(moved.replace(velocities=moved.velocities + 0.5 * dt * forces * inv_m))
+        return MDState(moved, forces, energy, state.step + 1, stress=stress)
 
     return init_fn, step_fn
