@@ -34,6 +34,9 @@ EV_IN_KJMOL = ase_units.mol / ase_units.kJ
 #: One nm in Å (OpenMM speaks nm).
 NM_IN_A = 10.0
 
+#: A density of one amu per Å³ in g/cm³ (1.66054 g/cm³).
+AMU_PER_A3_IN_G_PER_CM3 = ase_units._amu * 1e3 / 1e-24
+
 #: ASE velocity units (Å per ASE time) to Å/ps.
 VELOCITY_TO_A_PER_PS = 1000.0 * ase_units.fs
 

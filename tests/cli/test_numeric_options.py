@@ -27,6 +27,7 @@ BAD = {
     "nonnegative_float": [-1.0, -1e-9, math.nan, -math.inf],
     "temperature": [0.0, -300.0, math.nan, 1e30],
     "timestep": [0.0, -0.5, math.nan, 1e30],
+    "pressure": [math.nan, 1e30, -1e30, math.inf],
 }
 
 #: (command and the arguments it needs, option, kind); {tmp}, {pdb}, {xyz}, {model} are filled in
@@ -34,7 +35,8 @@ CASES = [
     *[(["md", "{model}", "--structure", "{xyz}"], option, kind) for option, kind in [
         ("--timestep-fs", "timestep"), ("--temperature", "temperature"), ("--friction-per-ps", "nonnegative_float"),
         ("--steps", "nonnegative_int"), ("--replicas", "positive_int"), ("--report-every", "positive_int"),
-        ("--checkpoint-every", "positive_int"), ("--threads", "nonnegative_int"), ("--tau-ps", "positive_float")]],
+        ("--checkpoint-every", "positive_int"), ("--threads", "nonnegative_int"), ("--tau-ps", "positive_float"),
+        ("--pressure-bar", "pressure"), ("--tau-p-ps", "positive_float"), ("--compressibility-per-bar", "positive_float")]],
     *[(["md", "--engine", "openmm", "--pdb", "{pdb}"], option, kind) for option, kind in [
         ("--timestep-fs", "positive_float"), ("--temperature", "temperature"), ("--steps", "nonnegative_int"),
         ("--friction-per-ps", "nonnegative_float"), ("--report-every", "positive_int")]],

@@ -11,7 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from ase import units
+from ase import Atoms, units
 from ase.build import molecule
 
 from neuralmd.errors import InputError
@@ -206,3 +206,61 @@ def test_resume_is_bit_for_bit_for_every_replica_with_chunking(tmp_path, float64
             for key in ("position", "velocity"):
                 x, y = a[f"particles/trajectory/{key}/value"][()], b[f"particles/trajectory/{key}/value"][()]
                 assert x.shape == (10, 9, 3) and np.array_equal(x, y), (r, key)
+
+
+def _water_grid(n: int = 3, spacing: float = 3.1):
+    """n³ water molecules on a cubic grid in a periodic box (about 1 g/cm³ at 3.1 Å)."""
+    water = molecule("H2O")
+    box = Atoms(cell=np.eye(3) * n * spacing, pbc=True)
+    for i, j, k in np.ndindex(n, n, n):
+        w = water.copy()
+        w.translate(spacing * (np.array([i, j, k]) + 0.5))
+        box += w
+    return box
+
+
+def test_npt_run_logs_pressure_volume_density_and_resumes_bit_for_bit(tmp_path, float64_model):
+    """27 waters at 1 and 5000 bar in one batch: the log has pressure, volume and density per
+    replica, the two boxes part ways, and a run stopped at a checkpoint and resumed writes the
+    same log and trajectories (positions and box) as one that was not."""
+    import h5py
+
+    batch = AtomsBatch.from_atoms([_water_grid(), _water_grid()])
+
+    def simulation(run_dir):
+        return Simulation(float64_model, batch, ensemble="npt", thermostat="csvr", pressure_bar=[1.0, 5000.0],
+                          temperature_K=300, timestep_fs=0.5, tau_p_ps=0.05, compressibility_per_bar=1e-3, seed=3,
+                          report_every=10, checkpoint_every=30, run_dir=run_dir)
+
+    simulation(tmp_path / "straight").run(90)
+    simulation(tmp_path / "split").run(60)
+    resumed = Simulation.resume(tmp_path / "split", float64_model)
+    resumed.run(30)
+    assert (tmp_path / "straight" / "log.csv").read_bytes() == (tmp_path / "split" / "log.csv").read_bytes()
+    for r in range(2):
+        with h5py.File(tmp_path / "straight" / f"traj_{r:03d}.h5md") as a, \
+                h5py.File(tmp_path / "split" / f"traj_{r:03d}.h5md") as b:
+            for key in ("position", "box/edges"):
+                x, y = a[f"particles/trajectory/{key}/value"][()], b[f"particles/trajectory/{key}/value"][()]
+                assert len(x) == 10 and np.array_equal(x, y), (r, key)
+    log = np.genfromtxt(tmp_path / "straight" / "log.csv", delimiter=",", names=True)
+    assert {"pressure_bar", "volume_A3", "density_g_cm3"} <= set(log.dtype.names)
+    first = log[log["step"] == 0]
+    assert np.allclose(first["volume_A3"], 9.3**3) and np.allclose(first["density_g_cm3"], 27 * 18.015 * 1.66054 / 9.3**3,
+                                                                   rtol=1e-3)
+    last = log[log["step"] == 90]
+    assert last["volume_A3"][1] < last["volume_A3"][0]  # 5000 bar squeezes the box more than 1 bar
+
+
+def test_npt_refuses_molecules_without_a_cell_and_biases(float64_model):
+    from neuralmd.sampling.biases import HarmonicRestraint
+    from neuralmd.sampling.cvs import Distance
+
+    with pytest.raises(InputError, match="periodic cell"):
+        Simulation(float64_model, AtomsBatch.from_atoms(_ethanols(1)), ensemble="npt", thermostat="csvr")
+    with pytest.raises(InputError, match="thermostat"):
+        Simulation(float64_model, AtomsBatch.from_atoms([_water_grid()]), ensemble="npt")
+    restraint = HarmonicRestraint(Distance(0, 1), centre=[1.0], kappa_kjmol=100.0)
+    with pytest.raises(InputError, match="npt: biases"):
+        Simulation(float64_model, AtomsBatch.from_atoms([_water_grid()]), ensemble="npt", thermostat="csvr",
+                   terms=[restraint])

@@ -11,13 +11,14 @@ import typer
 from ..errors import InputError
 from ..md.simulation import MDSettings
 from ..rundir import COLVAR, LOG, engine_in
-from .common import (CONFIG_HELP, app, console, default, given, one_temperature, refuse_given, refuse_with_resume,
-                     settings_from)
+from .common import (CONFIG_HELP, app, comma_list, console, default, given, one_temperature, refuse_given,
+                     refuse_with_resume, settings_from)
 
 
 class Ensemble(str, Enum):
     nvt = "nvt"
     nve = "nve"
+    npt = "npt"
 
 
 class Thermostat(str, Enum):
@@ -129,7 +130,8 @@ def md(
     pdb: Optional[Path] = typer.Option(None, help="PDB file (openmm engine)"),
     forcefield: str = typer.Option("amber99sbildn.xml", help="OpenMM force-field files, comma-separated (openmm engine)"),
     platform: str = typer.Option("Reference", help="OpenMM platform (Reference is fastest for small molecules)"),
-    ensemble: Ensemble = typer.Option(Ensemble.nvt, help="nvt (Langevin BAOAB) or nve (velocity Verlet)"),
+    ensemble: Ensemble = typer.Option(Ensemble.nvt, help="nvt (--thermostat), nve (velocity Verlet) or npt "
+                                                         "(stochastic cell rescaling + csvr; periodic cells)"),
     temperature: str = typer.Option("300", help="K; one value or one per replica, comma-separated"),
     timestep_fs: Optional[float] = typer.Option(None, help="timestep in fs (default 0.5 native, 2 openmm)"),
     friction_per_ps: float = typer.Option(default(MDSettings, "friction_per_ps"), help="Langevin friction in 1/ps"),
@@ -137,6 +139,11 @@ def md(
                                                                                  "(stochastic velocity rescaling: "
                                                                                  "dynamics undisturbed; native engine)"),
     tau_ps: float = typer.Option(default(MDSettings, "tau_ps"), help="csvr: relaxation time in ps"),
+    pressure_bar: str = typer.Option(",".join(f"{p:g}" for p in default(MDSettings, "pressure_bar")),
+                                     help="npt: pressure in bar; one value or one per replica, comma-separated"),
+    tau_p_ps: float = typer.Option(default(MDSettings, "tau_p_ps"), help="npt: barostat relaxation time in ps"),
+    compressibility_per_bar: float = typer.Option(default(MDSettings, "compressibility_per_bar"),
+                                                  help="npt: compressibility the barostat assumes, 1/bar (water)"),
     steps: int = typer.Option(default(MDSettings, "total_steps"), help="total number of steps (with --resume: a "
                                                                       "new total)"),
     replicas: int = typer.Option(default(MDSettings, "replicas"), help="replicas of the structure, run as one batch"),
@@ -166,7 +173,8 @@ def md(
     if resume is not None:
         refuse_with_resume(ctx, ["structure", "output", "config", "engine", "pdb", "forcefield", "platform", "ensemble",
                                  "temperature", "timestep_fs", "friction_per_ps", "thermostat", "tau_ps", "replicas",
-                                 "report_every", "checkpoint_every", "seed", "compile"], resume)
+                                 "report_every", "checkpoint_every", "seed", "compile", "pressure_bar", "tau_p_ps",
+                                 "compressibility_per_bar"], resume)
         native = engine_of(resume) == "native"
         set_threads((threads or None) if native else (threads or 1))
         potential = None
@@ -179,7 +187,8 @@ def md(
     common = {**run_options(friction_per_ps, seed, report_every, checkpoint_every, timestep_fs),
               "total_steps": ("steps", steps)}
     if wants_openmm(ctx, engine, config):
-        refuse_given(ctx, ["model", "structure", "replicas", "ensemble", "thermostat", "tau_ps", "compile", "device"],
+        refuse_given(ctx, ["model", "structure", "replicas", "ensemble", "thermostat", "tau_ps", "pressure_bar",
+                           "tau_p_ps", "compressibility_per_bar", "compile", "device"],
                      "not used by the OpenMM engine (one PDB system, Langevin dynamics)")
         set_threads(threads or 1)  # torch only evaluates CVs here; one thread is fastest
         settings = openmm_settings(ctx, config, common, pdb, forcefield, platform, temperature, "md")
@@ -192,11 +201,15 @@ def md(
     settings = settings_from(ctx, MDSettings, config, {
         **common, "ensemble": ("ensemble", ensemble.value), "thermostat": ("thermostat", thermostat.value),
         "tau_ps": ("tau_ps", tau_ps), "temperature_K": ("temperature", temperatures(temperature)),
+        "pressure_bar": ("pressure_bar", comma_list(pressure_bar, "pressure", float)), "tau_p_ps": ("tau_p_ps", tau_p_ps),
+        "compressibility_per_bar": ("compressibility_per_bar", compressibility_per_bar),
         "model_path": ("model", str(model.resolve()) if model else ""),
         "structure": ("structure", str(structure.resolve()) if structure else ""),
         "replicas": ("replicas", replicas), "compile": ("compile", compile)})
     if not settings.model_path or not settings.structure:
         raise InputError("md: give MODEL --structure FILE -o RUN_DIR (or --config FILE.toml, or --resume RUN_DIR)")
+    if settings.ensemble == "npt" and not given(ctx, "thermostat"):
+        settings.thermostat = "csvr"  # npt's thermostat
     from ..rundir import refuse_existing
 
     refuse_existing(output, "an MD run")

@@ -199,6 +199,11 @@ def csvr_kinetic_energy(kinetic: torch.Tensor, target: torch.Tensor, dof: Sequen
     return torch.tensor(out, dtype=kinetic.dtype)
 
 
+def moving_dof(batch: AtomsBatch) -> torch.Tensor:
+    """Degrees of freedom (B,) of replicas whose centre of mass is at rest: 3N - 3 (at least 1)."""
+    return (3 * batch.counts - 3).clamp(min=1).to(torch.float64)
+
+
 def _csvr_rescaler(temperature_K: float | Sequence[float], c: float, noise: ReplicaNoise):
     """The velocity-rescaling operator of CSVR over a time t with c = exp(-t/τ): batch -> batch."""
     kT = check_temperature(temperature_K) * units.kB
@@ -206,7 +211,7 @@ def _csvr_rescaler(temperature_K: float | Sequence[float], c: float, noise: Repl
 
     def rescale(b: AtomsBatch) -> AtomsBatch:
         if len(dof) != b.n_systems:
-            dof[:] = [max(3 * n - 3, 1) for n in b.counts.tolist()]
+            dof[:] = [int(f) for f in moving_dof(b).tolist()]
         kinetic = kinetic_energy(b).cpu()
         target = 0.5 * torch.tensor(dof, dtype=torch.float64) * kT.expand(b.n_systems)
         new = csvr_kinetic_energy(kinetic, target, dof, c, noise)
@@ -242,7 +247,7 @@ def csvr(force_fn: ForceFn, timestep_fs: float, temperature_K: float | Sequence[
 
     def init_fn(batch: AtomsBatch) -> MDState:
         energy, forces = force_fn(batch)
-        return MDState(batch, forces, energy, 0)
+        return MDState(batch, forces, energy, 0, dof=moving_dof(batch))
 
     def step_fn(state: MDState) -> MDState:
         b = rescale(state.batch)
@@ -251,7 +256,7 @@ def csvr(force_fn: ForceFn, timestep_fs: float, temperature_K: float | Sequence[
         moved = b.replace(positions=b.positions + dt * v, velocities=v)
         energy, forces = force_fn(moved)
         moved = rescale(moved.replace(velocities=v + 0.5 * dt * forces * inv_m))
-        return MDState(moved, forces, energy, state.step + 1)
+        return MDState(moved, forces, energy, state.step + 1, dof=state.dof)
 
     return init_fn, step_fn
 
@@ -318,7 +323,7 @@ def npt_csvr(force_fn: StressForceFn, timestep_fs: float, temperature_K: float |
         if not bool(batch.pbc.all()) or bool((torch.linalg.det(batch.cell).abs() <= 0).any()):
             raise InputError("npt: every replica needs a periodic cell (pbc in all three directions, volume > 0)")
         energy, forces, stress = force_fn(batch)
-        return MDState(batch, forces, energy, 0, stress=stress)
+        return MDState(batch, forces, energy, 0, dof=moving_dof(batch), stress=stress)
 
     def step_fn(state: MDState) -> MDState:
         b = rescale(state.batch)
@@ -328,6 +333,6 @@ def npt_csvr(force_fn: StressForceFn, timestep_fs: float, temperature_K: float |
         energy, forces, stress = force_fn(moved)
         inv_m = (1.0 / moved.masses).unsqueeze(-1)
         moved = rescale(moved.replace(velocities=moved.velocities + 0.5 * dt * forces * inv_m))
-        return MDState(moved, forces, energy, state.step + 1, stress=stress)
+        return MDState(moved, forces, energy, state.step + 1, dof=state.dof, stress=stress)
 
     return init_fn, step_fn

@@ -6,7 +6,8 @@ first drops what was written after its checkpoint, and ``close()`` (see
 - :class:`H5MDReporter`: one H5MD (HDF5) file per replica, readable by MDAnalysis
   (``mda.Universe("traj_000.pdb", "traj_000.h5md")``); positions Å, velocities Å/ps, time ps.
 - :class:`LogReporter`: a CSV log, one row per replica and report: step, time (ps), potential
-  (including any bias terms), kinetic and total energy (eV), temperature (K).
+  (including any bias terms), kinetic and total energy (eV), temperature (K); NPT runs add
+  pressure (bar), volume (Å³) and density (g/cm³).
 - :class:`ProgressReporter`: the progress bar of a run.
 """
 
@@ -18,13 +19,15 @@ from typing import TYPE_CHECKING, Callable
 
 import h5py
 import numpy as np
+import torch
+from ase import units
 from ase.io import write
 
 from ..errors import InputError
 from ..progress import progress_bar
-from ..units import VELOCITY_TO_A_PER_PS
+from ..units import AMU_PER_A3_IN_G_PER_CM3, VELOCITY_TO_A_PER_PS
 from ..version import __version__
-from .integrators import MDState, kinetic_energy, temperature
+from .integrators import MDState, kinetic_energy, pressure, temperature
 
 if TYPE_CHECKING:
     from .run import MDRun
@@ -33,6 +36,15 @@ def thermo(state: MDState) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Potential and kinetic energy (eV) and temperature (K) of every replica, as numpy."""
     return (state.energy.detach().cpu().numpy(), kinetic_energy(state.batch).cpu().numpy(),
             temperature(state.batch, dof=state.dof).cpu().numpy())
+
+
+def barostat_view(state: MDState) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pressure (bar), volume (Å³) and density (g/cm³) of every replica of an NPT state."""
+    b = state.batch
+    volume = torch.linalg.det(b.cell).abs()
+    mass = torch.zeros(b.n_systems, dtype=volume.dtype, device=volume.device).index_add(0, b.system, b.masses)
+    p = pressure(b, state.stress) / units.bar
+    return p.cpu().numpy(), volume.cpu().numpy(), (mass / volume * AMU_PER_A3_IN_G_PER_CM3).cpu().numpy()
 
 
 class H5MDReporter:
@@ -189,16 +201,27 @@ class CsvReporter:
 
 class LogReporter(CsvReporter):
     """CSV log ``folder/log.csv``: step, time (ps), replica, potential/kinetic/total energy
-    (eV), temperature (K)."""
+    (eV), temperature (K); with ``pressure`` (NPT runs) also pressure (bar), volume (Å³) and
+    density (g/cm³)."""
 
     fields = ["step", "time_ps", "replica", "potential_energy_eV", "kinetic_energy_eV",  # noqa: RUF012
               "total_energy_eV", "temperature_K"]
 
+    def __init__(self, path: str | Path, interval: int, pressure: bool = False) -> None:
+        super().__init__(path, interval)
+        if pressure:
+            self.fields = [*self.fields, "pressure_bar", "volume_A3", "density_g_cm3"]
+
     def rows(self, run: MDRun, state: MDState) -> list[list]:
         epot, ekin, temp = thermo(state)
         t = run.time_ps(state.step)
-        return [[state.step, f"{t:.6f}", b, f"{epot[b]:.8f}", f"{ekin[b]:.8f}", f"{epot[b] + ekin[b]:.8f}",
+        rows = [[state.step, f"{t:.6f}", b, f"{epot[b]:.8f}", f"{ekin[b]:.8f}", f"{epot[b] + ekin[b]:.8f}",
                  f"{temp[b]:.3f}"] for b in range(len(epot))]
+        if len(self.fields) > len(LogReporter.fields):
+            p, volume, density = barostat_view(state)
+            for b, row in enumerate(rows):
+                row += [f"{p[b]:.3f}", f"{volume[b]:.4f}", f"{density[b]:.6f}"]
+        return rows
 
 
 class BaseReporter:

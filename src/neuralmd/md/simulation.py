@@ -22,10 +22,11 @@ from ..errors import InputError
 from ..models.base import Potential
 from ..rundir import CHECKPOINT, LOG
 from ..state import AtomsBatch
-from .integrators import (ForceFn, MDState, ReplicaNoise, check_temperature, check_timestep, csvr, langevin,
+from .integrators import (ForceFn, MDState, ReplicaNoise, StressForceFn, check_pressure, check_temperature,
+                          check_timestep, csvr, langevin, moving_dof, npt_csvr,
                           maxwell_boltzmann, nve, temperature)
 from .protocols import AdaptiveTerm, EnergyTerm, Reporter
-from .reporters import H5MDReporter, LogReporter
+from .reporters import H5MDReporter, LogReporter, barostat_view
 from .run import MDRun, RunSettings, SimulationUnstable, StopCondition
 
 CHECKPOINT_FORMAT = "neuralmd.md-checkpoint"
@@ -35,6 +36,7 @@ __all__ = ["MDSettings", "Simulation", "SimulationUnstable", "make_force_fn", "t
 
 
 THERMOSTATS = ("langevin", "csvr")
+ENSEMBLES = ("nve", "nvt", "npt")
 
 
 @dataclass
@@ -43,9 +45,15 @@ class MDSettings(RunSettings):
 
     engine: str = "native"
     ensemble: str = "nvt"
-    #: nvt's thermostat: langevin (BAOAB, friction_per_ps) or csvr (velocity rescaling, tau_ps)
+    #: nvt's thermostat: langevin (BAOAB, friction_per_ps) or csvr (velocity rescaling, tau_ps);
+    #: npt runs with csvr
     thermostat: str = "langevin"
     tau_ps: float = 0.1
+    #: npt: target pressure (one value or one per replica), the barostat's relaxation time and
+    #: the compressibility it assumes (water's; it sets how fast the volume relaxes, not where to)
+    pressure_bar: list[float] = field(default_factory=lambda: [1.0])
+    tau_p_ps: float = 2.0
+    compressibility_per_bar: float = 4.5e-5
     temperature_K: list[float] = field(default_factory=lambda: [300.0])
     max_force_eV_per_A: float = 100.0
     max_spread_A: float = 10.0
@@ -66,8 +74,14 @@ class MDSettings(RunSettings):
         check_timestep(self.timestep_fs)
         if self.engine != "native":
             raise InputError(f"engine: {self.engine!r}; these are native-engine settings")
-        if self.ensemble not in ("nve", "nvt"):
-            raise InputError(f"ensemble: {self.ensemble!r}; expected 'nve' or 'nvt'")
+        if self.ensemble not in ENSEMBLES:
+            raise InputError(f"ensemble: {self.ensemble!r}; expected one of {', '.join(ENSEMBLES)}")
+        if self.ensemble == "npt" and self.thermostat != "csvr":
+            raise InputError(f"thermostat: {self.thermostat!r}; npt runs with the csvr thermostat (--thermostat csvr)")
+        check_pressure(self.pressure_bar)
+        if not 0 < self.tau_p_ps < float("inf") or not 0 < self.compressibility_per_bar < 1:
+            raise InputError(f"tau_p_ps {self.tau_p_ps}, compressibility_per_bar {self.compressibility_per_bar}: "
+                             f"expected a relaxation time > 0 ps and a compressibility in 1/bar (water 4.5e-5)")
         if self.thermostat not in THERMOSTATS:
             raise InputError(f"thermostat: {self.thermostat!r}; expected one of {', '.join(THERMOSTATS)}")
         if self.ensemble == "nve" and self.thermostat != "langevin":
@@ -100,6 +114,17 @@ def terms_force_fn(terms: Sequence[EnergyTerm]) -> ForceFn:
             return extra.detach(), torch.zeros_like(pos)
         (grad,) = torch.autograd.grad(extra.sum(), pos)
         return extra.detach(), -grad
+
+    return force_fn
+
+
+def make_stress_force_fn(potential: Potential) -> StressForceFn:
+    """Energy (B,) eV, forces (N, 3) eV/Å and stress (B, 3, 3) eV/Å³ of ``potential``, float64."""
+
+    def force_fn(batch: AtomsBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = potential(batch, stress=True)
+        return (out["energy"].detach(), out["forces"].detach().to(torch.float64),
+                out["stress"].detach().to(torch.float64))
 
     return force_fn
 
@@ -168,7 +193,16 @@ class Simulation(MDRun):
         # replica b draws from seed + b: replica b of a batch follows the single run seeded seed + b
         self.noise = ReplicaNoise([settings.seed + b for b in range(batch.n_systems)])
         force_fn = make_force_fn(potential, self.terms)
-        if settings.ensemble == "nve":
+        if settings.ensemble == "npt":
+            if self.terms:
+                raise InputError("npt: biases and other energy terms are not yet part of the pressure; run them at "
+                                 "constant volume (--ensemble nvt)")
+            if len(settings.pressure_bar) not in (1, batch.n_systems):
+                raise InputError(f"pressure: {len(settings.pressure_bar)} values for {batch.n_systems} replicas")
+            init_fn, self.step_fn = npt_csvr(make_stress_force_fn(potential), settings.timestep_fs,
+                                             settings.temperature_K, settings.pressure_bar, settings.tau_ps,
+                                             settings.tau_p_ps, settings.compressibility_per_bar, self.noise)
+        elif settings.ensemble == "nve":
             init_fn, self.step_fn = nve(force_fn, settings.timestep_fs)
         elif settings.thermostat == "csvr":
             init_fn, self.step_fn = csvr(force_fn, settings.timestep_fs, settings.temperature_K, settings.tau_ps,
@@ -178,8 +212,11 @@ class Simulation(MDRun):
                                              settings.friction_per_ps, self.noise)
         if _restore is not None:
             self.noise.set_state(_restore["noise"])
+            stress = _restore.get("stress")
             self.state = MDState(batch, _restore["forces"].to(batch.positions.device),
-                                 _restore["energy"].to(batch.positions.device), _restore["step"])
+                                 _restore["energy"].to(batch.positions.device), _restore["step"],
+                                 dof=moving_dof(batch) if settings.thermostat == "csvr" else None,
+                                 stress=stress.to(batch.positions.device) if stress is not None else None)
         else:
             if batch.velocities is None:
                 batch = maxwell_boltzmann(batch, settings.temperature_K, self.noise)
@@ -188,7 +225,8 @@ class Simulation(MDRun):
         if self.run_dir is not None:
             n_traj = batch.n_systems if settings.trajectory_replicas < 0 else settings.trajectory_replicas
             self.reporters = [H5MDReporter(self.run_dir, settings.report_every, list(range(min(n_traj, batch.n_systems)))),
-                              LogReporter(self.run_dir / LOG, settings.report_every)]
+                              LogReporter(self.run_dir / LOG, settings.report_every,
+                                          pressure=settings.ensemble == "npt")]
         self.reporters += list(reporters)
         self._last_good = self.state
         self._centres_ok = self._spread(self.state.batch) + settings.max_spread_A
@@ -207,7 +245,11 @@ class Simulation(MDRun):
         return self.state
 
     def _status(self, state: MDState) -> str:
-        return f"T {float(temperature(state.batch).mean()):.0f} K | {self.ns_per_day():.2f} ns/day"
+        text = f"T {float(temperature(state.batch, dof=state.dof).mean()):.0f} K"
+        if state.stress is not None:
+            p, _, density = barostat_view(state)
+            text += f" | P {p.mean():.0f} bar | {density.mean():.4f} g/cm³"
+        return f"{text} | {self.ns_per_day():.2f} ns/day"
 
     @staticmethod
     def _spread(batch: AtomsBatch) -> torch.Tensor:
@@ -231,6 +273,15 @@ class Simulation(MDRun):
             atom = int(fmax.argmax())
             return (f"replica {int(b.system[atom])}: force {float(fmax[atom]):.1f} eV/Å on atom {atom} exceeds "
                     f"max_force_eV_per_A={self.settings.max_force_eV_per_A}")
+        if state.stress is not None:  # npt: the box must stay wider than twice the cutoff
+            cell = b.cell
+            heights = torch.linalg.det(cell).abs().unsqueeze(-1) / torch.linalg.vector_norm(
+                torch.cross(cell[:, [1, 2, 0]], cell[:, [2, 0, 1]], dim=-1), dim=-1)
+            small = heights.min(-1).values < 2 * self.potential.cutoff
+            if small.any():
+                r = int(torch.nonzero(small)[0, 0])
+                return (f"replica {r}: the box shrank to {heights[r].min():.2f} Å across, below twice the cutoff "
+                        f"({2 * self.potential.cutoff:.2f} Å); cell {np.round(cell[r].cpu().numpy(), 3).tolist()}")
         if not b.periodic:
             spread = self._spread(b)
             over = spread > self._centres_ok
@@ -253,6 +304,7 @@ class Simulation(MDRun):
             "settings": asdict(self.settings),
             "batch": {k: getattr(b, k) for k in ("positions", "numbers", "system", "cell", "pbc", "masses", "velocities")},
             "forces": self.state.forces, "energy": self.state.energy, "step": self.state.step,
+            "stress": self.state.stress,
             "noise": self.noise.get_state(), "wall_seconds": self.wall_seconds,
             "terms": [t.get_state() if isinstance(t, AdaptiveTerm) else {} for t in self.terms],
         }
