@@ -264,3 +264,19 @@ def test_npt_refuses_molecules_without_a_cell_and_biases(float64_model):
     with pytest.raises(InputError, match="npt: biases"):
         Simulation(float64_model, AtomsBatch.from_atoms([_water_grid()]), ensemble="npt", thermostat="csvr",
                    terms=[restraint])
+
+
+def test_pressure_matches_ase_stress_with_the_ideal_gas_term(float64_model):
+    """The barostat's pressure of a water box with velocities equals -tr/3 of ASE's
+    ``get_stress(include_ideal_gas=True)`` through neuralmd's ASE calculator, same model."""
+    from neuralmd.md.ase_calculator import NeuralCalculator
+    from neuralmd.md.integrators import ReplicaNoise, maxwell_boltzmann, pressure
+
+    batch = maxwell_boltzmann(AtomsBatch.from_atoms([_water_grid()]), 300.0, ReplicaNoise([1]))
+    stress = float64_model(batch, stress=True)["stress"]
+    ours = float(pressure(batch, stress)[0])
+    atoms = batch.to_atoms()[0]
+    atoms.calc = NeuralCalculator(float64_model)
+    theirs = -atoms.get_stress(include_ideal_gas=True)[:3].mean()
+    assert ours == pytest.approx(theirs, rel=1e-9, abs=1e-12)
+    assert abs(ours) > 1e-5  # not a trivially empty comparison
