@@ -72,6 +72,8 @@ CASES = [
         ("--explore-ns", "positive_float"), ("--max-explore-ns", "positive_float"), ("--lag-ps", "positive_float"),
         ("--restarts", "positive_int"), ("--epochs", "positive_int"), ("--min-crossings", "positive_int"),
         ("--time-limit-min", "nonnegative_float")]],
+    (["build", "replicate", "{xyz}"], "--repeat", "positive_int"),
+    (["build", "replicate", "{xyz}"], "--frame", "nonnegative_int"),
     (["label", "{xyz}"], "--threads", "nonnegative_int"),
     (["demo"], "--train-minutes", "positive_float"),
 ]
