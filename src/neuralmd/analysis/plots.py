@@ -155,3 +155,35 @@ def plot_fes_comparison(centres: Sequence[np.ndarray], surfaces: dict[str, np.nd
     if title:
         fig.suptitle(title)
     save_figure(fig, path)
+
+
+def plot_rdfs(rdfs: dict[str, dict], path: str | os.PathLike, title: str = "radial distribution functions") -> None:
+    """Partial RDFs (``observables.rdf`` results by pair) with their block errors as bands."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for pair, data in rdfs.items():
+        r, g, err = (np.asarray(data[k]) for k in ("r_A", "g", "g_err"))
+        ax.plot(r, g, lw=1.2, label=pair)
+        ax.fill_between(r, g - err, g + err, alpha=0.25)
+    ax.axhline(1.0, color="0.6", lw=0.6)
+    ax.set_xlabel("r (Å)")
+    ax.set_ylabel("g(r)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    ax.set_title(title)
+    save_figure(fig, path)
+
+
+def plot_msd(lags_ps: np.ndarray, msd_A2: np.ndarray, fit_ps: Sequence[float], diffusion_1e9: float,
+             path: str | os.PathLike, label: str) -> None:
+    """Mean-squared displacement (Å²) against lag (ps), with the fitted 6Dt over its window."""
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.plot(lags_ps, msd_A2, lw=1.2, label=f"MSD {label}")
+    t = np.linspace(*fit_ps, 20)
+    slope = diffusion_1e9 / 10.0 * 6  # Å²/ps
+    anchor = np.interp(fit_ps[0], lags_ps, msd_A2)
+    ax.plot(t, anchor + slope * (t - fit_ps[0]), "--", label=f"6Dt, D = {diffusion_1e9:.3g}e-9 m²/s")
+    ax.set_xlabel("lag (ps)")
+    ax.set_ylabel("MSD (Å²)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    save_figure(fig, path)

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from ..analysis.blocking import MIN_BLOCKS, optimal_block
 from .fes import convergence, delta_f, in_region, kT_kjmol
 
 #: committed transitions between the basins (all trajectories together) below which ΔF is
@@ -46,8 +47,6 @@ SHARE_BLOCKS = 10
 #: one error)
 MAX_DRIFT_KT = 0.25
 DRIFT_ERRORS = 3.0
-#: the least number of blocks an error is computed from
-MIN_BLOCKS = 4
 #: frames a trajectory must stay in a basin for the stay to count as a visit
 MIN_DWELL = 2
 
@@ -159,16 +158,6 @@ def block_error_curve(a: np.ndarray, b: np.ndarray, temperature_K: float) -> lis
     return out
 
 
-def plateau(curve: list[list[float]], frames: int) -> int | None:
-    """Index of the shortest block length L with L³ > 2n(σ_L/σ_1)⁴ (n ``frames``), None if none."""
-    if not curve or not np.isfinite(curve[0][2]) or curve[0][2] <= 0:
-        return None
-    for k, (length, _, err) in enumerate(curve):
-        if np.isfinite(err) and length**3 > 2 * frames * (err / curve[0][2]) ** 4:
-            return k
-    return None
-
-
 def diagnose(values: np.ndarray, weights: np.ndarray, region_a, region_b, temperature_K: float,
              segments: np.ndarray | None = None, blocks: int = 0) -> Diagnostics:
     """ΔF = F(B) - F(A) (kJ/mol) of weighted frames in time order, its block error and the
@@ -186,7 +175,7 @@ def diagnose(values: np.ndarray, weights: np.ndarray, region_a, region_b, temper
         k, found = None, True
         err = block_error(a, b, length, temperature_K)
     else:
-        k = plateau(curve, len(a))
+        k = optimal_block(curve, len(a))
         found = k is not None
         if not found:  # the longest blocks: a lower bound
             usable = [i for i, (_, _, e) in enumerate(curve) if np.isfinite(e)]
