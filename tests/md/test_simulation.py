@@ -141,7 +141,7 @@ def test_unknown_element_and_bad_settings(trained_model):
     with pytest.raises(InputError, match="element\\(s\\) N"):
         Simulation(potential, AtomsBatch.from_atoms([molecule("NH3")]))
     with pytest.raises(InputError, match="ensemble"):
-        Simulation(potential, AtomsBatch.from_atoms([molecule("H2O")]), ensemble="npt")
+        Simulation(potential, AtomsBatch.from_atoms([molecule("H2O")]), ensemble="nph")
     with pytest.raises(InputError, match="2 values for 3 replicas"):
         Simulation(potential, AtomsBatch.from_atoms(_ethanols(3)), temperature_K=[300, 400])
 
