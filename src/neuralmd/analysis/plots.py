@@ -110,13 +110,17 @@ def plot_fes(centres: Sequence[np.ndarray], free_energy: np.ndarray, names: Sequ
 
 
 def plot_convergence(times: np.ndarray, delta_f: np.ndarray, path: str | os.PathLike, time_label: str = "time (ns)",
-                     reference: float | None = None) -> None:
-    """ΔF (kJ/mol) against simulated time, with an optional reference line."""
+                     reference: float | None = None, verdict: str = "") -> None:
+    """ΔF (kJ/mol) against simulated time, with an optional reference line and the verdict
+    (e.g. "converged" or "UNCONVERGED: ...") as the title."""
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     ax.plot(times, delta_f, marker="o", ms=3)
     if reference is not None:
         ax.axhline(reference, color="k", ls="--", lw=0.8, label="reference")
         ax.legend()
+    if verdict:
+        ax.set_title(verdict if len(verdict) < 70 else verdict[:67] + "...", fontsize=9,
+                     color="k" if verdict == "converged" else "C3")
     ax.set_xlabel(time_label)
     ax.set_ylabel("ΔF (kJ/mol)")
     ax.grid(alpha=0.3)

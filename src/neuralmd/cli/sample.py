@@ -209,7 +209,8 @@ def fes(
                               segments=samples.replica[keep], blocks=blocks)
         result.update({"basin_a": basin_a, "basin_b": basin_b, **report})
         curve = np.array(report["curve"])
-        plot_convergence(curve[:, 0], curve[:, 1], out / "fes_convergence.png")
+        plot_convergence(curve[:, 0], curve[:, 1], out / "fes_convergence.png",
+                         verdict="converged" if report["converged"] else f"UNCONVERGED: {report['reason']}")
         diagnostics = report["diagnostics"]
         text = (f"ΔF = F({basin_b}) - F({basin_a}) = {report['deltaF_kjmol']:.2f} ± {report['deltaF_err_kjmol']:.2f} "
                 f"kJ/mol ({int(keep.sum())} frames, {diagnostics['transitions']} transitions, effective samples "
