@@ -59,20 +59,37 @@ RUN = textwrap.dedent("""
     def killer(state):
         if state.step == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
-    frames = [molecule("CH3CH2OH"), molecule("CH3CH2OH")]
+    if sys.argv[4] == "npt":  # 27 waters at two pressures, the box wider than twice the 5 Å cutoff
+        from ase import Atoms
+        frames = []
+        for _ in range(2):
+            box = Atoms(cell=[10.8, 10.8, 10.8], pbc=True)
+            for i in range(27):
+                w = molecule("H2O")
+                w.translate([3.6 * (i // 9 + 0.5), 3.6 * (i // 3 % 3 + 0.5), 3.6 * (i % 3 + 0.5)])
+                box += w
+            frames.append(box)
+        extra = dict(ensemble="npt", thermostat="csvr", pressure_bar=[1, 2000], tau_p_ps=0.05,
+                     compressibility_per_bar=1e-3, timestep_fs=0.25)
+    else:
+        frames, extra = [molecule("CH3CH2OH"), molecule("CH3CH2OH")], {}
     sim = Simulation(potential, AtomsBatch.from_atoms(frames), temperature_K=[300, 500], seed=3,
-                     report_every=10, checkpoint_every=40, run_dir=sys.argv[2], stop_conditions=[killer])
+                     report_every=10, checkpoint_every=40, run_dir=sys.argv[2], stop_conditions=[killer], **extra)
     sim.run(120)
 """)
 
 
-def test_resume_after_kill_reaches_the_same_final_state(tmp_path, trained_model):
+@pytest.mark.parametrize("ensemble", ["nvt", "npt"])
+def test_resume_after_kill_reaches_the_same_final_state(tmp_path, trained_model, ensemble):
+    """kill -9 at step 70 (checkpoint at 40), resume: the same final state, log and
+    trajectories as an uninterrupted run; under NPT also the same cells."""
     import MDAnalysis as mda
 
     script = tmp_path / "run.py"
     script.write_text(RUN)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    killed = subprocess.run([sys.executable, str(script), str(trained_model), str(tmp_path / "a"), "70"], env=env)
+    killed = subprocess.run([sys.executable, str(script), str(trained_model), str(tmp_path / "a"), "70", ensemble],
+                            env=env)
     assert killed.returncode == -signal.SIGKILL
     # the trajectory left by the kill is readable up to its last frame (step 70)
     u = mda.Universe(str(tmp_path / "a" / "traj_001.pdb"), str(tmp_path / "a" / "traj_001.h5md"))
@@ -88,13 +105,17 @@ def test_resume_after_kill_reaches_the_same_final_state(tmp_path, trained_model)
         resumed.run()
     finally:
         torch.set_num_threads(threads)
-    straight = subprocess.run([sys.executable, str(script), str(trained_model), str(tmp_path / "b"), "-1"], env=env)
+    straight = subprocess.run([sys.executable, str(script), str(trained_model), str(tmp_path / "b"), "-1", ensemble],
+                              env=env)
     assert straight.returncode == 0
     a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
     b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
     assert a["step"] == b["step"] == 120
     assert torch.equal(a["batch"]["positions"], b["batch"]["positions"])
     assert torch.equal(a["batch"]["velocities"], b["batch"]["velocities"])
+    assert torch.equal(a["batch"]["cell"], b["batch"]["cell"])
+    if ensemble == "npt":  # the boxes moved, each its own way
+        assert not torch.allclose(a["batch"]["cell"][0], a["batch"]["cell"][1])
     assert (tmp_path / "a" / "log.csv").read_text() == (tmp_path / "b" / "log.csv").read_text()
     for name in ("traj_000", "traj_001"):
         ua = mda.Universe(str(tmp_path / "a" / f"{name}.pdb"), str(tmp_path / "a" / f"{name}.h5md"))
@@ -103,7 +124,7 @@ def test_resume_after_kill_reaches_the_same_final_state(tmp_path, trained_model)
         ua.trajectory[-1]
         ub.trajectory[-1]
         np.testing.assert_array_equal(ua.atoms.positions, ub.atoms.positions)
-        assert ua.trajectory.time == pytest.approx(0.06)  # ps
+        assert ua.trajectory.time == pytest.approx(0.06 if ensemble == "nvt" else 0.03)  # ps
 
     other = HarmonicWell(1.0)
     with pytest.raises(InputError, match="written with another model"):
@@ -260,6 +281,8 @@ def test_npt_refuses_molecules_without_a_cell_and_biases(float64_model):
         Simulation(float64_model, AtomsBatch.from_atoms(_ethanols(1)), ensemble="npt", thermostat="csvr")
     with pytest.raises(InputError, match="thermostat"):
         Simulation(float64_model, AtomsBatch.from_atoms([_water_grid()]), ensemble="npt")
+    with pytest.raises(InputError, match="below twice the model's cutoff"):
+        Simulation(float64_model, AtomsBatch.from_atoms([_water_grid(2)]), ensemble="npt", thermostat="csvr")
     restraint = HarmonicRestraint(Distance(0, 1), centre=[1.0], kappa_kjmol=100.0)
     with pytest.raises(InputError, match="npt: biases"):
         Simulation(float64_model, AtomsBatch.from_atoms([_water_grid()]), ensemble="npt", thermostat="csvr",

@@ -118,6 +118,12 @@ def terms_force_fn(terms: Sequence[EnergyTerm]) -> ForceFn:
     return force_fn
 
 
+def box_widths(cell: torch.Tensor) -> torch.Tensor:
+    """The distances (B, 3) in Å between opposite faces of each cell (B, 3, 3): V / |b × c| etc."""
+    return torch.linalg.det(cell).abs().unsqueeze(-1) / torch.linalg.vector_norm(
+        torch.cross(cell[:, [1, 2, 0]], cell[:, [2, 0, 1]], dim=-1), dim=-1)
+
+
 def make_stress_force_fn(potential: Potential) -> StressForceFn:
     """Energy (B,) eV, forces (N, 3) eV/Å and stress (B, 3, 3) eV/Å³ of ``potential``, float64."""
 
@@ -194,6 +200,12 @@ class Simulation(MDRun):
         self.noise = ReplicaNoise([settings.seed + b for b in range(batch.n_systems)])
         force_fn = make_force_fn(potential, self.terms)
         if settings.ensemble == "npt":
+            narrow = box_widths(batch.cell).min(-1).values < 2 * potential.cutoff
+            if narrow.any():
+                r = int(torch.nonzero(narrow)[0, 0])
+                raise InputError(f"structure: replica {r}'s cell is {float(box_widths(batch.cell)[r].min()):.2f} Å "
+                                 f"across, below twice the model's cutoff ({2 * potential.cutoff:.2f} Å); replicate "
+                                 f"it (neuralmd build replicate)")
             if self.terms:
                 raise InputError("npt: biases and other energy terms are not yet part of the pressure; run them at "
                                  "constant volume (--ensemble nvt)")
@@ -275,8 +287,7 @@ class Simulation(MDRun):
                     f"max_force_eV_per_A={self.settings.max_force_eV_per_A}")
         if state.stress is not None:  # npt: the box must stay wider than twice the cutoff
             cell = b.cell
-            heights = torch.linalg.det(cell).abs().unsqueeze(-1) / torch.linalg.vector_norm(
-                torch.cross(cell[:, [1, 2, 0]], cell[:, [2, 0, 1]], dim=-1), dim=-1)
+            heights = box_widths(cell)
             small = heights.min(-1).values < 2 * self.potential.cutoff
             if small.any():
                 r = int(torch.nonzero(small)[0, 0])
