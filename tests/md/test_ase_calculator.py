@@ -63,3 +63,28 @@ def test_unknown_element_is_a_clear_error(trained_model):
     atoms.calc = neuralmd.load_calculator(trained_model)
     with pytest.raises(InputError, match="element\\(s\\) N not known to the model"):
         atoms.get_potential_energy()
+
+
+def test_ase_cell_filter_relaxes_a_periodic_box_with_the_stress(float64_model):
+    """ASE's FrechetCellFilter + FIRE on 64 waters with the neuralmd calculator: the cell moves
+    and the energy falls (the filter descends along the stress, the strain derivative); ASE's
+    isotropic MTK NPT integrator then runs with it."""
+    from ase.filters import FrechetCellFilter
+    from ase.md.nose_hoover_chain import IsotropicMTKNPT
+    from ase.optimize import FIRE
+
+    from neuralmd.data.io import read_frames
+    from neuralmd.md.ase_calculator import NeuralCalculator
+
+    from ..conftest import shared_file
+
+    atoms = read_frames(shared_file("deepmd_water/data_0"), require_labels=False)[0]
+    atoms.calc = NeuralCalculator(float64_model)
+    before_cell, before = atoms.cell.array.copy(), atoms.get_potential_energy()
+    FIRE(FrechetCellFilter(atoms), logfile=None).run(fmax=1e-3, steps=15)
+    assert not np.allclose(atoms.cell.array, before_cell)
+    assert atoms.get_potential_energy() < before
+    volume = atoms.get_volume()
+    IsotropicMTKNPT(atoms, timestep=0.25 * units.fs, temperature_K=300, pressure_au=1e4 * units.bar, tdamp=25 * units.fs,
+                    pdamp=250 * units.fs).run(10)
+    assert np.isfinite(atoms.get_potential_energy()) and atoms.get_volume() != volume
