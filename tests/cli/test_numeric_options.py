@@ -71,7 +71,7 @@ CASES = [
         ("--temperature", "temperature"), ("--tmax", "positive_float"), ("--short-ns", "positive_float"),
         ("--explore-ns", "positive_float"), ("--max-explore-ns", "positive_float"), ("--lag-ps", "positive_float"),
         ("--restarts", "positive_int"), ("--epochs", "positive_int"), ("--min-crossings", "positive_int"),
-        ("--time-limit-min", "nonnegative_float")]],
+        ("--time-limit-min", "nonnegative_float"), ("--n-cv", "positive_int")]],
     (["build", "replicate", "{xyz}"], "--repeat", "positive_int"),
     (["build", "replicate", "{xyz}"], "--frame", "nonnegative_int"),
     (["label", "{xyz}"], "--threads", "nonnegative_int"),

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from neuralmd.cli import app
 from neuralmd.errors import InputError
-from neuralmd.sampling.cv_training import MIN_CV_CROSSINGS, cv_modes
+from neuralmd.sampling.cv_training import MIN_CV_CROSSINGS, cv_modes, slowest_crossed
 
 from .toy import write_toy
 
@@ -37,6 +37,15 @@ def test_modes_and_crossings_of_a_cv_distribution():
     # one broad state: a single mode, nothing to cross
     single = cv_modes(rng.normal(size=5000), np.zeros(5000, int))
     assert single["boundary"] is None and single["crossings"] == 0
+
+
+def test_the_slowest_output_crossed_back_and_forth_is_kept():
+    """Outputs in order of TICA eigenvalue: a slower process crossed twice (a cis peptide bond
+    visited once in a hot exploration) gives way to the next one crossed often enough."""
+    assert slowest_crossed([{"crossings": 2}, {"crossings": 36}, {"crossings": 80}]) == 1
+    assert slowest_crossed([{"crossings": 12}, {"crossings": 36}]) == 0
+    assert slowest_crossed([{"crossings": 2}, {"crossings": 5}], least=10) == 1  # none enough: the most crossed
+    assert slowest_crossed([{"crossings": 2}, {"crossings": 5}], least=3) == 1
 
 
 def _toy_run(folder, barrier_kjmol: float, distance_A: float, steps: int = 50_000, seed: int = 0):

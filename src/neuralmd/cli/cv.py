@@ -115,6 +115,8 @@ def cv_discover(
     descriptors: str = typer.Option(_d("descriptors"), help="heavy-atom-distances | all-distances | atoms(i,j,...)"),
     lag_ps: float = typer.Option(_d("lag_ps"), help="Deep-TICA lag time, ps"),
     restarts: int = typer.Option(_d("restarts"), help="Deep-TICA trainings per iteration (the slowest kept)"),
+    n_cv: int = typer.Option(_d("n_cv"), help="Deep-TICA outputs trained; the slowest one crossed back and forth "
+                                             "is kept"),
     epochs: int = typer.Option(_d("epochs")),
     min_eigenvalue: float = typer.Option(_d("min_eigenvalue"), help="least TICA eigenvalue of a CV that passes"),
     min_crossings: int = typer.Option(_d("min_crossings"), help="least crossings between the CV's modes"),
@@ -135,7 +137,7 @@ def cv_discover(
     set_threads(threads or 1)
     if resume is not None:
         refuse_with_resume(ctx, ["pdb", "output", "config", "forcefield", "platform", "temperature", "tmax", "short_ns",
-                                 "explore_ns", "descriptors", "lag_ps", "restarts", "epochs", "min_eigenvalue",
+                                 "explore_ns", "descriptors", "lag_ps", "restarts", "n_cv", "epochs", "min_eigenvalue",
                                  "min_crossings", "seed"], resume)
         loop = Discovery.resume(resume, progress=True,
                                 max_explore_ns=max_explore_ns if given(ctx, "max_explore_ns") else None,
@@ -149,7 +151,8 @@ def cv_discover(
             "platform": ("platform", platform), "temperature_K": ("temperature", temperature), "tmax_K": ("tmax", tmax),
             "short_ns": ("short_ns", short_ns), "explore_ns": ("explore_ns", explore_ns),
             "max_explore_ns": ("max_explore_ns", max_explore_ns), "descriptors": ("descriptors", descriptors),
-            "lag_ps": ("lag_ps", lag_ps), "restarts": ("restarts", restarts), "epochs": ("epochs", epochs),
+            "lag_ps": ("lag_ps", lag_ps), "restarts": ("restarts", restarts), "n_cv": ("n_cv", n_cv),
+            "epochs": ("epochs", epochs),
             "min_eigenvalue": ("min_eigenvalue", min_eigenvalue), "min_crossings": ("min_crossings", min_crossings),
             "time_limit_min": ("time_limit_min", time_limit_min), "seed": ("seed", seed)})
         loop = Discovery.start(settings, output, progress=True)

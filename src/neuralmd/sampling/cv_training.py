@@ -75,11 +75,21 @@ def cv_modes(s: np.ndarray, segments: np.ndarray, bins: int = 60) -> dict:
             "visits": list(visits), "fraction": float((s > boundary).mean())}
 
 
+def slowest_crossed(modes: Sequence[dict], least: int = MIN_CV_CROSSINGS) -> int:
+    """Index of the first (slowest) output whose modes (:func:`cv_modes`) are crossed at least
+    ``least`` times, else of the most crossed one."""
+    for k, m in enumerate(modes):
+        if m["crossings"] >= least:
+            return k
+    return int(np.argmax([m["crossings"] for m in modes]))
+
+
 def train_cv_from_runs(runs: Sequence[str | Path], out: str | Path, method: str = "deep-tica",
                        descriptors: str = "heavy-atom-distances", lag_ps: float = 1.0, n_cv: int = 1,
                        hidden: Sequence[int] = (24, 12), epochs: int = 200, seed: int = 0,
                        reweight: bool = True, scale_floor: float = 0.5, smoothness: float = 1e-3,
-                       progress: bool = False, restarts: int = 1, force: bool = False) -> dict:
+                       progress: bool = False, restarts: int = 1, force: bool = False,
+                       keep_crossed: int = 0) -> dict:
     """Train, export into ``out`` (cv.pt, descriptors.json, plumed.dat, history.json,
     relevance.csv/png) and return a summary, including each CV's steepness (1/Å, see
     :mod:`neuralmd.analysis.interpret`) and, for Deep-TICA, its eigenvalue (None otherwise).
@@ -94,7 +104,9 @@ def train_cv_from_runs(runs: Sequence[str | Path], out: str | Path, method: str 
     whose states come from separate runs): its first output must have two modes between which
     the training trajectories cross at least :data:`MIN_CV_CROSSINGS` times (:func:`cv_modes`);
     otherwise the exploration did not sample the process and an InputError says so, unless
-    ``force``."""
+    ``force``. With ``keep_crossed`` = N > 0 and ``n_cv`` > 1, only the slowest output whose modes
+    are crossed at least N times is kept and exported (a slower process visited once or twice, such as a
+    cis peptide bond in a hot exploration, would otherwise take the CV's place)."""
     from ..analysis.interpret import cv_relevance, cv_steepness, plot_relevance
 
     refuse_existing(out, "a learned CV", marker="cv.pt", resumable=False)
@@ -155,11 +167,17 @@ def train_cv_from_runs(runs: Sequence[str | Path], out: str | Path, method: str 
     valid_losses = [min(h["valid_loss"] for h in history) for (_, history), _ in fits]
     best = int(np.argmin(valid_losses))
     (net, history), seed = fits[best]
-    cv = LearnedCV(desc, net, method)
     with torch.no_grad():
         s = net(torch.as_tensor(x)).numpy()
-    steepness = [round(float(v), 3) for v in cv_steepness(net, x)]
     eigenvalues = history[-1].get("tica_eigenvalues")
+    kept = None
+    if keep_crossed and method != "deep-lda" and n_cv > 1:
+        kept = slowest_crossed([cv_modes(s[:, k], segments) for k in range(n_cv)], keep_crossed)
+        net.projection = net.projection[:, [kept]]
+        s, n_cv = s[:, [kept]], 1
+        eigenvalues = [eigenvalues[kept]] if eigenvalues else eigenvalues
+    cv = LearnedCV(desc, net, method)
+    steepness = [round(float(v), 3) for v in cv_steepness(net, x)]
     modes = cv_modes(s[:, 0], segments) if method != "deep-lda" else None
     if modes is not None and modes["crossings"] < MIN_CV_CROSSINGS and not force:
         shape = ("one mode" if modes["boundary"] is None
@@ -189,6 +207,7 @@ def train_cv_from_runs(runs: Sequence[str | Path], out: str | Path, method: str 
     cv.export(out, meta)
     return {"method": method, "frames": len(x), "cv_range": meta["cv_range"], "steepness_per_A": steepness,
             "tica_eigenvalues": eigenvalues, "implied_timescales_ps": timescales, "modes": modes, "seed": seed,
+            "kept_output": kept,
             "restarts_best_valid_loss": meta["training"]["restarts_best_valid_loss"],
             "final_valid_loss":
             history[-1]["valid_loss"], "best_valid_loss": valid_losses[best],

@@ -7,7 +7,8 @@ The loop (OpenMM engine; every stage resumable, the directory is the state):
 2. ``explore/``: multithermal OPES on the force-field energy (T..``tmax_K``, 1 fs), which needs
    no CV of the process, ``explore_ns`` at a time;
 3. ``cv-NN/``: Deep-TICA (``restarts`` trainings, the slowest kept, unweighted frames, lag
-   ``lag_ps``) on both runs, with its checks: the TICA eigenvalue (at least ``min_eigenvalue``,
+   ``lag_ps``, ``n_cv`` outputs of which the slowest one crossed back and forth is kept) on both
+   runs, with its checks: the TICA eigenvalue (at least ``min_eigenvalue``,
    0.5 by default: at most a decorrelation by half over the lag)
    and the crossings of the training trajectories between the modes of the CV's distribution
    (at least ``min_crossings``; :func:`neuralmd.sampling.cv_training.cv_modes`);
@@ -64,6 +65,7 @@ class DiscoverySettings:
     max_explore_ns: float = 16.0
     descriptors: str = "heavy-atom-distances"
     lag_ps: float = 5.0
+    n_cv: int = 2  # Deep-TICA outputs trained; the slowest one crossed back and forth is kept
     restarts: int = 3
     epochs: int = 100
     min_eigenvalue: float = DISCOVERED_EIGENVALUE
@@ -82,9 +84,9 @@ class DiscoverySettings:
         check_temperature(self.temperature_K)
         if not self.temperature_K < self.tmax_K < float("inf"):
             raise InputError(f"tmax_K: {self.tmax_K}; expected above temperature_K ({self.temperature_K})")
-        if self.restarts < 1 or self.epochs < 1 or self.min_crossings < 1:
-            raise InputError(f"restarts {self.restarts}, epochs {self.epochs}, min_crossings {self.min_crossings}: "
-                             f"expected each >= 1")
+        if min(self.restarts, self.epochs, self.min_crossings, self.n_cv) < 1:
+            raise InputError(f"restarts {self.restarts}, epochs {self.epochs}, min_crossings {self.min_crossings}, "
+                             f"n_cv {self.n_cv}: expected each >= 1")
         if not -1 <= self.min_eigenvalue < 1 or not 0 <= self.time_limit_min < float("inf"):
             raise InputError(f"min_eigenvalue {self.min_eigenvalue}, time_limit_min {self.time_limit_min}: expected "
                              f"-1 <= min_eigenvalue < 1 (an autocorrelation) and time_limit_min >= 0")
@@ -188,11 +190,13 @@ class Discovery:
         shutil.rmtree(folder, ignore_errors=True)  # a training killed halfway is redone from its seed
         t0 = time.perf_counter()
         summary = train_cv_from_runs([self.out / "short", self.out / "explore"], folder, method="deep-tica",
-                                     descriptors=s.descriptors, lag_ps=s.lag_ps, epochs=s.epochs, seed=s.seed,
-                                     reweight=False, restarts=s.restarts, progress=self.progress, force=True)
+                                     descriptors=s.descriptors, lag_ps=s.lag_ps, n_cv=s.n_cv, epochs=s.epochs,
+                                     seed=s.seed, reweight=False, restarts=s.restarts, progress=self.progress,
+                                     force=True, keep_crossed=s.min_crossings)
         eigenvalue = float(summary["tica_eigenvalues"][0])
         crossings = int(summary["modes"]["crossings"])
         return {"iteration": iteration, "explore_ns": explore_ns, "eigenvalue": eigenvalue, "crossings": crossings,
+                "output": summary["kept_output"],
                 "passed": eigenvalue >= s.min_eigenvalue and crossings >= s.min_crossings, "cv": str(folder),
                 "steepness_per_A": summary["steepness_per_A"], "train_wall_s": round(time.perf_counter() - t0, 1)}
 
