@@ -106,8 +106,13 @@ class Discovery:
         self.settings, self.out, self.progress = settings, Path(out), progress
         self.deadline = (time.monotonic() + 60 * settings.time_limit_min) if settings.time_limit_min else None
         path = self.out / HISTORY
-        self.history: dict = (json.loads(path.read_text()) if path.exists()
-                              else {"iterations": [], "found": False, "stop_reason": ""})
+        self.history: dict = {"iterations": [], "found": False, "stop_reason": ""}
+        if path.exists():
+            try:
+                self.history = json.loads(path.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise InputError(f"{path}: not readable as the loop's history ({exc}); it is written atomically, "
+                                 f"so it was edited or damaged by hand") from None
 
     @classmethod
     def start(cls, settings: DiscoverySettings, out: str | Path, progress: bool = False) -> "Discovery":
