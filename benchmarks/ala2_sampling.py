@@ -38,16 +38,14 @@ import openmm
 import torch
 from openmm import app, unit
 
-from neuralmd.md.reporters import read_h5md
 from neuralmd.sampling import fes as F
 from neuralmd.sampling.convergence import basin_report
 from neuralmd.sampling.cv_training import train_cv_from_runs
 from neuralmd.md.openmm_engine import OpenMMSettings
 from neuralmd.sampling.bias_factory import BiasSettings
-from neuralmd.sampling.kernel_widths import estimate_sigma, probe_sigma
+from neuralmd.sampling.kernel_widths import run_sigma
 from neuralmd.sampling.runs import start_openmm
 from neuralmd.sampling.samples import load_samples
-from neuralmd.sampling.spec import parse_cv
 from neuralmd.threads import set_threads
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -165,12 +163,7 @@ def learned_cv_run(learned: Path, ns: dict, seed: int, args: argparse.Namespace)
     tica = train_cv_from_runs([learned / "short", learned / "explore"], learned / "cv-tica", method="deep-tica",
                               lag_ps=args.lag_ps, n_cv=args.learned_ncv, epochs=100, reweight=False, seed=seed,
                               restarts=args.cv_restarts)
-    frames = read_h5md(learned / "short" / "traj_000.h5md")  # the widths `sample` would choose, from this run
-    cv = parse_cv(str(learned / "cv-tica"), frames[0].numbers)
-    positions = np.stack([f.positions for f in frames])
-    with torch.no_grad():
-        values = cv(torch.as_tensor(positions)).numpy()
-    sigma = probe_sigma(cv, values, positions, frames[0].get_masses(), T, 2.0)
+    sigma, spread = run_sigma(str(learned / "cv-tica"), learned / "short", T, 2.0)  # the widths `sample` would choose
     prep_wall = time.perf_counter() - t_learn
     report, wall = run_neuralmd(learned / "opes", ns["learned"],
                                 BiasSettings(cv=str(learned / "cv-tica"), barrier_kjmol=40, sigma=sigma), seed + 2)
@@ -178,7 +171,7 @@ def learned_cv_run(learned: Path, ns: dict, seed: int, args: argparse.Namespace)
         "unbiased_ns": ns["short"], "explore_ns": ns["explore"], "wall_s": prep_wall, "deep_tica_cvs": args.learned_ncv,
         "explore": f"opes-multithermal on the energy, {T:.0f}-{args.explore_tmax:.0f} K, 1 fs",
         "explore_deltaF_kjmol": explore["deltaF_kjmol"], "lag_ps": args.lag_ps, "sigma": sigma,
-        "sigma_cv_std_short_run": estimate_sigma(values, cv.periods),
+        "sigma_cv_std_short_run": spread,
         "cv_restarts": args.cv_restarts, "deep_tica_valid_losses": tica["restarts_best_valid_loss"],
         "steepness_per_A": tica.get("steepness_per_A")}})
     return report

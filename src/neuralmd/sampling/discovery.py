@@ -31,8 +31,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from ..config import load_config, save_config
 from ..errors import InputError
 from ..io_utils import atomic_write_json
@@ -208,21 +206,12 @@ class Discovery:
     def _accept(self, row: dict) -> None:
         """cv/ (a copy of the passing training) and opes.toml (kernel widths from the short run,
         as ``sample`` chooses them for 2 fs steps)."""
-        import torch
-
-        from ..md.reporters import read_h5md
-        from .kernel_widths import probe_sigma
-        from .spec import parse_cv
+        from .kernel_widths import run_sigma
 
         partial = self.out / (CV_DIR + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
         shutil.copytree(row["cv"], partial)
-        frames = read_h5md(self.out / "short" / "traj_000.h5md")
-        cv = parse_cv(str(partial), frames[0].numbers)
-        positions = np.stack([f.positions for f in frames])
-        with torch.no_grad():
-            values = cv(torch.as_tensor(positions)).numpy()
-        sigma = probe_sigma(cv, values, positions, frames[0].get_masses(), self.settings.temperature_K, 2.0)
+        sigma, _ = run_sigma(str(partial), self.out / "short", self.settings.temperature_K, 2.0)
         partial.rename(self.out / CV_DIR)
         save_config(BiasSettings(cv=str((self.out / CV_DIR).resolve()), bias="opes", barrier_kjmol=OPES_BARRIER_KJMOL,
                                  sigma=sigma), self.out / OPES_SETTINGS)

@@ -1,10 +1,12 @@
 """Kernel widths of OPES and metadynamics: the CV's fluctuation in an unbiased probe
 (:func:`estimate_sigma`), widened where a bias that narrow would curve faster than the timestep
-integrates (:func:`integrable_sigma`); :func:`probe_sigma` does both."""
+integrates (:func:`integrable_sigma`); :func:`probe_sigma` does both, :func:`run_sigma` on the
+frames of a finished unbiased run."""
 
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -74,3 +76,21 @@ def probe_sigma(cv: CV, values: np.ndarray, positions: np.ndarray, masses: np.nd
     ``positions`` (n, N, 3) Å): the CV's fluctuation (:func:`estimate_sigma`), widened by
     :func:`integrable_sigma` where that bias would be too stiff for the timestep."""
     return integrable_sigma(cv, positions, masses, estimate_sigma(values, cv.periods), temperature_K, timestep_fs)
+
+
+def run_sigma(cv_spec: str, run_dir: str | Path, temperature_K: float, timestep_fs: float) -> tuple[list[float],
+                                                                                                  list[float]]:
+    """The kernel widths :func:`probe_sigma` gives for the CV ``cv_spec`` (a specification or an
+    exported-CV folder) over the frames of the unbiased run in ``run_dir`` (its first replica's
+    trajectory), for ``timestep_fs`` steps, and the CV's plain fluctuation there (before any
+    widening)."""
+    from ..md.reporters import read_h5md
+    from .spec import parse_cv
+
+    frames = read_h5md(Path(run_dir) / "traj_000.h5md")
+    cv = parse_cv(str(cv_spec), frames[0].numbers)
+    positions = np.stack([f.positions for f in frames])
+    with torch.no_grad():
+        values = cv(torch.as_tensor(positions)).numpy()
+    return (probe_sigma(cv, values, positions, frames[0].get_masses(), temperature_K, timestep_fs),
+            estimate_sigma(values, cv.periods))
