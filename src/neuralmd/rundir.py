@@ -90,6 +90,15 @@ def md_settings(run_dir: str | os.PathLike) -> dict:
     return read_toml(require_existing(run_dir, "an MD or sampling run directory", MD_SETTINGS) / MD_SETTINGS)
 
 
+def replica_temperature(settings: dict, replica: int = 0) -> float:
+    """The bath temperature (K) of one replica in a run's ``md.toml`` (:func:`md_settings`):
+    native runs store one value, or one per replica; OpenMM runs one value."""
+    value = settings["temperature_K"]
+    if isinstance(value, list):
+        value = value[replica] if len(value) > replica else value[0]
+    return float(value)
+
+
 def engine_in(settings_file: str | os.PathLike) -> str:
     """'openmm' or 'native': the engine an MD settings file is for (files written before
     md.toml named its engine are native)."""

@@ -36,7 +36,7 @@ def analyze(
     from ..analysis import observables as obs
     from ..analysis.plots import plot_msd, plot_rdfs
     from ..io_utils import atomic_write_json
-    from ..rundir import check_writable, md_settings
+    from ..rundir import check_writable, md_settings, replica_temperature
 
     if not (rdf or density or msd):
         raise InputError("analyze: ask for something: --rdf O-O,..., --density, --msd O")
@@ -53,9 +53,7 @@ def analyze(
         result["density_g_cm3"] = obs.density(u, start)
     diffusion = {}
     if msd:
-        temperature = md_settings(run)["temperature_K"]
-        temperature = float(temperature[replica] if isinstance(temperature, list) and len(temperature) > replica
-                            else temperature[0] if isinstance(temperature, list) else temperature)
+        temperature = replica_temperature(md_settings(run), replica)
         box = float(np.mean([ts.dimensions[:3].mean() for ts in u.trajectory[start:]]))
         for element in comma_list(msd, "msd"):
             lags, values = obs.msd(u, element, start)

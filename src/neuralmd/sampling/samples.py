@@ -13,7 +13,7 @@ import torch
 from ..config import load_config
 from ..errors import InputError
 from ..md.openmm_engine import CHECKPOINT_FORMAT as OPENMM_CHECKPOINT
-from ..rundir import BIAS_SETTINGS, CHECKPOINT, COLVAR, TOPOLOGY, md_settings
+from ..rundir import BIAS_SETTINGS, CHECKPOINT, COLVAR, TOPOLOGY, md_settings, replica_temperature
 from ..units import KJMOL
 from .bias_factory import BiasSettings, make_bias
 from .colvar import read_colvar
@@ -44,8 +44,7 @@ def load_samples(run_dir: str | Path, cv: str | CV | None = None) -> Samples:
 
     run_dir = Path(run_dir)
     settings = md_settings(run_dir)
-    temperature_K = settings["temperature_K"]  # native runs store one value per replica
-    temperature_K = float(temperature_K[0] if isinstance(temperature_K, list) else temperature_K)
+    temperature_K = replica_temperature(settings)
     trajectories = sorted(run_dir.glob("traj_*.h5md"))
     if not trajectories:
         raise InputError(f"{run_dir}: no trajectory (traj_*.h5md)")
