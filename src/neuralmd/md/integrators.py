@@ -243,20 +243,31 @@ def csvr(force_fn: ForceFn, timestep_fs: float, temperature_K: float | Sequence[
     velocities have none, the forces of a translation-invariant potential add none, and a
     rescaling keeps it so)."""
     dt = check_timestep(timestep_fs)
-    rescale = _csvr_rescaler(temperature_K, _half_step_c(dt, tau_ps), noise)
+    return _rescaled_verlet(lambda b: (*force_fn(b), None), dt,
+                            _csvr_rescaler(temperature_K, _half_step_c(dt, tau_ps), noise))
+
+
+def _rescaled_verlet(evaluate: Callable[[AtomsBatch], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]],
+                     dt: float, rescale: Callable[[AtomsBatch], AtomsBatch],
+                     barostat: Callable[[AtomsBatch, torch.Tensor], AtomsBatch] | None = None):
+    """``(init_fn, step_fn)`` of velocity Verlet between two half-step velocity rescalings, with
+    ``barostat(batch, stress)`` after the drift where given (``dt`` in ASE time units;
+    ``evaluate`` gives energy, forces and the stress, or None without a barostat)."""
 
     def init_fn(batch: AtomsBatch) -> MDState:
-        energy, forces = force_fn(batch)
-        return MDState(batch, forces, energy, 0, dof=moving_dof(batch))
+        energy, forces, stress = evaluate(batch)
+        return MDState(batch, forces, energy, 0, dof=moving_dof(batch), stress=stress)
 
     def step_fn(state: MDState) -> MDState:
         b = rescale(state.batch)
         inv_m = (1.0 / b.masses).unsqueeze(-1)
         v = b.velocities + 0.5 * dt * state.forces * inv_m
         moved = b.replace(positions=b.positions + dt * v, velocities=v)
-        energy, forces = force_fn(moved)
-        moved = rescale(moved.replace(velocities=v + 0.5 * dt * forces * inv_m))
-        return MDState(moved, forces, energy, state.step + 1, dof=state.dof)
+        if barostat is not None:
+            moved = barostat(moved, state.stress)
+        energy, forces, stress = evaluate(moved)
+        moved = rescale(moved.replace(velocities=moved.velocities + 0.5 * dt * forces * inv_m))
+        return MDState(moved, forces, energy, state.step + 1, dof=state.dof, stress=stress)
 
     return init_fn, step_fn
 
@@ -319,20 +330,11 @@ def npt_csvr(force_fn: StressForceFn, timestep_fs: float, temperature_K: float |
         return b.replace(positions=b.positions * mu[b.system].unsqueeze(-1), cell=b.cell * mu.view(-1, 1, 1),
                          velocities=b.velocities / mu[b.system].unsqueeze(-1))
 
+    init, step_fn = _rescaled_verlet(force_fn, dt, rescale, barostat)
+
     def init_fn(batch: AtomsBatch) -> MDState:
         if not bool(batch.pbc.all()) or bool((torch.linalg.det(batch.cell).abs() <= 0).any()):
             raise InputError("npt: every replica needs a periodic cell (pbc in all three directions, volume > 0)")
-        energy, forces, stress = force_fn(batch)
-        return MDState(batch, forces, energy, 0, dof=moving_dof(batch), stress=stress)
-
-    def step_fn(state: MDState) -> MDState:
-        b = rescale(state.batch)
-        inv_m = (1.0 / b.masses).unsqueeze(-1)
-        v = b.velocities + 0.5 * dt * state.forces * inv_m
-        moved = barostat(b.replace(positions=b.positions + dt * v, velocities=v), state.stress)
-        energy, forces, stress = force_fn(moved)
-        inv_m = (1.0 / moved.masses).unsqueeze(-1)
-        moved = rescale(moved.replace(velocities=moved.velocities + 0.5 * dt * forces * inv_m))
-        return MDState(moved, forces, energy, state.step + 1, dof=state.dof, stress=stress)
+        return init(batch)
 
     return init_fn, step_fn

@@ -209,6 +209,7 @@ class LogReporter(CsvReporter):
 
     def __init__(self, path: str | Path, interval: int, pressure: bool = False) -> None:
         super().__init__(path, interval)
+        self.pressure = pressure
         if pressure:
             self.fields = [*self.fields, "pressure_bar", "volume_A3", "density_g_cm3"]
 
@@ -217,7 +218,7 @@ class LogReporter(CsvReporter):
         t = run.time_ps(state.step)
         rows = [[state.step, f"{t:.6f}", b, f"{epot[b]:.8f}", f"{ekin[b]:.8f}", f"{epot[b] + ekin[b]:.8f}",
                  f"{temp[b]:.3f}"] for b in range(len(epot))]
-        if len(self.fields) > len(LogReporter.fields):
+        if self.pressure:
             p, volume, density = barostat_view(state)
             for b, row in enumerate(rows):
                 row += [f"{p[b]:.3f}", f"{volume[b]:.4f}", f"{density[b]:.6f}"]

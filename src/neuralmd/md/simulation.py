@@ -118,10 +118,13 @@ def terms_force_fn(terms: Sequence[EnergyTerm]) -> ForceFn:
     return force_fn
 
 
-def box_widths(cell: torch.Tensor) -> torch.Tensor:
-    """The distances (B, 3) in Å between opposite faces of each cell (B, 3, 3): V / |b × c| etc."""
-    return torch.linalg.det(cell).abs().unsqueeze(-1) / torch.linalg.vector_norm(
-        torch.cross(cell[:, [1, 2, 0]], cell[:, [2, 0, 1]], dim=-1), dim=-1)
+def narrowest_box(cell: torch.Tensor, cutoff: float) -> tuple[int, float] | None:
+    """The first replica whose cell (B, 3, 3) is narrower than twice ``cutoff`` (Å) between
+    some pair of opposite faces (V / |b × c| etc.), with that width; None if none is."""
+    widths = (torch.linalg.det(cell).abs().unsqueeze(-1) / torch.linalg.vector_norm(
+        torch.cross(cell[:, [1, 2, 0]], cell[:, [2, 0, 1]], dim=-1), dim=-1)).min(-1).values
+    narrow = torch.nonzero(widths < 2 * cutoff)
+    return (int(narrow[0, 0]), float(widths[narrow[0, 0]])) if len(narrow) else None
 
 
 def make_stress_force_fn(potential: Potential) -> StressForceFn:
@@ -200,12 +203,11 @@ class Simulation(MDRun):
         self.noise = ReplicaNoise([settings.seed + b for b in range(batch.n_systems)])
         force_fn = make_force_fn(potential, self.terms)
         if settings.ensemble == "npt":
-            narrow = box_widths(batch.cell).min(-1).values < 2 * potential.cutoff
-            if narrow.any():
-                r = int(torch.nonzero(narrow)[0, 0])
-                raise InputError(f"structure: replica {r}'s cell is {float(box_widths(batch.cell)[r].min()):.2f} Å "
-                                 f"across, below twice the model's cutoff ({2 * potential.cutoff:.2f} Å); replicate "
-                                 f"it (neuralmd build replicate)")
+            narrow = narrowest_box(batch.cell, potential.cutoff)
+            if narrow is not None:
+                raise InputError(f"structure: replica {narrow[0]}'s cell is {narrow[1]:.2f} Å across, below twice the "
+                                 f"model's cutoff ({2 * potential.cutoff:.2f} Å); replicate it (neuralmd build "
+                                 f"replicate)")
             if self.terms:
                 raise InputError("npt: biases and other energy terms are not yet part of the pressure; run them at "
                                  "constant volume (--ensemble nvt)")
@@ -285,14 +287,11 @@ class Simulation(MDRun):
             atom = int(fmax.argmax())
             return (f"replica {int(b.system[atom])}: force {float(fmax[atom]):.1f} eV/Å on atom {atom} exceeds "
                     f"max_force_eV_per_A={self.settings.max_force_eV_per_A}")
-        if state.stress is not None:  # npt: the box must stay wider than twice the cutoff
-            cell = b.cell
-            heights = box_widths(cell)
-            small = heights.min(-1).values < 2 * self.potential.cutoff
-            if small.any():
-                r = int(torch.nonzero(small)[0, 0])
-                return (f"replica {r}: the box shrank to {heights[r].min():.2f} Å across, below twice the cutoff "
-                        f"({2 * self.potential.cutoff:.2f} Å); cell {np.round(cell[r].cpu().numpy(), 3).tolist()}")
+        narrow = narrowest_box(b.cell, self.potential.cutoff) if state.stress is not None else None  # npt
+        if narrow is not None:
+            r, width = narrow
+            return (f"replica {r}: the box shrank to {width:.2f} Å across, below twice the cutoff "
+                    f"({2 * self.potential.cutoff:.2f} Å); cell {np.round(b.cell[r].cpu().numpy(), 3).tolist()}")
         if not b.periodic:
             spread = self._spread(b)
             over = spread > self._centres_ok
