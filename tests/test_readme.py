@@ -11,6 +11,7 @@ import re
 import shlex
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -29,25 +30,30 @@ SHORTER = [
     (r"(cg train .*?)(-o \S+)", r"\1--epochs 1 \2"),
     (r"(cg md \S+) --ns 1 --replicas 64", r"\1 --ns 0.002 --replicas 8"),
     (r"(cg refine \S+)", r"\1 --iterations 1 --ns 0.001 --replicas 8"),
+    (r"--steps 200000\b", "--steps 24 --report-every 2"),
+    (r"--skip-ps 10\b", "--skip-ps 0.002"),
     (r"--rounds 10\b", "--rounds 1 --initial-frames 4 --md-steps 40 --max-select 2 --train-steps 10"),
     (r"(cv discover --pdb \S+)", r"\1 --short-ns 0.02 --explore-ns 0.04 --max-explore-ns 0.04 --min-crossings 1 "
                                  r"--min-eigenvalue -1 --epochs 5 --restarts 1"),
 ]
 
 
-def recipe_commands(marker: str) -> list[str]:
-    """The neuralmd commands of README bash blocks containing ``marker``, continuation lines
-    joined, comments dropped, in order."""
+#: the commands a multi-step recipe is made of (other lines of a block are single commands)
+RECIPE_COMMANDS = ("neuralmd cg ", "neuralmd cv ", "neuralmd sample ", "neuralmd fes ", "neuralmd active ")
+
+
+def recipe_commands(marker: str, kinds: tuple[str, ...] = RECIPE_COMMANDS) -> list[str]:
+    """The neuralmd commands starting with one of ``kinds`` in README bash blocks containing
+    ``marker``, continuation lines joined, spacing normalised, comments dropped, in order."""
     blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
     commands = []
     for block in blocks:
         if marker not in block:
             continue
         for line in block.replace("\\\n", " ").splitlines():
-            line = line.split("#", 1)[0].strip()
-            if line.startswith(("neuralmd cg ", "neuralmd cv ", "neuralmd sample ", "neuralmd fes ", "neuralmd active ")) \
-                    and " ... " not in line:  # "active ... --scheduler": variants of the command above
-                commands.append(" ".join(line.split()))
+            line = " ".join(line.split("#", 1)[0].split())
+            if line.startswith(kinds) and " ... " not in line:  # "active ... --scheduler": variants of the above
+                commands.append(line)
     return commands
 
 
@@ -117,3 +123,18 @@ def test_readme_active_learning_recipe(tmp_path, ethanol_xyz):
     state = json.loads((run / "state.json").read_text())
     assert state["completed_rounds"] == 1 and [row["round"] for row in state["history"]] == [0, 1]
     assert all((run / "final" / f"member_{m}" / "model.pt").is_file() for m in range(4))
+
+
+def test_readme_condensed_phase_recipe(tmp_path, float64_model):
+    """build replicate (64 -> 512 waters) -> md --ensemble npt -> analyze, as written, shortened,
+    with an untrained float64 model over H, C, O standing in for runs/water/model.pt."""
+    float64_model.save(tmp_path / "water.pt")
+    commands = recipe_commands("neuralmd build", ("neuralmd build ", "neuralmd md runs/water/", "neuralmd analyze "))
+    assert [c.split()[1] for c in commands] == ["build", "md", "analyze"]
+    run_recipe(commands, {"runs/water/model.pt": str(tmp_path / "water.pt"), "box.xyz": str(tmp_path / "box.xyz")},
+               tmp_path)
+    log = np.genfromtxt(tmp_path / "runs" / "water-npt" / "log.csv", delimiter=",", names=True)
+    assert len(log) == 13 and np.all(np.isfinite(log["pressure_bar"]))
+    assert log["density_g_cm3"][0] == pytest.approx(0.9934, abs=1e-4)  # 512 waters at the data's density
+    report = json.loads((tmp_path / "runs" / "water-npt" / "analysis.json").read_text())
+    assert set(report["rdf"]) == {"O-O", "O-H", "H-H"} and "corrected" in report["diffusion_1e-9_m2_s"]["O"]
