@@ -57,3 +57,29 @@ def test_skin_cache_gives_identical_md_with_fewer_rebuilds(float64_model):
     np.testing.assert_allclose(runs[0].numpy(), runs[1].numpy(), atol=1e-10)
     assert 1 <= float64_model.neighbors.rebuilds < 30
     assert no_skin.neighbors.rebuilds == 0
+
+
+def _pair_set(i, j, vectors):
+    return sorted(zip(i.tolist(), j.tolist(), map(tuple, np.round(vectors.numpy(), 6).tolist())))
+
+
+def test_skin_list_survives_cell_deformation_and_stays_exact():
+    """Under NPT the cell changes every step: the cached list carries its reference along the
+    affine deformation, stays in use while the bound allows, and always gives exactly the pairs
+    a fresh list within the cutoff gives."""
+    from tests.models.test_equivariant import _water_box
+
+    atoms = _water_box()
+    rng = np.random.default_rng(3)
+    cache = neighbors.NeighborCache(cutoff=3.5, skin=1.0)
+    base = AtomsBatch.from_atoms([atoms])
+    for scale in (1.0, 1.002, 0.997, 1.08, 1.004, 0.8, 0.801):  # expansion never drops a pair; 20 % compression does
+        strain = np.eye(3) * scale + rng.normal(scale=0.001, size=(3, 3))
+        cell = base.cell[0].numpy() @ strain
+        positions = base.positions.numpy() @ strain + rng.normal(scale=0.02, size=base.positions.shape)
+        batch = base.replace(positions=torch.as_tensor(positions), cell=torch.as_tensor(cell)[None])
+        i, j, vectors = cache.pairs(batch)
+        fi, fj, fs = neighbors.neighbor_list(batch, 3.5)
+        fresh = neighbors.pair_vectors(batch, fi, fj, fs)
+        assert _pair_set(i, j, vectors) == _pair_set(fi, fj, fresh)
+    assert cache.rebuilds == 2  # the first call and the compression

@@ -72,10 +72,7 @@ class NeuralPotential(Potential):
             raise InputError(f"{where}: element(s) {names} not known to the model (trained on {known})")
 
     def atomic_energies(self, batch: AtomsBatch) -> torch.Tensor:
-        i, j, shifts = self.neighbors(batch)
-        vectors = batch.positions[j] - batch.positions[i]
-        if batch.periodic:
-            vectors = vectors + torch.einsum("ek,ekl->el", shifts.to(vectors.dtype), batch.cell[batch.system[i]])
+        i, j, vectors = self.neighbors.pairs(batch)
         species = self.species_of[batch.numbers]
         return self.energies_from_network(species, self.network(species, vectors, i, j))
 
