@@ -35,7 +35,7 @@ def test_train_defaults_are_the_benchmarked_settings(tmp_path, ethanol_xyz):
     assert result.returncode == 0, result.stderr
     stored = tomllib.loads((tmp_path / "run" / "config.toml").read_text())
     expected = dataclasses.asdict(defaults)
-    expected.update(train=str(ethanol_xyz), max_steps=2, eval_every=1)
+    expected.update(train=[str(ethanol_xyz)], max_steps=2, eval_every=1)
     assert {k: stored[k] for k in expected} == expected
 
 

@@ -24,11 +24,13 @@ def _d(name: str):
 @app.command()
 def train(
     ctx: typer.Context,
-    train_file: Optional[Path] = typer.Option(None, "--train", help="training frames"),
+    train_file: Optional[list[Path]] = typer.Option(None, "--train", help="training frames (a file or a DeePMD "
+                                                    "folder); repeat for several"),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="run directory"),
     resume: Optional[Path] = typer.Option(None, help="continue the run in this directory"),
     config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
-    valid: Optional[Path] = typer.Option(None, help="validation frames (default: split off --train)"),
+    valid: Optional[list[Path]] = typer.Option(None, help="validation frames (default: split off --train); repeat "
+                                                          "for several"),
     valid_fraction: float = typer.Option(_d("valid_fraction"), help="fraction of --train held out for validation"),
     energy_unit: str = typer.Option("", help="energy unit of the data (default eV; required for .npz)"),
     force_unit: str = typer.Option("", help="force unit of the data (default eV/A; required for .npz)"),
@@ -37,6 +39,8 @@ def train(
     cutoff: float = typer.Option(_d("cutoff_A"), help="cutoff radius in Å"),
     batch_size: int = typer.Option(_d("batch_size")), lr: float = typer.Option(_d("lr")),
     force_weight: float = typer.Option(_d("force_weight")), energy_weight: float = typer.Option(_d("energy_weight")),
+    virial_weight: float = typer.Option(_d("virial_weight"), help="weight of the virial per atom (eV) on frames "
+                                                                  "that carry a stress"),
     force_loss: str = typer.Option(_d("force_loss"), help="huber (quadratic below --huber-delta, linear above) or mse"),
     huber_delta: float = typer.Option(_d("huber_delta"), help="eV/Å; where the Huber force loss turns linear"),
     ema_decay: float = typer.Option(_d("ema_decay"), help="decay of the weights' moving average (validated and saved)"),
@@ -62,12 +66,13 @@ def train(
         trainer = Trainer.resume(resume)
     else:
         cfg = settings_from(ctx, TrainConfig, config, {
-            "train": ("train_file", str(train_file or "")), "valid": ("valid", str(valid or "")),
+            "train": ("train_file", [str(f) for f in train_file or []]), "valid": ("valid", [str(f) for f in valid or []]),
             "valid_fraction": ("valid_fraction", valid_fraction), "energy_unit": ("energy_unit", energy_unit),
             "force_unit": ("force_unit", force_unit), "isolated_atoms": ("isolated_atoms", str(isolated_atoms or "")),
             "features": ("features", features), "interactions": ("interactions", interactions),
             "cutoff_A": ("cutoff", cutoff), "batch_size": ("batch_size", batch_size), "lr": ("lr", lr),
             "force_weight": ("force_weight", force_weight), "energy_weight": ("energy_weight", energy_weight),
+            "virial_weight": ("virial_weight", virial_weight),
             "force_loss": ("force_loss", force_loss), "huber_delta": ("huber_delta", huber_delta),
             "ema_decay": ("ema_decay", ema_decay), "max_steps": ("max_steps", max_steps),
             "time_budget_min": ("time_budget_min", time_budget_min), "eval_every": ("eval_every", eval_every),

@@ -106,8 +106,46 @@ def _check_positions(atoms: Atoms, path: Path, k: int) -> None:
                              f"{d.min():.3f} Å apart (expected > {MIN_DISTANCE_A} Å)")
 
 
+def _check_cell(atoms: Atoms, path: Path, k: int) -> None:
+    """A periodic frame needs a cell with a non-zero vector along each periodic direction;
+    periodic along some directions only (a slab) is not supported yet."""
+    pbc = np.asarray(atoms.pbc, dtype=bool)
+    if not pbc.any():
+        return
+    if not pbc.all():
+        raise InputError(f"{where(path, k, 'pbc')}: periodic along {pbc.tolist()} only; expected all three "
+                         f"directions or none (slabs are not supported yet)")
+    cell = np.asarray(atoms.cell[:], dtype=float)
+    if not np.isfinite(cell).all() or abs(np.linalg.det(cell)) < 1e-6:
+        raise InputError(f"{where(path, k, 'cell')}: the frame is periodic (pbc=True) but its cell {cell.tolist()} "
+                         f"has no volume; expected three lattice vectors in Å (extxyz: Lattice=\"...\")")
+
+
+def _convert_stress(atoms: Atoms, path: Path, k: int, e_fac: float) -> None:
+    """info["stress"] as a full (3, 3) tensor in eV/Å³ (ASE sign: (1/V) dE/dε); Voigt order
+    xx yy zz yz xz xy accepted."""
+    stress = atoms.info.get("stress")
+    if stress is None:
+        return
+    try:
+        stress = np.asarray(stress, dtype=float)
+    except (TypeError, ValueError):
+        raise InputError(f"{where(path, k, 'stress')}: expected 6 or 9 numbers in eV/Å³") from None
+    if stress.size == 6:
+        xx, yy, zz, yz, xz, xy = stress.ravel()
+        stress = np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
+    if stress.size != 9 or not np.isfinite(stress).all():
+        raise InputError(f"{where(path, k, 'stress')}: expected 6 (Voigt) or 9 finite numbers in eV/Å³, "
+                         f"found {stress.size} values")
+    if not atoms.pbc.all():
+        raise InputError(f"{where(path, k, 'stress')}: a stress needs a periodic frame (pbc=True with a cell)")
+    atoms.info["stress"] = stress.reshape(3, 3) * e_fac
+
+
 def _convert_and_validate(atoms: Atoms, path: Path, k: int, e_fac: float, f_fac: float, require: bool) -> None:
     _check_positions(atoms, path, k)
+    _check_cell(atoms, path, k)
+    _convert_stress(atoms, path, k, e_fac)
     energy = atoms.info.get("energy")
     if energy is None:
         if require:
@@ -197,6 +235,9 @@ def _read_deepmd_system(folder: Path) -> Iterable[Atoms]:
         energy = np.load(set_dir / "energy.npy").reshape(nframes) if (set_dir / "energy.npy").exists() else None
         force = np.load(set_dir / "force.npy").reshape(nframes, n, 3) if (set_dir / "force.npy").exists() else None
         box = np.load(set_dir / "box.npy").reshape(nframes, 3, 3) if (set_dir / "box.npy").exists() else None
+        virial = np.load(set_dir / "virial.npy").reshape(nframes, 3, 3) if (set_dir / "virial.npy").exists() else None
+        if virial is not None and box is None:
+            raise InputError(f"{set_dir / 'virial.npy'}: a virial needs box.npy (the cell) beside it")
         for k in range(nframes):
             atoms = Atoms(symbols=symbols, positions=coord[k].astype(float))
             if box is not None:
@@ -206,6 +247,8 @@ def _read_deepmd_system(folder: Path) -> Iterable[Atoms]:
                 atoms.info["energy"] = float(energy[k])
             if force is not None:
                 atoms.arrays["forces"] = force[k].astype(float)
+            if virial is not None:  # DeePMD's virial is -dE/dε in eV: stress = -virial / V
+                atoms.info["stress"] = -virial[k].astype(float) / abs(np.linalg.det(box[k]))
             atoms.info["source"] = f"{set_dir.relative_to(folder.parent)}:{k}"
             yield atoms
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from ..data.dataset import FrameDataset, composition_matrix
 from ..models.base import Potential
@@ -20,19 +21,30 @@ class Predictions:
     n_atoms: np.ndarray
     forces_true: np.ndarray
     forces_pred: np.ndarray
+    #: virial per atom V σ / N (eV, 9 components per frame, flattened) of the frames with a stress
+    virial_true: np.ndarray | None = None
+    virial_pred: np.ndarray | None = None
 
 
 def predict(model: Potential, data: FrameDataset, batch_size: int = 32) -> Predictions:
-    """Run ``model`` over ``data`` (no parameter gradients kept)."""
-    e_t, e_p, n, f_t, f_p = [], [], [], [], []
+    """Run ``model`` over ``data`` (no parameter gradients kept); the stress only where frames
+    carry one."""
+    e_t, e_p, n, f_t, f_p, v_t, v_p = [], [], [], [], [], [], []
     for batch in data.batches(batch_size, dtype=model.dtype):
-        out = model(batch.atoms)
+        with_stress = batch.has_stress is not None
+        out = model(batch.atoms, stress=with_stress)
         e_t.append(batch.energy.numpy())
         e_p.append(out["energy"].detach().numpy())
         n.append(batch.atoms.counts.numpy())
         f_t.append(batch.forces.double().numpy().ravel())
         f_p.append(out["forces"].detach().double().numpy().ravel())
-    return Predictions(*(np.concatenate(x) for x in (e_t, e_p, n, f_t, f_p)))
+        if with_stress:
+            mask = batch.has_stress
+            scale = (torch.linalg.det(batch.atoms.cell.double()).abs() / batch.atoms.counts)[mask].view(-1, 1, 1)
+            v_t.append((batch.stress[mask] * scale).numpy().ravel())
+            v_p.append((out["stress"].detach().double()[mask] * scale).numpy().ravel())
+    virial = (np.concatenate(v_t), np.concatenate(v_p)) if v_t else (None, None)
+    return Predictions(*(np.concatenate(x) for x in (e_t, e_p, n, f_t, f_p)), *virial)
 
 
 def error_metrics(p: Predictions) -> dict[str, float]:
@@ -50,6 +62,8 @@ def error_metrics(p: Predictions) -> dict[str, float]:
         "force_mae_mev_per_A": mae(df),
         "force_rmse_mev_per_A": rmse(df),
         "frames": int(len(de)),
+        **({} if p.virial_true is None else {"virial_mae_mev_per_atom": mae(p.virial_pred - p.virial_true),
+                                             "virial_rmse_mev_per_atom": rmse(p.virial_pred - p.virial_true)}),
     }
 
 
