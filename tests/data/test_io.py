@@ -149,3 +149,38 @@ def test_a_deepmd_type_map_naming_no_element_is_an_input_error(tmp_path):
     (folder / "type_map.raw").write_text("O\nHy\n")
     with pytest.raises(InputError, match=r"type_map\.raw: 'Hy' is not a chemical element symbol"):
         read_frames(folder)
+
+
+def test_a_periodic_frame_without_a_cell_or_with_mixed_pbc_is_an_input_error(tmp_path):
+    header = 'Properties=species:S:1:pos:R:3:forces:R:3 energy=-1.0 pbc="{pbc}"'
+    body = "O 0 0 0 0 0 0\nH 0.96 0 0 0 0 0\nH -0.24 0.93 0 0 0 0\n"
+    for name, pbc, field in (("nocell", "T T T", "cell"), ("slab", "T T F", "pbc")):
+        path = tmp_path / f"{name}.xyz"
+        path.write_text(f"3\n{header.format(pbc=pbc)}\n{body}")
+        if name == "slab":  # a slab needs a lattice line to be read as periodic at all
+            path.write_text(f"3\nLattice=\"5 0 0 0 5 0 0 0 5\" {header.format(pbc=pbc)}\n{body}")
+        with pytest.raises(InputError, match=rf"{name}.xyz.*frame 0.*{field}"):
+            read_frames(path)
+
+
+def test_deepmd_virial_becomes_the_ase_stress_and_type_maps_may_differ_between_systems(tmp_path):
+    """DeePMD's virial is -dE/dε (eV): the frame's stress is -virial/V (eV/Å³). Two systems whose
+    type maps list the elements in different orders give the same elements."""
+    source = shared_file("deepmd_water/data_0")
+    types = np.loadtxt(source / "type.raw", dtype=int)
+    coord = np.load(source / "set.000" / "coord.npy")[:2]
+    box = np.load(source / "set.000" / "box.npy")[:2]
+    virial = np.arange(18, dtype=float).reshape(2, 9) * 0.1
+    for name, type_map, type_raw in (("a", "O H", types), ("b", "H O", 1 - types)):
+        folder = tmp_path / "sets" / name
+        (folder / "set.000").mkdir(parents=True)
+        (folder / "type_map.raw").write_text(type_map.replace(" ", "\n"))
+        np.savetxt(folder / "type.raw", type_raw, fmt="%d")
+        for key, value in (("coord", coord), ("box", box), ("virial", virial),
+                           ("energy", np.array([-1.0, -2.0])), ("force", np.zeros_like(coord))):
+            np.save(folder / "set.000" / f"{key}.npy", value)
+    frames = read_frames(tmp_path / "sets")
+    assert len(frames) == 4
+    assert all((f.numbers == frames[0].numbers).all() for f in frames)
+    volume = abs(np.linalg.det(box[1].reshape(3, 3)))
+    np.testing.assert_allclose(frames[1].info["stress"], -virial[1].reshape(3, 3) / volume)
