@@ -16,6 +16,8 @@ import pytest
 from typer.testing import CliRunner
 
 from neuralmd.cli import app
+from neuralmd.data.io import read_frames
+from neuralmd.units import AMU_PER_A3_IN_G_PER_CM3
 
 from .conftest import shared_file
 
@@ -126,15 +128,20 @@ def test_readme_active_learning_recipe(tmp_path, ethanol_xyz):
 
 
 def test_readme_condensed_phase_recipe(tmp_path, float64_model):
-    """build replicate (64 -> 512 waters) -> md --ensemble npt -> analyze, as written, shortened,
-    with an untrained float64 model over H, C, O standing in for runs/water/model.pt."""
+    """build replicate (64 -> 512 waters), build pack (a water-ethanol mixture) -> md --ensemble
+    npt -> analyze, as written, shortened, with an untrained float64 model over H, C, O standing
+    in for runs/water/model.pt."""
     float64_model.save(tmp_path / "water.pt")
     commands = recipe_commands("neuralmd build", ("neuralmd build ", "neuralmd md runs/water/", "neuralmd analyze "))
-    assert [c.split()[1] for c in commands] == ["build", "md", "analyze"]
-    run_recipe(commands, {"runs/water/model.pt": str(tmp_path / "water.pt"), "box.xyz": str(tmp_path / "box.xyz")},
-               tmp_path)
+    assert [c.split()[1:3] for c in commands] == [["build", "replicate"], ["build", "pack"], ["md", "runs/water/model.pt"],
+                                                  ["analyze", "runs/water-npt"]]
+    run_recipe(commands, {"runs/water/model.pt": str(tmp_path / "water.pt"), "box.xyz": str(tmp_path / "box.xyz"),
+                          "mix.xyz": str(tmp_path / "mix.xyz")}, tmp_path)
     log = np.genfromtxt(tmp_path / "runs" / "water-npt" / "log.csv", delimiter=",", names=True)
     assert len(log) == 13 and np.all(np.isfinite(log["pressure_bar"]))
     assert log["density_g_cm3"][0] == pytest.approx(0.9934, abs=1e-4)  # 512 waters at the data's density
     report = json.loads((tmp_path / "runs" / "water-npt" / "analysis.json").read_text())
     assert set(report["rdf"]) == {"O-O", "O-H", "H-H"} and "corrected" in report["diffusion_1e-9_m2_s"]["O"]
+    mix = read_frames(tmp_path / "mix.xyz", require_labels=False)[0]
+    assert len(mix) == 500 * 3 + 12 * 9
+    assert mix.get_masses().sum() / mix.cell.volume * AMU_PER_A3_IN_G_PER_CM3 == pytest.approx(0.99, rel=1e-9)

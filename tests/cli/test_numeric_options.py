@@ -51,7 +51,8 @@ CASES = [
         ("--cutoff", "positive_float"), ("--batch-size", "positive_int"), ("--lr", "positive_float"),
         ("--max-steps", "positive_int"), ("--time-budget-min", "nonnegative_float"), ("--eval-every", "positive_int"),
         ("--checkpoint-every", "positive_int"), ("--patience", "positive_int"), ("--huber-delta", "positive_float"),
-        ("--force-weight", "nonnegative_float"), ("--threads", "nonnegative_int")]],
+        ("--force-weight", "nonnegative_float"), ("--virial-weight", "nonnegative_float"),
+        ("--threads", "nonnegative_int")]],
     *[(["active", "--structure", "{xyz}"], option, kind) for option, kind in [
         ("--committee", "positive_int"), ("--rounds", "positive_int"), ("--initial-frames", "positive_int"),
         ("--md-steps", "positive_int"), ("--replicas", "positive_int"), ("--trust-low", "positive_float"),
@@ -74,6 +75,9 @@ CASES = [
         ("--time-limit-min", "nonnegative_float"), ("--n-cv", "positive_int")]],
     (["build", "replicate", "{xyz}"], "--repeat", "positive_int"),
     (["build", "replicate", "{xyz}"], "--frame", "nonnegative_int"),
+    (["build", "pack", "--molecule", "H2O:4"], "--density", "positive_float"),
+    (["build", "pack", "--molecule", "H2O:4"], "--box", "positive_float"),
+    (["build", "pack", "--molecule", "H2O:4", "--density", "1"], "--tolerance", "positive_float"),
     (["label", "{xyz}"], "--threads", "nonnegative_int"),
     (["demo"], "--train-minutes", "positive_float"),
 ]

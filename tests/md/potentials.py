@@ -43,3 +43,21 @@ class IdealGas(Potential):
 
     def atomic_energies(self, batch: AtomsBatch) -> torch.Tensor:
         return 0.0 * batch.positions.sum(-1)
+
+
+class CellSprings(Potential):
+    """No forces between atoms; the cell's lattice vectors are springs, energy
+    Σ_α ½ K_α (|a_α| - L0_α)² (eV, K in eV/Å², L0 in Å) carried by each system's first atom: a
+    box with a different stiffness along each axis, the anisotropic barostat's analytic case."""
+
+    def __init__(self, k_eV_per_A2: tuple[float, float, float], l0_A: tuple[float, float, float]) -> None:
+        super().__init__()
+        self.k, self.l0 = torch.tensor(k_eV_per_A2), torch.tensor(l0_A)
+
+    def atomic_energies(self, batch: AtomsBatch) -> torch.Tensor:
+        lengths = torch.linalg.vector_norm(batch.cell, dim=-1)  # (B, 3)
+        k, l0 = self.k.to(lengths), self.l0.to(lengths)
+        per_system = (0.5 * k * (lengths - l0) ** 2).sum(-1)
+        first = torch.cumsum(batch.counts, 0) - batch.counts
+        energies = 0.0 * batch.positions.sum(-1)
+        return energies.index_add(0, first, per_system)

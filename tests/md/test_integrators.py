@@ -9,11 +9,11 @@ from ase import Atoms, units
 
 from neuralmd.errors import InputError
 from neuralmd.md.integrators import (ReplicaNoise, csvr, kinetic_energy, langevin, maxwell_boltzmann, npt_csvr,
-                                     nve, temperature)
+                                     nve, pressure_diagonal, temperature)
 from neuralmd.md.simulation import make_force_fn
 from neuralmd.state import AtomsBatch
 
-from .potentials import HarmonicWell, IdealGas, SpringNetwork
+from .potentials import CellSprings, HarmonicWell, IdealGas, SpringNetwork
 
 
 def _atoms_batch(n_replicas: int, atoms_per_replica: int = 1, mass: float = 12.0) -> AtomsBatch:
@@ -172,6 +172,48 @@ def test_stochastic_cell_rescaling_samples_the_ideal_gas_volume_distribution_per
         assert v.var() == pytest.approx(6.0, rel=0.2), v.var()
     cells = state.batch.cell.numpy()
     assert np.allclose(cells, np.eye(3) * cells[:, :1, :1])  # isotropic: the cell stays cubic
+
+
+def test_anisotropic_cell_rescaling_samples_each_axis_of_a_box_with_different_stiffnesses():
+    """A box whose lattice vectors are springs of different stiffness (K = 1, 2, 4 eV/Å²) holding
+    an ideal gas of N = 5 atoms, at 5000 bar: the anisotropic barostat samples
+    p(L) ∝ V^N exp(-β(P_0 V + E(L))) per axis (means by quadrature on a grid) and each diagonal
+    pressure component obeys ⟨P_αα + k_BT/V⟩ = P_0; the isotropic one cannot (it keeps the
+    box's shape), so the test tells them apart."""
+    k, l0, p0, n, temp = (1.0, 2.0, 4.0), (10.0, 11.0, 12.0), 5000.0, 5, 300.0
+    rng = np.random.default_rng(5)
+    frames = [Atoms("Ar" * n, positions=rng.uniform(0, 10, (n, 3)), cell=np.diag(l0), pbc=True) for _ in range(16)]
+    beta = 1 / (units.kB * temp)
+    grids = [np.linspace(l - 1.4, l + 0.6, 60) for l in l0]
+    L1, L2, L3 = np.meshgrid(*grids, indexing="ij")
+    volume = L1 * L2 * L3
+    energy = sum(0.5 * kk * (L - ll) ** 2 for kk, L, ll in zip(k, (L1, L2, L3), l0))
+    log_w = n * np.log(volume) - beta * (p0 * units.bar * volume + energy)
+    w = np.exp(log_w - log_w.max())
+    expected = [float((w * L).sum() / w.sum()) for L in (L1, L2, L3)]
+    spread = [float(np.sqrt((w * L**2).sum() / w.sum() - e**2)) for L, e in zip((L1, L2, L3), expected)]
+
+    for coupling in ("anisotropic", "isotropic"):
+        noise = ReplicaNoise(range(16))
+        init_fn, step_fn = npt_csvr(_stress_fn(CellSprings(k, l0)), 2.0, temp, p0, 0.05, 0.1, 2 * units.bar,
+                                    noise, coupling)
+        state = init_fn(maxwell_boltzmann(AtomsBatch.from_atoms(frames), temp, noise))
+        lengths, p_axes = [], []
+        for step in range(8000):
+            state = step_fn(state)
+            if step >= 1000 and step % 10 == 0:
+                b = state.batch
+                lengths.append(torch.diagonal(b.cell, dim1=1, dim2=2).numpy().copy())
+                vol = torch.linalg.det(b.cell)
+                p_axes.append((pressure_diagonal(b, state.stress) + units.kB * temp / vol.unsqueeze(-1)).numpy())
+        mean = np.array(lengths).reshape(-1, 3).mean(0)
+        err = [s / np.sqrt(16 * 700 / 20) for s in spread]  # ~20 frames (0.4 ps) per independent sample
+        if coupling == "anisotropic":
+            for a in range(3):
+                assert mean[a] == pytest.approx(expected[a], abs=4 * err[a] + 0.01), (a, mean, expected)
+            np.testing.assert_allclose(np.array(p_axes).reshape(-1, 3).mean(0) / units.bar, p0, rtol=0.1)
+        else:
+            assert max(abs(mean[a] - expected[a]) / spread[a] for a in range(3)) > 1.0
 
 
 def test_npt_refuses_a_frame_without_a_cell_and_bad_pressures():

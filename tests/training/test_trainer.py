@@ -220,3 +220,15 @@ def test_the_virial_term_is_the_virial_per_atom_error_and_is_learned(tmp_path):
     trainer.model.train()
     results = trainer.run()
     assert results["valid"]["virial_rmse_mev_per_atom"] < 0.2 * untrained
+
+
+def test_several_training_paths_are_read_in_order():
+    """--train repeated: frames of every path, in the order given (two DeePMD folders here)."""
+    from neuralmd.data import read_frames
+
+    first, second = shared_file("deepmd_water/data_0"), shared_file("deepmd_water/data_1")
+    cfg = TrainConfig(train=[str(first), str(second)], valid=str(first))
+    train, valid = load_data(cfg)
+    n0, n1 = len(read_frames(first)), len(read_frames(second))
+    assert len(train) == n0 + n1 and len(valid) == n0
+    assert train.frames[n0].info["source"] == read_frames(second)[0].info["source"]

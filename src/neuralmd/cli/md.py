@@ -144,6 +144,8 @@ def md(
     tau_p_ps: float = typer.Option(default(MDSettings, "tau_p_ps"), help="npt: barostat relaxation time in ps"),
     compressibility_per_bar: float = typer.Option(default(MDSettings, "compressibility_per_bar"),
                                                   help="npt: compressibility the barostat assumes, 1/bar (water)"),
+    barostat: str = typer.Option(default(MDSettings, "barostat"), help="npt: isotropic (one volume: liquids) or "
+                                                                       "anisotropic (each axis on its own: solids)"),
     steps: int = typer.Option(default(MDSettings, "total_steps"), help="total number of steps (with --resume: a "
                                                                       "new total)"),
     replicas: int = typer.Option(default(MDSettings, "replicas"), help="replicas of the structure, run as one batch"),
@@ -174,7 +176,7 @@ def md(
         refuse_with_resume(ctx, ["structure", "output", "config", "engine", "pdb", "forcefield", "platform", "ensemble",
                                  "temperature", "timestep_fs", "friction_per_ps", "thermostat", "tau_ps", "replicas",
                                  "report_every", "checkpoint_every", "seed", "compile", "pressure_bar", "tau_p_ps",
-                                 "compressibility_per_bar"], resume)
+                                 "compressibility_per_bar", "barostat"], resume)
         native = engine_of(resume) == "native"
         set_threads((threads or None) if native else (threads or 1))
         potential = None
@@ -188,7 +190,7 @@ def md(
               "total_steps": ("steps", steps)}
     if wants_openmm(ctx, engine, config):
         refuse_given(ctx, ["model", "structure", "replicas", "ensemble", "thermostat", "tau_ps", "pressure_bar",
-                           "tau_p_ps", "compressibility_per_bar", "compile", "device"],
+                           "tau_p_ps", "compressibility_per_bar", "barostat", "compile", "device"],
                      "not used by the OpenMM engine (one PDB system, Langevin dynamics)")
         set_threads(threads or 1)  # torch only evaluates CVs here; one thread is fastest
         settings = openmm_settings(ctx, config, common, pdb, forcefield, platform, temperature, "md")
@@ -203,6 +205,7 @@ def md(
         "tau_ps": ("tau_ps", tau_ps), "temperature_K": ("temperature", temperatures(temperature)),
         "pressure_bar": ("pressure_bar", comma_list(pressure_bar, "pressure", float)), "tau_p_ps": ("tau_p_ps", tau_p_ps),
         "compressibility_per_bar": ("compressibility_per_bar", compressibility_per_bar),
+        "barostat": ("barostat", barostat),
         "model_path": ("model", str(model.resolve()) if model else ""),
         "structure": ("structure", str(structure.resolve()) if structure else ""),
         "replicas": ("replicas", replicas), "compile": ("compile", compile)})

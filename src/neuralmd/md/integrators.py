@@ -287,11 +287,24 @@ def pressure(batch: AtomsBatch, stress: torch.Tensor) -> torch.Tensor:
     return 2 * kinetic_energy(batch) / (3 * volume) - torch.diagonal(stress, dim1=1, dim2=2).sum(-1) / 3
 
 
+def pressure_diagonal(batch: AtomsBatch, stress: torch.Tensor) -> torch.Tensor:
+    """Diagonal of the instantaneous pressure tensor per replica (B, 3) in eV/Å³: the kinetic
+    part Σ m v_α²/V minus the stress's diagonal (ASE sign)."""
+    volume = torch.linalg.det(batch.cell).abs()
+    mv2 = batch.masses.unsqueeze(-1) * batch.velocities.pow(2)
+    kinetic = torch.zeros(batch.n_systems, 3, dtype=mv2.dtype, device=mv2.device).index_add_(0, batch.system, mv2)
+    return kinetic / volume.unsqueeze(-1) - torch.diagonal(stress, dim1=1, dim2=2)
+
+
+#: barostat couplings: one volume (liquids), or each Cartesian axis on its own (solids)
+COUPLINGS = ("isotropic", "anisotropic")
+
+
 def npt_csvr(force_fn: StressForceFn, timestep_fs: float, temperature_K: float | Sequence[float],
              pressure_bar: float | Sequence[float], tau_ps: float, tau_p_ps: float,
-             compressibility_per_bar: float, noise: ReplicaNoise):
-    """Isothermal-isobaric dynamics: :func:`csvr` with isotropic stochastic cell rescaling
-    (SCR) after each drift: ``(init_fn, step_fn)``. Every replica needs a periodic cell.
+             compressibility_per_bar: float, noise: ReplicaNoise, coupling: str = "isotropic"):
+    """Isothermal-isobaric dynamics: :func:`csvr` with stochastic cell rescaling (SCR) after
+    each drift: ``(init_fn, step_fn)``. Every replica needs a periodic cell.
 
     SCR moves ε = ln V by dε = -(β_T/τ_p)(P_0 - P - k_BT/V) dt + √(2 k_BT β_T dt/(V τ_p)) R
     (Bernetti & Bussi 2020; R one normal per replica from its generator), and scales positions
@@ -300,6 +313,14 @@ def npt_csvr(force_fn: StressForceFn, timestep_fs: float, temperature_K: float |
     mass at rest (CSVR) ⟨2K/(3V)⟩ = (N-1)k_BT/V, and the k_BT/V term supplies the missing
     k_BT/V: the Fokker-Planck equation of ε (diffusion ∝ 1/V) is then stationary at
     p(V) ∝ V^N exp(-βP_0V) times the configurational weight, the isothermal-isobaric ensemble.
+
+    ``coupling="anisotropic"`` (solids; Del Tatto, Raiteri, Bernetti & Bussi, Appl. Sci. 2022,
+    diagonal strain): each Cartesian axis α has its own ε_α = ln L_α with
+    dε_α = -(β_T/3τ_p)(P_0 - P_αα - k_BT/V) dt + √(2 k_BT β_T dt/(3 V τ_p)) R_α, P_αα the
+    diagonal of the pressure tensor (kinetic Σ m v_α²/V with the centre of mass at rest, so
+    the k_BT/V term is needed along each axis as above); positions and every lattice vector's
+    α component scale by e^{dε_α}, velocities by e^{-dε_α}. The three ε_α sum to the isotropic
+    ε in drift and in noise variance. Shear (off-diagonal strain) is not sampled.
 
     Args:
         pressure_bar: target pressure P_0, one value or one per replica (bar).
@@ -314,21 +335,24 @@ def npt_csvr(force_fn: StressForceFn, timestep_fs: float, temperature_K: float |
     if not 0 < compressibility_per_bar < 1:
         raise InputError(f"compressibility_per_bar: {compressibility_per_bar}; expected a compressibility in 1/bar "
                          f"(water 4.5e-5)")
+    if coupling not in COUPLINGS:
+        raise InputError(f"barostat coupling: {coupling!r}; expected one of {', '.join(COUPLINGS)}")
     kT = check_temperature(temperature_K) * units.kB
     p0 = check_pressure(pressure_bar) * units.bar
     beta_t = compressibility_per_bar / units.bar  # Å³/eV
     tau_p = tau_p_ps * 1000.0 * units.fs
+    axes = 3 if coupling == "anisotropic" else 1  # independent strains per replica
 
     def barostat(b: AtomsBatch, stress: torch.Tensor) -> AtomsBatch:
-        volume = torch.linalg.det(b.cell).abs().cpu()
-        p_int = pressure(b, stress).cpu()
-        kt, target = kT.expand(b.n_systems), p0.expand(b.n_systems)
-        r = torch.cat(noise.scalars([1] * b.n_systems))
-        d_eps = (-beta_t / tau_p * (target - p_int - kt / volume) * dt
-                 + torch.sqrt(2 * kt * beta_t * dt / (volume * tau_p)) * r)
-        mu = torch.exp(d_eps / 3).to(b.positions)
-        return b.replace(positions=b.positions * mu[b.system].unsqueeze(-1), cell=b.cell * mu.view(-1, 1, 1),
-                         velocities=b.velocities / mu[b.system].unsqueeze(-1))
+        volume = torch.linalg.det(b.cell).abs().cpu().unsqueeze(-1)
+        p_int = (pressure_diagonal(b, stress) if axes == 3 else pressure(b, stress).unsqueeze(-1)).cpu()
+        kt, target = kT.expand(b.n_systems).unsqueeze(-1), p0.expand(b.n_systems).unsqueeze(-1)
+        r = torch.stack(noise.scalars([axes] * b.n_systems))
+        rate = beta_t / (tau_p * axes)
+        d_eps = -rate * (target - p_int - kt / volume) * dt + torch.sqrt(2 * kt * rate * dt / volume) * r
+        mu = torch.exp(d_eps / (3 // axes)).expand(-1, 3).to(b.positions)  # (B, 3) scale per Cartesian axis
+        return b.replace(positions=b.positions * mu[b.system], cell=b.cell * mu.unsqueeze(1),
+                         velocities=b.velocities / mu[b.system])
 
     init, step_fn = _rescaled_verlet(force_fn, dt, rescale, barostat)
 

@@ -22,9 +22,9 @@ from ..errors import InputError
 from ..models.base import Potential
 from ..rundir import CHECKPOINT, LOG
 from ..state import AtomsBatch
-from .integrators import (ForceFn, MDState, ReplicaNoise, StressForceFn, check_pressure, check_temperature,
-                          check_timestep, csvr, langevin, moving_dof, npt_csvr,
-                          maxwell_boltzmann, nve, temperature)
+from .integrators import (COUPLINGS, ForceFn, MDState, ReplicaNoise, StressForceFn, check_pressure,
+                          check_temperature, check_timestep, csvr, langevin, maxwell_boltzmann, moving_dof, npt_csvr,
+                          nve, temperature)
 from .protocols import AdaptiveTerm, EnergyTerm, Reporter
 from .reporters import H5MDReporter, LogReporter, barostat_view
 from .run import MDRun, RunSettings, SimulationUnstable, StopCondition
@@ -54,6 +54,8 @@ class MDSettings(RunSettings):
     pressure_bar: list[float] = field(default_factory=lambda: [1.0])
     tau_p_ps: float = 2.0
     compressibility_per_bar: float = 4.5e-5
+    #: npt: isotropic (one volume: liquids) or anisotropic (each axis on its own: solids)
+    barostat: str = "isotropic"
     temperature_K: list[float] = field(default_factory=lambda: [300.0])
     max_force_eV_per_A: float = 100.0
     max_spread_A: float = 10.0
@@ -79,6 +81,8 @@ class MDSettings(RunSettings):
         if self.ensemble == "npt" and self.thermostat != "csvr":
             raise InputError(f"thermostat: {self.thermostat!r}; npt runs with the csvr thermostat (--thermostat csvr)")
         check_pressure(self.pressure_bar)
+        if self.barostat not in COUPLINGS:
+            raise InputError(f"barostat: {self.barostat!r}; expected one of {', '.join(COUPLINGS)}")
         if not 0 < self.tau_p_ps < float("inf") or not 0 < self.compressibility_per_bar < 1:
             raise InputError(f"tau_p_ps {self.tau_p_ps}, compressibility_per_bar {self.compressibility_per_bar}: "
                              f"expected a relaxation time > 0 ps and a compressibility in 1/bar (water 4.5e-5)")
@@ -215,7 +219,8 @@ class Simulation(MDRun):
                 raise InputError(f"pressure: {len(settings.pressure_bar)} values for {batch.n_systems} replicas")
             init_fn, self.step_fn = npt_csvr(make_stress_force_fn(potential), settings.timestep_fs,
                                              settings.temperature_K, settings.pressure_bar, settings.tau_ps,
-                                             settings.tau_p_ps, settings.compressibility_per_bar, self.noise)
+                                             settings.tau_p_ps, settings.compressibility_per_bar, self.noise,
+                                             settings.barostat)
         elif settings.ensemble == "nve":
             init_fn, self.step_fn = nve(force_fn, settings.timestep_fs)
         elif settings.thermostat == "csvr":
