@@ -51,7 +51,7 @@ CASES = [
         ("--cutoff", "positive_float"), ("--batch-size", "positive_int"), ("--lr", "positive_float"),
         ("--max-steps", "positive_int"), ("--time-budget-min", "nonnegative_float"), ("--eval-every", "positive_int"),
         ("--checkpoint-every", "positive_int"), ("--patience", "positive_int"), ("--huber-delta", "positive_float"),
-        ("--force-weight", "nonnegative_float"), ("--virial-weight", "nonnegative_float"),
+        ("--force-weight", "nonnegative_float"), ("--virial-weight", "nonnegative_float"), ("--train-weight", "positive_float"),
         ("--threads", "nonnegative_int")]],
     *[(["active", "--structure", "{xyz}"], option, kind) for option, kind in [
         ("--committee", "positive_int"), ("--rounds", "positive_int"), ("--initial-frames", "positive_int"),

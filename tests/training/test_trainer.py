@@ -232,3 +232,34 @@ def test_several_training_paths_are_read_in_order():
     n0, n1 = len(read_frames(first)), len(read_frames(second))
     assert len(train) == n0 + n1 and len(valid) == n0
     assert train.frames[n0].info["source"] == read_frames(second)[0].info["source"]
+
+
+def test_a_frame_of_weight_two_counts_as_two_frames_in_every_loss_term():
+    """Per-system weighting: the loss (energy, Huber force and virial terms) of frames with
+    weights (2, 1) is exactly that of the first frame taken twice and the second once."""
+    from neuralmd.data import FrameDataset
+    from neuralmd.models import NeuralPotential
+
+    frames = _strained_copper(2, seed=4)
+    frames[1].info["stress"] = frames[1].info["stress"] * 3  # a different error per frame
+    torch.manual_seed(0)
+    model = NeuralPotential([29], features=8, interactions=1, cutoff=4.0).double().eval()
+    cfg = TrainConfig(virial_weight=10.0)
+    weighted = [f.copy() for f in frames]
+    weighted[0].info["weight"] = 2.0
+    loss_w, parts_w = loss_fn(model, FrameDataset(weighted).collate([0, 1], dtype=torch.float64), cfg)
+    loss_d, parts_d = loss_fn(model, FrameDataset([frames[0], frames[0], frames[1]]).collate([0, 1, 2], torch.float64),
+                              cfg)
+    assert float(loss_w) == pytest.approx(float(loss_d), rel=1e-12)
+    assert parts_w == pytest.approx(parts_d, rel=1e-12)
+    assert parts_w["loss"] != pytest.approx(loss_fn(model, FrameDataset(frames).collate([0, 1], torch.float64),
+                                                     cfg)[1]["loss"], rel=1e-3)
+
+
+def test_train_weights_need_one_per_path():
+    from neuralmd.errors import InputError
+
+    with pytest.raises(InputError, match="2 train weights for 1 train paths"):
+        TrainConfig(train=["a.xyz"], train_weights=[1.0, 2.0]).validate()
+    with pytest.raises(InputError, match="must be > 0"):
+        TrainConfig(train=["a.xyz"], train_weights=[0.0]).validate()

@@ -29,6 +29,8 @@ def train(
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="run directory"),
     resume: Optional[Path] = typer.Option(None, help="continue the run in this directory"),
     config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
+    train_weight: Optional[list[float]] = typer.Option(None, "--train-weight", help="weight of each --train path's "
+                                                       "frames in the loss, one per --train (default 1)"),
     valid: Optional[list[Path]] = typer.Option(None, help="validation frames (default: split off --train); repeat "
                                                           "for several"),
     valid_fraction: float = typer.Option(_d("valid_fraction"), help="fraction of --train held out for validation"),
@@ -66,7 +68,8 @@ def train(
         trainer = Trainer.resume(resume)
     else:
         cfg = settings_from(ctx, TrainConfig, config, {
-            "train": ("train_file", [str(f) for f in train_file or []]), "valid": ("valid", [str(f) for f in valid or []]),
+            "train": ("train_file", [str(f) for f in train_file or []]),
+            "train_weights": ("train_weight", list(train_weight or [])), "valid": ("valid", [str(f) for f in valid or []]),
             "valid_fraction": ("valid_fraction", valid_fraction), "energy_unit": ("energy_unit", energy_unit),
             "force_unit": ("force_unit", force_unit), "isolated_atoms": ("isolated_atoms", str(isolated_atoms or "")),
             "features": ("features", features), "interactions": ("interactions", interactions),

@@ -52,6 +52,8 @@ class Batch:
     atoms: AtomsBatch
     energy: torch.Tensor  # (B,) float64
     forces: torch.Tensor  # (N, 3)
+    #: (B,) float64: each frame's weight in the loss (its ``info["weight"]``, default 1)
+    weight: torch.Tensor
     #: (B, 3, 3) eV/Å³ (ASE sign) where ``has_stress``, zeros elsewhere; None: no frame has one
     stress: torch.Tensor | None = None
     has_stress: torch.Tensor | None = None  # (B,) bool
@@ -88,12 +90,13 @@ class FrameDataset:
         atoms = AtomsBatch.from_atoms(frames, dtype=torch.float64).to(dtype=dtype)
         energy = torch.tensor([a.info["energy"] for a in frames], dtype=torch.float64)
         forces = torch.as_tensor(np.concatenate([a.arrays["forces"] for a in frames]), dtype=dtype)
+        weight = torch.tensor([float(a.info.get("weight", 1.0)) for a in frames], dtype=torch.float64)
         has_stress = torch.tensor(["stress" in a.info for a in frames])
         if not has_stress.any():
-            return Batch(atoms, energy, forces)
+            return Batch(atoms, energy, forces, weight)
         stress = torch.as_tensor(np.stack([np.asarray(a.info.get("stress", np.zeros((3, 3))), dtype=float)
                                            for a in frames]), dtype=torch.float64)
-        return Batch(atoms, energy, forces, stress, has_stress)
+        return Batch(atoms, energy, forces, weight, stress, has_stress)
 
     def batches(self, batch_size: int, order: Sequence[int] | None = None,
                 dtype: torch.dtype = torch.float32) -> Iterator[Batch]:

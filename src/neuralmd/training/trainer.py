@@ -49,6 +49,8 @@ class TrainConfig:
 
     #: training frames: one path or several (files or DeePMD folders), read in this order
     train: str | list[str] = field(default_factory=list)
+    #: weight of each ``train`` path's frames in the loss (empty: all 1): per-system weighting
+    train_weights: list[float] = field(default_factory=list)
     valid: str | list[str] = field(default_factory=list)
     valid_fraction: float = 0.05
     energy_unit: str = ""  # "" = the format's own unit (eV for extxyz, DeePMD, ase.db)
@@ -97,6 +99,11 @@ class TrainConfig:
             (self.energy_weight >= 0 and self.force_weight >= 0 and self.energy_weight + self.force_weight > 0,
              "energy_weight and force_weight must be >= 0, not both 0"),
             (self.virial_weight >= 0, "virial_weight must be >= 0"),
+            (not self.train_weights or len(self.train_weights) == len(paths(self.train)),
+             f"{len(self.train_weights)} train weights for {len(paths(self.train))} train paths; give one per "
+             f"--train or none"),
+            (all(0 < w < float("inf") for w in self.train_weights),
+             f"train weights {self.train_weights}: each must be > 0 and finite"),
             (self.patience >= 1, "patience must be >= 1"),
             (self.lr > 0, "lr must be > 0"),
             (self.cutoff_A > 0, "cutoff_A must be > 0"),
@@ -120,21 +127,26 @@ def paths(value: str | list[str]) -> list[str]:
     return [value] if isinstance(value, str) and value else [v for v in value if v] if isinstance(value, list) else []
 
 
-def read_sets(value: str | list[str], cfg: TrainConfig) -> list | None:
+def read_sets(value: str | list[str], cfg: TrainConfig, weights: list[float] | None = None) -> list | None:
     """All frames of a ``train``/``valid`` setting, each file with the config's units and, with a
-    baseline, labels minus the baseline's; None when no path is given."""
+    baseline, labels minus the baseline's; each path's frames carry its weight in
+    ``info["weight"]`` when ``weights`` are given. None when no path is given."""
     units = {"energy_unit": cfg.energy_unit or None, "force_unit": cfg.force_unit or None}
     frames = []
-    for path in paths(value):
+    for k, path in enumerate(paths(value)):
         read = read_frames(path, **units)
-        frames += residual_labels(read, cfg.baseline, path) if cfg.baseline else read
+        read = residual_labels(read, cfg.baseline, path) if cfg.baseline else read
+        if weights:
+            for atoms in read:
+                atoms.info["weight"] = float(weights[k])
+        frames += read
     return frames or None
 
 
 def load_data(cfg: TrainConfig) -> tuple[FrameDataset, FrameDataset]:
     """Training and validation sets from the config (split off when no valid file is given);
     with a baseline, their labels minus the baseline's."""
-    data = FrameDataset(read_sets(cfg.train, cfg) or [])
+    data = FrameDataset(read_sets(cfg.train, cfg, cfg.train_weights) or [])
     valid = read_sets(cfg.valid, cfg)
     if valid is not None:
         return data, FrameDataset(valid)
@@ -199,15 +211,23 @@ def warm_start(cfg: TrainConfig, train: FrameDataset) -> NeuralPotential:
 
 
 def loss_fn(model: NeuralPotential, batch: Batch, cfg: TrainConfig) -> tuple[torch.Tensor, dict[str, float]]:
-    """Weighted energy-per-atom MSE + force MSE or Huber loss (+ virial-per-atom MSE on the
-    frames that carry a stress), and its parts (RMSEs)."""
+    """Energy-per-atom MSE + force MSE or Huber loss (+ virial-per-atom MSE on the frames that
+    carry a stress), each a mean weighted by the frames' weights, and its parts (RMSEs)."""
     with_stress = batch.has_stress is not None and cfg.virial_weight > 0
     out = model(batch.atoms, stress=with_stress, create_graph=model.training)
     n = batch.atoms.counts.to(torch.float64)
-    e_mse = ((out["energy"] - batch.energy) / n).pow(2).mean()
-    f_mse = (out["forces"] - batch.forces).pow(2).mean().to(torch.float64)
+    w = batch.weight.to(out["energy"].device)
+    w_atom = w[batch.atoms.system].unsqueeze(-1)  # each force component weighs as its frame
+
+    def weighted(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        weights = weights.expand_as(values).to(torch.float64)
+        return (weights * values.to(torch.float64)).sum() / weights.sum()
+
+    e_mse = weighted(((out["energy"] - batch.energy) / n).pow(2), w)
+    f_mse = weighted((out["forces"] - batch.forces).pow(2), w_atom)
     if cfg.force_loss == "huber":  # 2x: equal to the MSE for errors below huber_delta
-        f_term = 2 * torch.nn.functional.huber_loss(out["forces"], batch.forces, delta=cfg.huber_delta).to(torch.float64)
+        huber = torch.nn.functional.huber_loss(out["forces"], batch.forces, delta=cfg.huber_delta, reduction="none")
+        f_term = 2 * weighted(huber, w_atom)
     else:
         f_term = f_mse
     loss = cfg.energy_weight * e_mse + cfg.force_weight * f_term
@@ -222,12 +242,14 @@ def loss_fn(model: NeuralPotential, batch: Batch, cfg: TrainConfig) -> tuple[tor
 
 def virial_per_atom_mse(stress: torch.Tensor, batch: Batch) -> torch.Tensor:
     """Mean squared error of the virial per atom, V σ / N (eV), over the components of the
-    frames that carry a stress: the energy-per-atom scale, so one weight suits both."""
+    frames that carry a stress, weighted by the frames' weights: the energy-per-atom scale, so
+    one loss weight suits both."""
     mask = batch.has_stress
     volume = torch.linalg.det(batch.atoms.cell.to(torch.float64)).abs()
     scale = (volume / batch.atoms.counts.to(torch.float64))[mask].view(-1, 1, 1)
-    diff = (stress.to(torch.float64)[mask] - batch.stress[mask]) * scale
-    return diff.pow(2).mean()
+    squared = ((stress.to(torch.float64)[mask] - batch.stress[mask]) * scale).pow(2)
+    weights = batch.weight[mask].view(-1, 1, 1).expand_as(squared)
+    return (weights * squared).sum() / weights.sum()
 
 
 def validation_loss(metrics: dict[str, float], energy_weight: float, force_weight: float,
