@@ -202,12 +202,35 @@ def speed_child(spec: dict[str, Any]) -> dict[str, Any]:
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def speed(name: str, model: str, waters: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+#: a measurement whose memory, extrapolated linearly from the next smaller box, would pass this
+#: is skipped (the machine has 24 GiB; an out-of-memory kill could take other work with it)
+MEMORY_LIMIT_MB = 18_000
+
+
+def projected_memory_mb(rows: list[dict[str, Any]], name: str, waters: int) -> float | None:
+    """Peak memory of ``name`` at ``waters`` extrapolated from its two largest smaller boxes."""
+    pts = sorted((r["waters"], r["peak_rss_mb"]) for r in rows
+                 if r.get("model") == name and "peak_rss_mb" in r and r["waters"] < waters)
+    if len(pts) < 2:
+        return None
+    (w0, m0), (w1, m1) = pts[-2:]
+    return m1 + (m1 - m0) / (w1 - w0) * (waters - w1)
+
+
+def speed(name: str, model: str, waters: int, args: argparse.Namespace, work: Path,
+          rows: list[dict[str, Any]]) -> dict[str, Any]:
     steps, warmup = SPEED_STEPS[waters]
     structure = box(waters, work)
+    projected = projected_memory_mb(rows, name, waters)
+    if projected is not None and projected > MEMORY_LIMIT_MB:
+        return {"model": name, "waters": waters, "error": f"skipped: {projected:.0f} MB projected from the smaller "
+                                                            f"boxes, above the {MEMORY_LIMIT_MB} MB limit"}
     if name == "deepmd":
-        res = dp.md_speed(args.dp_venv, Path(model), structure, steps, warmup, args.threads, TEMPERATURE_K,
-                          TIMESTEP_FS)
+        try:
+            res = dp.md_speed(args.dp_venv, Path(model), structure, steps, warmup, args.threads, TEMPERATURE_K,
+                              TIMESTEP_FS)
+        except RuntimeError as exc:  # e.g. killed for memory: record it, measure the others
+            return {"model": name, "waters": waters, "error": str(exc).splitlines()[-1]}
     else:
         spec = {"name": name, "model": model, "structure": str(structure), "steps": steps, "warmup": warmup,
                 "threads": args.threads}
@@ -383,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
             for name in models:
                 if "model" not in d.get(name, {}) or any(r["model"] == name and r["waters"] == waters for r in rows):
                     continue
-                row = speed(name, d[name]["model"], waters, args, work)
+                row = speed(name, d[name]["model"], waters, args, work, rows)
                 rows.append(row)
                 load.phase(f"speed_{name}_{waters}")
                 d["other_processes_cpu_cores"] = load.phases

@@ -31,9 +31,10 @@ class PaiNNMessage(nn.Module):
         self.filter = nn.Linear(num_basis, 3 * features)
 
     def forward(self, s, v, i, j, rbf, envelope, unit, chunks: list[tuple[int, int, int, int]] | None = None):
-        """New (s, v). ``chunks``: (first receiver, end, first edge, end) of blocks of edges sorted
-        by receiver; each block's per-edge tensors are recomputed in the backward pass instead of
-        stored (see :func:`receiver_chunks`). None: one block, stored."""
+        """New (s, v); ``v`` None stands for all-zero vector features (the first layer, whose
+        messages then skip them). ``chunks``: (first receiver, end, first edge, end) of blocks of
+        edges sorted by receiver; each block's per-edge tensors are recomputed in the backward
+        pass instead of stored (see :func:`receiver_chunks`). None: one block, stored."""
         phi_s = self.phi(s)
         if chunks is None:
             ds, dv = self._block(phi_s, v, i, j, rbf, envelope, unit, 0, s.shape[0])
@@ -43,16 +44,18 @@ class PaiNNMessage(nn.Module):
             parts = [checkpoint(self._block, phi_s, v, *edge, lo, hi, use_reentrant=False)
                      for (lo, hi, _, _), edge in zip(chunks, edges)]
             ds, dv = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-        return s + ds, v + dv
+        return s + ds, dv if v is None else v + dv
 
     def _block(self, phi_s, v, i, j, rbf, envelope, unit, lo: int, hi: int):
         """Messages into receivers lo..hi-1 along edges (i, j), all of whose i lie in that range."""
         x = phi_s[j] * self.filter(rbf) * envelope.unsqueeze(-1)
         a_vv, a_s, a_vs = torch.split(x, self.features, dim=-1)
-        dv_pair = a_vv.unsqueeze(1) * v[j] + a_vs.unsqueeze(1) * unit.unsqueeze(-1)
+        dv_pair = a_vs.unsqueeze(1) * unit.unsqueeze(-1)
+        if v is not None:
+            dv_pair = dv_pair + a_vv.unsqueeze(1) * v[j]
         local = i - lo
         ds = phi_s.new_zeros(hi - lo, self.features).index_add_(0, local, a_s)
-        dv = v.new_zeros(hi - lo, 3, self.features).index_add_(0, local, dv_pair)
+        dv = phi_s.new_zeros(hi - lo, 3, self.features).index_add_(0, local, dv_pair)
         return ds, dv
 
 
@@ -122,7 +125,7 @@ class PaiNN(nn.Module):
         unit = vectors / r.unsqueeze(-1)
         rbf, env = self.basis(r), self.envelope(r)
         s = self.embedding(species)
-        v = s.new_zeros(s.shape[0], 3, self.features)
+        v = None  # zero vector features until the first message
         chunks = None
         if self.edges_per_chunk and vectors.device.type == "cpu" and i.shape[0] > self.edges_per_chunk:
             if i.shape[0] > 1 and bool((i[1:] < i[:-1]).any()):
