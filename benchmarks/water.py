@@ -259,13 +259,14 @@ def md_run(name: str, model: str, waters: int, ensemble: str, args: argparse.Nam
     steps = int(round(args.physics_ps * 1000 / TIMESTEP_FS))
     report = int(round(args.frame_every_fs / TIMESTEP_FS))
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    if (run_dir / "checkpoint.pt").exists():
-        cmd = ["neuralmd", "md", "--resume", str(run_dir), "--threads", str(args.threads)]
+    if (run_dir / "checkpoint.pt").exists():  # continue, to this call's length (a new total)
+        cmd = ["neuralmd", "md", "--resume", str(run_dir), "--steps", str(steps), "--threads", str(args.threads),
+               "--no-float64"]
     else:
         cmd = ["neuralmd", "md", model, "--structure", str(box(waters, work)), "--ensemble", ensemble,
                "--thermostat", "csvr", "--temperature", str(TEMPERATURE_K), "--timestep-fs", str(TIMESTEP_FS),
                "--steps", str(steps), "--report-every", str(report), "--checkpoint-every", str(20 * report),
-               "--seed", str(args.seed), "--threads", str(args.threads), "-o", str(run_dir)]
+               "--seed", str(args.seed), "--threads", str(args.threads), "--no-float64", "-o", str(run_dir)]
         if ensemble == "npt":
             cmd += ["--pressure-bar", "1"]
     start = time.perf_counter()

@@ -96,15 +96,18 @@ class PaiNN(nn.Module):
         cutoff: radial cutoff in Å.
         num_basis: number of Bessel radial functions.
 
-    Graphs of more than :attr:`edges_per_chunk` edges are evaluated in blocks of receivers whose
+    Graphs of more than :attr:`chunk_above_edges` edges are evaluated in blocks of receivers whose
     per-edge tensors stay in the CPU's cache and are recomputed, not stored, for the backward
     pass: time and memory then grow linearly with the number of atoms instead of falling out of
     cache (measured in ``benchmarks/water.py``). Energies and forces are the same.
     """
 
-    #: edges above which messages are evaluated in blocks (None: never). On a GPU one big graph
-    #: is what is fast, so blocks are used on CPUs only.
-    edges_per_chunk: int | None = 32768
+    #: edges per block of receivers, used for graphs of more than ``chunk_above_edges`` edges
+    #: (None: never). On a GPU one big graph is what is fast, so blocks are used on CPUs only.
+    #: Measured on a 2-core CPU (water, 64 features): 8,192-edge blocks 10-25 % faster than
+    #: 32,768; a graph of 10,000 edges is 20 % faster whole (it fits in cache as it is).
+    edges_per_chunk: int | None = 8192
+    chunk_above_edges: int = 32768
 
     def __init__(self, num_species: int, features: int = 64, interactions: int = 3,
                  cutoff: float = 5.0, num_basis: int = 16) -> None:
@@ -127,7 +130,8 @@ class PaiNN(nn.Module):
         s = self.embedding(species)
         v = None  # zero vector features until the first message
         chunks = None
-        if self.edges_per_chunk and vectors.device.type == "cpu" and i.shape[0] > self.edges_per_chunk:
+        if self.edges_per_chunk and vectors.device.type == "cpu" and i.shape[0] > max(self.chunk_above_edges,
+                                                                                      self.edges_per_chunk):
             if i.shape[0] > 1 and bool((i[1:] < i[:-1]).any()):
                 order = torch.argsort(i, stable=True)
                 i, j, rbf, env, unit = i[order], j[order], rbf[order], env[order], unit[order]
