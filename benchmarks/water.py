@@ -374,9 +374,11 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     res = Results(args.out, args.resume)
     d = res.data
-    d.update(benchmark="liquid water: neuralmd vs DeePMD-kit vs MACE", threads=args.threads,
-             machine=ff.machine_info(), versions=ff.versions(), budget_min=args.budget_min)
     parts = args.only.split(",")
+    d.update(benchmark="liquid water: neuralmd vs DeePMD-kit vs MACE", machine=ff.machine_info(),
+             versions=ff.versions())
+    if "train" in parts or "speed" in parts:  # the threads every model trained and ran with
+        d.update(threads=args.threads, budget_min=args.budget_min)
     models = [m for m in args.models.split(",") if m]
     load = ff.LoadMonitor()
 
@@ -420,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if "physics" in parts:
         phys = d.setdefault("physics", {"runs": {}})
+        phys.update(threads=args.threads, ps=args.physics_ps, skip_ps=args.skip_ps)
         for waters in [int(w) for w in args.physics_sizes.split(",")]:
             for ensemble in ("nvt", "npt"):
                 key = f"neuralmd_{ensemble}_{waters}"
