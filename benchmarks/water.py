@@ -390,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{name}: training {args.budget_min} min on {args.threads} threads")
             d[name] = {**d.get(name, {}), **trainers[name](args, work)}
             load.phase(f"train_{name}")
-            d["other_processes_cpu_cores"] = load.phases
+            d.setdefault("other_processes_cpu_cores", {}).update(load.phases)
             log(f"{name}: {d[name]['steps']} steps in {d[name]['train_seconds']:.0f} s")
             res.save()
 
@@ -412,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
                 row = speed(name, d[name]["model"], waters, args, work, rows)
                 rows.append(row)
                 load.phase(f"speed_{name}_{waters}")
-                d["other_processes_cpu_cores"] = load.phases
+                d.setdefault("other_processes_cpu_cores", {}).update(load.phases)
                 log(f"{name} {waters} waters: " + (row["error"] if "error" in row else
                     f"{row['ms_per_step']:.1f} ms/step, {row['atom_steps_per_s']:.0f} atom-steps/s, "
                     f"{row['peak_rss_mb']:.0f} MB"))
