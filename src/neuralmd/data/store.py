@@ -26,9 +26,10 @@ FORMAT = "neuralmd.labelstore"
 
 
 def frame_key(atoms: Atoms) -> str:
-    """A stable identity of a geometry: elements and positions rounded to 1e-6 Å."""
+    """A stable identity of a geometry: elements and positions rounded to 1e-6 Å (a coordinate
+    that rounds to -0.0 counts as 0.0: adding 0.0 turns -0.0 into +0.0)."""
     h = hashlib.sha1(np.asarray(atoms.numbers, dtype=np.int64).tobytes())
-    h.update(np.round(np.asarray(atoms.positions, dtype=float), 6).tobytes())
+    h.update((np.round(np.asarray(atoms.positions, dtype=float), 6) + 0.0).tobytes())
     return h.hexdigest()[:20]
 
 
