@@ -124,7 +124,9 @@ class TrainConfig:
 
 def paths(value: str | list[str]) -> list[str]:
     """The paths of a ``train``/``valid`` setting: one path or a list (empty: none)."""
-    return [value] if isinstance(value, str) and value else [v for v in value if v] if isinstance(value, list) else []
+    if isinstance(value, str):
+        return [value] if value else []
+    return [v for v in value if v]
 
 
 def read_sets(value: str | list[str], cfg: TrainConfig, weights: list[float] | None = None) -> list | None:
