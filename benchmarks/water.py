@@ -77,14 +77,12 @@ class Results:
 def box(waters: int, work: Path) -> Path:
     """An extxyz file of ``waters`` waters: data_3's first frame replicated (Å, with the cell)."""
     from neuralmd.data import read_frames, write_frames
+    from neuralmd.data.build import replicate
 
     path = work / f"box_{waters}.xyz"
     if not path.exists():
         frame = read_frames(TEST_SET, require_labels=False)[0]
-        atoms = frame.repeat(SIZES[waters])
-        atoms.info.clear()
-        atoms.arrays.pop("forces", None)
-        write_frames([atoms], path)
+        write_frames([replicate(frame, SIZES[waters], where=f"{TEST_SET} frame 0")], path)
     return path
 
 

@@ -110,8 +110,8 @@ class NeighborCache:
     apart, with d the atoms' non-affine displacements and σ_min(A) the smallest singular value of
     A; the list is rebuilt when that bound drops below ``cutoff``. For a fixed cell this is the
     usual "some atom moved more than skin/2". The integer cell shifts of the stored pairs stay
-    right under any deformation. The stored pairs are in :func:`canonical_order`. Molecules on the dense path are cheaper to rebuild than to
-    check, so they bypass the cache.
+    right under any deformation. The stored pairs are in :func:`canonical_order`. Molecules on
+    the dense path are cheaper to rebuild than to check, so they bypass the cache.
     """
 
     def __init__(self, cutoff: float, skin: float = 1.0) -> None:

@@ -11,9 +11,8 @@ from ase import Atoms
 from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
-from ..units import AMU_PER_A3_IN_G_PER_CM3
-
 from ..errors import InputError
+from ..units import AMU_PER_A3_IN_G_PER_CM3
 
 
 def replicate(frame: Atoms, repeat: Sequence[int], where: str = "frame") -> Atoms:

@@ -59,6 +59,13 @@ class Batch:
     has_stress: torch.Tensor | None = None  # (B,) bool
 
 
+def virial_per_atom(stress: torch.Tensor, atoms: AtomsBatch) -> torch.Tensor:
+    """The virial per atom V σ / N (B, 3, 3) in eV, float64, from a stress (B, 3, 3) in eV/Å³:
+    the energy-per-atom scale on which stresses are compared in the loss and the metrics."""
+    volume = torch.linalg.det(atoms.cell.to(torch.float64)).abs()
+    return stress.to(torch.float64) * (volume / atoms.counts.to(torch.float64)).view(-1, 1, 1)
+
+
 class FrameDataset:
     """Labelled frames with collation into :class:`Batch` objects."""
 

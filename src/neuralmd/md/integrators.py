@@ -280,20 +280,20 @@ def check_pressure(pressure_bar: float | Sequence[float]) -> torch.Tensor:
     return p
 
 
-def pressure(batch: AtomsBatch, stress: torch.Tensor) -> torch.Tensor:
-    """Instantaneous pressure per replica (B,) in eV/Å³: 2K/(3V) - tr(stress)/3 (``stress`` in
-    ASE's sign, the potential's (1/V) dE/dε)."""
-    volume = torch.linalg.det(batch.cell).abs()
-    return 2 * kinetic_energy(batch) / (3 * volume) - torch.diagonal(stress, dim1=1, dim2=2).sum(-1) / 3
-
-
 def pressure_diagonal(batch: AtomsBatch, stress: torch.Tensor) -> torch.Tensor:
     """Diagonal of the instantaneous pressure tensor per replica (B, 3) in eV/Å³: the kinetic
-    part Σ m v_α²/V minus the stress's diagonal (ASE sign)."""
+    part Σ m v_α²/V minus the stress's diagonal (``stress`` in ASE's sign, the potential's
+    (1/V) dE/dε)."""
     volume = torch.linalg.det(batch.cell).abs()
     mv2 = batch.masses.unsqueeze(-1) * batch.velocities.pow(2)
     kinetic = torch.zeros(batch.n_systems, 3, dtype=mv2.dtype, device=mv2.device).index_add_(0, batch.system, mv2)
     return kinetic / volume.unsqueeze(-1) - torch.diagonal(stress, dim1=1, dim2=2)
+
+
+def pressure(batch: AtomsBatch, stress: torch.Tensor) -> torch.Tensor:
+    """Instantaneous pressure per replica (B,) in eV/Å³: the mean of :func:`pressure_diagonal`,
+    2K/(3V) - tr(stress)/3."""
+    return pressure_diagonal(batch, stress).mean(-1)
 
 
 #: barostat couplings: one volume (liquids), or each Cartesian axis on its own (solids)
@@ -345,7 +345,8 @@ def npt_csvr(force_fn: StressForceFn, timestep_fs: float, temperature_K: float |
 
     def barostat(b: AtomsBatch, stress: torch.Tensor) -> AtomsBatch:
         volume = torch.linalg.det(b.cell).abs().cpu().unsqueeze(-1)
-        p_int = (pressure_diagonal(b, stress) if axes == 3 else pressure(b, stress).unsqueeze(-1)).cpu()
+        p_int = pressure_diagonal(b, stress).cpu()
+        p_int = p_int if axes == 3 else p_int.mean(-1, keepdim=True)
         kt, target = kT.expand(b.n_systems).unsqueeze(-1), p0.expand(b.n_systems).unsqueeze(-1)
         r = torch.stack(noise.scalars([axes] * b.n_systems))
         rate = beta_t / (tau_p * axes)

@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from ..data.dataset import FrameDataset, composition_matrix
+from ..data.dataset import FrameDataset, composition_matrix, virial_per_atom
 from ..models.base import Potential
 
 
@@ -40,9 +39,8 @@ def predict(model: Potential, data: FrameDataset, batch_size: int = 32) -> Predi
         f_p.append(out["forces"].detach().double().numpy().ravel())
         if with_stress:
             mask = batch.has_stress
-            scale = (torch.linalg.det(batch.atoms.cell.double()).abs() / batch.atoms.counts)[mask].view(-1, 1, 1)
-            v_t.append((batch.stress[mask] * scale).numpy().ravel())
-            v_p.append((out["stress"].detach().double()[mask] * scale).numpy().ravel())
+            v_t.append(virial_per_atom(batch.stress, batch.atoms)[mask].numpy().ravel())
+            v_p.append(virial_per_atom(out["stress"].detach(), batch.atoms)[mask].numpy().ravel())
     virial = (np.concatenate(v_t), np.concatenate(v_p)) if v_t else (None, None)
     return Predictions(*(np.concatenate(x) for x in (e_t, e_p, n, f_t, f_p)), *virial)
 

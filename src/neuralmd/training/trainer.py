@@ -26,7 +26,7 @@ from typing import Any, Callable
 import torch
 
 from ..config import load_config, save_config
-from ..data.dataset import Batch, FrameDataset, reference_energies
+from ..data.dataset import Batch, FrameDataset, reference_energies, virial_per_atom
 from ..data.io import read_frames
 from ..errors import InputError, TrainingError
 from ..io_utils import atomic_save, atomic_write_json
@@ -247,9 +247,7 @@ def virial_per_atom_mse(stress: torch.Tensor, batch: Batch) -> torch.Tensor:
     frames that carry a stress, weighted by the frames' weights: the energy-per-atom scale, so
     one loss weight suits both."""
     mask = batch.has_stress
-    volume = torch.linalg.det(batch.atoms.cell.to(torch.float64)).abs()
-    scale = (volume / batch.atoms.counts.to(torch.float64))[mask].view(-1, 1, 1)
-    squared = ((stress.to(torch.float64)[mask] - batch.stress[mask]) * scale).pow(2)
+    squared = virial_per_atom(stress.to(torch.float64) - batch.stress, batch.atoms)[mask].pow(2)
     weights = batch.weight[mask].view(-1, 1, 1).expand_as(squared)
     return (weights * squared).sum() / weights.sum()
 
