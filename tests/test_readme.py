@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,7 @@ SHORTER = [
     (r"(cg refine \S+)", r"\1 --iterations 1 --ns 0.001 --replicas 8"),
     (r"--steps 200000\b", "--steps 24 --report-every 2"),
     (r"--skip-ps 10\b", "--skip-ps 0.002"),
+    (r"--time-budget-min 15\b", "--time-budget-min 15 --max-steps 2 --eval-every 2"),
     (r"--rounds 10\b", "--rounds 1 --initial-frames 4 --md-steps 40 --max-select 2 --train-steps 10"),
     (r"(cv discover --pdb \S+)", r"\1 --short-ns 0.02 --explore-ns 0.04 --max-explore-ns 0.04 --min-crossings 1 "
                                  r"--min-eigenvalue -1 --epochs 5 --restarts 1"),
@@ -128,15 +130,19 @@ def test_readme_active_learning_recipe(tmp_path, ethanol_xyz):
 
 
 def test_readme_condensed_phase_recipe(tmp_path, float64_model):
-    """build replicate (64 -> 512 waters), build pack (a water-ethanol mixture) -> md --ensemble
-    npt -> analyze, as written, shortened, with an untrained float64 model over H, C, O standing
-    in for runs/water/model.pt."""
+    """train on three DeePMD water folders (2 steps), build replicate (64 -> 512 waters), build
+    pack (a water-ethanol mixture) -> md --ensemble npt -> analyze, as written, shortened, with an
+    untrained float64 model over H, C, O standing in for runs/water/model.pt in MD."""
     float64_model.save(tmp_path / "water.pt")
-    commands = recipe_commands("neuralmd build", ("neuralmd build ", "neuralmd md runs/water/", "neuralmd analyze "))
-    assert [c.split()[1:3] for c in commands] == [["build", "replicate"], ["build", "pack"], ["md", "runs/water/model.pt"],
-                                                  ["analyze", "runs/water-npt"]]
+    commands = recipe_commands("neuralmd build", ("neuralmd train --train ../shared/data/deepmd_water",
+                                                  "neuralmd build ", "neuralmd md runs/water/", "neuralmd analyze "))
+    assert [c.split()[1:3] for c in commands] == [["train", "--train"], ["build", "replicate"], ["build", "pack"],
+                                                  ["md", "runs/water/model.pt"], ["analyze", "runs/water-npt"]]
     run_recipe(commands, {"runs/water/model.pt": str(tmp_path / "water.pt"), "box.xyz": str(tmp_path / "box.xyz"),
-                          "mix.xyz": str(tmp_path / "mix.xyz")}, tmp_path)
+                          "mix.xyz": str(tmp_path / "mix.xyz"),
+                          "../shared/data/deepmd_water": str(shared_file("deepmd_water"))}, tmp_path)
+    config = tomllib.loads((tmp_path / "runs" / "water" / "config.toml").read_text())
+    assert [Path(t).name for t in config["train"]] == ["data_0", "data_1", "data_2"] and config["batch_size"] == 2
     log = np.genfromtxt(tmp_path / "runs" / "water-npt" / "log.csv", delimiter=",", names=True)
     assert len(log) == 13 and np.all(np.isfinite(log["pressure_bar"]))
     assert log["density_g_cm3"][0] == pytest.approx(0.9934, abs=1e-4)  # 512 waters at the data's density
