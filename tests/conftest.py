@@ -46,14 +46,26 @@ def trained_model(trained_run) -> Path:
     return trained_run / "model.pt"
 
 
-@pytest.fixture
-def float64_model():
-    """An untrained float64 PaiNN over H, C, O with non-trivial random weights."""
+def untrained_model(architecture: str = "painn", repulsion: str | None = None):
+    """An untrained float64 network over H, C, O with non-trivial random weights."""
     from neuralmd.models import NeuralPotential
 
     torch.manual_seed(0)
-    return NeuralPotential([1, 6, 8], e0=[-13.6, -1025.0, -2035.0], scale=1.3, shift=0.1,
-                           features=16, interactions=2, cutoff=4.0, num_basis=8).double()
+    return NeuralPotential([1, 6, 8], e0=[-13.6, -1025.0, -2035.0], scale=1.3, shift=0.1, architecture=architecture,
+                           repulsion=repulsion, features=16, interactions=2, cutoff=4.0, num_basis=8).double()
+
+
+@pytest.fixture
+def float64_model():
+    """An untrained float64 PaiNN over H, C, O."""
+    return untrained_model()
+
+
+@pytest.fixture(params=["painn", "tensornet+zbl"])
+def any_float64_model(request):
+    """Each native architecture, untrained, float64 (TensorNet with the ZBL repulsion)."""
+    architecture, _, repulsion = request.param.partition("+")
+    return untrained_model(architecture, repulsion or None)
 
 
 #: bead elements of the mapped alanine dipeptide data (../shared/data/ala2_cg)

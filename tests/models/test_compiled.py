@@ -20,13 +20,13 @@ def _batch() -> AtomsBatch:
     return AtomsBatch.from_atoms([molecule("CH3CH2OH"), butane])
 
 
-def test_all_pairs_graph_gives_the_model_s_energies_and_forces(float64_model):
+def test_all_pairs_graph_gives_the_model_s_energies_and_forces(any_float64_model):
     """Pairs beyond the cutoff add exactly nothing (the envelope is zero there)."""
     batch = _batch()
-    static = StaticGraphPotential(float64_model, batch, compile=False)
+    static = StaticGraphPotential(any_float64_model, batch, compile=False)
     assert static.i.shape[0] == sum(n * (n - 1) for n in batch.counts.tolist())
     moved = batch.replace(positions=batch.positions + 0.05 * torch.randn_like(batch.positions))
-    ref, out = float64_model(moved), static(moved)
+    ref, out = any_float64_model(moved), static(moved)
     assert torch.allclose(out["energy"], ref["energy"], rtol=0, atol=1e-10)
     assert torch.allclose(out["forces"], ref["forces"], rtol=0, atol=1e-10)
     with pytest.raises(InputError, match="other atoms"):
@@ -35,10 +35,10 @@ def test_all_pairs_graph_gives_the_model_s_energies_and_forces(float64_model):
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA GPU"))])
-def test_compiled_md_follows_the_eager_trajectory(float64_model, device):
+def test_compiled_md_follows_the_eager_trajectory(any_float64_model, device):
     """One compilation (float32, as MD benchmarks run; fused C++ on a CPU, CUDA graphs on a GPU):
     50 NVE steps of both molecules stay on the eager run's trajectory."""
-    model = float64_model.float().to(device)
+    model = any_float64_model.float().to(device)
     runs = {}
     for compiled in (False, True):
         sim = Simulation(model, _batch(), ensemble="nve", timestep_fs=0.5, temperature_K=300, seed=3,

@@ -1,4 +1,4 @@
-"""The native PaiNN potential: exact forces, symmetries, periodic boxes, batching."""
+"""The native networks (PaiNN, TensorNet): exact forces, symmetries, periodic boxes, batching."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ def ethanol():
     return atoms
 
 
-def test_forces_match_finite_differences(float64_model, ethanol):
-    _, forces = energy_forces(float64_model, ethanol)
+def test_forces_match_finite_differences(any_float64_model, ethanol):
+    _, forces = energy_forces(any_float64_model, ethanol)
     h = 1e-5
     fd = np.zeros_like(forces)
     for i in range(len(ethanol)):
@@ -33,36 +33,38 @@ def test_forces_match_finite_differences(float64_model, ethanol):
             for sign in (1, -1):
                 displaced = ethanol.copy()
                 displaced.positions[i, k] += sign * h
-                e.append(energy_forces(float64_model, displaced)[0])
+                e.append(energy_forces(any_float64_model, displaced)[0])
             fd[i, k] = -(e[0] - e[1]) / (2 * h)
     assert np.abs(fd - forces).max() / np.abs(forces).max() < 1e-6
 
 
-def test_energy_invariant_and_forces_equivariant(float64_model, ethanol):
-    e0, f0 = energy_forces(float64_model, ethanol)
-    rot = Rotation.random(random_state=7).as_matrix()
+@pytest.mark.parametrize("reflect", [False, True])
+def test_energy_invariant_and_forces_equivariant(any_float64_model, ethanol, reflect):
+    """Rotations, translations and (O(3)) reflections, to 1e-10 eV and eV/Å."""
+    e0, f0 = energy_forces(any_float64_model, ethanol)
+    rot = Rotation.random(random_state=7).as_matrix() @ np.diag([-1.0 if reflect else 1.0, 1.0, 1.0])
     moved = ethanol.copy()
     moved.positions = ethanol.positions @ rot.T + np.array([3.0, -1.5, 7.25])
-    e1, f1 = energy_forces(float64_model, moved)
-    assert abs(e1 - e0) < 1e-9 * abs(e0)
-    np.testing.assert_allclose(f1, f0 @ rot.T, atol=1e-9)
+    e1, f1 = energy_forces(any_float64_model, moved)
+    assert abs(e1 - e0) < 1e-10
+    np.testing.assert_allclose(f1, f0 @ rot.T, rtol=0, atol=1e-10)
 
 
-def test_energy_invariant_under_permutation_of_like_atoms(float64_model, ethanol):
-    e0, f0 = energy_forces(float64_model, ethanol)
+def test_energy_invariant_under_permutation_of_like_atoms(any_float64_model, ethanol):
+    e0, f0 = energy_forces(any_float64_model, ethanol)
     hydrogens = [k for k, z in enumerate(ethanol.numbers) if z == 1]
     perm = list(range(len(ethanol)))
     perm[hydrogens[0]], perm[hydrogens[-1]] = perm[hydrogens[-1]], perm[hydrogens[0]]
-    e1, f1 = energy_forces(float64_model, ethanol[perm])
-    assert abs(e1 - e0) < 1e-9 * abs(e0)
-    np.testing.assert_allclose(f1, f0[perm], atol=1e-9)
+    e1, f1 = energy_forces(any_float64_model, ethanol[perm])
+    assert abs(e1 - e0) < 1e-10
+    np.testing.assert_allclose(f1, f0[perm], rtol=0, atol=1e-10)
 
 
-def test_batch_equals_single_evaluations(float64_model, ethanol):
+def test_batch_equals_single_evaluations(any_float64_model, ethanol):
     water = molecule("H2O")
     batch = AtomsBatch.from_atoms([ethanol, water, ethanol])
-    out = float64_model(batch)
-    singles = [energy_forces(float64_model, a) for a in (ethanol, water, ethanol)]
+    out = any_float64_model(batch)
+    singles = [energy_forces(any_float64_model, a) for a in (ethanol, water, ethanol)]
     np.testing.assert_allclose(out["energy"].detach().numpy(), [s[0] for s in singles], rtol=1e-12)
     np.testing.assert_allclose(out["forces"].detach().numpy(), np.concatenate([s[1] for s in singles]), atol=1e-10)
     atom_sum = torch.zeros(3, dtype=torch.float64).index_add(0, batch.system, out["atom_energy"])
@@ -84,50 +86,53 @@ def _water_box(n_molecules: int = 8, box: float = 6.2):
     return atoms
 
 
-def test_periodic_energy_invariant_under_lattice_shifts(float64_model):
+def test_periodic_energy_invariant_under_lattice_shifts(any_float64_model):
     atoms = _water_box()
-    e0, f0 = energy_forces(float64_model, atoms)
+    e0, f0 = energy_forces(any_float64_model, atoms)
     shifted = atoms.copy()
     shifted.positions += atoms.cell[0] - 2 * atoms.cell[2]
-    e1, f1 = energy_forces(float64_model, shifted)
+    e1, f1 = energy_forces(any_float64_model, shifted)
     assert abs(e1 - e0) < 1e-9 * abs(e0)
     np.testing.assert_allclose(f1, f0, atol=1e-9)
     one_wrapped = atoms.copy()
     one_wrapped.positions[4] += atoms.cell[1]
-    e2, _ = energy_forces(float64_model, one_wrapped)
+    e2, _ = energy_forces(any_float64_model, one_wrapped)
     assert abs(e2 - e0) < 1e-9 * abs(e0)
     # periodic images interact: the same molecules without the box give another energy
     isolated = atoms.copy()
     isolated.pbc = False
-    assert abs(energy_forces(float64_model, isolated)[0] - e0) > 1e-4
+    assert abs(energy_forces(any_float64_model, isolated)[0] - e0) > 1e-4
 
 
-def test_periodic_forces_and_stress_match_finite_differences(float64_model):
+def test_periodic_forces_and_stress_match_finite_differences(any_float64_model):
     from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_stress
 
     from neuralmd.md.ase_calculator import NeuralCalculator
 
     atoms = _water_box()
-    atoms.calc = NeuralCalculator(float64_model)
+    atoms.calc = NeuralCalculator(any_float64_model)
     forces = atoms.get_forces()
-    # h = 1e-4 Å: the ~1e4 eV total energy makes round-off of smaller steps the larger error
+    # h = 1e-4 Å: the ~1e4 eV total energy makes round-off of smaller steps the larger error. The
+    # ZBL switch (sum of covalent radii, 0.97 Å for O-H) sits at these O-H bonds, where its third
+    # derivative jumps: the central difference's error h² E‴/6 is then ~3e-6 eV/Å
     numeric = calculate_numerical_forces(atoms, eps=1e-4)
-    assert np.abs(numeric - forces).max() / np.abs(forces).max() < 1e-6
+    tolerance = 1e-6 if any_float64_model.repulsion is None else 1e-5
+    assert np.abs(numeric - forces).max() / np.abs(forces).max() < tolerance
     stress = atoms.get_stress()
     numeric_stress = calculate_numerical_stress(atoms, eps=1e-5)
     np.testing.assert_allclose(stress, numeric_stress, atol=1e-5 * np.abs(numeric_stress).max())
     assert np.abs(stress).max() > 1e-4
 
 
-def test_model_file_roundtrip_and_format_version(float64_model, ethanol, tmp_path):
+def test_model_file_roundtrip_and_format_version(any_float64_model, ethanol, tmp_path):
     from neuralmd.errors import InputError, ModelFormatError
     from neuralmd.models import load_potential
 
     path = tmp_path / "model.pt"
-    float64_model.save(path)
+    any_float64_model.save(path)
     loaded = load_potential(path)
     assert loaded.dtype == torch.float64
-    assert energy_forces(loaded, ethanol)[0] == energy_forces(float64_model, ethanol)[0]
+    assert energy_forces(loaded, ethanol)[0] == energy_forces(any_float64_model, ethanol)[0]
 
     payload = torch.load(path, weights_only=True)
     payload["format_version"] = 99

@@ -43,7 +43,7 @@ RESUME_SCRIPT = textwrap.dedent("""
     from neuralmd.threads import set_threads
     set_threads(1)
     cfg = TrainConfig(train=sys.argv[1], features=8, interactions=1, batch_size=4, max_steps=40,
-                      eval_every=10, checkpoint_every=10, threads=1, valid_fraction=0.2)
+                      eval_every=10, checkpoint_every=10, threads=1, valid_fraction=0.2, architecture=sys.argv[4])
     kill_at = int(sys.argv[3])
     def hook(step):
         if step == kill_at:
@@ -52,7 +52,8 @@ RESUME_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_kill_and_resume_gives_identical_weights(tmp_path, ethanol_xyz):
+@pytest.mark.parametrize("architecture", ["painn", "tensornet"])
+def test_kill_and_resume_gives_identical_weights(tmp_path, ethanol_xyz, architecture):
     from neuralmd.data import read_frames, write_frames
 
     small = tmp_path / "small.xyz"
@@ -60,7 +61,8 @@ def test_kill_and_resume_gives_identical_weights(tmp_path, ethanol_xyz):
     script = tmp_path / "train.py"
     script.write_text(RESUME_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    killed = subprocess.run([sys.executable, str(script), str(small), str(tmp_path / "killed"), "27"], env=env)
+    killed = subprocess.run([sys.executable, str(script), str(small), str(tmp_path / "killed"), "27", architecture],
+                            env=env)
     assert killed.returncode == -signal.SIGKILL
     ckpt = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)
     assert ckpt["step"] == 20
@@ -68,7 +70,8 @@ def test_kill_and_resume_gives_identical_weights(tmp_path, ethanol_xyz):
     resumed = Trainer.resume(tmp_path / "killed", progress=False)
     assert resumed.step == 20
     resumed.run()
-    straight = subprocess.run([sys.executable, str(script), str(small), str(tmp_path / "straight"), "-1"], env=env)
+    straight = subprocess.run([sys.executable, str(script), str(small), str(tmp_path / "straight"), "-1",
+                               architecture], env=env)
     assert straight.returncode == 0
 
     a = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)

@@ -82,4 +82,4 @@ class StaticGraphPotential(Potential):
         if batch.n_atoms != self.numbers.shape[0] or not torch.equal(batch.numbers, self.numbers):
             raise InputError("compiled potential: called on other atoms than the batch it was built for")
         vectors = batch.positions[self.j] - batch.positions[self.i]
-        return self.model.energies_from_network(self.species, self.network(self.species, vectors, self.i, self.j))
+        return self.model.pair_energies(self.species, vectors, self.i, self.j, self.network)

@@ -1,6 +1,6 @@
 """NeuralPotential: a network's per-atom output turned into energies, plus its model file.
 
-E_i = E0[Z_i] + shift + scale * network_i, with E0 the per-element reference energies (eV,
+E_i = E0[Z_i] + shift + scale * network_i (+ a short-range repulsion R_i), with E0 the per-element reference energies (eV,
 float64), ``shift`` the mean residual energy per atom (eV) and ``scale`` the RMS force (eV/Å
 times 1 Å), so the network learns numbers of order one. The model file is self-contained:
 format version, class, hyperparameters, element list, units, normalisation and weights.
@@ -21,11 +21,17 @@ from ..neighbors import NeighborCache
 from ..state import AtomsBatch
 from .base import Potential
 from .equivariant import PaiNN
+from .repulsion import ZBLRepulsion
+from .tensornet import TensorNet
 
 FORMAT = "neuralmd.potential"
-FORMAT_VERSION = 2  # 2: optional "baseline" (a Δ-learning correction); version 1 files still load
-READABLE_VERSIONS = (1, 2)
-ARCHITECTURES = {"painn": PaiNN}
+#: 2: optional "baseline" (a Δ-learning correction); 3: optional "repulsion". Older files still load
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+#: native networks: (species, pair vectors, receivers, senders) -> one scalar per atom
+ARCHITECTURES = {"painn": PaiNN, "tensornet": TensorNet}
+#: short-range repulsions added to the network's energies
+REPULSIONS = {"zbl": ZBLRepulsion}
 
 
 class NeuralPotential(Potential):
@@ -36,17 +42,20 @@ class NeuralPotential(Potential):
         e0: per-element reference energies in eV, same order as ``elements``.
         scale: energy scale in eV; shift: energy per atom in eV.
         architecture: key of :data:`ARCHITECTURES`; hyperparameters: its keyword arguments.
+        repulsion: key of :data:`REPULSIONS` (None: the network alone).
     """
 
     def __init__(self, elements: Sequence[int], e0: Sequence[float] | None = None,
                  scale: float = 1.0, shift: float = 0.0, architecture: str = "painn",
-                 **hyperparameters: Any) -> None:
+                 repulsion: str | None = None, **hyperparameters: Any) -> None:
         super().__init__()
         self.elements = [int(z) for z in elements]
         self.architecture = architecture
         self.hyperparameters = dict(hyperparameters)
         self.network = ARCHITECTURES[architecture](num_species=len(self.elements), **hyperparameters)
-        self.cutoff = float(self.network.cutoff)
+        self.repulsion_name = repulsion
+        self.repulsion = REPULSIONS[repulsion](self.elements) if repulsion else None
+        self.cutoff = max(float(self.network.cutoff), self.repulsion.cutoff if self.repulsion else 0.0)
         #: Verlet-list cache for periodic and large systems (skin in Å; 0 disables it).
         self.neighbors = NeighborCache(self.cutoff, skin=1.0)
         lookup = torch.full((119,), -1, dtype=torch.long)
@@ -61,7 +70,7 @@ class NeuralPotential(Potential):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.network.embedding.weight.dtype
+        return next(self.network.parameters()).dtype
 
     def check_elements(self, numbers: torch.Tensor | Sequence[int], where: str = "input") -> None:
         """Raise InputError if ``numbers`` holds an element the model was not trained on."""
@@ -73,12 +82,17 @@ class NeuralPotential(Potential):
 
     def atomic_energies(self, batch: AtomsBatch) -> torch.Tensor:
         i, j, vectors = self.neighbors.pairs(batch)
-        species = self.species_of[batch.numbers]
-        return self.energies_from_network(species, self.network(species, vectors, i, j))
+        return self.pair_energies(self.species_of[batch.numbers], vectors, i, j, self.network)
 
-    def energies_from_network(self, species: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """Per-atom energies (eV, float64) from the network's per-atom output."""
-        return self.e0[species] + self.shift + self.scale * out.to(torch.float64)
+    def pair_energies(self, species: torch.Tensor, vectors: torch.Tensor, i: torch.Tensor, j: torch.Tensor,
+                      network: torch.nn.Module) -> torch.Tensor:
+        """Per-atom energies (eV, float64) of atoms of ``species`` (N,) with pair vectors (E, 3)
+        in Å from receivers i to senders j, evaluated with ``network`` (this model's, or a
+        compiled copy of it)."""
+        energy = self.e0[species] + self.shift + self.scale * network(species, vectors, i, j).to(torch.float64)
+        if self.repulsion is not None:
+            energy = energy + self.repulsion(species, vectors, i, j)
+        return energy
 
     # --- model file -------------------------------------------------------------------
     def metadata(self) -> dict[str, Any]:
@@ -88,6 +102,7 @@ class NeuralPotential(Potential):
             "format_version": FORMAT_VERSION,
             "architecture": self.architecture,
             "hyperparameters": self.hyperparameters,
+            "repulsion": self.repulsion_name,
             "elements": self.elements,
             "units": {"energy": "eV", "length": "Angstrom", "forces": "eV/Angstrom"},
             "normalisation": {"e0": self.e0.tolist(), "scale": float(self.scale), "shift": float(self.shift)},
@@ -104,7 +119,7 @@ class NeuralPotential(Potential):
     def from_metadata(cls, meta: dict[str, Any]) -> "NeuralPotential":
         norm = meta["normalisation"]
         model = cls(meta["elements"], norm["e0"], norm["scale"], norm["shift"], meta["architecture"],
-                    **meta["hyperparameters"])
+                    meta.get("repulsion"), **meta["hyperparameters"])
         model.baseline = meta.get("baseline")
         return model.to(getattr(torch, meta.get("dtype", "float32")))
 

@@ -33,12 +33,16 @@ class PolynomialCutoff(nn.Module):
         self.p = p
 
     def forward(self, r: torch.Tensor) -> torch.Tensor:
-        p = self.p
-        x = r / self.cutoff
-        env = (
-            1.0
-            - (p + 1) * (p + 2) / 2 * x.pow(p)
-            + p * (p + 2) * x.pow(p + 1)
-            - p * (p + 1) / 2 * x.pow(p + 2)
-        )
-        return env * (x < 1.0).to(r.dtype)
+        return polynomial_envelope(r / self.cutoff, self.p)
+
+
+def polynomial_envelope(x: torch.Tensor, p: int = 6) -> torch.Tensor:
+    """DimeNet's envelope of x = r / r_c: 1 at 0, zero with vanishing first and second
+    derivatives at 1 and beyond."""
+    env = (
+        1.0
+        - (p + 1) * (p + 2) / 2 * x.pow(p)
+        + p * (p + 2) * x.pow(p + 1)
+        - p * (p + 1) / 2 * x.pow(p + 2)
+    )
+    return env * (x < 1.0).to(x.dtype)

@@ -30,7 +30,7 @@ from ..data.dataset import Batch, FrameDataset, reference_energies, virial_per_a
 from ..data.io import read_frames
 from ..errors import InputError, TrainingError
 from ..io_utils import atomic_save, atomic_write_json
-from ..models.neural import NeuralPotential
+from ..models.neural import ARCHITECTURES, REPULSIONS, NeuralPotential
 from ..progress import progress_bar
 from ..rundir import CHECKPOINT, refuse_existing
 from ..threads import set_threads
@@ -56,6 +56,11 @@ class TrainConfig:
     energy_unit: str = ""  # "" = the format's own unit (eV for extxyz, DeePMD, ase.db)
     force_unit: str = ""
     isolated_atoms: str = ""
+    #: network: "painn" or "tensornet" (neuralmd.models.neural.ARCHITECTURES)
+    architecture: str = "painn"
+    #: short-range repulsion added to the network: "zbl" or "none"; a Δ-learning model
+    #: (``baseline``) never gets one, its baseline already repels
+    repulsion: str = "zbl"
     features: int = 64
     interactions: int = 2
     cutoff_A: float = 5.0
@@ -93,6 +98,10 @@ class TrainConfig:
     def validate(self) -> None:
         checks = [
             (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.architecture in ARCHITECTURES,
+             f"architecture {self.architecture!r}: expected one of {', '.join(ARCHITECTURES)}"),
+            (self.repulsion in ("none", *REPULSIONS), f"repulsion {self.repulsion!r}: expected none or "
+                                                      f"{', '.join(REPULSIONS)}"),
             (self.features >= 1 and self.interactions >= 1 and self.num_basis >= 1,
              f"features {self.features}, interactions {self.interactions}, num_basis {self.num_basis}: each must be >= 1"),
             (0 < self.valid_fraction < 1 or bool(self.valid), f"valid_fraction {self.valid_fraction}: expected in (0, 1)"),
@@ -182,8 +191,10 @@ def build_model(cfg: TrainConfig, train: FrameDataset) -> NeuralPotential:
     e0 = reference_energies(train.frames, elements, isolated, source=cfg.isolated_atoms)
     shift = train.mean_residual_per_atom(elements, e0)
     torch.manual_seed(cfg.seed)
-    model = NeuralPotential(elements, e0, scale=train.force_rms(), shift=shift, features=cfg.features,
-                            interactions=cfg.interactions, cutoff=cfg.cutoff_A, num_basis=cfg.num_basis)
+    repulsion = None if cfg.repulsion == "none" or cfg.baseline else cfg.repulsion
+    model = NeuralPotential(elements, e0, scale=train.force_rms(), shift=shift, architecture=cfg.architecture,
+                            repulsion=repulsion, features=cfg.features, interactions=cfg.interactions,
+                            cutoff=cfg.cutoff_A, num_basis=cfg.num_basis)
     return model.to(getattr(torch, cfg.dtype))
 
 
@@ -346,8 +357,11 @@ class Trainer:
         that config (it had nothing else to keep)."""
         path = Path(run_dir) / "config.toml"
         cfg = load_config(TrainConfig, path)
-        if "force_loss" not in tomllib.loads(path.read_text()):  # runs from before the Huber loss used the MSE
+        stored = tomllib.loads(path.read_text())
+        if "force_loss" not in stored:  # runs from before the Huber loss used the MSE
             cfg.force_loss = "mse"
+        if "repulsion" not in stored:  # and those from before the repulsion had none
+            cfg.repulsion = "none"
         for key, value in overrides.items():
             setattr(cfg, key, value)
         return cls(cfg, run_dir, resume=(Path(run_dir) / CHECKPOINT).is_file(), progress=progress)

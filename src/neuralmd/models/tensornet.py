@@ -1,0 +1,200 @@
+"""TensorNet: O(3)-equivariant message passing with rank-2 Cartesian tensors (Simeon & De
+Fabritiis, NeurIPS 2023).
+
+Each atom carries, per feature channel, a 3×3 tensor X = I + A + S: a scalar times the
+identity (L = 0), an antisymmetric part (L = 1) and a symmetric traceless part (L = 2). Messages
+are neighbours' tensors scaled by learned radial filters; the update multiplies the atom's
+tensor by its message (Y·M + M·Y) and squares the result (X + dX + dX·dX), so each layer
+raises the body order, as MACE's symmetric contractions do, with 3×3 matrix products instead
+of Clebsch-Gordan tensor products. Tensors are normalised by 1 + ||X||² before every
+product, which keeps energies bounded and smooth far from the training data.
+
+Tensors are stored by their irreducible parts, channels last, (N, 10, F): the scalar t of
+t·1, the axial vector a of A = [a]×, and the six components (xx, yy, zz, xy, xz, yz) of S;
+channel mixing is then an ``nn.Linear`` per part, and per-edge work (gathering neighbours'
+tensors, scattering messages) moves 10 numbers per channel instead of 9 per part.
+Layout follows neuralmd's PaiNN: edges (i, j) with i the receiver, pair vectors r_ij = x_j - x_i
+in Å, one dimensionless scalar per atom out (scaled to eV by
+:class:`neuralmd.models.neural.NeuralPotential`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .radial import BesselBasis, PolynomialCutoff
+
+#: part (0: scalar, 1: antisymmetric, 2: symmetric traceless) of each of the 10 components
+_PARTS = torch.tensor([0, 1, 1, 1, 2, 2, 2, 2, 2, 2])
+#: weights of the squared components in the squared Frobenius norm of the full tensor
+_NORM = torch.tensor([3.0, 2, 2, 2, 1, 1, 1, 2, 2, 2])
+
+
+def _to_full_matrix() -> torch.Tensor:
+    """(9, 10): the full tensor X[3r + c] from the 10 components."""
+    m = torch.zeros(9, 10, dtype=torch.float64)
+    m[[0, 4, 8], 0] = 1.0  # t on the diagonal
+    for (r, c), (k, sign) in {(0, 1): (3, -1), (0, 2): (2, 1), (1, 0): (3, 1), (1, 2): (1, -1), (2, 0): (2, -1),
+                              (2, 1): (1, 1)}.items():
+        m[3 * r + c, k] = sign  # [a]x
+    for k, (r, c) in enumerate([(0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2)]):
+        m[3 * r + c, 4 + k] = m[3 * c + r, 4 + k] = 1.0
+    return m
+
+
+def _from_full_matrix() -> torch.Tensor:
+    """(10, 9): the components of a full tensor X[3r + c]: t = tr X / 3, a from (X - Xᵀ) / 2,
+    S = (X + Xᵀ) / 2 - t·1."""
+    m = torch.zeros(10, 9, dtype=torch.float64)
+    m[0, [0, 4, 8]] = 1.0 / 3.0
+    for k, (r, c) in enumerate([(2, 1), (0, 2), (1, 0)]):  # a_x = (X_zy - X_yz) / 2, ...
+        m[1 + k, 3 * r + c], m[1 + k, 3 * c + r] = 0.5, -0.5
+    for k in range(3):
+        m[4 + k, [0, 4, 8]] = -1.0 / 3.0
+        m[4 + k, 4 * k] += 1.0
+    for k, (r, c) in enumerate([(0, 1), (0, 2), (1, 2)]):
+        m[7 + k, 3 * r + c] = m[7 + k, 3 * c + r] = 0.5
+    return m
+
+
+_TO_FULL, _FROM_FULL = _to_full_matrix(), _from_full_matrix()
+
+
+def _full(x: torch.Tensor) -> torch.Tensor:
+    """(N, 10, F) components -> (N, 3, 3, F) tensors."""
+    return torch.matmul(_TO_FULL.to(x), x).view(x.shape[0], 3, 3, x.shape[-1])
+
+
+def _parts(x: torch.Tensor) -> torch.Tensor:
+    """(N, 3, 3, F) tensors -> their (N, 10, F) components (t, a, S)."""
+    return torch.matmul(_FROM_FULL.to(x), x.reshape(x.shape[0], 9, x.shape[-1]))
+
+
+def _square_norms(x: torch.Tensor) -> torch.Tensor:
+    """Squared Frobenius norm of each part: (N, 10, F) -> (N, 3, F)."""
+    sq = x.pow(2) * _NORM.to(x).view(1, 10, 1)
+    return sq.new_zeros(x.shape[0], 3, x.shape[-1]).index_add_(1, _PARTS.to(x.device), sq)
+
+
+def _square_norm(x: torch.Tensor) -> torch.Tensor:
+    """Squared Frobenius norm of the whole tensor per channel: (N, 10, F) -> (N, 1, F)."""
+    return (x.pow(2) * _NORM.to(x).view(1, 10, 1)).sum(1, keepdim=True)
+
+
+def _product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-atom, per-channel matrix product of (N, 10, F) tensors, as components."""
+    return _parts((_full(a).unsqueeze(3) * _full(b).unsqueeze(1)).sum(2))
+
+
+def _per_part(w: torch.Tensor) -> torch.Tensor:
+    """(M, 3, F) one value per part -> (M, 10, F) the same value on each of its components."""
+    return w.index_select(1, _PARTS.to(w.device))
+
+
+class TensorMix(nn.Module):
+    """Channel mixing of each part by its own bias-free linear map (a bias would break
+    equivariance), each part optionally scaled per channel by ``factors`` (N, 3, F)."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.parts = nn.ModuleList(nn.Linear(features, features, bias=False) for _ in range(3))
+
+    def forward(self, x: torch.Tensor, factors: torch.Tensor | None = None) -> torch.Tensor:
+        w_t, w_a, w_s = self.parts
+        out = torch.cat([w_t(x[:, :1]), w_a(x[:, 1:4]), w_s(x[:, 4:])], 1)
+        return out if factors is None else out * _per_part(factors)
+
+
+class TensorEmbedding(nn.Module):
+    """First tensors from the pair directions: X_i = Σ_j c_ij (f_I 1 + f_A [r̂]× + f_S (r̂r̂ᵀ - 1/3)),
+    c_ij a learned function of both species times the cutoff envelope, f radial filters; then
+    each part rescaled per channel by an MLP of the tensor norms."""
+
+    def __init__(self, num_species: int, features: int, num_basis: int) -> None:
+        super().__init__()
+        self.features = features
+        self.embedding = nn.Embedding(num_species, features)
+        self.pair_receiver = nn.Linear(features, features)
+        self.pair_sender = nn.Linear(features, features, bias=False)
+        self.filter = nn.Linear(num_basis, 3 * features)
+        self.norm = nn.LayerNorm(features)
+        self.scalars = nn.Sequential(nn.Linear(features, 2 * features), nn.SiLU(),
+                                     nn.Linear(2 * features, 3 * features), nn.SiLU())
+        self.mix = TensorMix(features)
+
+    def forward(self, species, i, j, rbf, envelope, unit) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> atom tensors (N, 10, F) and the species embedding (N, F)."""
+        z = self.embedding(species)
+        n, f = z.shape
+        pair = (self.pair_receiver(z).index_select(0, i) + self.pair_sender(z).index_select(0, j)) \
+            * envelope.unsqueeze(-1)
+        w = self.filter(rbf).view(-1, 3, f) * pair.unsqueeze(1)
+        ux, uy, uz = unit.unbind(-1)
+        third = torch.full_like(ux, 1.0 / 3.0)
+        basis = torch.stack([torch.ones_like(ux), ux, uy, uz, ux * ux - third, uy * uy - third, uz * uz - third,
+                             ux * uy, ux * uz, uy * uz], 1)
+        x = z.new_zeros(n, 10, f).index_add_(0, i, basis.unsqueeze(-1) * _per_part(w))
+        factors = self.scalars(self.norm(_square_norm(x).squeeze(1))).view(n, 3, f)
+        return self.mix(x, factors), z
+
+
+class TensorInteraction(nn.Module):
+    """One interaction: messages of neighbours' (mixed) tensors weighted per part by radial
+    filters, the O(3)-equivariant products Y·M + M·Y, and the update X + dX + dX·dX."""
+
+    def __init__(self, features: int, num_basis: int) -> None:
+        super().__init__()
+        self.features = features
+        self.radial = nn.Sequential(nn.Linear(num_basis, features), nn.SiLU(), nn.Linear(features, 2 * features),
+                                    nn.SiLU(), nn.Linear(2 * features, 3 * features), nn.SiLU())
+        self.mix_in = TensorMix(features)
+        self.mix_out = TensorMix(features)
+
+    def forward(self, x, i, j, rbf, envelope) -> torch.Tensor:
+        x = x / (1.0 + _square_norm(x))
+        y = self.mix_in(x)
+        w = (self.radial(rbf) * envelope.unsqueeze(-1)).view(-1, 3, self.features)
+        m = torch.zeros_like(y).index_add_(0, i, y.index_select(0, j) * _per_part(w))
+        b = _product(y, m) + _product(m, y)
+        dx = self.mix_out(b / (1.0 + _square_norm(b)))
+        return x + dx + _product(dx, dx)
+
+
+class TensorNet(nn.Module):
+    """TensorNet representation plus a per-atom scalar readout.
+
+    Args:
+        num_species: number of element types (indices 0..num_species-1).
+        features: channels F of the per-atom 3×3 tensors.
+        interactions: number of interaction layers.
+        cutoff: radial cutoff in Å.
+        num_basis: number of Bessel radial functions.
+
+    The readout sees each part's squared norm per channel (invariant under rotations and
+    reflections) and the atom's species embedding.
+    """
+
+    def __init__(self, num_species: int, features: int = 64, interactions: int = 2,
+                 cutoff: float = 5.0, num_basis: int = 16) -> None:
+        super().__init__()
+        self.features = features
+        self.cutoff = cutoff
+        self.basis = BesselBasis(cutoff, num_basis)
+        self.envelope = PolynomialCutoff(cutoff)
+        self.embed = TensorEmbedding(num_species, features, num_basis)
+        self.layers = nn.ModuleList(TensorInteraction(features, num_basis) for _ in range(interactions))
+        self.out_norm = nn.LayerNorm(3 * features)
+        self.readout = nn.Sequential(nn.Linear(4 * features, features), nn.SiLU(), nn.Linear(features, 1))
+
+    def forward(self, species: torch.Tensor, vectors: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        """species (N,) indices, pair vectors r_ij = x_j - x_i (E, 3) in Å, receivers i and
+        senders j (E,) -> one scalar per atom (N,), dimensionless (scaled by the caller)."""
+        r = torch.linalg.vector_norm(vectors, dim=-1)
+        unit = vectors / r.unsqueeze(-1)
+        rbf, env = self.basis(r), self.envelope(r)
+        x, z = self.embed(species, i, j, rbf, env, unit)
+        for layer in self.layers:
+            x = layer(x, i, j, rbf, env)
+        norms = self.out_norm(_square_norms(x).flatten(1))
+        return self.readout(torch.cat([norms, z], -1)).squeeze(-1)
