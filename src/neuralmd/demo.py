@@ -157,8 +157,7 @@ def run_demo(out: str | Path = "neuralmd-demo", train_minutes: float = 1.5, n_tr
     console.rule("[bold]4. evaluate on the independent test trajectory")
     model = load_potential(out / "train" / "model.pt")
     metrics, preds = evaluate(model, FrameDataset(labelled["test"]))
-    plot_parity(preds.energy_true, preds.energy_pred, preds.n_atoms, preds.forces_true, preds.forces_pred,
-                metrics, out / "parity_test.png", title="demo: ethanol, PaiNN vs GFN2-xTB (test)")
+    plot_parity(preds, metrics, out / "parity_test.png", title="demo: ethanol, PaiNN vs GFN2-xTB (test)")
 
     console.rule("[bold]5. MD with the learned potential (8 replicas, NVT 300 K, batched)")
     md = run_md_stage(model, labelled["test"][0], out / "md", console)

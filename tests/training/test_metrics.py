@@ -11,6 +11,7 @@ import torch
 from ase.build import molecule
 
 from neuralmd.data.dataset import FrameDataset, composition_matrix
+from neuralmd.errors import InputError
 from neuralmd.state import AtomsBatch
 from neuralmd.training.metrics import (
     Predictions,
@@ -101,6 +102,24 @@ def test_evaluate_sees_known_offsets_whatever_the_batch_size(float64_model):
         assert m["energy_mae_mev_per_atom"] == pytest.approx(np.mean(100.0 / sizes), abs=1e-5)
         assert m["force_mae_mev_per_A"] == pytest.approx(30.0, abs=1e-5)
         assert m["force_rmse_mev_per_A"] == pytest.approx(30.0, abs=1e-5)
+
+
+def test_energy_only_frames_give_energy_errors_and_no_force_keys(float64_model):
+    """Labels 0.1 eV above the model, no forces: energy MAE 100 meV, forces absent (not NaN)."""
+    frames = _self_labelled(float64_model, _frames(), energy_offset=0.1)
+    for atoms in frames:
+        del atoms.arrays["forces"]
+    m, preds = evaluate(float64_model, FrameDataset(frames), batch_size=2)
+    assert preds.forces_true is None and preds.forces_pred is None
+    assert m["energy_mae_mev"] == pytest.approx(100.0, abs=1e-5) and m["frames"] == 5
+    assert not [key for key in m if key.startswith("force")]
+
+
+def test_forces_on_only_some_frames_are_an_input_error_naming_the_frame(float64_model):
+    frames = _self_labelled(float64_model, _frames())
+    del frames[3].arrays["forces"]
+    with pytest.raises(InputError, match="frame 3: field 'forces': missing while other frames"):
+        evaluate(float64_model, FrameDataset(frames), batch_size=2)
 
 
 def test_evaluate_runs_a_float32_model_in_float32(float64_model):

@@ -1,9 +1,10 @@
-"""Plots a person would rather look at than read: learning curves and parity plots (PNG)."""
+"""Plots a person would rather look at than read: learning curves, parity plots and energy
+profiles along scans (PNG)."""
 
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import matplotlib
 
@@ -12,6 +13,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..io_utils import atomic_path  # noqa: E402
+
+if TYPE_CHECKING:
+    from ..training.metrics import Predictions
+    from ..training.scan import Profile
 
 
 def save_figure(fig, path: str | os.PathLike) -> None:
@@ -41,33 +46,95 @@ def plot_learning_curve(history: Sequence[dict], path: str | os.PathLike) -> Non
     save_figure(fig, path)
 
 
-def plot_parity(energy_true: np.ndarray, energy_pred: np.ndarray, n_atoms: np.ndarray,
-                forces_true: np.ndarray, forces_pred: np.ndarray, metrics: dict[str, float],
-                path: str | os.PathLike, title: str = "") -> None:
-    """Predicted against reference: energy per atom (eV, shifted by the reference mean) and
+def plot_parity(preds: Predictions, metrics: dict[str, float], path: str | os.PathLike, title: str = "") -> None:
+    """Predicted against reference for one set of frames: see :func:`plot_parity_sets`."""
+    plot_parity_sets([("", preds, metrics)], path, title or f"parity ({metrics['frames']} frames)")
+
+
+def plot_parity_sets(sets: Sequence[tuple[str, Predictions, dict[str, float]]], path: str | os.PathLike,
+                     title: str = "") -> None:
+    """Predicted against reference, one row per ``(label, predictions, error_metrics)`` set:
+    energy per atom (eV, shifted by the set's reference mean) and, where the set has forces,
     force components (eV/Å), with MAEs in the legends."""
-    fig, (ax_e, ax_f) = plt.subplots(1, 2, figsize=(10, 4.6))
-    e_t, e_p = energy_true / n_atoms, energy_pred / n_atoms
-    offset = e_t.mean()
-    ax_e.scatter(e_t - offset, e_p - offset, s=6, alpha=0.6,
-                 label=f"MAE {metrics['energy_mae_mev_per_atom']:.2f} meV/atom")
-    ax_e.set_xlabel(f"reference E/N (eV/atom, minus its mean {offset:.3f})")
-    ax_e.set_ylabel("predicted E/N (eV/atom, same offset)")
-    ax_f.scatter(forces_true, forces_pred, s=3, alpha=0.4, color="C1",
-                 label=f"MAE {metrics['force_mae_mev_per_A']:.1f} meV/Å")
-    ax_f.set_xlabel("reference force component (eV/Å)")
-    ax_f.set_ylabel("predicted force component (eV/Å)")
-    for ax in (ax_e, ax_f):
-        lo = min(ax.get_xlim()[0], ax.get_ylim()[0])
-        hi = max(ax.get_xlim()[1], ax.get_ylim()[1])
-        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-        ax.set_xlim(lo, hi)
-        ax.set_ylim(lo, hi)
-        ax.set_aspect("equal")
-        ax.legend(loc="upper left")
-        ax.grid(alpha=0.3)
-    fig.suptitle(title or f"parity ({metrics['frames']} frames)")
+    columns = 2 if any(preds.forces_true is not None for _, preds, _ in sets) else 1
+    fig, axes = plt.subplots(len(sets), columns, figsize=(5 * columns, 4.6 * len(sets)), squeeze=False)
+    for (label, preds, metrics), (ax_e, *ax_f) in zip(sets, axes):
+        _energy_parity(ax_e, preds, metrics)
+        ax_e.set_title(label)
+        if preds.forces_true is not None:
+            _force_parity(ax_f[0], preds, metrics)
+        elif ax_f:
+            ax_f[0].set_axis_off()
+            ax_f[0].text(0.5, 0.5, "no forces in these frames", ha="center", va="center", transform=ax_f[0].transAxes)
+    fig.suptitle(title)
+    fig.tight_layout()
     save_figure(fig, path)
+
+
+def _energy_parity(ax, preds: Predictions, metrics: dict[str, float]) -> None:
+    """Energy per atom (eV/atom, both shifted by the mean reference) on ``ax``."""
+    e_t, e_p = preds.energy_true / preds.n_atoms, preds.energy_pred / preds.n_atoms
+    offset = e_t.mean()
+    ax.scatter(e_t - offset, e_p - offset, s=6, alpha=0.6, label=f"MAE {metrics['energy_mae_mev_per_atom']:.2f} meV/atom")
+    ax.set_xlabel(f"reference E/N (eV/atom, minus its mean {offset:.3f})")
+    ax.set_ylabel("predicted E/N (eV/atom, same offset)")
+    _parity_frame(ax)
+
+
+def _force_parity(ax, preds: Predictions, metrics: dict[str, float]) -> None:
+    """Force components (eV/Å) on ``ax``."""
+    ax.scatter(preds.forces_true, preds.forces_pred, s=3, alpha=0.4, color="C1",
+               label=f"MAE {metrics['force_mae_mev_per_A']:.1f} meV/Å")
+    ax.set_xlabel("reference force component (eV/Å)")
+    ax.set_ylabel("predicted force component (eV/Å)")
+    _parity_frame(ax)
+
+
+def _parity_frame(ax) -> None:
+    """Equal square limits covering the data, the diagonal, legend and grid."""
+    lo = min(ax.get_xlim()[0], ax.get_ylim()[0])
+    hi = max(ax.get_xlim()[1], ax.get_ylim()[1])
+    ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_aspect("equal")
+    ax.legend(loc="upper left")
+    ax.grid(alpha=0.3)
+
+
+def plot_scan(profiles: Sequence[Profile], path: str | os.PathLike, title: str = "") -> None:
+    """One panel per energy profile: reference and predicted energy relative to the profile's
+    first frame against the scan coordinate (sorted), in meV, or in eV where a profile spans
+    1 eV or more; the legend gives both barriers and the profile MAE."""
+    columns = min(len(profiles), 3)
+    rows = -(-len(profiles) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.8 * rows), squeeze=False)
+    for ax, profile in zip(axes.flat, profiles):
+        _scan_panel(ax, profile)
+    for ax in axes.flat[len(profiles):]:
+        ax.set_visible(False)
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def _scan_panel(ax, profile: Profile) -> None:
+    """Reference and predicted profile (energies in eV on the Profile) on ``ax``."""
+    m = profile.metrics()
+    large = max(np.abs(profile.reference).max(), np.abs(profile.predicted).max()) >= 1.0
+    unit, per_ev = ("eV", 1.0) if large else ("meV", 1000.0)
+    order = np.argsort(profile.coordinate, kind="stable")
+    x = profile.coordinate[order]
+    ax.plot(x, profile.reference[order] * per_ev, "o-", ms=3, color="k",
+            label=f"reference: barrier {m['barrier_ref_mev'] / 1000 * per_ev:.4g} {unit}")
+    ax.plot(x, profile.predicted[order] * per_ev, "s--", ms=3, color="C1",
+            label=f"predicted: barrier {m['barrier_pred_mev'] / 1000 * per_ev:.4g} {unit}, "
+                  f"MAE {m['energy_profile_mae_mev'] / 1000 * per_ev:.3g} {unit}")
+    ax.set_xlabel(profile.key)
+    ax.set_ylabel(f"E - E(first frame) ({unit})")
+    ax.set_title(f"{profile.name} ({m['frames']} frames)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
 
 
 def plot_md_log(log_csv: str | os.PathLike, path: str | os.PathLike) -> None:

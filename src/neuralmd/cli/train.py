@@ -114,7 +114,7 @@ def evaluate_cmd(
     scan: Optional[str] = typer.Option(None, "--scan", metavar="KEY", help="info key of a scan coordinate (e.g. "
                                        "displacement): energy profile along it per config_type, predicted against "
                                        "reference after aligning the first frame, and both barriers"),
-    as_json: bool = typer.Option(False, "--json", help="print the metrics as JSON on stdout (keyed by file name "
+    as_json: bool = typer.Option(False, "--json", help="print the metrics as JSON on stdout (keyed by file stem "
                                                        "when several files are given)"),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="folder for the plots (default: beside the model)"),
     float64: bool = typer.Option(False, help="evaluate in float64"),

@@ -10,7 +10,7 @@ import torch
 from ase import Atoms
 from ase.data import chemical_symbols
 
-from ..errors import InputError
+from ..errors import InputError, where
 from ..state import AtomsBatch
 
 
@@ -51,7 +51,7 @@ class Batch:
 
     atoms: AtomsBatch
     energy: torch.Tensor  # (B,) float64
-    forces: torch.Tensor  # (N, 3)
+    forces: torch.Tensor | None  # (N, 3); None: not every frame of the batch carries forces
     #: (B,) float64: each frame's weight in the loss (its ``info["weight"]``, default 1)
     weight: torch.Tensor
     #: (B, 3, 3) eV/Å³ (ASE sign) where ``has_stress``, zeros elsewhere; None: no frame has one
@@ -96,7 +96,8 @@ class FrameDataset:
         frames = [self.frames[k] for k in indices]
         atoms = AtomsBatch.from_atoms(frames, dtype=torch.float64).to(dtype=dtype)
         energy = torch.tensor([a.info["energy"] for a in frames], dtype=torch.float64)
-        forces = torch.as_tensor(np.concatenate([a.arrays["forces"] for a in frames]), dtype=dtype)
+        forces = (torch.as_tensor(np.concatenate([a.arrays["forces"] for a in frames]), dtype=dtype)
+                  if all("forces" in a.arrays for a in frames) else None)
         weight = torch.tensor([float(a.info.get("weight", 1.0)) for a in frames], dtype=torch.float64)
         has_stress = torch.tensor(["stress" in a.info for a in frames])
         if not has_stress.any():
@@ -111,6 +112,17 @@ class FrameDataset:
         order = list(range(len(self))) if order is None else list(order)
         for start in range(0, len(order), batch_size):
             yield self.collate(order[start : start + batch_size], dtype)
+
+    def has_forces(self, source: str = "input") -> bool:
+        """True if every frame carries forces, False if none does; InputError naming ``source``
+        and the first frame without forces if only some do."""
+        have = ["forces" in a.arrays for a in self.frames]
+        if all(have):
+            return True
+        if any(have):
+            raise InputError(f"{where(source, have.index(False), 'forces')}: missing while other frames have "
+                             f"forces; give forces on every frame or on none")
+        return False
 
     def force_rms(self) -> float:
         """RMS of all force components in eV/Å."""
