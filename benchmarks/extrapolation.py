@@ -11,8 +11,10 @@ same code. Sets, by file stem:
 - ``test_norm_mode_874`` / ``test_norm_mode_3005``: energy scans along two normal modes (profile
   error aligned at the first frame, barrier = highest minus lowest energy, curvature at the
   minimum from a parabola through |displacement| <= 0.3).
-- ``test_H_removal``: the hydroxyl H pulled off, up to where the DFT curve flattens (the first
-  O-H distance at which the reference has risen by 95 % of its final rise above its minimum).
+- ``test_H_removal``: the hydroxyl H pulled off: from the reference minimum (the equilibrium O-H
+  distance, so the profile is aligned there) out to where the DFT curve flattens (the first
+  O-H distance at which the reference has risen by 95 % of its final rise); the compressed
+  frames before the minimum are reported apart (``compressed_*``: aligned at the minimum too).
 - ``test_dimers``: two-atom dissociation curves (HH, HC, HO, CC, CO, OO) aligned at the largest
   separation; the short-range sign is the fraction of frames on the repulsive wall (reference
   above its separated limit, at distances below the reference minimum) predicted above it too.
@@ -78,14 +80,20 @@ def scan_metrics(stem: str, frames: list[Atoms], energies: np.ndarray) -> dict[s
     ref = np.array([a.info["energy"] for a in frames])
     keep = np.ones(len(frames), bool)
     if stem == "test_H_removal":
+        order = np.argsort(coordinate)
+        frames, energies, coordinate, ref = [frames[k] for k in order], energies[order], coordinate[order], ref[order]
         rise = ref - ref.min()
-        outward = coordinate > coordinate[np.argmin(ref)]
-        flat = coordinate[outward & (rise >= 0.95 * rise[np.argmax(coordinate)])].min()
-        keep = coordinate <= flat
+        start = coordinate[np.argmin(ref)]
+        flat = coordinate[(coordinate > start) & (rise >= 0.95 * rise[-1])].min()
+        keep = (coordinate >= start) & (coordinate <= flat)
     (profile,) = scan_profiles([f for f, k in zip(frames, keep) if k], energies[keep], key, source=stem)
     out = profile.metrics()
     if stem == "test_H_removal":
-        out["flat_from_A"] = float(coordinate[keep].max())
+        out.update(from_A=float(start), flat_from_A=float(flat))
+        inside = coordinate <= start
+        (compressed,) = scan_profiles([f for f, k in zip(frames[::-1], inside[::-1]) if k],
+                                      energies[::-1][inside[::-1]], key, source=stem)
+        out.update({f"compressed_{k}": v for k, v in compressed.metrics().items()})
     else:
         near = np.abs(profile.coordinate) <= 0.3 + 1e-9
         curv_ref = np.polyfit(profile.coordinate[near], profile.reference[near], 2)[0]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -67,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=HERE / "results" / "extrapolation_sweep_3min.json")
     p.add_argument("--work-dir", type=Path, default=Path("/tmp/neuralmd-extrapolation-sweep"))
     p.add_argument("--resume", action="store_true", help="skip runs already in --out")
+    p.add_argument("--reevaluate", action="store_true",
+                   help="with --resume: evaluate the runs already in --out again from their model files")
     args = p.parse_args(argv)
     set_threads(args.threads)
     results = json.loads(args.out.read_text()) if args.resume and args.out.exists() else {
@@ -74,26 +77,26 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python benchmarks/extrapolation_sweep.py " + " ".join(sys.argv[1:]), "runs": {}}
     sets = ethanol_sets()
     for name, overrides in map(parse_run, args.run):
-        if name in results["runs"]:
+        run_dir = args.work_dir / name
+        if name in results["runs"] and not (args.reevaluate and (run_dir / "model.pt").is_file()):
             print(f"{name}: already in {args.out}, skipped")
             continue
-        run_dir = args.work_dir / name
-        if run_dir.exists():
-            import shutil
-            shutil.rmtree(run_dir)
-        cfg = TrainConfig(train=str(ETHANOL / "train.xyz"), time_budget_min=args.budget_min, threads=args.threads,
-                          checkpoint_every=10**9, **overrides)
-        trained = Trainer(cfg, run_dir, progress=False).run()
+        if name not in results["runs"]:
+            if run_dir.exists():
+                shutil.rmtree(run_dir)
+            cfg = TrainConfig(train=str(ETHANOL / "train.xyz"), time_budget_min=args.budget_min,
+                              threads=args.threads, checkpoint_every=10**9, **overrides)
+            trained = Trainer(cfg, run_dir, progress=False).run()
+            results["runs"][name] = {"overrides": overrides, "steps": trained["steps"]}
         model = load_potential(run_dir / "model.pt")
         t0 = time.perf_counter()
         metrics = evaluate_ethanol(neuralmd_predictor(model), sets)
-        results["runs"][name] = {"overrides": overrides, "steps": trained["steps"],
-                                 "parameters": sum(q.numel() for q in model.parameters()),
-                                 "eval_seconds": round(time.perf_counter() - t0, 1), "sets": metrics}
+        results["runs"][name].update(parameters=sum(q.numel() for q in model.parameters()),
+                                     eval_seconds=round(time.perf_counter() - t0, 1), sets=metrics)
         atomic_write_json(results, args.out)
         md, nm874, nm3005, hr, dm = (metrics[k] for k in ("test_MD", "test_norm_mode_874", "test_norm_mode_3005",
                                                            "test_H_removal", "test_dimers"))
-        print(f"{name}: {trained['steps']} steps | test_MD E {md['energy_mae_mev']:.2f} meV F "
+        print(f"{name}: {results['runs'][name]['steps']} steps | test_MD E {md['energy_mae_mev']:.2f} meV F "
               f"{md['force_mae_mev_per_A']:.2f} meV/A | nm874 {nm874['energy_profile_mae_mev']:.0f} meV "
               f"(barrier {nm874['barrier_pred_mev']:.0f}/{nm874['barrier_ref_mev']:.0f}) | nm3005 "
               f"{nm3005['energy_profile_mae_mev']:.0f} ({nm3005['barrier_pred_mev']:.0f}/"

@@ -52,7 +52,7 @@ def untrained_model(architecture: str = "painn", repulsion: str | None = None):
 
     torch.manual_seed(0)
     return NeuralPotential([1, 6, 8], e0=[-13.6, -1025.0, -2035.0], scale=1.3, shift=0.1, architecture=architecture,
-                           repulsion=repulsion, features=16, interactions=2, cutoff=4.0, num_basis=8).double()
+                           repulsion={"name": repulsion} if repulsion else None, features=16, interactions=2, cutoff=4.0, num_basis=8).double()
 
 
 @pytest.fixture

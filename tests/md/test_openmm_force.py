@@ -54,7 +54,7 @@ def test_openmm_integrator_conserves_energy_with_the_potential(trained_model):
     assert np.ptp(totals) < 0.05 * 9 * 1.5 * 0.0083145 * 300
 
 
-def test_periodic_water_under_openmms_monte_carlo_barostat(float64_model):
+def test_periodic_water_under_openmms_monte_carlo_barostat(any_float64_model):
     """64 waters of the DeePMD data in OpenMM with the potential as a PythonForce and a
     MonteCarloBarostat at 5000 bar: the box moves, and at every step the energy OpenMM reports is
     the potential's energy of OpenMM's positions in OpenMM's current box (the box reaches the
@@ -65,7 +65,7 @@ def test_periodic_water_under_openmms_monte_carlo_barostat(float64_model):
     from ..conftest import shared_file
 
     frame = read_frames(shared_file("deepmd_water/data_0"), require_labels=False)[0]
-    system = openmm_system(float64_model, frame)
+    system = openmm_system(any_float64_model, frame)
     system.addForce(openmm.MonteCarloBarostat(5000 * unit.bar, 300 * unit.kelvin, 2))
     integrator = openmm.LangevinMiddleIntegrator(300 * unit.kelvin, 5 / unit.picosecond, 0.25 * unit.femtosecond)
     context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName("Reference"))
@@ -80,6 +80,6 @@ def test_periodic_water_under_openmms_monte_carlo_barostat(float64_model):
         moved = frame.copy()
         moved.positions = np.asarray(state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)) * NM_IN_A
         moved.cell = box
-        ours = float(float64_model(AtomsBatch.from_atoms([moved]), forces=False)["energy"][0]) * EV_IN_KJMOL
+        ours = float(any_float64_model(AtomsBatch.from_atoms([moved]), forces=False)["energy"][0]) * EV_IN_KJMOL
         assert state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole) == pytest.approx(ours, rel=1e-10)
     assert len(set(np.round(volumes, 6))) > 1  # the barostat changed the box

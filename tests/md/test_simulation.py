@@ -204,22 +204,22 @@ def test_nve_energy_drift_of_trained_ethanol_model_over_10_ps(trained_model):
 
 
 @pytest.mark.parametrize("ensemble,thermostat", [("nve", "langevin"), ("nvt", "langevin"), ("nvt", "csvr")])
-def test_resume_is_bit_for_bit_for_every_replica_with_chunking(tmp_path, float64_model, ensemble, thermostat):
+def test_resume_is_bit_for_bit_for_every_replica_with_chunking(tmp_path, any_float64_model, ensemble, thermostat):
     """64 ethanol replicas (576 atoms: the potential evaluates them in chunks of whole systems),
     stopped at a checkpoint and resumed in a new Simulation: every frame of every replica's
     trajectory, and the log, equal those of an uninterrupted run."""
     import h5py
 
-    assert 64 * 9 > 2 * float64_model.max_atoms_per_chunk  # the chunked path is taken
+    assert 64 * 9 > 2 * any_float64_model.max_atoms_per_chunk  # the chunked path is taken
     batch = AtomsBatch.from_atoms(_ethanols(64))
 
     def simulation(run_dir):
-        return Simulation(float64_model, batch, ensemble=ensemble, thermostat=thermostat, temperature_K=300, seed=11,
+        return Simulation(any_float64_model, batch, ensemble=ensemble, thermostat=thermostat, temperature_K=300, seed=11,
                           report_every=10, checkpoint_every=30, run_dir=run_dir)
 
     simulation(tmp_path / "straight").run(90)
     simulation(tmp_path / "split").run(60)
-    resumed = Simulation.resume(tmp_path / "split", float64_model)
+    resumed = Simulation.resume(tmp_path / "split", any_float64_model)
     assert resumed.state.step == 60
     resumed.run(30)
     assert (tmp_path / "straight" / "log.csv").read_bytes() == (tmp_path / "split" / "log.csv").read_bytes()
@@ -312,7 +312,7 @@ def test_pressure_matches_ase_stress_with_the_ideal_gas_term(float64_model):
     assert abs(ours) > 1e-5  # not a trivially empty comparison
 
 
-def test_nve_of_a_periodic_water_box_conserves_energy_with_the_verlet_list(float64_model):
+def test_nve_of_a_periodic_water_box_conserves_energy_with_the_verlet_list(any_float64_model):
     """64 waters in their 12.44 Å box (float64, a 0.3 Å skin so the Verlet list is rebuilt many
     times on the way): velocity Verlet conserves a shadow Hamiltonian, so the total energy's
     fluctuation shrinks as dt² (4x from 0.5 to 0.25 fs over the same 150 fs) and stays far
@@ -323,7 +323,7 @@ def test_nve_of_a_periodic_water_box_conserves_energy_with_the_verlet_list(float
     frame = read_frames(shared_file("deepmd_water/data_0"), require_labels=False)[0]
     spreads = {}
     for dt in (0.5, 0.25):
-        model = copy.deepcopy(float64_model)
+        model = copy.deepcopy(any_float64_model)
         model.neighbors.skin = 0.3
         totals, kinetic = [], []
 

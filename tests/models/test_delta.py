@@ -28,8 +28,8 @@ def _ethanol():
     return atoms
 
 
-def test_delta_forces_are_minus_the_gradient_of_its_energy(float64_model):
-    delta = DeltaPotential(XTBLabeler(), float64_model)
+def test_delta_forces_are_minus_the_gradient_of_its_energy(any_float64_model):
+    delta = DeltaPotential(XTBLabeler(), any_float64_model)
     atoms = _ethanol()
     out = delta(AtomsBatch.from_atoms([atoms], dtype=torch.float64))
     h = 1e-3

@@ -45,6 +45,9 @@ def train(
     isolated_atoms: Optional[Path] = typer.Option(None, help="single-atom frames giving reference energies"),
     architecture: str = typer.Option(_d("architecture"), help="network: painn or tensornet"),
     repulsion: str = typer.Option(_d("repulsion"), help="short-range repulsion added to the network: zbl or none"),
+    repulsion_range: str = typer.Option(_d("repulsion_range"), help="where the repulsion of each pair of elements "
+                                        "ends: data (its shortest distance in the training frames) or covalent "
+                                        "(the sum of covalent radii)"),
     features: int = typer.Option(_d("features")), interactions: int = typer.Option(_d("interactions")),
     cutoff: float = typer.Option(_d("cutoff_A"), help="cutoff radius in Å"),
     batch_size: int = typer.Option(_d("batch_size")), lr: float = typer.Option(_d("lr")),
@@ -81,6 +84,7 @@ def train(
             "valid_fraction": ("valid_fraction", valid_fraction), "energy_unit": ("energy_unit", energy_unit),
             "force_unit": ("force_unit", force_unit), "isolated_atoms": ("isolated_atoms", str(isolated_atoms or "")),
             "architecture": ("architecture", architecture), "repulsion": ("repulsion", repulsion),
+            "repulsion_range": ("repulsion_range", repulsion_range),
             "features": ("features", features), "interactions": ("interactions", interactions),
             "cutoff_A": ("cutoff", cutoff), "batch_size": ("batch_size", batch_size), "lr": ("lr", lr),
             "force_weight": ("force_weight", force_weight), "energy_weight": ("energy_weight", energy_weight),

@@ -124,6 +124,22 @@ class FrameDataset:
                              f"forces; give forces on every frame or on none")
         return False
 
+    def shortest_distances(self, elements: Sequence[int], within: float = 3.0) -> np.ndarray:
+        """(S, S) shortest distance in Å between atoms of each pair of ``elements`` over all
+        frames (periodic images included); inf for pairs never closer than ``within`` Å."""
+        import vesin
+
+        index = {z: k for k, z in enumerate(elements)}
+        shortest = np.full((len(elements), len(elements)), np.inf)
+        for atoms in self.frames:
+            periodic = bool(atoms.pbc.any())
+            i, j, d = vesin.NeighborList(cutoff=within, full_list=True).compute(
+                points=atoms.positions, box=atoms.cell.array if periodic else np.zeros((3, 3)),
+                periodic=periodic, quantities="ijd")
+            species = np.array([index[int(z)] for z in atoms.numbers])
+            np.minimum.at(shortest, (species[i], species[j]), d)
+        return shortest
+
     def force_rms(self) -> float:
         """RMS of all force components in eV/Å."""
         return float(np.sqrt(np.mean(np.concatenate([a.arrays["forces"].ravel() for a in self.frames]) ** 2)))

@@ -42,19 +42,23 @@ class NeuralPotential(Potential):
         e0: per-element reference energies in eV, same order as ``elements``.
         scale: energy scale in eV; shift: energy per atom in eV.
         architecture: key of :data:`ARCHITECTURES`; hyperparameters: its keyword arguments.
-        repulsion: key of :data:`REPULSIONS` (None: the network alone).
+        repulsion: ``{"name": key of :data:`REPULSIONS`, **its keyword arguments}`` (None: the
+            network alone), e.g. ``{"name": "zbl", "switch": 0.75}``.
     """
 
     def __init__(self, elements: Sequence[int], e0: Sequence[float] | None = None,
                  scale: float = 1.0, shift: float = 0.0, architecture: str = "painn",
-                 repulsion: str | None = None, **hyperparameters: Any) -> None:
+                 repulsion: dict[str, Any] | None = None, **hyperparameters: Any) -> None:
         super().__init__()
         self.elements = [int(z) for z in elements]
         self.architecture = architecture
         self.hyperparameters = dict(hyperparameters)
         self.network = ARCHITECTURES[architecture](num_species=len(self.elements), **hyperparameters)
-        self.repulsion_name = repulsion
-        self.repulsion = REPULSIONS[repulsion](self.elements) if repulsion else None
+        self.repulsion_spec = dict(repulsion) if repulsion else None
+        self.repulsion = None
+        if repulsion:
+            options = {k: v for k, v in repulsion.items() if k != "name"}
+            self.repulsion = REPULSIONS[repulsion["name"]](self.elements, **options)
         self.cutoff = max(float(self.network.cutoff), self.repulsion.cutoff if self.repulsion else 0.0)
         #: Verlet-list cache for periodic and large systems (skin in Å; 0 disables it).
         self.neighbors = NeighborCache(self.cutoff, skin=1.0)
@@ -102,7 +106,7 @@ class NeuralPotential(Potential):
             "format_version": FORMAT_VERSION,
             "architecture": self.architecture,
             "hyperparameters": self.hyperparameters,
-            "repulsion": self.repulsion_name,
+            "repulsion": self.repulsion_spec,
             "elements": self.elements,
             "units": {"energy": "eV", "length": "Angstrom", "forces": "eV/Angstrom"},
             "normalisation": {"e0": self.e0.tolist(), "scale": float(self.scale), "shift": float(self.shift)},

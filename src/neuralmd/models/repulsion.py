@@ -3,9 +3,12 @@ repel however little the training data saw of it.
 
 The Ziegler-Biersack-Littmark universal screened Coulomb potential (ZBL, 1985; as MACE's
 ``ZBLBasis`` and LAMMPS's ``pair_style zbl``), switched off smoothly at the sum of the two
-atoms' covalent radii (ASE's table) with the same polynomial envelope as the network's
-cutoff. Beyond that distance it is exactly zero, so bonded geometries are left to the network;
-below, it grows as Z_i Z_j e² / (4πε₀ r) and dominates any bounded network output.
+atoms' covalent radii (ASE's table; MACE's choice) or at a distance given per pair of elements
+(``neuralmd train`` takes the shortest distance of that pair in the training data: the
+repulsion then covers what the data never saw), with the same polynomial envelope as the
+network's cutoff. Beyond that distance it is exactly zero, so
+bonded geometries are left to the network; below, it grows as Z_i Z_j e² / (4πε₀ r) and
+dominates any bounded network output.
 """
 
 from __future__ import annotations
@@ -30,23 +33,34 @@ class ZBLRepulsion(nn.Module):
 
     Args:
         elements: atomic numbers, indexed by the model's species index.
+        switch_A: (S, S) distance in Å at which the repulsion of each pair of species ends
+            (symmetric); None: the sum of the two covalent radii.
     """
 
-    def __init__(self, elements: list[int]) -> None:
+    def __init__(self, elements: list[int], switch_A: list[list[float]] | None = None) -> None:
         super().__init__()
-        z = torch.tensor(elements, dtype=torch.float64)
-        self.register_buffer("z", z, persistent=False)
-        self.register_buffer("radius", torch.tensor(covalent_radii[elements], dtype=torch.float64),
-                             persistent=False)
+        self.register_buffer("z", torch.tensor(elements, dtype=torch.float64), persistent=False)
+        if switch_A is None:
+            radii = torch.tensor(covalent_radii[elements], dtype=torch.float64)
+            switch = radii[:, None] + radii[None, :]
+        else:
+            switch = torch.tensor(switch_A, dtype=torch.float64)
+            if switch.shape != (len(elements), len(elements)) or not bool((switch > 0).all()):
+                raise ValueError(f"switch_A: expected a {len(elements)}x{len(elements)} matrix of positive "
+                                 f"distances, got {switch_A!r}")
+        self.register_buffer("switch", switch, persistent=False)
         #: largest distance at which any pair of the model's elements repels, Å
-        self.cutoff = float(2 * self.radius.max())
+        self.cutoff = float(switch.max())
 
     def forward(self, species: torch.Tensor, vectors: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
         """species (N,), pair vectors (E, 3) in Å for receivers i and senders j (each pair
         listed both ways) -> per-atom energies (N,) in eV, float64."""
-        r = torch.linalg.vector_norm(vectors.to(torch.float64), dim=-1)
-        zi, zj = self.z[species[i]], self.z[species[j]]
-        r_max = self.radius[species[i]] + self.radius[species[j]]
+        si, sj = species[i], species[j]
+        near = torch.nonzero(vectors.detach().norm(dim=-1) < self.switch[si, sj]).squeeze(1)
+        i, si, sj = i[near], si[near], sj[near]  # the few pairs close enough to repel
+        r = torch.linalg.vector_norm(vectors[near].to(torch.float64), dim=-1)
+        zi, zj = self.z[si], self.z[sj]
+        r_max = self.switch[si, sj]
         x = r * (zi.pow(_SCREENING_EXP) + zj.pow(_SCREENING_EXP)) / _SCREENING_A
         phi = sum(c * torch.exp(-e * x) for c, e in zip(_COEFFICIENTS, _EXPONENTS))
         pair = 0.5 * COULOMB_EV_A * zi * zj / r * phi * polynomial_envelope(r / r_max, _ENVELOPE_P)

@@ -82,9 +82,9 @@ def _square_norm(x: torch.Tensor) -> torch.Tensor:
     return (x.pow(2) * _NORM.to(x).view(1, 10, 1)).sum(1, keepdim=True)
 
 
-def _product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-atom, per-channel matrix product of (N, 10, F) tensors, as components."""
-    return _parts((_full(a).unsqueeze(3) * _full(b).unsqueeze(1)).sum(2))
+def _matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-atom, per-channel matrix product of (N, 3, 3, F) tensors."""
+    return (a.unsqueeze(3) * b.unsqueeze(1)).sum(2)
 
 
 def _per_part(w: torch.Tensor) -> torch.Tensor:
@@ -156,9 +156,11 @@ class TensorInteraction(nn.Module):
         y = self.mix_in(x)
         w = (self.radial(rbf) * envelope.unsqueeze(-1)).view(-1, 3, self.features)
         m = torch.zeros_like(y).index_add_(0, i, y.index_select(0, j) * _per_part(w))
-        b = _product(y, m) + _product(m, y)
+        y, m = _full(y), _full(m)
+        b = _parts(_matmul(y, m) + _matmul(m, y))
         dx = self.mix_out(b / (1.0 + _square_norm(b)))
-        return x + dx + _product(dx, dx)
+        dx_full = _full(dx)
+        return x + dx + _parts(_matmul(dx_full, dx_full))
 
 
 class TensorNet(nn.Module):

@@ -23,7 +23,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
+from ase.data import covalent_radii
 
 from ..config import load_config, save_config
 from ..data.dataset import Batch, FrameDataset, reference_energies, virial_per_atom
@@ -44,8 +46,9 @@ class TrainConfig:
     """Options of ``neuralmd train`` (units in the names; energies eV, forces eV/Å).
 
     The defaults are the best settings measured (benchmarks/forcefield_rmd17.py, rMD17 ethanol,
-    see benchmarks/RESULTS.md): 64 features, 2 interactions, batch 8, learning rate 3e-3, the
-    Huber force loss; the command line and the benchmark both take them from here."""
+    see benchmarks/RESULTS.md): TensorNet, 64 features, 2 interactions, batch 8, learning rate
+    3e-3, the Huber force loss, a ZBL repulsion below the training data's shortest distances; the
+    command line and the benchmarks all take them from here."""
 
     #: training frames: one path or several (files or DeePMD folders), read in this order
     train: str | list[str] = field(default_factory=list)
@@ -56,11 +59,18 @@ class TrainConfig:
     energy_unit: str = ""  # "" = the format's own unit (eV for extxyz, DeePMD, ase.db)
     force_unit: str = ""
     isolated_atoms: str = ""
-    #: network: "painn" or "tensornet" (neuralmd.models.neural.ARCHITECTURES)
-    architecture: str = "painn"
+    #: network: "tensornet" or "painn" (neuralmd.models.neural.ARCHITECTURES). On rMD17 ethanol
+    #: after 3 minutes on 2 threads (benchmarks/extrapolation_sweep.py) TensorNet's test force MAE
+    #: was 10.1 meV/Å against PaiNN's 16.2 and its normal-mode scans were closer to DFT; PaiNN's
+    #: energy+forces call is 2-3x cheaper, and it evaluates large periodic boxes in receiver blocks
+    architecture: str = "tensornet"
     #: short-range repulsion added to the network: "zbl" or "none"; a Δ-learning model
     #: (``baseline``) never gets one, its baseline already repels
     repulsion: str = "zbl"
+    #: where the repulsion of each pair of elements ends: "data", at the shortest distance of
+    #: that pair in the training frames (the sum of covalent radii for pairs closer than 3 Å in
+    #: none), so it covers what the data never saw; or "covalent", at the sum of covalent radii
+    repulsion_range: str = "data"
     features: int = 64
     interactions: int = 2
     cutoff_A: float = 5.0
@@ -102,6 +112,8 @@ class TrainConfig:
              f"architecture {self.architecture!r}: expected one of {', '.join(ARCHITECTURES)}"),
             (self.repulsion in ("none", *REPULSIONS), f"repulsion {self.repulsion!r}: expected none or "
                                                       f"{', '.join(REPULSIONS)}"),
+            (self.repulsion_range in ("data", "covalent"),
+             f"repulsion_range {self.repulsion_range!r}: expected data or covalent"),
             (self.features >= 1 and self.interactions >= 1 and self.num_basis >= 1,
              f"features {self.features}, interactions {self.interactions}, num_basis {self.num_basis}: each must be >= 1"),
             (0 < self.valid_fraction < 1 or bool(self.valid), f"valid_fraction {self.valid_fraction}: expected in (0, 1)"),
@@ -184,6 +196,17 @@ def residual_labels(frames: list, baseline: str, source: str) -> list:
     return out
 
 
+def repulsion_spec(cfg: TrainConfig, train: FrameDataset) -> dict[str, Any]:
+    """The repulsion a new model gets (see ``TrainConfig.repulsion_range``)."""
+    if cfg.repulsion_range == "covalent":
+        return {"name": cfg.repulsion}
+    elements = train.elements
+    shortest = train.shortest_distances(elements)
+    covalent = covalent_radii[elements]
+    switch = np.where(np.isfinite(shortest), shortest, covalent[:, None] + covalent[None, :])
+    return {"name": cfg.repulsion, "switch_A": np.round(switch, 4).tolist()}
+
+
 def build_model(cfg: TrainConfig, train: FrameDataset) -> NeuralPotential:
     """A fresh model with reference energies, shift and scale fitted to the training set."""
     elements = train.elements
@@ -191,7 +214,7 @@ def build_model(cfg: TrainConfig, train: FrameDataset) -> NeuralPotential:
     e0 = reference_energies(train.frames, elements, isolated, source=cfg.isolated_atoms)
     shift = train.mean_residual_per_atom(elements, e0)
     torch.manual_seed(cfg.seed)
-    repulsion = None if cfg.repulsion == "none" or cfg.baseline else cfg.repulsion
+    repulsion = None if cfg.repulsion == "none" or cfg.baseline else repulsion_spec(cfg, train)
     model = NeuralPotential(elements, e0, scale=train.force_rms(), shift=shift, architecture=cfg.architecture,
                             repulsion=repulsion, features=cfg.features, interactions=cfg.interactions,
                             cutoff=cfg.cutoff_A, num_basis=cfg.num_basis)
