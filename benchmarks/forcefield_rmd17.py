@@ -1,28 +1,58 @@
-"""neuralmd's native PaiNN potential against MACE on rMD17 ethanol, in one run.
+"""neuralmd (each native architecture) against MACE on rMD17 ethanol and 3BPA, in one script run,
+at equal training budgets; in-distribution, transfer and extrapolation errors and call speed.
 
-Both models are trained on the same 950 frames (the 50 others validate) for the same
-wall-clock training budget on the same number of torch threads, both in float32, then
-evaluated on all 1000 frames of ``test_MD.xyz``; one energy+forces call through each model's
-ASE calculator is timed on ethanol and on 3BPA (27 atoms).
+    python benchmarks/forcefield_rmd17.py --budgets 8,30 --threads 2 --resume   # ~4 h 10 min on 2 cores
+    python benchmarks/forcefield_rmd17.py --budgets 0.05 --test-md-frames 50 --calls 5 --warmup 1 \\
+        --work-dir /tmp/ffsmoke --out /tmp/ffsmoke.json                          # smoke run, ~1 min
 
-    python benchmarks/forcefield_rmd17.py --budget-min 8 --threads 2
+Parts: one part is one (dataset, budget, model) training plus its evaluation, the model being each
+neuralmd architecture of ``--architectures`` or ``mace``. All parts of the shortest budget run
+first (ethanol, then 3BPA), then the next budget's, so a run cut short still holds complete
+comparisons at the shorter budgets. After every part its record goes into the results JSON under
+``runs`` (key ``ethanol/8min/painn``) with the CPU load of other processes during it, written
+atomically; a last ``timing`` part times one energy+forces call of every model on ethanol and
+3BPA. ``--resume`` skips the parts already in ``--out`` and rebuilds the summary from all parts;
+a part interrupted mid-way starts over. Model files stay in ``--work-dir``
+(``<dataset>/<budget>min/<architecture>/model.pt``, ``.../mace.model`` via torch.save).
+``--mace-huber`` adds a model ``mace_huber`` (MACE trained with neuralmd's Huber force loss) to
+every (dataset, budget). Run nothing else heavy meanwhile: a part during which other processes
+used more than a quarter of a core is listed under ``machine.busy_parts``.
 
-Fairness rules (also written into the JSON under each model's ``settings``):
+Data: ethanol trains on rmd17_ethanol/train.xyz and is evaluated on all of test_MD.xyz and on
+the extrapolation sets test_norm_mode_874/3005 (scan profile, barrier, curvature), test_H_removal
+(profile up to where the DFT curve flattens) and test_dimers (profile, sign of the short-range
+energy); 3BPA trains on the first 400 frames of 3bpa/train_300K.xyz and is evaluated on its
+other 100 (``3bpa_300K_test``) and on all of train_mixedT.xyz (``3bpa_mixedT``, the transfer
+test, also binned by the distance of each frame's torsions from the training frames'). The
+metrics are those of ``extrapolation.py``, reached through one ``predict(frames, forces)`` per
+model.
 
-- Split: the neuralmd Trainer makes it (valid_fraction 0.05, seed 0) and MACE trains on the
-  very same ``Trainer.train_data`` / ``valid_data`` frames.
+Fairness rules (also written into each part's ``settings``):
+
+- Split: neuralmd's Trainer split (valid_fraction 0.05, ``--seed``): 950/50 on ethanol, 380/20
+  on 3BPA. It is built once per dataset; every neuralmd architecture's Trainer is checked to have
+  made the very same split, and MACE trains on exactly those frames.
 - Budget: as in neuralmd's Trainer, only the time spent in training steps counts (fetching the
   batch, forward, backward, optimiser and EMA update); validation, checkpoints and MACE's
-  one-off neighbour-list preprocessing (reported as ``preprocess_seconds``) do not. Both stop
-  after the first step that reaches the budget.
+  one-off neighbour-list preprocessing (reported as ``preprocess_seconds``) do not. Every model
+  stops after the first step that reaches the budget, on the same ``--threads``.
+- neuralmd hyperparameters: TrainConfig's defaults (those of ``neuralmd train``) apart from the
+  architecture, the budget, the seed and the options given here.
 - Model kept: the EMA weights with the lowest validation loss (neuralmd's model.pt rule),
   validated every ``--eval-every`` steps and after the last step.
 - Energies: neuralmd adds its per-element reference energies in float64. MACE in float32 would
   round the ~-4200 eV total energy of ethanol to ~0.5 meV, so the MACE loss and the reported
   MACE energies use its ``interaction_energy`` output plus the E0 sum taken in float64
   (``energy_mae_mev_float32_total`` shows what the raw float32 ``energy`` output gives).
-- 3BPA contains N, which neither ethanol model knows: its timing uses untrained models of the
-  same architecture and hyperparameters over H, C, N, O. Timing does not depend on the weights.
+- Timing: each model trained for the longest budget on the molecule it is timed on; where a
+  dataset was not trained (``--datasets``), an untrained model of the same architecture and
+  hyperparameters over that molecule's elements (timing does not depend on the weights).
+
+The summary keys (``neuralmd``, ``mace``, ``ratios``, ``timing``, ``extrapolation``) describe
+the default architecture (``TrainConfig.architecture``) at the longest ethanol budget run so far;
+``extrapolation_all`` holds every architecture and budget, ``targets`` the issue's targets per
+budget and ``distance_to_published`` the longest budget against the converged MACE numbers
+published for ethanol (0.4 meV, 2.1 meV/Å).
 
 Needs mace-torch (``pip install -c constraints.txt -e '.[bench]'``).
 """
@@ -34,8 +64,8 @@ import copy
 import math
 import os
 import platform
+import shutil
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -46,20 +76,39 @@ import torch
 
 import neuralmd
 from neuralmd.data import FrameDataset, read_frames
-from neuralmd.io_utils import atomic_write_json
+from neuralmd.io_utils import atomic_save, atomic_write_json, atomic_write_text
 from neuralmd.md.ase_calculator import NeuralCalculator
-from neuralmd.models import NeuralPotential, load_potential
+from neuralmd.models import load_potential
+from neuralmd.models.neural import ARCHITECTURES
 from neuralmd.state import AtomsBatch
 from neuralmd.threads import set_threads
-from neuralmd.training import TrainConfig, Trainer, evaluate
+from neuralmd.training import TrainConfig, Trainer
 from neuralmd.training.metrics import Predictions, error_metrics
-from neuralmd.training.trainer import validation_loss
+from neuralmd.training.trainer import build_model, load_data, validation_loss
 
 HERE = Path(__file__).resolve().parent
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-ETHANOL = DATA / "rmd17_ethanol"
-BPA_FILE = DATA / "3bpa" / "train_300K.xyz"
+sys.path.insert(0, str(HERE))
+from extrapolation import (BPA, DATA, ETHANOL, ETHANOL_SCANS, bpa_split, ethanol_sets,  # noqa: E402, F401
+                           evaluate_bpa, evaluate_ethanol)  # (DATA: md_speed.py reads ff.DATA)
+from extrapolation_sweep import neuralmd_predictor  # noqa: E402
+
+BPA_FILE = BPA / "train_300K.xyz"
+BPA_TRAIN_FRAMES = 400
 DEFAULT_OUT = HERE / "results" / "forcefield_rmd17.json"
+DEFAULT_ARCHITECTURE = TrainConfig.architecture
+DATASETS = ("ethanol", "3bpa")
+#: the in-distribution test set of each dataset, and its transfer / extrapolation sets with the
+#: error the targets compare (force MAE where the set has forces, else the profile MAE)
+IN_DISTRIBUTION = {"ethanol": "test_MD", "3bpa": "3bpa_300K_test"}
+TRANSFER = {"ethanol": {"test_norm_mode_874": "energy_profile_mae_mev", "test_norm_mode_3005": "energy_profile_mae_mev",
+                        "test_H_removal": "energy_profile_mae_mev", "test_dimers": "energy_profile_mae_mev"},
+            "3bpa": {"3bpa_mixedT": "force_mae_mev_per_A"}}
+#: converged MACE on rMD17 ethanol (Batatia et al., MACE, NeurIPS 2022, table 1)
+PUBLISHED_MACE_ETHANOL = {"energy_mae_mev": 0.4, "force_mae_mev_per_A": 2.1}
+TARGET_FORCE_RATIO, TARGET_BARRIER_REL, TARGET_SPEEDUP = 0.9, 0.15, 5.0
+#: the part options a resumed run must share with the parts already in the file
+SHARED_SETTINGS = ("threads", "seed", "eval_every", "features", "interactions", "nm_batch_size", "nm_lr",
+                   "mace_batch_size", "mace_lr", "test_md_frames")
 
 # MACE hyperparameters (MACE's own defaults of mace/tools/arg_parser.py where not given here)
 MACE_SETTINGS: dict[str, Any] = {
@@ -210,11 +259,21 @@ def step_stats(cumulative: list[float]) -> dict[str, float]:
             "median_step_seconds": round(float(np.median(steps[1:] if len(steps) > 1 else steps)), 4)}
 
 
-def train_neuralmd(args: argparse.Namespace, run_dir: Path) -> tuple[Trainer, dict[str, Any], float, list[float]]:
-    cfg = TrainConfig(train=str(ETHANOL / "train.xyz"), valid_fraction=0.05, features=args.features,
-                      interactions=args.interactions, batch_size=args.nm_batch_size, lr=args.nm_lr,
-                      time_budget_min=args.budget_min, eval_every=args.eval_every,
-                      checkpoint_every=10**9, threads=args.threads, seed=args.seed)
+def nm_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The neuralmd options given on the command line that differ from TrainConfig's defaults
+    (only those are passed, so the defaults stay TrainConfig's own)."""
+    given = {"features": args.features, "interactions": args.interactions, "batch_size": args.nm_batch_size,
+             "lr": args.nm_lr}
+    return {k: v for k, v in given.items() if v != getattr(TrainConfig, k)}
+
+
+def train_config(args: argparse.Namespace, train_file: Path, architecture: str, budget_min: float) -> TrainConfig:
+    return TrainConfig(train=str(train_file), valid_fraction=0.05, architecture=architecture,
+                       time_budget_min=budget_min, eval_every=args.eval_every, checkpoint_every=10**9,
+                       threads=args.threads, seed=args.seed, **nm_overrides(args))
+
+
+def train_neuralmd(cfg: TrainConfig, run_dir: Path) -> tuple[Trainer, dict[str, Any], float, list[float]]:
     holder: list[Trainer] = []
     cumulative: list[float] = []  # Trainer.elapsed (training-step seconds) after each step
     trainer = Trainer(cfg, run_dir, progress=False, on_step=lambda _: cumulative.append(holder[0].elapsed))
@@ -224,10 +283,18 @@ def train_neuralmd(args: argparse.Namespace, run_dir: Path) -> tuple[Trainer, di
     return trainer, results, time.perf_counter() - t0, cumulative
 
 
+def same_frames(a: list, b: list) -> bool:
+    """Whether two frame lists hold the same structures and labels in the same order."""
+    return len(a) == len(b) and all(
+        np.array_equal(x.numbers, y.numbers) and np.array_equal(x.positions, y.positions)
+        and x.info.get("energy") == y.info.get("energy") for x, y in zip(a, b))
+
+
 # --- MACE ---------------------------------------------------------------------------------
 class MaceData:
     """Frames as MACE graphs. ``energy`` of each graph is replaced by the interaction-energy
-    target E - sum(E0), computed in float64 before the cast to float32."""
+    target E - sum(E0), computed in float64 before the cast to float32. Frames without forces
+    (the extrapolation scans) give graphs without forces and ``forces`` None."""
 
     def __init__(self, frames, z_table, r_max: float, e0: dict[int, float] | None) -> None:
         from mace.data import AtomicData, KeySpecification, config_from_atoms
@@ -238,7 +305,8 @@ class MaceData:
                        for c in self.configs]
         self.energy = np.array([float(a.info["energy"]) for a in frames])
         self.n_atoms = np.array([len(a) for a in frames])
-        self.forces = [np.asarray(a.arrays["forces"], dtype=float) for a in frames]
+        self.forces = ([np.asarray(a.arrays["forces"], dtype=float) for a in frames]
+                       if all("forces" in a.arrays for a in frames) else None)
         self.e0_sum = (np.array([sum(e0[int(z)] for z in a.numbers) for a in frames])
                        if e0 is not None else None)
 
@@ -290,20 +358,43 @@ def mace_param_groups(model: torch.nn.Module, lr: float, weight_decay: float) ->
     ]
 
 
+def mace_outputs(model: torch.nn.Module, data: MaceData, batch_size: int = 32,
+                 forces: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Energies = float64 E0 sum + interaction energy (eV, per frame), the raw float32 ``energy``
+    output, and the forces (eV/Å, (total atoms, 3); None unless ``forces``)."""
+    model.eval()
+    inter, total32, out_forces = [], [], []
+    for batch in mace_loader(data.graphs, batch_size, shuffle=False):
+        out = model(batch.to_dict(), training=False, compute_force=forces)
+        inter.append(out["interaction_energy"].detach().double().numpy())
+        total32.append(out["energy"].detach().double().numpy())
+        if forces:
+            out_forces.append(out["forces"].detach().double().numpy())
+    return (data.e0_sum + np.concatenate(inter), np.concatenate(total32),
+            np.concatenate(out_forces) if forces else None)
+
+
 def mace_predict(model: torch.nn.Module, data: MaceData, batch_size: int = 32) -> tuple[Predictions, np.ndarray]:
     """Predictions with energies = float64 E0 sum + interaction energy; also the raw float32
     ``energy`` output."""
-    model.eval()
-    inter, total32, forces = [], [], []
-    for batch in mace_loader(data.graphs, batch_size, shuffle=False):
-        out = model(batch.to_dict(), training=False, compute_force=True)
-        inter.append(out["interaction_energy"].detach().double().numpy())
-        total32.append(out["energy"].detach().double().numpy())
-        forces.append(out["forces"].detach().double().numpy().ravel())
-    e_pred = data.e0_sum + np.concatenate(inter)
+    energies, total32, forces = mace_outputs(model, data, batch_size)
     f_true = np.concatenate([f.ravel() for f in data.forces])
-    preds = Predictions(data.energy, e_pred, data.n_atoms, f_true, np.concatenate(forces))
-    return preds, np.concatenate(total32)
+    return Predictions(data.energy, energies, data.n_atoms, f_true, forces.ravel()), total32
+
+
+class MacePredictor:
+    """``predict(frames, forces)`` of a trained MACE model for extrapolation.py's evaluations;
+    keeps the raw float32 total energies of each frame list it was given (by ``id``)."""
+
+    def __init__(self, model: torch.nn.Module, z_table, e0: dict[int, float]) -> None:
+        self.model, self.z_table, self.e0 = model, z_table, e0
+        self.total32: dict[int, np.ndarray] = {}
+
+    def __call__(self, frames, forces: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        data = MaceData(frames, self.z_table, MACE_SETTINGS["r_max"], self.e0)
+        energies, total32, out_forces = mace_outputs(self.model, data, forces=forces)
+        self.total32[id(frames)] = total32
+        return energies, out_forces
 
 
 def mace_stats(train: MaceData, z_table, e0: dict[int, float]) -> tuple[np.ndarray, float, float, float]:
@@ -404,138 +495,544 @@ def train_mace(args: argparse.Namespace, train_frames, valid_frames, budget_s: f
 
 
 # --- timing -------------------------------------------------------------------------------
-def time_models(args, nm_model_path: Path, mace_res: dict[str, Any], work: Path) -> dict[str, Any]:
-    from ase.io import read
-    from mace.calculators import MACECalculator
-    from mace.tools.utils import AtomicNumberTable
+TIMING_METHOD = (
+    "median ms of atoms.get_potential_energy(); atoms.get_forces() through each model's ASE calculator "
+    "(neuralmd.NeuralCalculator; mace.calculators.MACECalculator(model_paths=<torch.saved model>, device='cpu', "
+    "default_dtype='float32')), atoms moved by 0.01 Å rms before every call; ef_call_ms_direct: the same for a "
+    "direct model call (graph building included, no ASE)")
+MACE_CALCULATOR_NOTE = ("MACECalculator always computes the stress too (compute_stress=True for model_type 'MACE'), "
+                        "also for molecules without a cell")
 
-    ethanol = read_frames(ETHANOL / "test_MD.xyz")[0]
-    ethanol.calc = None
-    bpa = read(BPA_FILE, index=0)
-    bpa.calc = None
-    calls, warmup = args.calls, args.warmup
 
-    # neuralmd: the trained model for ethanol, an untrained one of the same architecture over
-    # the elements of 3BPA
-    trained = load_potential(nm_model_path)
-    bpa_elements = sorted({int(z) for z in bpa.numbers} | set(trained.elements))
-    nm_bpa = NeuralPotential(bpa_elements, None, float(trained.scale), float(trained.shift),
-                             trained.architecture, **trained.hyperparameters).to(trained.dtype).eval()
-    nm_models = {"ethanol": trained, "3bpa": nm_bpa}
+def timing_molecules() -> dict[str, Any]:
+    """One labelled structure per dataset: test_MD.xyz frame 0 (ethanol, 9 atoms), train_300K.xyz
+    frame 0 (3BPA, 27 atoms)."""
+    return {"ethanol": read_frames(ETHANOL / "test_MD.xyz")[0], "3bpa": read_frames(BPA_FILE)[0]}
 
-    # MACE: the trained model (saved whole with torch.save, loaded by MACECalculator) and an
-    # untrained one over H, C, N, O
-    mace_file = work / "mace_ethanol.model"
-    torch.save(mace_res["model"], mace_file)
-    z_bpa = AtomicNumberTable(sorted({int(z) for z in bpa.numbers} | set(mace_res["z_table"].zs)))
-    mace_bpa = build_mace(z_bpa, np.zeros(len(z_bpa)), mace_res["avg_num_neighbors"], mace_res["mean"],
-                          mace_res["std"], args.seed)
-    mace_bpa_file = work / "mace_3bpa_untrained.model"
-    torch.save(mace_bpa, mace_bpa_file)
-    mace_files = {"ethanol": mace_file, "3bpa": mace_bpa_file}
 
-    out: dict[str, Any] = {"neuralmd": {"ase": {}, "direct": {}}, "mace": {"ase": {}, "direct": {}}}
-    for name, atoms in (("ethanol", ethanol), ("3bpa", bpa)):
-        model = nm_models[name]
-        out["neuralmd"]["ase"][name] = time_ef_calls(NeuralCalculator(model), atoms, calls, warmup)
+def longest_part(runs: dict[str, Any], model: str, dataset: str | None = None) -> tuple[str, dict] | None:
+    """The run record of ``model`` with the longest budget (on ``dataset``, or on any)."""
+    found = [(r["budget_min"], k, r) for k, r in runs.items()
+             if k != "timing" and r["model"] == model and (dataset is None or r["dataset"] == dataset)]
+    return max(found, key=lambda t: (t[0], t[1]))[1:] if found else None
 
-        def nm_direct(pos: np.ndarray, model=model, atoms=atoms) -> None:
-            a = atoms.copy()
-            a.positions = pos
-            model(AtomsBatch.from_atoms([a], dtype=torch.float64), forces=True)
 
-        out["neuralmd"]["direct"][name] = time_direct(nm_direct, atoms.get_positions(), calls, warmup)
+def timing_models(runs: dict[str, Any], model: str, molecules: dict[str, Any], work: Path,
+                  seed: int) -> dict[str, tuple[Any, str]]:
+    """Per molecule: the ASE calculator factory's input (a neuralmd model, or a MACE model file)
+    and where it comes from: the model trained longest on that molecule's dataset, else an
+    untrained one of the same architecture and hyperparameters over the molecule's elements."""
+    out: dict[str, tuple[Any, str]] = {}
+    for name, atoms in molecules.items():
+        found = longest_part(runs, model, name)
+        if found is not None:
+            key, rec = found
+            out[name] = ((Path(rec["model_file"]) if model.startswith("mace") else load_potential(rec["model_file"])),
+                         f"{key} (trained)")
+            continue
+        other = longest_part(runs, model)
+        if other is None:
+            continue
+        key, rec = other
+        source = f"untrained, the architecture and hyperparameters of {key}, over the elements of {name}"
+        if model.startswith("mace"):
+            from mace.tools.utils import AtomicNumberTable
 
-        calc = MACECalculator(model_paths=str(mace_files[name]), device="cpu", default_dtype="float32")
-        out["mace"]["ase"][name] = time_ef_calls(calc, atoms, calls, warmup)
-        mace_model = calc.models[0]
-        from mace.data import AtomicData, config_from_atoms
-        from mace.tools.torch_geometric.batch import Batch as MaceBatch
-
-        z_table = AtomicNumberTable([int(z) for z in mace_model.atomic_numbers])
-
-        def mace_direct(pos: np.ndarray, model=mace_model, atoms=atoms, z_table=z_table) -> None:
-            a = atoms.copy()
-            a.positions = pos
-            graph = AtomicData.from_config(config_from_atoms(a), z_table=z_table, cutoff=float(model.r_max),
-                                           heads=["Default"])
-            batch = MaceBatch.from_data_list([graph])
-            model(batch.to_dict(), training=False, compute_force=True)
-
-        out["mace"]["direct"][name] = time_direct(mace_direct, atoms.get_positions(), calls, warmup)
+            st = rec["settings"]
+            zs = sorted({int(z) for z in atoms.numbers} | {int(z) for z in st["E0s_eV"]})
+            untrained = build_mace(AtomicNumberTable(zs), np.zeros(len(zs)), st["avg_num_neighbors"],
+                                   st["atomic_inter_shift"], st["atomic_inter_scale"], seed)
+            path = work / "timing" / f"{model}_{name}_untrained.model"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(untrained, path)
+            out[name] = (path, source)
+        else:
+            fields = TrainConfig.__dataclass_fields__
+            cfg = TrainConfig(**{k: v for k, v in rec["settings"].items() if k in fields})
+            out[name] = (build_model(cfg, FrameDataset([atoms])).eval(), source)
     return out
 
 
+def time_models(args: argparse.Namespace, runs: dict[str, Any], models: list[str], work: Path) -> dict[str, Any]:
+    """E+F call times (ms) of every model on ethanol and 3BPA, through ASE and direct."""
+    from mace.calculators import MACECalculator
+    from mace.data import AtomicData, config_from_atoms
+    from mace.tools.torch_geometric.batch import Batch as MaceBatch
+    from mace.tools.utils import AtomicNumberTable
+
+    molecules = timing_molecules()
+    calls, warmup = args.calls, args.warmup
+    out: dict[str, Any] = {"ef_call_ms": {}, "ef_call_ms_direct": {}, "models": {}}
+    for model_name in models:
+        chosen = timing_models(runs, model_name, molecules, work, args.seed)
+        if not chosen:
+            continue
+        for key in ("ef_call_ms", "ef_call_ms_direct", "models"):
+            out[key][model_name] = {}
+        for name, (model, source) in chosen.items():
+            atoms = molecules[name]
+            out["models"][model_name][name] = source
+            if model_name.startswith("mace"):
+                calc = MACECalculator(model_paths=str(model), device="cpu", default_dtype="float32")
+                mace_model = calc.models[0]
+                z_table = AtomicNumberTable([int(z) for z in mace_model.atomic_numbers])
+
+                def direct(pos: np.ndarray, model=mace_model, atoms=atoms, z_table=z_table) -> None:
+                    a = atoms.copy()
+                    a.positions = pos
+                    graph = AtomicData.from_config(config_from_atoms(a), z_table=z_table, cutoff=float(model.r_max),
+                                                   heads=["Default"])
+                    model(MaceBatch.from_data_list([graph]).to_dict(), training=False, compute_force=True)
+            else:
+                calc = NeuralCalculator(model)
+
+                def direct(pos: np.ndarray, model=model, atoms=atoms) -> None:
+                    a = atoms.copy()
+                    a.positions = pos
+                    model(AtomsBatch.from_atoms([a], dtype=torch.float64), forces=True)
+
+            out["ef_call_ms"][model_name][name] = time_ef_calls(calc, atoms, calls, warmup)
+            out["ef_call_ms_direct"][model_name][name] = time_direct(direct, atoms.get_positions(), calls, warmup)
+            log(f"timing {model_name} on {name}: {out['ef_call_ms'][model_name][name]:.2f} ms per E+F call (ASE)")
+    out.update(calls=calls, warmup=warmup, threads=torch.get_num_threads())
+    return out
+
+
+# --- parts --------------------------------------------------------------------------------
+def budget_label(budget_min: float) -> str:
+    return f"{budget_min:g}min"
+
+
+def part_key(dataset: str, budget_min: float, model: str) -> str:
+    return f"{dataset}/{budget_label(budget_min)}/{model}"
+
+
+def first_frames_file(src: Path, dst: Path, n: int) -> Path:
+    """Write the first ``n`` frames of the extended-XYZ file ``src`` to ``dst``, byte for byte."""
+    lines = src.read_text().splitlines(keepends=True)
+    end = 0
+    for _ in range(n):
+        end += int(lines[end]) + 2
+    atomic_write_text("".join(lines[:end]), dst)
+    return dst
+
+
+class Context:
+    """What the parts of one script run share: each dataset's training file, reference split and
+    evaluation frames, read once."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self._cache: dict[str, Any] = {}
+
+    def _once(self, key: str, make: Callable[[], Any]) -> Any:
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    def train_file(self, dataset: str) -> Path:
+        if dataset == "ethanol":
+            return ETHANOL / "train.xyz"
+        return self._once("3bpa_file", lambda: first_frames_file(
+            BPA_FILE, self.args.work_dir / f"3bpa_train_300K_first{BPA_TRAIN_FRAMES}.xyz", BPA_TRAIN_FRAMES))
+
+    def split(self, dataset: str) -> tuple[list, list]:
+        """neuralmd's Trainer split of the default architecture's config (the split depends only
+        on the file, valid_fraction and seed)."""
+        def make() -> tuple[list, list]:
+            cfg = train_config(self.args, self.train_file(dataset), DEFAULT_ARCHITECTURE, 0.0)
+            train, valid = load_data(cfg)
+            return train.frames, valid.frames
+        return self._once(f"split/{dataset}", make)
+
+    def eval_data(self, dataset: str) -> Any:
+        if dataset == "ethanol":
+            return self._once("eval/ethanol", lambda: ethanol_sets(self.args.test_md_frames))
+
+        def make() -> tuple[list, list, list]:
+            train, test, mixed = bpa_split(BPA_TRAIN_FRAMES)
+            if not same_frames(train, read_frames(self.train_file(dataset))):
+                raise RuntimeError("the 3BPA training file differs from bpa_split's training frames")
+            return train, test, mixed
+        return self._once("eval/3bpa", make)
+
+    def evaluate(self, predict: Callable, dataset: str) -> dict[str, dict]:
+        data = self.eval_data(dataset)
+        return evaluate_ethanol(predict, data) if dataset == "ethanol" else evaluate_bpa(predict, *data)
+
+    def labelled_sets(self, dataset: str) -> dict[str, list]:
+        """The evaluation sets with forces, by stem (their frame lists as passed to ``predict``)."""
+        data = self.eval_data(dataset)
+        return {"test_MD": data["test_MD"]} if dataset == "ethanol" else {
+            "3bpa_300K_test": data[1], "3bpa_mixedT": data[2]}
+
+
+def part_machine(load: LoadMonitor, started: float) -> dict[str, Any]:
+    info: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
+                            "wall_seconds": round(time.time() - started, 1)}
+    try:
+        info["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
+    info["other_processes_cpu_cores"] = load.phases
+    info["busy_phases"] = load.busy()
+    return info
+
+
+def in_distribution(record_sets: dict[str, dict], dataset: str) -> dict[str, Any]:
+    test = record_sets[IN_DISTRIBUTION[dataset]]
+    return {"energy_mae_mev": test["energy_mae_mev"], "force_mae_mev_per_A": test["force_mae_mev_per_A"],
+            "test_set": IN_DISTRIBUTION[dataset], "test_frames": test["frames"]}
+
+
+def neuralmd_part(ctx: Context, dataset: str, budget_min: float, arch: str) -> dict[str, Any]:
+    args, started, load = ctx.args, time.time(), LoadMonitor()
+    run_dir = args.work_dir / dataset / budget_label(budget_min) / arch
+    if run_dir.exists():  # an interrupted earlier attempt: start over
+        shutil.rmtree(run_dir)
+    cfg = train_config(args, ctx.train_file(dataset), arch, budget_min)
+    log(f"{part_key(dataset, budget_min, arch)}: training {budget_min:g} min on {args.threads} threads")
+    trainer, res, wall, cumulative = train_neuralmd(cfg, run_dir)
+    load.phase("training")
+    train_frames, valid_frames = ctx.split(dataset)
+    if not (same_frames(trainer.train_data.frames, train_frames) and same_frames(trainer.valid_data.frames,
+                                                                                 valid_frames)):
+        raise RuntimeError(f"{arch}: the Trainer's split differs from the reference split")
+    log(f"{part_key(dataset, budget_min, arch)}: {res['steps']} steps in {res['train_seconds']} s "
+        f"({res['stop_reason']}); evaluating")
+    t0 = time.perf_counter()
+    sets = ctx.evaluate(neuralmd_predictor(load_potential(run_dir / "model.pt")), dataset)
+    load.phase("evaluation")
+    return {
+        "dataset": dataset, "budget_min": budget_min, "model": arch, "kind": "neuralmd",
+        **in_distribution(sets, dataset),
+        "train_seconds": res["train_seconds"], "threads": res["threads"], "steps": res["steps"],
+        "parameters": res["parameters"], "valid": res["valid"],
+        "best_step": min(trainer.history, key=lambda r: r["valid_loss"])["step"] if trainer.history else None,
+        "stop_reason": res["stop_reason"], "wall_seconds": round(wall, 2), **step_stats(cumulative),
+        "eval_seconds": round(time.perf_counter() - t0, 1),
+        "settings": {**res["config"], "model_kept": "best-validation EMA weights (model.pt)"},
+        "model_file": str(run_dir / "model.pt"), "sets": sets, "machine": part_machine(load, started),
+    }
+
+
+def mace_part(ctx: Context, dataset: str, budget_min: float, model: str) -> dict[str, Any]:
+    args, started, load = ctx.args, time.time(), LoadMonitor()
+    huber_delta = TrainConfig.huber_delta if model == "mace_huber" else None
+    train_frames, valid_frames = ctx.split(dataset)
+    log(f"{part_key(dataset, budget_min, model)}: training {budget_min:g} min on {torch.get_num_threads()} threads")
+    res = train_mace(args, train_frames, valid_frames, budget_min * 60, huber_delta=huber_delta)
+    load.phase("training")
+    path = args.work_dir / dataset / budget_label(budget_min) / f"{model}.model"
+    atomic_save(res["model"], path)
+    log(f"{part_key(dataset, budget_min, model)}: {res['steps']} steps in {res['train_seconds']} s; evaluating")
+    t0 = time.perf_counter()
+    predict = MacePredictor(res["model"], res["z_table"], res["e0"])
+    sets = ctx.evaluate(predict, dataset)
+    for stem, frames in ctx.labelled_sets(dataset).items():
+        ref = np.array([a.info["energy"] for a in frames])
+        sets[stem]["energy_mae_mev_float32_total"] = float(np.mean(np.abs(predict.total32[id(frames)] - ref)) * 1000)
+    load.phase("evaluation")
+    settings = {**MACE_SETTINGS, "batch_size": args.mace_batch_size, "lr": args.mace_lr,
+                "eval_every": args.eval_every, "seed": args.seed, "avg_num_neighbors": res["avg_num_neighbors"],
+                "atomic_inter_shift": res["mean"], "atomic_inter_scale": res["std"],
+                "E0s_eV": {str(z): v for z, v in res["e0"].items()}, "model_kept": "best-validation EMA weights",
+                "energies": "float64 E0 sum + float32 interaction_energy (loss and metrics)"}
+    if huber_delta is not None:
+        settings["loss"] = f"as MACE's, but the force term is 2 * Huber(δ = {huber_delta} eV/Å) like neuralmd's"
+    return {
+        "dataset": dataset, "budget_min": budget_min, "model": model, "kind": "mace",
+        **in_distribution(sets, dataset),
+        "train_seconds": res["train_seconds"], "threads": torch.get_num_threads(), "steps": res["steps"],
+        "parameters": res["parameters"], "valid": min(res["history"], key=lambda r: r["valid_loss"]),
+        "best_step": res["best_step"], "wall_seconds": res["wall_seconds"],
+        "preprocess_seconds": res["preprocess_seconds"], "first_step_seconds": res.get("first_step_seconds"),
+        "median_step_seconds": res.get("median_step_seconds"), "eval_seconds": round(time.perf_counter() - t0, 1),
+        "settings": settings, "model_file": str(path), "sets": sets, "machine": part_machine(load, started),
+    }
+
+
+# --- summary ------------------------------------------------------------------------------
+FLAT_FIELDS = ("energy_profile_mae_mev", "energy_mae_mev", "force_mae_mev_per_A", "barrier_pred_mev",
+               "barrier_ref_mev", "curvature_ratio", "repulsive_sign_fraction", "by_torsion_distance")
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a is not None and b else None
+
+
+def flat_sets(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A part's per-set metrics reduced to the fields the summary compares."""
+    return {stem: {k: m[k] for k in FLAT_FIELDS if k in m} for stem, m in record["sets"].items()}
+
+
+def parts(runs: dict[str, Any]) -> list[dict[str, Any]]:
+    return [r for k, r in runs.items() if k != "timing"]
+
+
+def budgets_of(runs: dict[str, Any]) -> list[float]:
+    return sorted({r["budget_min"] for r in parts(runs)})
+
+
+def summary_budget(runs: dict[str, Any], dataset: str, model: str) -> float | None:
+    """The longest budget with both ``model`` and MACE on ``dataset`` (else ``model`` alone)."""
+    both = [b for b in budgets_of(runs) if part_key(dataset, b, model) in runs and part_key(dataset, b, "mace") in runs]
+    alone = [b for b in budgets_of(runs) if part_key(dataset, b, model) in runs]
+    return max(both or alone) if (both or alone) else None
+
+
+def model_summary(record: dict[str, Any], timing: dict[str, Any] | None) -> dict[str, Any]:
+    """A part's record in the layout of the summary's ``neuralmd`` / ``mace`` keys."""
+    skip = ("sets", "machine", "dataset", "kind", "model", "budget_min", "test_set")
+    out = {k: v for k, v in record.items() if k not in skip}
+    out["test"] = record["sets"][record["test_set"]]
+    timed = "mace" if record["model"] == "mace_huber" else record["model"]
+    if timing is not None and timed in timing["ef_call_ms"]:
+        out["ef_call_ms"] = timing["ef_call_ms"][timed]
+        out["ef_call_ms_direct"] = timing["ef_call_ms_direct"][timed]
+    return out
+
+
+def targets_of(runs: dict[str, Any], budget: float, archs: list[str]) -> list[dict[str, Any]]:
+    """The issue's targets at one budget, for every neuralmd architecture against MACE, from the
+    parts present (``met`` is True/False; a barrier target applies only where MACE's barrier is
+    within 15 % of DFT)."""
+    out: list[dict[str, Any]] = []
+
+    def add(target: str, arch: str, stem: str, metric: str, value: float | None, mace: float | None,
+            threshold: float | None, met: bool | None, **extra: Any) -> None:
+        out.append({"target": target, "model": arch, "set": stem, "metric": metric,
+                    "value": None if value is None else round(value, 4),
+                    "mace": None if mace is None else round(mace, 4),
+                    "threshold": None if threshold is None else round(threshold, 4), "met": met, **extra})
+
+    for arch in archs:
+        for dataset in DATASETS:
+            nm, mc = runs.get(part_key(dataset, budget, arch)), runs.get(part_key(dataset, budget, "mace"))
+            if nm is None or mc is None:
+                continue
+            stem = IN_DISTRIBUTION[dataset]
+            v, m = nm["sets"][stem]["force_mae_mev_per_A"], mc["sets"][stem]["force_mae_mev_per_A"]
+            add(f"in-distribution force MAE <= {TARGET_FORCE_RATIO} x MACE's", arch, stem, "force_mae_mev_per_A",
+                v, m, TARGET_FORCE_RATIO * m, v <= TARGET_FORCE_RATIO * m)
+            for stem, metric in TRANSFER[dataset].items():
+                v, m = nm["sets"][stem][metric], mc["sets"][stem][metric]
+                add("transfer/extrapolation error <= MACE's", arch, stem, metric, v, m, m, v <= m)
+            for stem in (s for s in ETHANOL_SCANS if s in nm["sets"]):
+                rel = {}
+                for name, rec in (("nm", nm), ("mace", mc)):
+                    s = rec["sets"][stem]
+                    rel[name] = abs(s["barrier_pred_mev"] - s["barrier_ref_mev"]) / s["barrier_ref_mev"]
+                applies = rel["mace"] <= TARGET_BARRIER_REL
+                add(f"scan barrier within {TARGET_BARRIER_REL:.0%} of DFT where MACE's is", arch, stem,
+                    "barrier_relative_error", rel["nm"], rel["mace"], TARGET_BARRIER_REL,
+                    (rel["nm"] <= TARGET_BARRIER_REL) if applies else True, applies=applies)
+        timing = runs.get("timing")
+        if timing is None or arch not in timing["ef_call_ms"] or "mace" not in timing["ef_call_ms"]:
+            continue
+        for name, ms in timing["ef_call_ms"][arch].items():
+            mace_ms = timing["ef_call_ms"]["mace"].get(name)
+            if mace_ms is None:
+                continue
+            add(f"E+F call >= {TARGET_SPEEDUP:g}x faster than MACE's (ASE calculator; timing is budget-independent)",
+                arch, name, "ef_call_ms_mace_over_neuralmd", mace_ms / ms, None, TARGET_SPEEDUP,
+                mace_ms / ms >= TARGET_SPEEDUP, neuralmd_ms=round(ms, 3), mace_ms=round(mace_ms, 3))
+    return out
+
+
+def build_summary(results: dict[str, Any], archs: list[str]) -> None:
+    """(Re)derive every summary key of ``results`` from its ``runs``."""
+    runs = results["runs"]
+    timing = runs.get("timing")
+    default = DEFAULT_ARCHITECTURE if any(r["model"] == DEFAULT_ARCHITECTURE for r in parts(runs)) else (
+        archs[0] if archs else DEFAULT_ARCHITECTURE)
+    nm_archs = sorted({r["model"] for r in parts(runs) if r["kind"] == "neuralmd"},
+                      key=lambda a: (a not in archs, archs.index(a) if a in archs else 0, a))
+    for key in ("budget_min", "neuralmd", "mace", "mace_huber", "ratios", "timing", "extrapolation",
+                "extrapolation_budgets_min", "extrapolation_all", "targets", "targets_met", "distance_to_published"):
+        results.pop(key, None)
+    results["default_architecture"] = default
+    budget = summary_budget(runs, "ethanol", default)
+    if budget is not None:
+        results["budget_min"] = budget
+        for name in ("neuralmd", "mace", "mace_huber"):
+            model = default if name == "neuralmd" else name
+            if part_key("ethanol", budget, model) in runs:
+                results[name] = model_summary(runs[part_key("ethanol", budget, model)], timing)
+        nm, mc = results.get("neuralmd"), results.get("mace")
+        if nm is not None and mc is not None:
+            results["ratios"] = {
+                "force_mae_neuralmd_over_mace": ratio(nm["force_mae_mev_per_A"], mc["force_mae_mev_per_A"]),
+                "energy_mae_neuralmd_over_mace": ratio(nm["energy_mae_mev"], mc["energy_mae_mev"]),
+            }
+            for key in ("ef_call_ms", "ef_call_ms_direct"):
+                if key in nm and key in mc:
+                    results["ratios"][f"{key}_mace_over_neuralmd"] = {k: ratio(mc[key].get(k), v)
+                                                                       for k, v in nm[key].items()}
+            if "mace_huber" in results:
+                results["ratios"]["force_mae_neuralmd_over_mace_huber"] = ratio(
+                    nm["force_mae_mev_per_A"], results["mace_huber"]["force_mae_mev_per_A"])
+    if timing is not None:
+        results["timing"] = {"method": TIMING_METHOD, "calls": timing["calls"], "warmup": timing["warmup"],
+                             "threads": timing["threads"], "ef_call_ms": timing["ef_call_ms"],
+                             "ef_call_ms_direct": timing["ef_call_ms_direct"], "models": timing["models"],
+                             "mace_calculator_note": MACE_CALCULATOR_NOTE}
+
+    # extrapolation: the default architecture and MACE, each dataset at its longest common budget
+    extrapolation: dict[str, dict] = {}
+    ext_budgets: dict[str, float] = {}
+    for dataset in DATASETS:
+        b = summary_budget(runs, dataset, default)
+        if b is None:
+            continue
+        ext_budgets[dataset] = b
+        for name, model in (("neuralmd", default), ("mace", "mace")):
+            if part_key(dataset, b, model) in runs:
+                extrapolation.setdefault(name, {}).update(flat_sets(runs[part_key(dataset, b, model)]))
+    if extrapolation:
+        results["extrapolation"] = extrapolation
+        results["extrapolation_budgets_min"] = ext_budgets
+    every: dict[str, dict] = {}
+    for r in sorted(parts(runs), key=lambda r: (r["budget_min"], DATASETS.index(r["dataset"]))):
+        every.setdefault(budget_label(r["budget_min"]), {}).setdefault(r["model"], {}).update(flat_sets(r))
+    results["extrapolation_all"] = every
+
+    results["targets"] = {budget_label(b): targets_of(runs, b, nm_archs) for b in budgets_of(runs)}
+    results["targets_met"] = {
+        label: {arch: f"{sum(t['met'] for t in ts if t['model'] == arch)}/{sum(t['model'] == arch for t in ts)}"
+                for arch in nm_archs if any(t["model"] == arch for t in ts)}
+        for label, ts in results["targets"].items()}
+
+    b = max((r["budget_min"] for r in parts(runs) if r["dataset"] == "ethanol"), default=None)
+    if b is not None:
+        dist: dict[str, Any] = {"budget_min": b, "published_mace": {
+            **PUBLISHED_MACE_ETHANOL, "source": "Batatia et al., MACE, NeurIPS 2022 (rMD17 ethanol, converged)"},
+            "model": default}
+        for model in (*nm_archs, "mace"):
+            rec = runs.get(part_key("ethanol", b, model))
+            if rec is None:
+                continue
+            entry = {"energy_mae_mev": rec["energy_mae_mev"], "force_mae_mev_per_A": rec["force_mae_mev_per_A"],
+                     "energy_ratio_to_published": ratio(rec["energy_mae_mev"], PUBLISHED_MACE_ETHANOL["energy_mae_mev"]),
+                     "force_ratio_to_published": ratio(rec["force_mae_mev_per_A"],
+                                                       PUBLISHED_MACE_ETHANOL["force_mae_mev_per_A"])}
+            if model == default:
+                dist.update(entry)
+            dist.setdefault("by_model", {})[model] = entry
+        results["distance_to_published"] = dist
+    busy = {k: r["machine"]["busy_phases"] for k, r in runs.items() if r.get("machine", {}).get("busy_phases")}
+    results["machine"]["busy_parts"] = busy
+
+
+# --- table --------------------------------------------------------------------------------
+TABLE_ROWS = (  # (label, set, metric; barrier_rel: (predicted - DFT) / DFT barrier)
+    ("ethanol test_MD  F MAE (meV/Å)", "test_MD", "force_mae_mev_per_A"),
+    ("ethanol test_MD  E MAE (meV)", "test_MD", "energy_mae_mev"),
+    ("norm mode 874    profile (meV)", "test_norm_mode_874", "energy_profile_mae_mev"),
+    ("norm mode 874    barrier err %", "test_norm_mode_874", "barrier_rel"),
+    ("norm mode 874    curvature ratio", "test_norm_mode_874", "curvature_ratio"),
+    ("norm mode 3005   profile (meV)", "test_norm_mode_3005", "energy_profile_mae_mev"),
+    ("norm mode 3005   barrier err %", "test_norm_mode_3005", "barrier_rel"),
+    ("norm mode 3005   curvature ratio", "test_norm_mode_3005", "curvature_ratio"),
+    ("H removal        profile (meV)", "test_H_removal", "energy_profile_mae_mev"),
+    ("H removal        barrier err %", "test_H_removal", "barrier_rel"),
+    ("dimers           profile (meV)", "test_dimers", "energy_profile_mae_mev"),
+    ("dimers           repulsive sign", "test_dimers", "repulsive_sign_fraction"),
+    ("3BPA 300 K test  F MAE (meV/Å)", "3bpa_300K_test", "force_mae_mev_per_A"),
+    ("3BPA 300 K test  E MAE (meV)", "3bpa_300K_test", "energy_mae_mev"),
+    ("3BPA mixed T     F MAE (meV/Å)", "3bpa_mixedT", "force_mae_mev_per_A"),
+    ("3BPA mixed T     E MAE (meV)", "3bpa_mixedT", "energy_mae_mev"),
+)
+
+
+def fmt(x: Any) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, int):
+        return f"{x:,}"
+    return f"{x:.3g}" if abs(x) < 100 else f"{x:.0f}"
+
+
+def print_table(results: dict[str, Any]) -> None:
+    runs = results["runs"]
+    for label, models in results["extrapolation_all"].items():
+        names = list(models)
+        print(f"\n{label} of training each, {results['settings']['threads']} threads")
+        print(f"{'':34s}" + "".join(f"{n:>12s}" for n in names))
+        for row, stem, metric in TABLE_ROWS:
+            values = []
+            for n in names:
+                s = models[n].get(stem)
+                if s is None:
+                    values.append(None)
+                elif metric == "barrier_rel":
+                    values.append(100 * (s["barrier_pred_mev"] - s["barrier_ref_mev"]) / s["barrier_ref_mev"])
+                else:
+                    values.append(s.get(metric))
+            if any(v is not None for v in values):
+                print(f"{row:34s}" + "".join(f"{fmt(v):>12s}" for v in values))
+        for dataset in DATASETS:
+            steps = [runs.get(f"{dataset}/{label}/{n}", {}).get("steps") for n in names]
+            if any(v is not None for v in steps):
+                print(f"{'training steps ' + dataset:34s}" + "".join(f"{fmt(v):>12s}" for v in steps))
+        met = results["targets_met"].get(label, {})
+        if met:
+            print("targets met: " + ", ".join(f"{a} {m}" for a, m in met.items()))
+    timing = results.get("timing")
+    if timing:
+        print(f"\nE+F call through ASE (ms), {timing['threads']} threads")
+        for name, per in timing["ef_call_ms"].items():
+            print(f"{name:34s}" + "".join(f"{k:>8s} {fmt(v):>7s}" for k, v in per.items()))
+    dist = results.get("distance_to_published")
+    if dist and "energy_mae_mev" in dist:
+        print(f"\n{dist['model']} at {dist['budget_min']:g} min against converged MACE (0.4 meV, 2.1 meV/Å): "
+              f"{dist['energy_ratio_to_published']}x energy, {dist['force_ratio_to_published']}x forces")
+
+
 # --- main ---------------------------------------------------------------------------------
-def ratio(a: float, b: float) -> float | None:
-    return round(a / b, 3) if b else None
-
-
-def print_table(res: dict[str, Any]) -> None:
-    nm, mc, r = res["neuralmd"], res["mace"], res["ratios"]
-    rows = [
-        ("energy MAE (meV/structure)", nm["energy_mae_mev"], mc["energy_mae_mev"], r["energy_mae_neuralmd_over_mace"]),
-        ("force MAE (meV/Å)", nm["force_mae_mev_per_A"], mc["force_mae_mev_per_A"], r["force_mae_neuralmd_over_mace"]),
-        ("training steps", nm["steps"], mc["steps"], None),
-        ("training seconds", nm["train_seconds"], mc["train_seconds"], None),
-        ("median step (s)", nm.get("median_step_seconds"), mc.get("median_step_seconds"), None),
-        ("parameters", nm["parameters"], mc["parameters"], None),
-        ("E+F call ethanol, ASE (ms)", nm["ef_call_ms"]["ethanol"], mc["ef_call_ms"]["ethanol"],
-         r["ef_call_ms_mace_over_neuralmd"]["ethanol"]),
-        ("E+F call 3BPA, ASE (ms)", nm["ef_call_ms"]["3bpa"], mc["ef_call_ms"]["3bpa"],
-         r["ef_call_ms_mace_over_neuralmd"]["3bpa"]),
-        ("E+F direct ethanol (ms)", nm["ef_call_ms_direct"]["ethanol"], mc["ef_call_ms_direct"]["ethanol"], None),
-        ("E+F direct 3BPA (ms)", nm["ef_call_ms_direct"]["3bpa"], mc["ef_call_ms_direct"]["3bpa"], None),
-    ]
-
-    def fmt(x: Any) -> str:
-        if x is None:
-            return "-"
-        if isinstance(x, int):
-            return f"{x:,}"
-        return f"{x:.3g}" if abs(x) < 100 else f"{x:.1f}"
-
-    print(f"\nrMD17 ethanol, {res['budget_min']} min training each, {nm['threads']} threads, "
-          f"test_MD.xyz ({nm['test_frames']} frames)")
-    print(f"{'':30s} {'neuralmd':>12s} {'MACE':>12s} {'neuralmd/MACE':>14s}")
-    for name, a, b, q in rows[:6]:
-        print(f"{name:30s} {fmt(a):>12s} {fmt(b):>12s} {fmt(q):>14s}")
-    print(f"{'':30s} {'':>12s} {'':>12s} {'MACE/neuralmd':>14s}")
-    for name, a, b, q in rows[6:]:
-        print(f"{name:30s} {fmt(a):>12s} {fmt(b):>12s} {fmt(q):>14s}")
-    if "mace_huber" in res:
-        h = res["mace_huber"]
-        print(f"MACE with neuralmd's Huber force loss: {h['energy_mae_mev']:.3g} meV, {h['force_mae_mev_per_A']:.3g} "
-              f"meV/Å ({h['steps']:,} steps); neuralmd / MACE-Huber force MAE "
-              f"{r['force_mae_neuralmd_over_mace_huber']:.3g}")
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--budget-min", type=float, default=10.0, help="training minutes per model")
-    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads for both models")
-    p.add_argument("--features", type=int, default=TrainConfig.features, help="neuralmd PaiNN features")
-    p.add_argument("--interactions", type=int, default=TrainConfig.interactions,
-                   help="neuralmd PaiNN interaction layers (2: tuned, see RESULTS.md)")
+    p.add_argument("--budgets", default="8,30", help="training minutes per model, comma-separated")
+    p.add_argument("--architectures", default="painn,tensornet",
+                   help=f"neuralmd architectures, comma-separated (of {', '.join(ARCHITECTURES)})")
+    p.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated, of ethanol, 3bpa")
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads for every model")
+    p.add_argument("--features", type=int, default=TrainConfig.features, help="neuralmd features")
+    p.add_argument("--interactions", type=int, default=TrainConfig.interactions, help="neuralmd interaction layers")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results JSON")
+    p.add_argument("--work-dir", type=Path, default=Path("/tmp/neuralmd-ff-bench"),
+                   help="run directories and model files of every part (kept)")
+    p.add_argument("--resume", action="store_true", help="skip the parts already in --out")
+    p.add_argument("--test-md-frames", type=int, default=None,
+                   help="evaluate on only the first N frames of test_MD.xyz (smoke tests; default all)")
     p.add_argument("--nm-batch-size", type=int, default=TrainConfig.batch_size, help="neuralmd batch size")
     p.add_argument("--nm-lr", type=float, default=TrainConfig.lr, help="neuralmd learning rate")
     p.add_argument("--mace-batch-size", type=int, default=5, help="MACE batch size")
     p.add_argument("--mace-lr", type=float, default=1e-2, help="MACE learning rate")
-    p.add_argument("--eval-every", type=int, default=100, help="validate every N training steps (both)")
+    p.add_argument("--eval-every", type=int, default=100, help="validate every N training steps (every model)")
     p.add_argument("--calls", type=int, default=50, help="timed E+F calls per model and molecule")
     p.add_argument("--warmup", type=int, default=5, help="untimed calls before those")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mace-huber", action="store_true",
-                   help="also train MACE with neuralmd's Huber force loss (same budget; reported as mace_huber)")
-    p.add_argument("--work-dir", type=Path, default=None,
-                   help="keep the run directories and model files here (default: a temporary folder)")
+                   help="also train MACE with neuralmd's Huber force loss (model mace_huber, same budgets)")
     return p.parse_args(argv)
+
+
+def comma_list(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    budgets = sorted({float(b) for b in comma_list(args.budgets)})
+    archs = comma_list(args.architectures)
+    datasets = [d for d in DATASETS if d in comma_list(args.datasets)]
+    unknown = ([a for a in archs if a not in ARCHITECTURES]
+               + [d for d in comma_list(args.datasets) if d not in DATASETS])
+    if unknown or not budgets or min(budgets) <= 0 or not datasets:
+        print(f"--budgets/--architectures/--datasets: {unknown or args.budgets}: not valid", file=sys.stderr)
+        return 2
     # e3nn/MACE print hundreds of TorchScript annotation warnings when the model is built
     warnings.filterwarnings("ignore", message=".*TorchScript type system.*")
     warnings.filterwarnings("ignore", message=".*TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD.*")
@@ -546,152 +1043,101 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print("mace-torch is not installed: pip install -c constraints.txt -e '.[bench]'", file=sys.stderr)
         return 2
-    for f in (ETHANOL / "train.xyz", ETHANOL / "test_MD.xyz", BPA_FILE):
+    for f in (ETHANOL / "train.xyz", ETHANOL / "test_MD.xyz", BPA_FILE, BPA / "train_mixedT.xyz"):
         if not f.is_file():
             print(f"{f}: data file not found (expected the project's ../shared/data)", file=sys.stderr)
             return 2
-    machine = machine_info()
-    load = LoadMonitor()
-    budget_s = args.budget_min * 60
 
-    with tempfile.TemporaryDirectory(prefix="ff_rmd17_") as tmp:
-        work = args.work_dir or Path(tmp)
-        work.mkdir(parents=True, exist_ok=True)
-        run_dir = work / "neuralmd_run"
-        if (run_dir / "checkpoint.pt").exists():
-            print(f"{run_dir}: already holds a run; choose an empty --work-dir", file=sys.stderr)
+    settings = {k: getattr(args, k) for k in SHARED_SETTINGS}
+    results: dict[str, Any] = {"runs": {}}
+    if args.resume and args.out.exists():
+        import json
+
+        results = json.loads(args.out.read_text())
+        if not results.get("runs"):  # a file of the one-budget version of this script, or no part yet
+            log(f"{args.out}: no parts to resume from, starting afresh")
+            results = {"runs": {}}
+        stored = results.get("settings", settings)
+        changed = {k: (stored.get(k), v) for k, v in settings.items() if stored.get(k) != v}
+        if changed:
+            print(f"--resume: {args.out} was run with other settings (stored, now): {changed}; use another --out "
+                  "or the same options", file=sys.stderr)
             return 2
+    runs: dict[str, Any] = results.setdefault("runs", {})
+    results.update({
+        "benchmark": "neuralmd (native architectures) vs MACE on rMD17 ethanol and 3BPA: same training "
+                     "wall-clock budgets and threads; in-distribution, transfer and extrapolation sets",
+        "command": "python benchmarks/forcefield_rmd17.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "settings": settings,
+        "data": {"ethanol": {"train": "rmd17_ethanol/train.xyz (950 train / 50 validation, neuralmd's split, seed "
+                                      f"{args.seed})",
+                             "test": "rmd17_ethanol/test_MD.xyz (" + (f"first {args.test_md_frames} frames)"
+                                                                    if args.test_md_frames else "all frames)"),
+                             "extrapolation": "test_norm_mode_874, test_norm_mode_3005, test_H_removal, test_dimers"},
+                 "3bpa": {"train": f"3bpa/train_300K.xyz, first {BPA_TRAIN_FRAMES} frames (380 train / 20 "
+                                   f"validation, neuralmd's split, seed {args.seed})",
+                          "test": "3bpa/train_300K.xyz, the other frames (3bpa_300K_test)",
+                          "transfer": "3bpa/train_mixedT.xyz, all frames (3bpa_mixedT)"},
+                 "timing": "test_MD.xyz frame 0 (ethanol, 9 atoms), train_300K.xyz frame 0 (3BPA, 27 atoms)"},
+        "machine": machine_info(), "versions": versions(),
+    })
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    ctx = Context(args)
+    models = [*archs, "mace", *(["mace_huber"] if args.mace_huber else [])]
+    plan = [(d, b, m) for b in budgets for d in datasets for m in models]
+    failed: dict[str, str] = {}
 
-        log(f"neuralmd: training {args.budget_min} min on {threads} threads")
-        trainer, nm_results, nm_wall, nm_cumulative = train_neuralmd(args, run_dir)
-        log(f"neuralmd: {nm_results['steps']} steps in {nm_results['train_seconds']} s ({nm_results['stop_reason']})")
-        load.phase("neuralmd_training")
-        train_frames, valid_frames = trainer.train_data.frames, trainer.valid_data.frames
+    def save() -> None:
+        build_summary(results, archs)
+        if failed:
+            results["failed_parts"] = failed
+        else:
+            results.pop("failed_parts", None)
+        results["runs"] = results.pop("runs")  # the parts last, after the summary
+        atomic_write_json(results, args.out)
 
-        log(f"MACE: training {args.budget_min} min on {torch.get_num_threads()} threads")
-        mace_res = train_mace(args, train_frames, valid_frames, budget_s)
-        log(f"MACE: {mace_res['steps']} steps in {mace_res['train_seconds']} s")
-        load.phase("mace_training")
+    for dataset, budget, model in plan:
+        key = part_key(dataset, budget, model)
+        if key in runs:
+            log(f"{key}: already in {args.out}, skipped")
+            continue
+        torch.set_num_threads(threads)
+        try:
+            runs[key] = (mace_part if model.startswith("mace") else neuralmd_part)(ctx, dataset, budget, model)
+        except (RuntimeError, ValueError) as exc:  # a diverged or broken part: record it, go on
+            failed[key] = f"{type(exc).__name__}: {exc}"
+            log(f"{key}: FAILED ({failed[key]})")
+            continue
+        r = runs[key]
+        log(f"{key}: {r['test_set']} E {r['energy_mae_mev']:.3g} meV, F {r['force_mae_mev_per_A']:.3g} meV/Å "
+            f"({r['steps']} steps, evaluation {r['eval_seconds']} s)")
+        save()
 
-        mace_huber = None
-        if args.mace_huber:
-            delta = nm_results["config"]["huber_delta"]
-            log(f"MACE with the Huber force loss (δ {delta} eV/Å): training {args.budget_min} min")
-            mace_huber = train_mace(args, train_frames, valid_frames, budget_s, huber_delta=delta)
-            log(f"MACE (Huber): {mace_huber['steps']} steps in {mace_huber['train_seconds']} s")
-            load.phase("mace_huber_training")
-
-        log("evaluating on test_MD.xyz")
-        test_frames = read_frames(ETHANOL / "test_MD.xyz")
-        nm_model = load_potential(run_dir / "model.pt")
-        nm_test, _ = evaluate(nm_model, FrameDataset(test_frames))
-        test = MaceData(test_frames, mace_res["z_table"], MACE_SETTINGS["r_max"], mace_res["e0"])
-        mace_preds, mace_total32 = mace_predict(mace_res["model"], test)
-        mace_test = error_metrics(mace_preds)
-        mace_test["energy_mae_mev_float32_total"] = float(np.mean(np.abs(mace_total32 - test.energy)) * 1000)
-        huber_test = error_metrics(mace_predict(mace_huber["model"], test)[0]) if mace_huber else None
-        load.phase("evaluation")
-
+    timed = [*archs, "mace"]  # mace_huber is MACE's architecture: the same call time
+    timing = runs.get("timing")
+    if timing is None or not set(timed) <= set(timing["ef_call_ms"]):
+        torch.set_num_threads(threads)
         log(f"timing E+F calls ({args.calls} after {args.warmup} warm-up)")
-        timing = time_models(args, run_dir / "model.pt", mace_res, work)
+        started, load = time.time(), LoadMonitor()
+        runs["timing"] = time_models(args, runs, timed, args.work_dir)
         load.phase("timing")
-
-    nm_best_step = min(trainer.history, key=lambda r: r["valid_loss"])["step"] if trainer.history else None
-    result: dict[str, Any] = {
-        "benchmark": "rMD17 ethanol: neuralmd PaiNN vs MACE, same training wall-clock budget and threads",
-        "budget_min": args.budget_min,
-        "data": {"train": "rmd17_ethanol/train.xyz (950 train / 50 validation, neuralmd's split, seed "
-                          f"{args.seed})", "test": "rmd17_ethanol/test_MD.xyz (all frames)",
-                 "timing_3bpa": "3bpa/train_300K.xyz frame 0 (27 atoms)"},
-        "machine": machine,
-        "versions": versions(),
-        "neuralmd": {
-            "energy_mae_mev": nm_test["energy_mae_mev"],
-            "force_mae_mev_per_A": nm_test["force_mae_mev_per_A"],
-            "train_seconds": nm_results["train_seconds"],
-            "threads": nm_results["threads"],
-            "ef_call_ms": timing["neuralmd"]["ase"],
-            "ef_call_ms_direct": timing["neuralmd"]["direct"],
-            "steps": nm_results["steps"],
-            "parameters": nm_results["parameters"],
-            "test": nm_test,
-            "test_frames": nm_test["frames"],
-            "valid": nm_results["valid"],
-            "best_step": nm_best_step,
-            "stop_reason": nm_results["stop_reason"],
-            "wall_seconds": round(nm_wall, 2),
-            **step_stats(nm_cumulative),
-            "settings": {**nm_results["config"], "architecture": "PaiNN (neuralmd native)",
-                         "model_kept": "best-validation EMA weights (model.pt)"},
-        },
-        "mace": {
-            "energy_mae_mev": mace_test["energy_mae_mev"],
-            "force_mae_mev_per_A": mace_test["force_mae_mev_per_A"],
-            "train_seconds": mace_res["train_seconds"],
-            "threads": torch.get_num_threads(),
-            "ef_call_ms": timing["mace"]["ase"],
-            "ef_call_ms_direct": timing["mace"]["direct"],
-            "steps": mace_res["steps"],
-            "parameters": mace_res["parameters"],
-            "test": mace_test,
-            "test_frames": mace_test["frames"],
-            "valid": min(mace_res["history"], key=lambda r: r["valid_loss"]),
-            "best_step": mace_res["best_step"],
-            "wall_seconds": mace_res["wall_seconds"],
-            "preprocess_seconds": mace_res["preprocess_seconds"],
-            "first_step_seconds": mace_res.get("first_step_seconds"),
-            "median_step_seconds": mace_res.get("median_step_seconds"),
-            "settings": {**MACE_SETTINGS, "batch_size": args.mace_batch_size, "lr": args.mace_lr,
-                         "eval_every": args.eval_every, "seed": args.seed,
-                         "avg_num_neighbors": mace_res["avg_num_neighbors"],
-                         "atomic_inter_shift": mace_res["mean"], "atomic_inter_scale": mace_res["std"],
-                         "E0s_eV": {str(z): v for z, v in mace_res["e0"].items()},
-                         "model_kept": "best-validation EMA weights",
-                         "energies": "float64 E0 sum + float32 interaction_energy (loss and metrics)"},
-        },
-        "timing": {
-            "method": "median ms of atoms.get_potential_energy(); atoms.get_forces() through each model's ASE "
-                      "calculator (neuralmd.NeuralCalculator; mace.calculators.MACECalculator(model_paths=<torch.save"
-                      "d model>, device='cpu', default_dtype='float32')), atoms moved by 0.01 Å rms before every "
-                      "call; ef_call_ms_direct: the same for a direct model call (graph building included, no ASE)",
-            "calls": args.calls, "warmup": args.warmup, "threads": torch.get_num_threads(),
-            "3bpa_models": "untrained models with the same architecture and hyperparameters over H, C, N, O "
-                           "(the ethanol models do not know N); timing does not depend on the weights",
-            "mace_calculator_note": "MACECalculator always computes the stress too (compute_stress=True for "
-                                    "model_type 'MACE'), also for molecules without a cell",
-        },
-    }
-    if huber_test is not None:
-        result["mace_huber"] = {
-            "energy_mae_mev": huber_test["energy_mae_mev"], "force_mae_mev_per_A": huber_test["force_mae_mev_per_A"],
-            "train_seconds": mace_huber["train_seconds"], "steps": mace_huber["steps"], "test": huber_test,
-            "settings": "as mace, but the force loss is 2 * Huber(δ = neuralmd's huber_delta) like neuralmd's"}
-    nm, mc = result["neuralmd"], result["mace"]
-    result["ratios"] = {
-        "force_mae_neuralmd_over_mace": ratio(nm["force_mae_mev_per_A"], mc["force_mae_mev_per_A"]),
-        "energy_mae_neuralmd_over_mace": ratio(nm["energy_mae_mev"], mc["energy_mae_mev"]),
-        "ef_call_ms_mace_over_neuralmd": {k: ratio(mc["ef_call_ms"][k], nm["ef_call_ms"][k]) for k in nm["ef_call_ms"]},
-        "ef_call_ms_direct_mace_over_neuralmd": {k: ratio(mc["ef_call_ms_direct"][k], nm["ef_call_ms_direct"][k])
-                                                 for k in nm["ef_call_ms_direct"]},
-    }
-    if huber_test is not None:
-        result["ratios"]["force_mae_neuralmd_over_mace_huber"] = ratio(nm["force_mae_mev_per_A"],
-                                                                       huber_test["force_mae_mev_per_A"])
+        runs["timing"]["machine"] = part_machine(load, started)
+    else:
+        log(f"timing: already in {args.out}, skipped")
     try:
-        result["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        results["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     except OSError:
         pass
-    busy = load.busy()
-    result["machine"]["other_processes_cpu_cores"] = load.phases
-    result["machine"]["busy_phases"] = busy
-    atomic_write_json(result, args.out)
-    print_table(result)
+    save()
+    print_table(results)
+    busy = results["machine"]["busy_parts"]
     if busy:
-        print(f"\nWARNING: other processes used CPU during {', '.join(busy)} "
-              f"(cores on average: {load.phases}); step counts and timings of those phases are not "
-              "comparable: rerun on an idle machine")
+        print(f"\nWARNING: other processes used CPU during {', '.join(f'{k} ({v})' for k, v in busy.items())}; "
+              "step counts and timings of those parts are not comparable: rerun them on an idle machine")
+    if failed:
+        print(f"\nFAILED parts (rerun with --resume): {failed}")
     print(f"\nwrote {args.out}")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
