@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from neuralmd.io_utils import atomic_write_json
-from neuralmd.models.tensornet import _full, _matmul, _parts
+from neuralmd.models.tensornet import _product
 from neuralmd.threads import set_threads
 
 HERE = Path(__file__).resolve().parent
@@ -55,9 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         b = torch.randn(n_atoms, 10, features, requires_grad=True)
 
         def ours() -> None:
-            af, bf = _full(a), _full(b)
-            out = _parts(_matmul(af, bf) + _matmul(bf, af))
-            out.pow(2).sum().backward()
+            _product(a, b, "symmetric_product").pow(2).sum().backward()
 
         irreps = o3.Irreps(f"{features}x0e+{features}x1o+{features}x2e")
         tp = o3.ElementwiseTensorProduct(irreps, irreps, ["0e", "1o", "2e"])

@@ -1,7 +1,7 @@
 """``neuralmd demo``: every stage that exists, on a built-in molecule, in a few minutes.
 
 Ethanol: sample geometries by xTB Langevin MD at 500 K (ASE + tblite), label them with
-GFN2-xTB through the Labeler, train a small PaiNN model, evaluate it on frames from an
+GFN2-xTB through the Labeler, train a small neural potential (the default network), evaluate it on frames from an
 independent trajectory, run batched MD and OPES (4 walkers) on the OH torsion with the learned
 potential, run one round of active learning, and write a run directory with plots and results.json.
 """
@@ -148,16 +148,17 @@ def run_demo(out: str | Path = "neuralmd-demo", train_minutes: float = 1.5, n_tr
         write_frames(result.frames, out / f"{name}.xyz")
     console.print(f"wrote {out / 'train.xyz'} and {out / 'test.xyz'}")
 
-    console.rule("[bold]3. train a PaiNN potential")
     cfg = TrainConfig(train=str(out / "train.xyz"), valid_fraction=0.1, features=32, interactions=2,
                       batch_size=8, lr=2e-3, eval_every=50, checkpoint_every=100,
                       time_budget_min=train_minutes, threads=threads or 0)
+    name = {"painn": "PaiNN", "tensornet": "TensorNet"}[cfg.architecture]
+    console.rule(f"[bold]3. train a {name} potential")
     train_results = Trainer(cfg, out / "train").run()
 
     console.rule("[bold]4. evaluate on the independent test trajectory")
     model = load_potential(out / "train" / "model.pt")
     metrics, preds = evaluate(model, FrameDataset(labelled["test"]))
-    plot_parity(preds, metrics, out / "parity_test.png", title="demo: ethanol, PaiNN vs GFN2-xTB (test)")
+    plot_parity(preds, metrics, out / "parity_test.png", title=f"demo: ethanol, {name} vs GFN2-xTB (test)")
 
     console.rule("[bold]5. MD with the learned potential (8 replicas, NVT 300 K, batched)")
     md = run_md_stage(model, labelled["test"][0], out / "md", console)
@@ -168,7 +169,7 @@ def run_demo(out: str | Path = "neuralmd-demo", train_minutes: float = 1.5, n_tr
     console.rule("[bold]7. active learning: committee exploration, xTB labels on a Dask cluster")
     active = run_active_stage(mol, out / "active", console)
 
-    table = Table(title="neuralmd demo: ethanol, PaiNN vs GFN2-xTB")
+    table = Table(title=f"neuralmd demo: ethanol, {name} vs GFN2-xTB")
     for col in ("set", "energy MAE (meV/atom)", "force MAE (meV/Å)", "force RMSE (meV/Å)"):
         table.add_column(col)
     base = train_results["baseline_valid"]

@@ -23,8 +23,8 @@ from .radial import polynomial_envelope
 COULOMB_EV_A = 14.399645478425668
 #: universal screening length prefactor 0.8854 a₀, in Å, and the exponent of Z in it
 _SCREENING_A, _SCREENING_EXP = 0.46850, 0.23
-_COEFFICIENTS = (0.18175, 0.50986, 0.28022, 0.02817)
-_EXPONENTS = (3.19980, 0.94229, 0.40290, 0.20162)
+_COEFFICIENTS = torch.tensor([0.18175, 0.50986, 0.28022, 0.02817], dtype=torch.float64)
+_EXPONENTS = -torch.tensor([3.19980, 0.94229, 0.40290, 0.20162], dtype=torch.float64)
 _ENVELOPE_P = 6
 
 
@@ -62,6 +62,6 @@ class ZBLRepulsion(nn.Module):
         zi, zj = self.z[si], self.z[sj]
         r_max = self.switch[si, sj]
         x = r * (zi.pow(_SCREENING_EXP) + zj.pow(_SCREENING_EXP)) / _SCREENING_A
-        phi = sum(c * torch.exp(-e * x) for c, e in zip(_COEFFICIENTS, _EXPONENTS))
+        phi = torch.exp(x.unsqueeze(-1) * _EXPONENTS.to(x)) @ _COEFFICIENTS.to(x)
         pair = 0.5 * COULOMB_EV_A * zi * zj / r * phi * polynomial_envelope(r / r_max, _ENVELOPE_P)
         return r.new_zeros(species.shape[0]).index_add_(0, i, pair)

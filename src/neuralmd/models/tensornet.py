@@ -58,33 +58,48 @@ def _from_full_matrix() -> torch.Tensor:
     return m
 
 
-_TO_FULL, _FROM_FULL = _to_full_matrix(), _from_full_matrix()
+def _product_matrix(symmetric: bool) -> torch.Tensor:
+    """(10, 100): the components of the matrix product X·Y (or of X·Y + Y·X) from the 100
+    products x_a y_b of the two tensors' components (index 10 a + b)."""
+    to_full, from_full = _to_full_matrix(), _from_full_matrix()
+    basis = to_full.T.reshape(10, 3, 3)  # the tensor of each unit component
+    products = basis.unsqueeze(1) @ basis.unsqueeze(0)  # (10, 10, 3, 3): E_a E_b
+    if symmetric:
+        products = products + products.transpose(0, 1)
+    return from_full @ products.reshape(100, 9).T
 
 
-def _full(x: torch.Tensor) -> torch.Tensor:
-    """(N, 10, F) components -> (N, 3, 3, F) tensors."""
-    return torch.matmul(_TO_FULL.to(x), x).view(x.shape[0], 3, 3, x.shape[-1])
+#: the components (xx, yy, zz, xy, xz, yz) of a flattened 3×3 tensor
+_SYMMETRIC = torch.tensor([0, 4, 8, 1, 2, 5])
+_CONSTANTS = {"norm": _NORM.double(), "product": _product_matrix(False), "symmetric_product": _product_matrix(True),
+              "part_norms": torch.nn.functional.one_hot(_PARTS, 3).T.double() * _NORM.double(),
+              "third": torch.tensor([1 / 3, 1 / 3, 1 / 3, 0, 0, 0], dtype=torch.float64)}
+_CACHE: dict[tuple[str, torch.dtype, torch.device], torch.Tensor] = {}
 
 
-def _parts(x: torch.Tensor) -> torch.Tensor:
-    """(N, 3, 3, F) tensors -> their (N, 10, F) components (t, a, S)."""
-    return torch.matmul(_FROM_FULL.to(x), x.reshape(x.shape[0], 9, x.shape[-1]))
+def _constant(name: str, like: torch.Tensor) -> torch.Tensor:
+    """The constant ``name`` in ``like``'s dtype and device (converted once, then cached)."""
+    key = (name, like.dtype, like.device)
+    if key not in _CACHE:
+        _CACHE[key] = _CONSTANTS[name].to(like)
+    return _CACHE[key]
 
 
 def _square_norms(x: torch.Tensor) -> torch.Tensor:
     """Squared Frobenius norm of each part: (N, 10, F) -> (N, 3, F)."""
-    sq = x.pow(2) * _NORM.to(x).view(1, 10, 1)
-    return sq.new_zeros(x.shape[0], 3, x.shape[-1]).index_add_(1, _PARTS.to(x.device), sq)
+    return torch.matmul(_constant("part_norms", x), x.pow(2))
 
 
 def _square_norm(x: torch.Tensor) -> torch.Tensor:
     """Squared Frobenius norm of the whole tensor per channel: (N, 10, F) -> (N, 1, F)."""
-    return (x.pow(2) * _NORM.to(x).view(1, 10, 1)).sum(1, keepdim=True)
+    return (x.pow(2) * _constant("norm", x).view(1, 10, 1)).sum(1, keepdim=True)
 
 
-def _matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-atom, per-channel matrix product of (N, 3, 3, F) tensors."""
-    return (a.unsqueeze(3) * b.unsqueeze(1)).sum(2)
+def _product(x: torch.Tensor, y: torch.Tensor, kind: str = "product") -> torch.Tensor:
+    """Per-atom, per-channel matrix product X·Y (``kind`` "product") or X·Y + Y·X
+    ("symmetric_product") of (N, 10, F) tensors, as components."""
+    n, _, f = x.shape
+    return torch.matmul(_constant(kind, x), (x.unsqueeze(2) * y.unsqueeze(1)).reshape(n, 100, f))
 
 
 def _per_part(w: torch.Tensor) -> torch.Tensor:
@@ -101,8 +116,9 @@ class TensorMix(nn.Module):
         self.parts = nn.ModuleList(nn.Linear(features, features, bias=False) for _ in range(3))
 
     def forward(self, x: torch.Tensor, factors: torch.Tensor | None = None) -> torch.Tensor:
-        w_t, w_a, w_s = self.parts
-        out = torch.cat([w_t(x[:, :1]), w_a(x[:, 1:4]), w_s(x[:, 4:])], 1)
+        # one batched product over the 10 components, each with its part's weights
+        weights = torch.stack([w.weight for w in self.parts]).index_select(0, _PARTS.to(x.device))
+        out = torch.bmm(x.transpose(0, 1), weights.transpose(1, 2)).transpose(0, 1)
         return out if factors is None else out * _per_part(factors)
 
 
@@ -130,10 +146,8 @@ class TensorEmbedding(nn.Module):
         pair = (self.pair_receiver(z).index_select(0, i) + self.pair_sender(z).index_select(0, j)) \
             * envelope.unsqueeze(-1)
         w = self.filter(rbf).view(-1, 3, f) * pair.unsqueeze(1)
-        ux, uy, uz = unit.unbind(-1)
-        third = torch.full_like(ux, 1.0 / 3.0)
-        basis = torch.stack([torch.ones_like(ux), ux, uy, uz, ux * ux - third, uy * uy - third, uz * uz - third,
-                             ux * uy, ux * uz, uy * uz], 1)
+        outer = (unit.unsqueeze(2) * unit.unsqueeze(1)).reshape(-1, 9)[:, _SYMMETRIC.to(unit.device)]
+        basis = torch.cat([torch.ones_like(unit[:, :1]), unit, outer - _constant("third", unit)], 1)
         x = z.new_zeros(n, 10, f).index_add_(0, i, basis.unsqueeze(-1) * _per_part(w))
         factors = self.scalars(self.norm(_square_norm(x).squeeze(1))).view(n, 3, f)
         return self.mix(x, factors), z
@@ -156,11 +170,9 @@ class TensorInteraction(nn.Module):
         y = self.mix_in(x)
         w = (self.radial(rbf) * envelope.unsqueeze(-1)).view(-1, 3, self.features)
         m = torch.zeros_like(y).index_add_(0, i, y.index_select(0, j) * _per_part(w))
-        y, m = _full(y), _full(m)
-        b = _parts(_matmul(y, m) + _matmul(m, y))
+        b = _product(y, m, "symmetric_product")
         dx = self.mix_out(b / (1.0 + _square_norm(b)))
-        dx_full = _full(dx)
-        return x + dx + _parts(_matmul(dx_full, dx_full))
+        return x + dx + _product(dx, dx)
 
 
 class TensorNet(nn.Module):

@@ -61,7 +61,7 @@ class TrainConfig:
     isolated_atoms: str = ""
     #: network: "tensornet" or "painn" (neuralmd.models.neural.ARCHITECTURES). On rMD17 ethanol
     #: after 3 minutes on 2 threads (benchmarks/extrapolation_sweep.py) TensorNet's test force MAE
-    #: was 10.1 meV/Å against PaiNN's 16.2 and its normal-mode scans were closer to DFT; PaiNN's
+    #: was 10.1 meV/Å against PaiNN's 13.6-16.2 and its normal-mode scans were closer to DFT; PaiNN's
     #: energy+forces call is 2-3x cheaper, and it evaluates large periodic boxes in receiver blocks
     architecture: str = "tensornet"
     #: short-range repulsion added to the network: "zbl" or "none"; a Δ-learning model
