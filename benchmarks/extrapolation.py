@@ -29,7 +29,7 @@ import numpy as np
 from ase import Atoms
 
 from neuralmd.data import read_frames
-from neuralmd.training.scan import scan_profiles
+from neuralmd.analysis.scan import scan_profiles
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ETHANOL = DATA / "rmd17_ethanol"

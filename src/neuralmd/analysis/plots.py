@@ -4,7 +4,7 @@ profiles along scans (PNG)."""
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Protocol, Sequence
 
 import matplotlib
 
@@ -15,8 +15,18 @@ import numpy as np  # noqa: E402
 from ..io_utils import atomic_path  # noqa: E402
 
 if TYPE_CHECKING:
-    from ..training.metrics import Predictions
-    from ..training.scan import Profile
+    from .scan import Profile
+
+
+class Predictions(Protocol):
+    """What a parity plot reads (``neuralmd.training.metrics.Predictions`` has it): energies (eV
+    per structure) and atom counts per frame, force components (eV/Å, flattened) or None."""
+
+    energy_true: np.ndarray
+    energy_pred: np.ndarray
+    n_atoms: np.ndarray
+    forces_true: np.ndarray | None
+    forces_pred: np.ndarray | None
 
 
 def save_figure(fig, path: str | os.PathLike) -> None:

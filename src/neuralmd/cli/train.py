@@ -16,7 +16,7 @@ from ..data.dataset import FrameDataset
 from ..errors import InputError, where
 from ..models.base import Potential
 from ..training.metrics import Predictions
-from ..training.scan import Profile
+from ..analysis.scan import Profile
 from ..training.trainer import TrainConfig
 from .common import CONFIG_HELP, app, console, default, settings_from
 
@@ -195,7 +195,7 @@ def _read_test_set(path: Path, potential: Potential, energy_unit: str | None, fo
 def _evaluate_test_set(potential: Potential, path: Path, frames: list[Atoms], scan: str | None) -> _TestSetResult:
     """Errors of ``potential`` on ``frames`` and, with ``scan`` (an info key), its energy profiles."""
     from ..training.metrics import evaluate
-    from ..training.scan import scan_profiles
+    from ..analysis.scan import scan_profiles
 
     metrics, preds = evaluate(potential, FrameDataset(frames))
     profiles = scan_profiles(frames, preds.energy_pred, scan, source=str(path)) if scan else []
