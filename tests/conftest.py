@@ -34,8 +34,8 @@ def trained_run(tmp_path_factory, ethanol_xyz) -> Path:
     from neuralmd.training import TrainConfig, Trainer
 
     run = tmp_path_factory.mktemp("trained")
-    cfg = TrainConfig(train=str(ethanol_xyz), features=32, interactions=2, batch_size=16, max_steps=1000, lr=2e-3,
-                      eval_every=250, checkpoint_every=1000, threads=2)
+    cfg = TrainConfig(train=str(ethanol_xyz), architecture="painn", features=32, interactions=2, batch_size=16,
+                      max_steps=1000, lr=2e-3, eval_every=250, checkpoint_every=1000, threads=2)
     Trainer(cfg, run, progress=False).run()
     return run
 

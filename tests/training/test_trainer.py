@@ -159,7 +159,7 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_by_starting_over(tmp_p
     script.write_text(RESUME_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for name, kill_at in (("killed", "5"), ("straight", "-1")):
-        subprocess.run([sys.executable, str(script), str(small), str(tmp_path / name), kill_at], env=env)
+        subprocess.run([sys.executable, str(script), str(small), str(tmp_path / name), kill_at, "painn"], env=env)
     assert (tmp_path / "killed" / "config.toml").is_file() and not (tmp_path / "killed" / "checkpoint.pt").exists()
     resumed = Trainer.resume(tmp_path / "killed", progress=False)
     assert resumed.step == 0
