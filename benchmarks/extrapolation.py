@@ -28,8 +28,10 @@ from typing import Callable
 import numpy as np
 from ase import Atoms
 
-from neuralmd.data import read_frames
 from neuralmd.analysis.scan import scan_profiles
+from neuralmd.data import FrameDataset, read_frames
+from neuralmd.models.base import Potential
+from neuralmd.training.metrics import Predictions, error_metrics, predict
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ETHANOL = DATA / "rmd17_ethanol"
@@ -56,21 +58,22 @@ def bpa_split(n_train: int = 400) -> tuple[list[Atoms], list[Atoms], list[Atoms]
     return frames[:n_train], frames[n_train:], read_frames(BPA / "train_mixedT.xyz")
 
 
-def _mev(x: np.ndarray) -> float:
-    return float(np.mean(np.abs(x)) * 1000)
+def neuralmd_predictor(model: Potential) -> Predict:
+    """``predict(frames, forces)`` of a neuralmd potential (through
+    :func:`neuralmd.training.metrics.predict`, which computes forces where the frames have them)."""
+    def run(frames: list[Atoms], forces: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        p = predict(model, FrameDataset(frames))
+        return p.energy_pred, (p.forces_pred.reshape(-1, 3) if forces else None)
+    return run
 
 
 def labelled_metrics(frames: list[Atoms], energies: np.ndarray, forces: np.ndarray | None) -> dict[str, float]:
-    """Energy MAE (meV per structure and per atom) and force-component MAE/RMSE (meV/Å)."""
+    """neuralmd's error metrics (:func:`neuralmd.training.metrics.error_metrics`: energy MAE/RMSE
+    per structure and per atom in meV, force components in meV/Å) of any model's predictions."""
     ref = np.array([a.info["energy"] for a in frames])
     n = np.array([len(a) for a in frames])
-    out = {"frames": len(frames), "energy_mae_mev": _mev(energies - ref),
-           "energy_mae_mev_per_atom": _mev((energies - ref) / n)}
-    if forces is not None:
-        df = forces - np.concatenate([a.arrays["forces"] for a in frames])
-        out["force_mae_mev_per_A"] = _mev(df)
-        out["force_rmse_mev_per_A"] = float(np.sqrt(np.mean(df**2)) * 1000)
-    return out
+    forces_true = np.concatenate([a.arrays["forces"] for a in frames]).ravel() if forces is not None else None
+    return error_metrics(Predictions(ref, energies, n, forces_true, None if forces is None else forces.ravel()))
 
 
 def scan_metrics(stem: str, frames: list[Atoms], energies: np.ndarray) -> dict[str, float]:

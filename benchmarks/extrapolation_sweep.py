@@ -19,32 +19,17 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from extrapolation import ETHANOL, ethanol_sets, evaluate_ethanol  # noqa: E402
+from extrapolation import ETHANOL, ethanol_sets, evaluate_ethanol, neuralmd_predictor  # noqa: E402
 
 from neuralmd.io_utils import atomic_write_json  # noqa: E402
 from neuralmd.models import load_potential  # noqa: E402
-from neuralmd.state import AtomsBatch  # noqa: E402
 from neuralmd.threads import set_threads  # noqa: E402
 from neuralmd.training import TrainConfig, Trainer  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-
-
-def neuralmd_predictor(model):
-    """``predict(frames, forces)`` of a neuralmd potential, in chunks of 32 frames."""
-    def predict(frames, forces: bool):
-        energies, all_forces = [], []
-        for start in range(0, len(frames), 32):
-            out = model(AtomsBatch.from_atoms(frames[start:start + 32], dtype=model.dtype), forces=forces)
-            energies.append(out["energy"].detach().numpy())
-            if forces:
-                all_forces.append(out["forces"].detach().double().numpy())
-        return np.concatenate(energies), (np.concatenate(all_forces) if forces else None)
-    return predict
 
 
 def parse_run(text: str) -> tuple[str, dict]:

@@ -89,8 +89,7 @@ from neuralmd.training.trainer import build_model, load_data, validation_loss
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from extrapolation import (BPA, DATA, ETHANOL, ETHANOL_SCANS, bpa_split, ethanol_sets,  # noqa: E402, F401
-                           evaluate_bpa, evaluate_ethanol)  # (DATA: md_speed.py reads ff.DATA)
-from extrapolation_sweep import neuralmd_predictor  # noqa: E402
+                           evaluate_bpa, evaluate_ethanol, neuralmd_predictor)  # (DATA: md_speed.py reads ff.DATA)
 
 BPA_FILE = BPA / "train_300K.xyz"
 BPA_TRAIN_FRAMES = 400

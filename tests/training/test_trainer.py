@@ -133,19 +133,22 @@ def test_huber_force_loss_is_the_mse_for_small_errors_and_linear_for_outliers(et
     assert abs(added[150.0]["huber"] - added[100.0]["huber"] - w * 2 * 0.02 * 50.0 / m) < 1e-3  # ... slope 2δ/M
 
 
-def test_a_run_from_before_the_huber_loss_resumes_with_the_mse(tmp_path, ethanol_xyz):
+def test_a_run_from_before_the_huber_loss_and_tensornet_resumes_as_it_was_made(tmp_path, ethanol_xyz):
+    """A config.toml without force_loss, architecture and repulsion (older runs) resumes with the
+    MSE loss and a PaiNN without repulsion, the model such a run trained."""
     from neuralmd.data import read_frames, write_frames
 
     small = tmp_path / "small.xyz"
     write_frames(read_frames(ethanol_xyz)[:12], small)
-    cfg = TrainConfig(train=str(small), features=8, interactions=1, batch_size=4, max_steps=2, eval_every=1,
-                      checkpoint_every=1, threads=1, valid_fraction=0.25)
+    cfg = TrainConfig(train=str(small), architecture="painn", repulsion="none", features=8, interactions=1,
+                      batch_size=4, max_steps=2, eval_every=1, checkpoint_every=1, threads=1, valid_fraction=0.25)
     Trainer(cfg, tmp_path / "run", progress=False).run()
     config = tmp_path / "run" / "config.toml"
     assert Trainer.resume(tmp_path / "run", progress=False).cfg.force_loss == "huber"
     config.write_text("\n".join(line for line in config.read_text().splitlines()
-                                if not line.startswith(("force_loss", "huber_delta"))))
-    assert Trainer.resume(tmp_path / "run", progress=False).cfg.force_loss == "mse"
+                                if not line.startswith(("force_loss", "huber_delta", "architecture", "repulsion"))))
+    old = Trainer.resume(tmp_path / "run", progress=False).cfg
+    assert (old.force_loss, old.architecture, old.repulsion) == ("mse", "painn", "none")
 
 
 def test_a_run_killed_before_its_first_checkpoint_resumes_by_starting_over(tmp_path, ethanol_xyz):

@@ -12,11 +12,11 @@ from ase import Atoms
 from rich.console import Console
 from rich.table import Table
 
+from ..analysis.scan import Profile
 from ..data.dataset import FrameDataset
 from ..errors import InputError, where
 from ..models.base import Potential
 from ..training.metrics import Predictions
-from ..analysis.scan import Profile
 from ..training.trainer import TrainConfig
 from .common import CONFIG_HELP, app, console, default, settings_from
 
@@ -194,8 +194,8 @@ def _read_test_set(path: Path, potential: Potential, energy_unit: str | None, fo
 
 def _evaluate_test_set(potential: Potential, path: Path, frames: list[Atoms], scan: str | None) -> _TestSetResult:
     """Errors of ``potential`` on ``frames`` and, with ``scan`` (an info key), its energy profiles."""
-    from ..training.metrics import evaluate
     from ..analysis.scan import scan_profiles
+    from ..training.metrics import evaluate
 
     metrics, preds = evaluate(potential, FrameDataset(frames))
     profiles = scan_profiles(frames, preds.energy_pred, scan, source=str(path)) if scan else []

@@ -43,7 +43,7 @@ class NeuralPotential(Potential):
         scale: energy scale in eV; shift: energy per atom in eV.
         architecture: key of :data:`ARCHITECTURES`; hyperparameters: its keyword arguments.
         repulsion: ``{"name": key of :data:`REPULSIONS`, **its keyword arguments}`` (None: the
-            network alone), e.g. ``{"name": "zbl", "switch": 0.75}``.
+            network alone), e.g. ``{"name": "zbl", "switch_A": [[...]]}``.
     """
 
     def __init__(self, elements: Sequence[int], e0: Sequence[float] | None = None,

@@ -28,6 +28,12 @@ _EXPONENTS = -torch.tensor([3.19980, 0.94229, 0.40290, 0.20162], dtype=torch.flo
 _ENVELOPE_P = 6
 
 
+def covalent_switch(elements: list[int]) -> torch.Tensor:
+    """(S, S) sums of the two atoms' covalent radii in Å (ASE's table), float64."""
+    radii = torch.tensor(covalent_radii[elements], dtype=torch.float64)
+    return radii[:, None] + radii[None, :]
+
+
 class ZBLRepulsion(nn.Module):
     """Per-atom ZBL energies (eV): half of each pair's energy goes to each atom.
 
@@ -41,8 +47,7 @@ class ZBLRepulsion(nn.Module):
         super().__init__()
         self.register_buffer("z", torch.tensor(elements, dtype=torch.float64), persistent=False)
         if switch_A is None:
-            radii = torch.tensor(covalent_radii[elements], dtype=torch.float64)
-            switch = radii[:, None] + radii[None, :]
+            switch = covalent_switch(elements)
         else:
             switch = torch.tensor(switch_A, dtype=torch.float64)
             if switch.shape != (len(elements), len(elements)) or not bool((switch > 0).all()):
@@ -56,11 +61,11 @@ class ZBLRepulsion(nn.Module):
         """species (N,), pair vectors (E, 3) in Å for receivers i and senders j (each pair
         listed both ways) -> per-atom energies (N,) in eV, float64."""
         si, sj = species[i], species[j]
-        near = torch.nonzero(vectors.detach().norm(dim=-1) < self.switch[si, sj]).squeeze(1)
-        i, si, sj = i[near], si[near], sj[near]  # the few pairs close enough to repel
+        r_max = self.switch[si, sj]
+        near = torch.nonzero(vectors.detach().norm(dim=-1) < r_max).squeeze(1)
+        i, si, sj, r_max = i[near], si[near], sj[near], r_max[near]  # the few pairs close enough to repel
         r = torch.linalg.vector_norm(vectors[near].to(torch.float64), dim=-1)
         zi, zj = self.z[si], self.z[sj]
-        r_max = self.switch[si, sj]
         x = r * (zi.pow(_SCREENING_EXP) + zj.pow(_SCREENING_EXP)) / _SCREENING_A
         phi = torch.exp(x.unsqueeze(-1) * _EXPONENTS.to(x)) @ _COEFFICIENTS.to(x)
         pair = 0.5 * COULOMB_EV_A * zi * zj / r * phi * polynomial_envelope(r / r_max, _ENVELOPE_P)

@@ -25,7 +25,6 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from ase.data import covalent_radii
 
 from ..config import load_config, save_config
 from ..data.dataset import Batch, FrameDataset, reference_energies, virial_per_atom
@@ -33,6 +32,7 @@ from ..data.io import read_frames
 from ..errors import InputError, TrainingError
 from ..io_utils import atomic_save, atomic_write_json
 from ..models.neural import ARCHITECTURES, REPULSIONS, NeuralPotential
+from ..models.repulsion import covalent_switch
 from ..progress import progress_bar
 from ..rundir import CHECKPOINT, refuse_existing
 from ..threads import set_threads
@@ -202,8 +202,7 @@ def repulsion_spec(cfg: TrainConfig, train: FrameDataset) -> dict[str, Any]:
         return {"name": cfg.repulsion}
     elements = train.elements
     shortest = train.shortest_distances(elements)
-    covalent = covalent_radii[elements]
-    switch = np.where(np.isfinite(shortest), shortest, covalent[:, None] + covalent[None, :])
+    switch = np.where(np.isfinite(shortest), shortest, covalent_switch(elements).numpy())
     return {"name": cfg.repulsion, "switch_A": np.round(switch, 4).tolist()}
 
 
@@ -385,6 +384,8 @@ class Trainer:
             cfg.force_loss = "mse"
         if "repulsion" not in stored:  # and those from before the repulsion had none
             cfg.repulsion = "none"
+        if "architecture" not in stored:  # and those from before TensorNet were PaiNNs
+            cfg.architecture = "painn"
         for key, value in overrides.items():
             setattr(cfg, key, value)
         return cls(cfg, run_dir, resume=(Path(run_dir) / CHECKPOINT).is_file(), progress=progress)
