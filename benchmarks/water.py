@@ -94,8 +94,11 @@ def train_neuralmd(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     if (run_dir / "checkpoint.pt").exists():
         trainer = Trainer.resume(run_dir, progress=False)
     else:
-        cfg = TrainConfig(train=[str(p) for p in TRAIN_SETS], time_budget_min=args.budget_min, threads=args.threads,
-                          batch_size=args.nm_batch_size, seed=args.seed)
+        # PaiNN without repulsion: the network these results were measured with (session 12,
+        # before TensorNet became the default); PaiNN's receiver blocks keep 12,288 atoms linear
+        cfg = TrainConfig(train=[str(p) for p in TRAIN_SETS], architecture="painn", repulsion="none",
+                          time_budget_min=args.budget_min, threads=args.threads, batch_size=args.nm_batch_size,
+                          seed=args.seed)
         trainer = Trainer(cfg, run_dir, progress=False)
     results = trainer.run()
     return {"model": str(run_dir / "model.pt"), "train_seconds": results["train_seconds"], "steps": results["steps"],

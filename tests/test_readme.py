@@ -143,6 +143,7 @@ def test_readme_condensed_phase_recipe(tmp_path, float64_model):
                           "../shared/data/deepmd_water": str(shared_file("deepmd_water"))}, tmp_path)
     config = tomllib.loads((tmp_path / "runs" / "water" / "config.toml").read_text())
     assert [Path(t).name for t in config["train"]] == ["data_0", "data_1", "data_2"] and config["batch_size"] == 2
+    assert (config["architecture"], config["repulsion"]) == ("painn", "none")  # benchmarks/water.py's network
     log = np.genfromtxt(tmp_path / "runs" / "water-npt" / "log.csv", delimiter=",", names=True)
     assert len(log) == 13 and np.all(np.isfinite(log["pressure_bar"]))
     assert log["density_g_cm3"][0] == pytest.approx(0.9934, abs=1e-4)  # 512 waters at the data's density
