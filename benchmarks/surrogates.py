@@ -248,8 +248,10 @@ def train_config(args: argparse.Namespace, data: Path, baseline: str):
     from neuralmd.training import TrainConfig
 
     steps = args.delta_steps
-    return TrainConfig(train=str(data), valid_fraction=0.1, features=args.features, interactions=args.interactions,
-                       batch_size=16, lr=2e-3, lr_schedule="cosine", max_steps=steps,
+    # PaiNN without repulsion: the direct and Δ models these results were measured with (a Δ-model
+    # never gets a repulsion; the direct one would now by default)
+    return TrainConfig(train=str(data), valid_fraction=0.1, architecture="painn", repulsion="none",
+                       features=args.features, interactions=args.interactions, batch_size=16, lr=2e-3, lr_schedule="cosine", max_steps=steps,
                        eval_every=max(steps // 10, 1), checkpoint_every=steps, patience=10**6, seed=0,
                        threads=args.threads, baseline=baseline)
 
