@@ -61,3 +61,48 @@ class CellSprings(Potential):
         first = torch.cumsum(batch.counts, 0) - batch.counts
         energies = 0.0 * batch.positions.sum(-1)
         return energies.index_add(0, first, per_system)
+
+
+class TiltedDoubleWell(Potential):
+    """Each atom in barrier·(x² − 1)² + tilt·x along x (Å; barrier in eV, tilt in eV/Å, a
+    learnable parameter) and a harmonic well ½k(y² + z²) across: two wells whose population
+    ratio the tilt sets."""
+
+    def __init__(self, barrier_eV: float = 0.06, tilt_eV_per_A: float = 0.0, k_eV_per_A2: float = 1.0) -> None:
+        super().__init__()
+        self.barrier, self.k = barrier_eV, k_eV_per_A2
+        self.tilt = torch.nn.Parameter(torch.tensor(float(tilt_eV_per_A), dtype=torch.float64))
+
+    def atomic_energies(self, batch: AtomsBatch) -> torch.Tensor:
+        x = batch.positions
+        return (self.barrier * (x[:, 0] ** 2 - 1) ** 2 + self.tilt * x[:, 0]
+                + 0.5 * self.k * x[:, 1:].pow(2).sum(-1))
+
+
+class LennardJones(Potential):
+    """A periodic Lennard-Jones fluid, 4ε((σ/r)¹² − (σ/r)⁶) shifted to zero at ``cutoff_A``,
+    all pairs of each system by the minimum image (orthorhombic cells); σ (Å) and ε (eV) are
+    learnable parameters."""
+
+    def __init__(self, sigma_A: float = 3.4, epsilon_eV: float = 0.0104, cutoff_A: float = 8.5) -> None:
+        super().__init__()
+        self.sigma = torch.nn.Parameter(torch.tensor(float(sigma_A), dtype=torch.float64))
+        self.epsilon = torch.nn.Parameter(torch.tensor(float(epsilon_eV), dtype=torch.float64))
+        self.cut = cutoff_A
+
+    def _pair(self, r: torch.Tensor) -> torch.Tensor:
+        s6 = (self.sigma / r) ** 6
+        return 4 * self.epsilon * (s6 * s6 - s6)
+
+    def atomic_energies(self, batch: AtomsBatch) -> torch.Tensor:
+        n = batch.n_atoms // batch.n_systems  # systems of equal size
+        x = batch.positions.view(batch.n_systems, n, 3)
+        box = torch.diagonal(batch.cell, dim1=1, dim2=2).unsqueeze(1).unsqueeze(1)
+        d = x.unsqueeze(1) - x.unsqueeze(2)
+        d = d - box * torch.round(d / box)
+        eye = torch.eye(n, dtype=torch.bool)
+        r = torch.sqrt(d.pow(2).sum(-1) + eye.to(x.dtype))
+        inside = (r < self.cut) & ~eye
+        shift = self._pair(torch.tensor(self.cut, dtype=x.dtype))
+        pair = torch.where(inside, self._pair(r) - shift, torch.zeros_like(r))
+        return 0.5 * pair.sum(-1).reshape(-1)

@@ -125,12 +125,13 @@ def diffusion(lags_ps: np.ndarray, msd_A2: np.ndarray, temperature_K: float, box
     return out
 
 
-def soft_rdf(positions: torch.Tensor, cell: torch.Tensor, index_a: torch.Tensor, index_b: torch.Tensor,
-             r: torch.Tensor, sigma_A: float = 0.05) -> torch.Tensor:
-    """A differentiable partial RDF g_AB at radii ``r`` (Å) of frames ``positions`` (T, N, 3) Å
-    in the orthorhombic or triclinic ``cell`` (T, 3, 3): each pair distance (minimum image;
-    ``r`` must stay below half the box) contributes a Gaussian of width ``sigma_A`` instead of a
-    histogram count, normalised as InterRDF normalises: g(r) = V/(N_A N_B) · n(r) / (4πr²)."""
+def soft_rdf_frames(positions: torch.Tensor, cell: torch.Tensor, index_a: torch.Tensor, index_b: torch.Tensor,
+                    r: torch.Tensor, sigma_A: float = 0.05) -> torch.Tensor:
+    """A differentiable partial RDF g_AB (T, R) of each frame of ``positions`` (T, N, 3) Å in
+    its orthorhombic or triclinic ``cell`` (T, 3, 3), at radii ``r`` (R,) Å: each pair distance
+    (minimum image; ``r`` must stay below half the box) contributes a Gaussian of width
+    ``sigma_A`` instead of a histogram count, normalised as InterRDF normalises:
+    g(r) = V/(N_A N_B) · n(r) / (4πr²), with V the frame's own volume (NPT frames differ)."""
     frac = torch.linalg.solve(cell.transpose(1, 2), positions.transpose(1, 2)).transpose(1, 2)  # (T, N, 3)
     d = frac[:, index_a].unsqueeze(2) - frac[:, index_b].unsqueeze(1)
     d = d - torch.round(d)
@@ -143,5 +144,10 @@ def soft_rdf(positions: torch.Tensor, cell: torch.Tensor, index_a: torch.Tensor,
     counts = (kernel * weights.unsqueeze(0).unsqueeze(-1)).sum((1, 2))  # (T, R): pairs per Å at r
     volume = torch.linalg.det(cell).abs().unsqueeze(-1)
     n_pairs = float(weights.sum())
-    g = volume * counts / (n_pairs * 4 * math.pi * r.pow(2).clamp(min=1e-12))
-    return g.mean(0)
+    return volume * counts / (n_pairs * 4 * math.pi * r.pow(2).clamp(min=1e-12))
+
+
+def soft_rdf(positions: torch.Tensor, cell: torch.Tensor, index_a: torch.Tensor, index_b: torch.Tensor,
+             r: torch.Tensor, sigma_A: float = 0.05) -> torch.Tensor:
+    """The frames' mean of :func:`soft_rdf_frames`: g_AB (R,) at radii ``r`` (Å)."""
+    return soft_rdf_frames(positions, cell, index_a, index_b, r, sigma_A).mean(0)

@@ -18,6 +18,18 @@ if TYPE_CHECKING:
     from .scan import Profile
 
 
+class MeasuredTarget(Protocol):
+    """What a target plot reads (``neuralmd.refine.targets.Target`` has it): the measurement
+    ``reference`` (K,) with ``error`` (K,), ``axis`` (K,) x values of a curve or None, a name and
+    unit."""
+
+    name: str
+    unit: str
+    reference: Sequence[float]
+    error: Sequence[float]
+    axis: np.ndarray | None
+
+
 class Predictions(Protocol):
     """What a parity plot reads (``neuralmd.training.metrics.Predictions`` has it): energies (eV
     per structure) and atom counts per frame, force components (eV/Å, flattened) or None."""
@@ -267,4 +279,58 @@ def plot_msd(lags_ps: np.ndarray, msd_A2: np.ndarray, fit_ps: Sequence[float], d
     ax.set_ylabel("MSD (Å²)")
     ax.legend()
     ax.grid(alpha=0.3)
+    save_figure(fig, path)
+
+
+def plot_refine_targets(targets: Sequence[MeasuredTarget], before: dict[str, Sequence[float]],
+                        after: dict[str, Sequence[float]] | None, path: str | os.PathLike) -> None:
+    """One panel per target: the measurement with its error bars, the simulated average before
+    refinement and, with ``after``, that of the refined model's check simulation."""
+    fig, axes = plt.subplots(1, len(targets), figsize=(4.8 * len(targets), 3.8), squeeze=False)
+    for ax, target in zip(axes[0], targets):
+        ref, err = np.asarray(target.reference, dtype=float), np.asarray(target.error, dtype=float)
+        curves = [("before", before), ("after", after)]
+        if target.axis is not None:
+            x = np.asarray(target.axis)
+            ax.fill_between(x, ref - err, ref + err, color="0.75", label="experiment ± error")
+            ax.plot(x, ref, color="k", lw=1.0)
+            for (label, values), style in zip(curves, ("--", "-")):
+                if values is not None:
+                    ax.plot(x, values[target.name], style, lw=1.3, label=label)
+            ax.set_xlabel("r (Å)" if target.name.startswith("rdf:") else "")
+        else:
+            ax.errorbar(range(len(ref)), ref, yerr=err, fmt="ks", capsize=4, label="experiment")
+            for k, (label, values) in enumerate(curves):
+                if values is not None:
+                    ax.plot(np.arange(len(ref)) + 0.15 * (k + 1), values[target.name], "o", label=label)
+            ax.set_xticks(range(len(ref)))
+            ax.set_xlim(-0.5, len(ref) - 0.3)
+        ax.set_title(target.name)
+        ax.set_ylabel(target.unit or "value")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_refine_history(history: Sequence[dict], names: Sequence[str], path: str | os.PathLike) -> None:
+    """χ² per target, the QM loss ratio (where fused) and the effective sample size against the
+    update, resamplings marked."""
+    updates = [h["update"] for h in history]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for name in names:
+        axes[0].semilogy(updates, [max(h[f"chi2 {name}"], 1e-12) for h in history], label=f"χ² {name}")
+    if "qm_loss_ratio" in history[0]:
+        axes[0].semilogy(updates, [h["qm_loss_ratio"] for h in history], "k:", label="QM loss / before")
+    axes[0].set_ylabel("loss")
+    axes[0].legend(fontsize=8)
+    axes[1].plot(updates, [h["ess_fraction"] for h in history], color="C4")
+    for h in history:
+        if h["resampled"]:
+            axes[1].axvline(h["update"], color="0.7", lw=0.6)
+    axes[1].set_ylabel("N_eff / N (grey: resampled)")
+    for ax in axes:
+        ax.set_xlabel("update")
+        ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
     save_figure(fig, path)
