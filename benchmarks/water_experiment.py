@@ -150,7 +150,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--resume", action="store_true", help="keep what the results file already holds")
     p.add_argument("--updates", type=int, default=24)
-    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--sample-ps", type=float, default=4.0)
     p.add_argument("--equilibration-ps", type=float, default=1.0)
     p.add_argument("--replicas", type=int, default=1)

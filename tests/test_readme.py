@@ -34,6 +34,10 @@ SHORTER = [
     (r"(cg md \S+) --ns 1 --replicas 64", r"\1 --ns 0.002 --replicas 8"),
     (r"(cg refine \S+)", r"\1 --iterations 1 --ns 0.001 --replicas 8"),
     (r"--steps 200000\b", "--steps 24 --report-every 2"),
+    (r"(refine runs/water/model\.pt .*?)(-o \S+)", r"\1--sample-ps 0.01 --equilibration-ps 0 --frame-every-fs 1 "
+                                                  r"--updates 1 --check-ps 0.01 \2"),
+    (r"--updates 40\b", "--updates 2"),
+    (r"--skip-ps 1\b", "--skip-ps 0"),
     (r"--skip-ps 10\b", "--skip-ps 0.002"),
     (r"--time-budget-min 15\b", "--time-budget-min 15 --max-steps 2 --eval-every 2"),
     (r"--rounds 10\b", "--rounds 1 --initial-frames 4 --md-steps 40 --max-select 2 --train-steps 10"),
@@ -134,7 +138,7 @@ def test_readme_condensed_phase_recipe(tmp_path, float64_model):
     pack (a water-ethanol mixture) -> md --ensemble npt -> analyze, as written, shortened, with an
     untrained float64 model over H, C, O standing in for runs/water/model.pt in MD."""
     float64_model.save(tmp_path / "water.pt")
-    commands = recipe_commands("neuralmd build", ("neuralmd train --train ../shared/data/deepmd_water",
+    commands = recipe_commands("neuralmd build  pack", ("neuralmd train --train ../shared/data/deepmd_water",
                                                   "neuralmd build ", "neuralmd md runs/water/", "neuralmd analyze "))
     assert [c.split()[1:3] for c in commands] == [["train", "--train"], ["build", "replicate"], ["build", "pack"],
                                                   ["md", "runs/water/model.pt"], ["analyze", "runs/water-npt"]]
@@ -152,3 +156,22 @@ def test_readme_condensed_phase_recipe(tmp_path, float64_model):
     mix = read_frames(tmp_path / "mix.xyz", require_labels=False)[0]
     assert len(mix) == 500 * 3 + 12 * 9
     assert mix.get_masses().sum() / mix.cell.volume * AMU_PER_A3_IN_G_PER_CM3 == pytest.approx(0.99, rel=1e-9)
+
+
+def test_readme_refine_recipe(tmp_path, float64_model):
+    """build a 64-water box -> refine against the Soper RDFs and the density with the DFT water
+    data fused in -> resume with more updates -> analyze the check run, as written, shortened,
+    with an untrained float64 model over H, C, O standing in for runs/water/model.pt."""
+    float64_model.save(tmp_path / "water.pt")
+    commands = recipe_commands("neuralmd refine", ("neuralmd build ", "neuralmd refine ", "neuralmd analyze "))
+    assert [c.split()[1] for c in commands] == ["build", "refine", "refine", "analyze"]
+    run_recipe(commands, {"runs/water/model.pt": str(tmp_path / "water.pt"), "box64.xyz": str(tmp_path / "box64.xyz"),
+                          "../shared/data/": str(shared_file("deepmd_water").parent) + "/"}, tmp_path)
+    run = tmp_path / "runs" / "water-exp"
+    history = json.loads((run / "history.json").read_text())
+    assert [h["update"] for h in history] == [1, 2]
+    assert {"chi2 rdf:O-O", "chi2 rdf:O-H", "chi2 rdf:H-H", "chi2 density", "qm_loss_ratio"} <= set(history[0])
+    results = json.loads((run / "results.json").read_text())
+    assert min(results["targets"]["rdf:O-H"]["axis"]) >= 1.3 and "after" in results["targets"]["density"]
+    report = json.loads((run / "check-md" / "analysis.json").read_text())
+    assert set(report["rdf"]) == {"O-O", "O-H", "H-H"} and report["density_g_cm3"]["mean"] > 0
