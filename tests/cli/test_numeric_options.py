@@ -73,6 +73,12 @@ CASES = [
         ("--explore-ns", "positive_float"), ("--max-explore-ns", "positive_float"), ("--lag-ps", "positive_float"),
         ("--restarts", "positive_int"), ("--epochs", "positive_int"), ("--min-crossings", "positive_int"),
         ("--time-limit-min", "nonnegative_float"), ("--n-cv", "positive_int")]],
+    *[(["refine", "{model}", "--structure", "{xyz}"], option, kind) for option, kind in [
+        ("--timestep-fs", "timestep"), ("--temperature", "temperature"), ("--pressure-bar", "pressure"),
+        ("--replicas", "positive_int"), ("--sample-ps", "positive_float"), ("--equilibration-ps", "nonnegative_float"),
+        ("--frame-every-fs", "positive_float"), ("--updates", "nonnegative_int"), ("--lr", "positive_float"),
+        ("--ess-threshold", "positive_float"), ("--qm-weight", "nonnegative_float"), ("--qm-batch", "positive_int"),
+        ("--check-ps", "nonnegative_float"), ("--rdf-error", "positive_float"), ("--threads", "nonnegative_int")]],
     (["build", "replicate", "{xyz}"], "--repeat", "positive_int"),
     (["build", "replicate", "{xyz}"], "--frame", "nonnegative_int"),
     (["build", "pack", "--molecule", "H2O:4"], "--density", "positive_float"),

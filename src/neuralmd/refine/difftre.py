@@ -130,7 +130,7 @@ class RefineSettings:
              f"expected > 0, >= 0, >= 0 ps"),
             (self.frame_every_fs >= self.timestep_fs, f"frame_every_fs {self.frame_every_fs}: expected at least "
                                                       f"the timestep ({self.timestep_fs} fs)"),
-            (self.sample_ps * 1000 / self.frame_every_fs >= 2, "sample_ps / frame_every_fs: fewer than 2 frames "
+            (self.sample_ps * 1000 >= 2 * self.frame_every_fs, "sample_ps / frame_every_fs: fewer than 2 frames "
                                                                "per replica"),
             (self.updates >= 0, f"updates {self.updates}: expected >= 0"),
             (self.lr > 0 and 0 < self.lr_final_fraction <= 1,
@@ -139,6 +139,8 @@ class RefineSettings:
             (self.qm_weight >= 0 and self.qm_batch >= 1 and self.qm_eval_frames >= 1,
              f"qm_weight {self.qm_weight}, qm_batch {self.qm_batch}, qm_eval_frames {self.qm_eval_frames}: "
              f"expected >= 0, >= 1, >= 1"),
+            (self.rdf_error > 0 and self.rdf_unit in ("A", "nm"),
+             f"rdf_error {self.rdf_error}, rdf_unit {self.rdf_unit!r}: expected an uncertainty > 0 and A or nm"),
             (not self.rdf_range or (len(self.rdf_range) == 2 and 0 <= self.rdf_range[0] < self.rdf_range[1]),
              f"rdf_range {self.rdf_range}: expected START,END in Å with 0 <= START < END"),
         ]
