@@ -181,29 +181,45 @@ def _history(run: Path) -> list[dict]:
     return [{k: v for k, v in h.items() if k != "wall_s"} for h in json.loads((run / "history.json").read_text())]
 
 
-def test_a_killed_refinement_resumes_into_the_same_sequence_of_updates(tmp_path):
-    script = tmp_path / "refine.py"
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The refinement of RESUME_SCRIPT run start to end: (script, run directory, final tilt)."""
+    folder = tmp_path_factory.mktemp("refine-resume")
+    script = folder / "refine.py"
     script.write_text(RESUME_SCRIPT.format(root=str(ROOT)))
-    whole = _run_script(script, tmp_path / "whole")
+    whole = _run_script(script, folder / "whole")
     out, err = whole.communicate(timeout=600)
     assert whole.returncode == 0, err
+    return script, folder / "whole", float(out.split()[-1])
+
+
+def _four_updates_done(run: Path) -> bool:
+    return (run / "history.json").exists() and len(json.loads((run / "history.json").read_text())) >= 4
+
+
+def _first_sampling_running(run: Path) -> bool:
+    return (run / "samples" / "sample_000" / "traj_000.h5md").exists() and not (run / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("when", [_four_updates_done, _first_sampling_running], ids=["mid-refinement",
+                                                                                       "before-first-checkpoint"])
+def test_a_killed_refinement_resumes_into_the_same_sequence_of_updates(uninterrupted, tmp_path, when):
+    script, whole, tilt = uninterrupted
     run = tmp_path / "killed"
     proc = _run_script(script, run)
     deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if (run / "history.json").exists() and len(json.loads((run / "history.json").read_text())) >= 4:
-            break
-        time.sleep(0.05)
+    while time.time() < deadline and proc.poll() is None and not when(run):
+        time.sleep(0.02)
     assert proc.poll() is None, "the refinement finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = len(json.loads((run / "history.json").read_text()))
-    assert 4 <= done < 10
+    done = len(json.loads((run / "history.json").read_text())) if (run / "history.json").exists() else 0
+    assert done < 10
     resumed = _run_script(script, run)
     out_resumed, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err
-    assert _history(run) == _history(tmp_path / "whole")
-    assert float(out_resumed.split()[-1]) == float(out.split()[-1])  # the same parameters, bit for bit
+    assert _history(run) == _history(whole)
+    assert float(out_resumed.split()[-1]) == tilt  # the same parameters, bit for bit
     assert sum(h["resampled"] for h in _history(run)) >= 1  # resamplings happened on both sides of the kill
 
 
