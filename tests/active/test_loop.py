@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from ase.build import molecule
 
 from neuralmd.active.loop import ActiveLearning, ActiveSettings
@@ -111,7 +112,7 @@ def _active_args(out, structure):
             "--committee", "2", "--rounds", "2", "--initial-frames", "8", "--md-steps", "200", "--replicas", "2",
             "--temperatures", "300,800", "--trust-low", "0.02", "--trust-high", "2.0", "--max-select", "4",
             "--train-steps", "60", "--workers", "2", "--seed", "3", "--explore-cv", "torsion(0,1,2,3)",
-            "--explore-barrier-kjmol", "15", "-o", str(out)]
+            "--explore-barrier-kjmol", "15", "--architecture", "painn", "-o", str(out)]
 
 
 def _labels(run):
@@ -147,6 +148,8 @@ def test_kill_9_of_the_loop_then_resume_gives_the_same_labels(tmp_path):
     assert len(keys_a) > 8  # exploration added labels beyond the initial frames
     explored = [json.loads(p.read_text()) for p in sorted(a.glob("round_*/explore.json"))]
     assert explored and all(e["bias_kernels"] > 0 for e in explored)  # OPES_EXPLORE on the C-C-O-H torsion
+    member = torch.load(a / "final" / "member_0" / "model.pt", map_location="cpu", weights_only=False)
+    assert member["architecture"] == "painn"  # the committee is the network asked for
 
 
 @pytest.fixture(scope="module")

@@ -34,6 +34,7 @@ from ..data.io import read_frames, write_frames
 from ..data.store import LabelStore, frame_key
 from ..errors import InputError
 from ..io_utils import atomic_write_json
+from ..models.neural import ARCHITECTURES
 from ..reference.factory import make_labeler
 from ..rundir import CHECKPOINT
 
@@ -68,6 +69,9 @@ class ActiveSettings:
     explore_barrier_kjmol: float = 20.0
     max_select: int = 20
     train_steps: int = 1000
+    #: the committee's network (neuralmd.models.neural.ARCHITECTURES); a warm start keeps the
+    #: network of the model it starts from
+    architecture: str = "tensornet"
     features: int = 32
     interactions: int = 2
     cutoff_A: float = 5.0
@@ -94,6 +98,8 @@ class ActiveSettings:
             (self.workers >= 1, f"workers: {self.workers}; expected >= 1"),
             (0 < self.timestep_fs <= 10 and 0 <= self.rattle_A < float("inf"),
              f"timestep_fs {self.timestep_fs}, rattle_A {self.rattle_A}: expected 0 < timestep <= 10 fs, rattle >= 0"),
+            (self.architecture in ARCHITECTURES,
+             f"architecture: {self.architecture!r}; expected one of {', '.join(ARCHITECTURES)}"),
             (self.features >= 1 and self.interactions >= 1 and 0 < self.cutoff_A < float("inf"),
              "features and interactions must be >= 1, cutoff_A > 0"),
         ]
@@ -251,7 +257,8 @@ class ActiveLearning:
         jobs = []
         for m in range(self.s.committee):
             init = previous / f"member_{m}" / "model.pt" if previous is not None else None
-            cfg = TrainConfig(train=str(data), valid_fraction=0.1, features=self.s.features,
+            cfg = TrainConfig(train=str(data), valid_fraction=0.1, architecture=self.s.architecture,
+                              features=self.s.features,
                               interactions=self.s.interactions, cutoff_A=self.s.cutoff_A, batch_size=8, lr=2e-3,
                               max_steps=self.s.train_steps, eval_every=max(self.s.train_steps // 10, 1),
                               checkpoint_every=max(self.s.train_steps // 10, 1), patience=1000,
