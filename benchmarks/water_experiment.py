@@ -109,25 +109,31 @@ def rdf_errors(rdf: dict[str, Any], pair: str) -> dict[str, float]:
     return out
 
 
-def check_run(model: Path, waters: int, label: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """A fresh NPT run of ``model`` (resumed if there) and its RDF errors and density."""
+def check_lengths(text: str) -> dict[int, float]:
+    """``"64:20,512:5"`` -> {waters: ps}."""
+    return {int(w): float(ps) for w, ps in (item.split(":") for item in text.split(","))}
+
+
+def check_run(model: Path, waters: int, ps: float, label: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """A fresh NPT run of ``model`` for ``ps`` (resumed if there) and its RDF errors and density."""
     from neuralmd.analysis import observables as obs
 
     run = work / "check" / f"{label}_{waters}"
-    steps = int(round(args.check_ps * 1000 / water.TIMESTEP_FS))
+    steps = int(round(ps * 1000 / water.TIMESTEP_FS))
     if (run / "checkpoint.pt").exists():
-        cmd = [NEURALMD, "md", "--resume", str(run), "--steps", str(steps)]
+        cmd = [NEURALMD, "md", "--resume", str(run), "--steps", str(steps), "--threads", str(args.threads)]
     else:
         cmd = [NEURALMD, "md", str(model), "--structure", str(water.box(waters, args.water_work)), "--ensemble", "npt",
                "--thermostat", "csvr", "--temperature", str(TEMPERATURE_K), "--pressure-bar", "1", "--timestep-fs",
-               str(water.TIMESTEP_FS), "--steps", str(steps), "--report-every", "100", "--seed", "11", "-o", str(run)]
+               str(water.TIMESTEP_FS), "--steps", str(steps), "--report-every", "100", "--seed", "11", "--threads",
+               str(args.threads), "-o", str(run)]
     log(" ".join(cmd))
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=thread_env(args.threads), capture_output=True, text=True)
     if proc.returncode != 0:
         return {"stable": False, "error": (proc.stdout + proc.stderr).strip().splitlines()[-1]}
     u, start = obs.universe(run, 0, args.skip_ps)
-    return {"stable": True, "ps": args.check_ps, "skip_ps": args.skip_ps, "wall_s": round(time.perf_counter() - t0, 1),
+    return {"stable": True, "ps": ps, "skip_ps": args.skip_ps, "wall_s": round(time.perf_counter() - t0, 1),
             "density": obs.density(u, start),
             "rdf": {pair: rdf_errors(obs.rdf(u, pair, start, 6.0, 120), pair) for pair in PAIRS}}
 
@@ -154,9 +160,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sample-ps", type=float, default=4.0)
     p.add_argument("--equilibration-ps", type=float, default=1.0)
     p.add_argument("--replicas", type=int, default=1)
-    p.add_argument("--check-ps", type=float, default=20.0, help="length of each check run (the issue asks >= 100)")
+    p.add_argument("--check-ps", default="64:20,512:5", help="waters:ps of each check run (the issue asks >= 100 ps)")
     p.add_argument("--skip-ps", type=float, default=2.0, help="check runs: equilibration discarded")
-    p.add_argument("--check-sizes", default="64,512")
+    p.add_argument("--labels", default="before,after", help="which models the qm and check parts run")
     p.add_argument("--out", type=Path, default=HERE / "results" / "water_experiment.json")
     p.add_argument("--work-dir", type=Path, default=Path("/tmp/neuralmd-water-exp"))
     p.add_argument("--water-work", type=Path, default=Path("/tmp/neuralmd-water-bench"),
@@ -178,18 +184,20 @@ def main(argv: list[str] | None = None) -> None:
         data.update({k: data["refinement"][k] for k in ("updates", "resamples", "md_ps_per_update",
                                                         "wall_s_per_update")})
         results.save()
-    if "qm" in parts and after.exists():
-        for label, model in (("before", before), ("after", after)):
+    models = [(label, model) for label, model in (("before", before), ("after", after))
+              if label in args.labels.split(",") and model.exists()]
+    if "qm" in parts:
+        for label, model in models:
             data.setdefault(label, {})["force_mae_mev_per_A"] = qm_errors(model)["force_mae_mev_per_A"]
         results.save()
-    if "check" in parts and after.exists():
-        for label, model in (("before", before), ("after", after)):
-            for waters in (int(w) for w in args.check_sizes.split(",")):
+    if "check" in parts:
+        for label, model in models:
+            for waters, ps in check_lengths(args.check_ps).items():
                 entry = data.setdefault(label, {}).setdefault("checks", {})
                 key = str(waters)
-                if key in entry and entry[key].get("ps", 0) >= args.check_ps:
+                if key in entry and entry[key].get("ps", 0) >= ps:
                     continue
-                entry[key] = check_run(model, waters, label, args, work)
+                entry[key] = check_run(model, waters, ps, label, args, work)
                 side = data[label]
                 if entry[key]["stable"]:
                     for name, pick in (("rdf_rms", "rms"), ("rdf_chi2", "chi2")):
