@@ -94,3 +94,22 @@ def test_rdf_and_density_values_per_frame_equal_direct_numpy():
         np.testing.assert_allclose(values[t], box.prod() * counts / (100 * 4 * np.pi * r**2), rtol=1e-10)
     density = DensityTarget(1.0).frame_values(frames).numpy()
     np.testing.assert_allclose(density[:, 0], 170 / box.prod() * 1.66053906660, rtol=1e-6)
+
+
+def test_an_observable_target_runs_the_users_torch_function_per_frame(tmp_path):
+    (tmp_path / "shape.py").write_text(
+        "import torch\n"
+        "def gyration(positions, cell, numbers):\n"
+        "    centred = positions - positions.mean(1, keepdim=True)\n"
+        "    return centred.pow(2).sum(-1).mean(-1).sqrt()\n")
+    target = parse_target(f"observable:{tmp_path / 'shape.py'}:gyration=2.5,0.1")
+    assert target.name == "shape.gyration" and float(target.error[0]) == 0.1
+    pos = np.random.default_rng(1).normal(size=(4, 9, 3))
+    frames = Frames(torch.as_tensor(pos), torch.zeros(4, 3, 3, dtype=torch.float64), torch.ones(9, dtype=torch.long),
+                    torch.ones(9, dtype=torch.float64), torch.zeros(3, dtype=torch.bool))
+    expected = np.sqrt(((pos - pos.mean(1, keepdims=True)) ** 2).sum(-1).mean(-1))
+    np.testing.assert_allclose(target.frame_values(frames)[:, 0].numpy(), expected, rtol=1e-12)
+    with pytest.raises(InputError, match="no function 'missing'"):
+        parse_target(f"observable:{tmp_path / 'shape.py'}:missing=1,0.1")
+    with pytest.raises(InputError, match="not a Python file"):
+        parse_target(f"observable:{tmp_path / 'nope.py'}:f=1,0.1")
