@@ -9,7 +9,7 @@ from ase import Atoms, units
 
 from neuralmd.errors import InputError
 from neuralmd.md.integrators import (ReplicaNoise, csvr, kinetic_energy, langevin, maxwell_boltzmann, npt_csvr,
-                                     nve, pressure_diagonal, temperature)
+                                     npt_langevin, nve, pressure_diagonal, temperature)
 from neuralmd.md.simulation import make_force_fn
 from neuralmd.state import AtomsBatch
 
@@ -144,11 +144,13 @@ def _stress_fn(potential):
     return force_fn
 
 
-def test_stochastic_cell_rescaling_samples_the_ideal_gas_volume_distribution_per_replica():
+@pytest.mark.parametrize("thermostat", ["csvr", "langevin"])
+def test_stochastic_cell_rescaling_samples_the_ideal_gas_volume_distribution_per_replica(thermostat):
     """Ideal gases of N = 5 atoms at 300 K, half the replicas at 500 bar and half at 2000 bar, in
     one batch: the isothermal-isobaric p(V) ∝ V^N exp(-βPV) has <V> = (N+1)k_BT/P and
-    Var V = (N+1)(k_BT/P)² (without SCR's k_BT/V term, or with the kinetic pressure counted over
-    3N instead of the 3N - 3 moving degrees of freedom, <V> would be off by k_BT/P: 17 %)."""
+    Var V = (N+1)(k_BT/P)² (with CSVR, without SCR's k_BT/V term, or with the kinetic pressure
+    counted over 3N instead of the 3N - 3 moving degrees of freedom, <V> would be off by k_BT/P:
+    17 %; with Langevin, whose noise moves the centre of mass, the same term added would be)."""
     pressures = [500.0] * 8 + [2000.0] * 8
     frames = []
     rng = np.random.default_rng(2)
@@ -156,7 +158,8 @@ def test_stochastic_cell_rescaling_samples_the_ideal_gas_volume_distribution_per
         edge = (6 * units.kB * 300 / (p * units.bar)) ** (1 / 3)
         frames.append(Atoms("Ar" * 5, positions=rng.uniform(0, edge, (5, 3)), cell=np.eye(3) * edge, pbc=True))
     noise = ReplicaNoise(range(16))
-    init_fn, step_fn = npt_csvr(_stress_fn(IdealGas()), 2.0, 300.0, pressures, 0.05, 0.2, 1e-3, noise)
+    npt, bath = (npt_csvr, 0.05) if thermostat == "csvr" else (npt_langevin, 20.0)  # τ (ps) or γ (1/ps)
+    init_fn, step_fn = npt(_stress_fn(IdealGas()), 2.0, 300.0, pressures, bath, 0.2, 1e-3, noise)
     state = init_fn(maxwell_boltzmann(AtomsBatch.from_atoms(frames), 300.0, noise))
     volumes = []
     for step in range(12000):

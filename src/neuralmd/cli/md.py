@@ -131,11 +131,12 @@ def md(
     forcefield: str = typer.Option("amber99sbildn.xml", help="OpenMM force-field files, comma-separated (openmm engine)"),
     platform: str = typer.Option("Reference", help="OpenMM platform (Reference is fastest for small molecules)"),
     ensemble: Ensemble = typer.Option(Ensemble.nvt, help="nvt (--thermostat), nve (velocity Verlet) or npt "
-                                                         "(stochastic cell rescaling + csvr; periodic cells)"),
+                                                         "(stochastic cell rescaling + csvr, or + langevin "
+                                                         "with --thermostat langevin; periodic cells)"),
     temperature: str = typer.Option("300", help="K; one value or one per replica, comma-separated"),
     timestep_fs: Optional[float] = typer.Option(None, help="timestep in fs (default 0.5 native, 2 openmm)"),
     friction_per_ps: float = typer.Option(default(MDSettings, "friction_per_ps"), help="Langevin friction in 1/ps"),
-    thermostat: Thermostat = typer.Option(default(MDSettings, "thermostat"), help="nvt: langevin (BAOAB) or csvr "
+    thermostat: Thermostat = typer.Option(default(MDSettings, "thermostat"), help="nvt, npt: langevin (BAOAB) or csvr "
                                                                                  "(stochastic velocity rescaling: "
                                                                                  "dynamics undisturbed; native engine)"),
     tau_ps: float = typer.Option(default(MDSettings, "tau_ps"), help="csvr: relaxation time in ps"),

@@ -153,7 +153,15 @@ def langevin(force_fn: ForceFn, timestep_fs: float, temperature_K: float | Seque
         friction_per_ps: collision frequency γ in 1/ps.
         noise: per-replica generators (their state is part of the simulation state).
     """
-    dt = check_timestep(timestep_fs)
+    return _baoab(lambda b: (*force_fn(b), None), check_timestep(timestep_fs), temperature_K, friction_per_ps, noise)
+
+
+def _baoab(evaluate: Callable[[AtomsBatch], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]], dt: float,
+           temperature_K: float | Sequence[float], friction_per_ps: float, noise: ReplicaNoise,
+           barostat: Callable[[AtomsBatch, torch.Tensor], AtomsBatch] | None = None):
+    """``(init_fn, step_fn)`` of BAOAB Langevin dynamics, with ``barostat(batch, stress)`` after
+    the second drift where given (``dt`` in ASE time units; ``evaluate`` gives energy, forces and
+    the stress, or None without a barostat)."""
     if not friction_per_ps > 0:
         raise InputError(f"friction_per_ps: {friction_per_ps}; expected > 0 (typical 1-10 /ps)")
     gamma = friction_per_ps / (1000.0 * units.fs)
@@ -163,8 +171,8 @@ def langevin(force_fn: ForceFn, timestep_fs: float, temperature_K: float | Seque
     counts: list[int] = []  # atoms per replica, read once (a host sync) and reused every step
 
     def init_fn(batch: AtomsBatch) -> MDState:
-        energy, forces = force_fn(batch)
-        return MDState(batch, forces, energy, 0)
+        energy, forces, stress = evaluate(batch)
+        return MDState(batch, forces, energy, 0, stress=stress)
 
     def step_fn(state: MDState) -> MDState:
         b = state.batch
@@ -177,12 +185,13 @@ def langevin(force_fn: ForceFn, timestep_fs: float, temperature_K: float | Seque
         v = c1 * v + c2 * sigma * noise.normal(counts, v.dtype, v.device)        # O
         x = x + 0.5 * dt * v                                                     # A
         moved = b.replace(positions=x, velocities=v)
-        energy, forces = force_fn(moved)
-        moved = moved.replace(velocities=v + 0.5 * dt * forces * inv_m)          # B
-        return MDState(moved, forces, energy, state.step + 1)
+        if barostat is not None:
+            moved = barostat(moved, state.stress)
+        energy, forces, stress = evaluate(moved)
+        moved = moved.replace(velocities=moved.velocities + 0.5 * dt * forces * inv_m)   # B
+        return MDState(moved, forces, energy, state.step + 1, stress=stress)
 
     return init_fn, step_fn
-
 
 
 def csvr_kinetic_energy(kinetic: torch.Tensor, target: torch.Tensor, dof: Sequence[int], c: float,
@@ -330,6 +339,30 @@ def npt_csvr(force_fn: StressForceFn, timestep_fs: float, temperature_K: float |
     """
     dt = check_timestep(timestep_fs)
     rescale = _csvr_rescaler(temperature_K, _half_step_c(dt, tau_ps), noise)
+    barostat = _scr_barostat(dt, temperature_K, pressure_bar, tau_p_ps, compressibility_per_bar, noise, coupling,
+                             centre_of_mass_at_rest=True)
+    return _periodic_only(*_rescaled_verlet(force_fn, dt, rescale, barostat))
+
+
+def npt_langevin(force_fn: StressForceFn, timestep_fs: float, temperature_K: float | Sequence[float],
+                 pressure_bar: float | Sequence[float], friction_per_ps: float, tau_p_ps: float,
+                 compressibility_per_bar: float, noise: ReplicaNoise, coupling: str = "isotropic"):
+    """Isothermal-isobaric dynamics: BAOAB :func:`langevin` with stochastic cell rescaling after
+    the second drift (see :func:`npt_csvr`). Langevin noise moves the centre of mass, so the
+    kinetic pressure averages N k_BT/V over all 3N degrees of freedom and SCR needs no k_BT/V
+    term: the drift of ε is -(β_T/τ_p)(P_0 - P) with the same noise, stationary at the same
+    p(V) ∝ V^N exp(-βP_0V)."""
+    dt = check_timestep(timestep_fs)
+    barostat = _scr_barostat(dt, temperature_K, pressure_bar, tau_p_ps, compressibility_per_bar, noise, coupling,
+                             centre_of_mass_at_rest=False)
+    return _periodic_only(*_baoab(force_fn, dt, temperature_K, friction_per_ps, noise, barostat))
+
+
+def _scr_barostat(dt: float, temperature_K: float | Sequence[float], pressure_bar: float | Sequence[float],
+                  tau_p_ps: float, compressibility_per_bar: float, noise: ReplicaNoise, coupling: str,
+                  centre_of_mass_at_rest: bool) -> Callable[[AtomsBatch, torch.Tensor], AtomsBatch]:
+    """The stochastic cell rescaling step ``barostat(batch, stress) -> batch`` of
+    :func:`npt_csvr` (``centre_of_mass_at_rest``: add the k_BT/V the kinetic pressure lacks)."""
     if not 0 < tau_p_ps < float("inf"):
         raise InputError(f"tau_p_ps: {tau_p_ps}; expected the barostat's relaxation time > 0 ps (typical 1-5)")
     if not 0 < compressibility_per_bar < 1:
@@ -342,6 +375,7 @@ def npt_csvr(force_fn: StressForceFn, timestep_fs: float, temperature_K: float |
     beta_t = compressibility_per_bar / units.bar  # Å³/eV
     tau_p = tau_p_ps * 1000.0 * units.fs
     axes = 3 if coupling == "anisotropic" else 1  # independent strains per replica
+    missing = 1.0 if centre_of_mass_at_rest else 0.0  # k_BT/V the kinetic pressure lacks
 
     def barostat(b: AtomsBatch, stress: torch.Tensor) -> AtomsBatch:
         volume = torch.linalg.det(b.cell).abs().cpu().unsqueeze(-1)
@@ -350,12 +384,16 @@ def npt_csvr(force_fn: StressForceFn, timestep_fs: float, temperature_K: float |
         kt, target = kT.expand(b.n_systems).unsqueeze(-1), p0.expand(b.n_systems).unsqueeze(-1)
         r = torch.stack(noise.scalars([axes] * b.n_systems))
         rate = beta_t / (tau_p * axes)
-        d_eps = -rate * (target - p_int - kt / volume) * dt + torch.sqrt(2 * kt * rate * dt / volume) * r
+        d_eps = -rate * (target - p_int - missing * kt / volume) * dt + torch.sqrt(2 * kt * rate * dt / volume) * r
         mu = torch.exp(d_eps / (3 // axes)).expand(-1, 3).to(b.positions)  # (B, 3) scale per Cartesian axis
         return b.replace(positions=b.positions * mu[b.system], cell=b.cell * mu.unsqueeze(1),
                          velocities=b.velocities / mu[b.system])
 
-    init, step_fn = _rescaled_verlet(force_fn, dt, rescale, barostat)
+    return barostat
+
+
+def _periodic_only(init: Callable[[AtomsBatch], MDState], step_fn: Callable[[MDState], MDState]):
+    """``(init_fn, step_fn)`` whose init refuses a batch without a periodic cell in every replica."""
 
     def init_fn(batch: AtomsBatch) -> MDState:
         if not bool(batch.pbc.all()) or bool((torch.linalg.det(batch.cell).abs() <= 0).any()):

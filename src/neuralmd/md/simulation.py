@@ -24,7 +24,7 @@ from ..rundir import CHECKPOINT, LOG
 from ..state import AtomsBatch
 from .integrators import (COUPLINGS, ForceFn, MDState, ReplicaNoise, StressForceFn, check_pressure,
                           check_temperature, check_timestep, csvr, langevin, maxwell_boltzmann, moving_dof, npt_csvr,
-                          nve, temperature)
+                          npt_langevin, nve, temperature)
 from .protocols import AdaptiveTerm, EnergyTerm, Reporter
 from .reporters import H5MDReporter, LogReporter, barostat_view
 from .run import MDRun, RunSettings, SimulationUnstable, StopCondition
@@ -45,8 +45,8 @@ class MDSettings(RunSettings):
 
     engine: str = "native"
     ensemble: str = "nvt"
-    #: nvt's thermostat: langevin (BAOAB, friction_per_ps) or csvr (velocity rescaling, tau_ps);
-    #: npt runs with csvr
+    #: the thermostat of nvt and npt: langevin (BAOAB, friction_per_ps) or csvr (velocity
+    #: rescaling, tau_ps; dynamics as in NVE, the command line's choice for npt)
     thermostat: str = "langevin"
     tau_ps: float = 0.1
     #: npt: target pressure (one value or one per replica), the barostat's relaxation time and
@@ -78,8 +78,6 @@ class MDSettings(RunSettings):
             raise InputError(f"engine: {self.engine!r}; these are native-engine settings")
         if self.ensemble not in ENSEMBLES:
             raise InputError(f"ensemble: {self.ensemble!r}; expected one of {', '.join(ENSEMBLES)}")
-        if self.ensemble == "npt" and self.thermostat != "csvr":
-            raise InputError(f"thermostat: {self.thermostat!r}; npt runs with the csvr thermostat (--thermostat csvr)")
         check_pressure(self.pressure_bar)
         if self.barostat not in COUPLINGS:
             raise InputError(f"barostat: {self.barostat!r}; expected one of {', '.join(COUPLINGS)}")
@@ -217,10 +215,11 @@ class Simulation(MDRun):
                                  "constant volume (--ensemble nvt)")
             if len(settings.pressure_bar) not in (1, batch.n_systems):
                 raise InputError(f"pressure: {len(settings.pressure_bar)} values for {batch.n_systems} replicas")
-            init_fn, self.step_fn = npt_csvr(make_stress_force_fn(potential), settings.timestep_fs,
-                                             settings.temperature_K, settings.pressure_bar, settings.tau_ps,
-                                             settings.tau_p_ps, settings.compressibility_per_bar, self.noise,
-                                             settings.barostat)
+            npt, bath = (npt_csvr, settings.tau_ps) if settings.thermostat == "csvr" else (
+                npt_langevin, settings.friction_per_ps)  # the thermostat's own parameter
+            init_fn, self.step_fn = npt(make_stress_force_fn(potential), settings.timestep_fs, settings.temperature_K,
+                                        settings.pressure_bar, bath, settings.tau_p_ps,
+                                        settings.compressibility_per_bar, self.noise, settings.barostat)
         elif settings.ensemble == "nve":
             init_fn, self.step_fn = nve(force_fn, settings.timestep_fs)
         elif settings.thermostat == "csvr":
