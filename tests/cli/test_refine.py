@@ -35,7 +35,9 @@ def refine_args(inputs, out, *extra):
 
 def test_refine_writes_a_model_results_plots_and_a_check_run_and_resumes_with_more_updates(water_inputs, tmp_path):
     out = tmp_path / "refined"
-    result = run(*refine_args(water_inputs, out, "--qm-data", str(QM), "--qm-batch", "1", "--updates", "2"))
+    args = refine_args(water_inputs, out, "--qm-data", str(QM), "--qm-batch", "1", "--updates", "2")
+    args[1], args[3] = "model.pt", "box.xyz"  # relative to where it runs; the resume below runs elsewhere
+    result = run(*args, cwd=water_inputs)
     assert result.returncode == 0, result.stderr
     assert "rdf:O-O: χ² per point" in result.stdout + result.stderr and "QM force MAE" in result.stdout + result.stderr
     results = json.loads((out / "results.json").read_text())

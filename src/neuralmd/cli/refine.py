@@ -26,7 +26,7 @@ def refine(
     rdf_range: Optional[str] = typer.Option(None, help="r range of the RDF targets in Å, START,END (default: the "
                                                        "file's, cut just below half the box)"),
     ensemble: str = typer.Option(default(D, "ensemble"), help="npt or nvt"),
-    thermostat: str = typer.Option(default(D, "thermostat"), help="csvr (npt needs it) or langevin"),
+    thermostat: str = typer.Option(default(D, "thermostat"), help="csvr (velocity rescaling) or langevin (BAOAB)"),
     temperature: float = typer.Option(default(D, "temperature_K"), help="temperature in K"),
     pressure_bar: float = typer.Option(default(D, "pressure_bar"), help="pressure in bar (npt)"),
     timestep_fs: float = typer.Option(default(D, "timestep_fs"), help="MD timestep in fs"),

@@ -147,6 +147,7 @@ class RefineSettings:
         for ok, message in checks:
             if not ok:
                 raise InputError(f"refine options: {message}")
+        self.md_settings(self.seed, self.sample_ps)  # the samplings' MD settings (thermostat, barostat) are valid
 
     def md_settings(self, seed: int, production_ps: float) -> MDSettings:
         """The MD settings of one sampling of ``production_ps`` after the equilibration."""

@@ -12,7 +12,7 @@ from ..data.io import read_frames
 from ..errors import InputError
 from ..rundir import CHECKPOINT, RunLock, check_writable, require_existing
 from .difftre import SETTINGS, Refinement, RefineSettings
-from .targets import parse_target
+from .targets import parse_target, with_absolute_path
 
 
 def build_refinement(settings: RefineSettings, run_dir: str | Path, progress: bool = False) -> Refinement:
@@ -45,7 +45,11 @@ def start_refinement(settings: RefineSettings, run_dir: str | Path, progress: bo
     run_dir = check_writable(run_dir)
     if (run_dir / SETTINGS).exists():
         raise InputError(f"{run_dir}: already holds a refinement; use neuralmd refine --resume {run_dir} or another -o")
+    # absolute paths: a stored refinement resumes from any directory
     settings.model_path = str(Path(settings.model_path).resolve()) if settings.model_path else ""
+    settings.structure = str(Path(settings.structure).resolve()) if settings.structure else ""
+    settings.qm_data = [str(Path(path).resolve()) for path in settings.qm_data]
+    settings.targets = [with_absolute_path(spec) for spec in settings.targets]
     refinement = build_refinement(settings, run_dir, progress)
     lock = RunLock(run_dir).acquire()
     try:

@@ -331,3 +331,16 @@ def parse_target(spec: str, rdf_unit: str = "A", rdf_error: float = DEFAULT_RDF_
             raise InputError(f"target {spec!r}: an observable needs VALUE,ERROR")
         return ObservableTarget(f"{Path(file).stem}.{function}", load_observable(file, function), *numbers)
     raise InputError(f"target {spec!r}: unknown kind {kind!r}; expected rdf:A-B, density or observable:FILE.py:FUNCTION")
+
+
+def with_absolute_path(spec: str) -> str:
+    """``spec`` with the file it names made absolute, so that a stored refinement can be resumed
+    from any directory."""
+    kind, _, value = spec.partition("=")
+    if kind.startswith("rdf:") and value:
+        path, sep, bounds = value.partition("@")
+        return f"{kind}={Path(path).resolve()}{sep}{bounds}"
+    if kind.startswith("observable:"):
+        file, _, function = kind[len("observable:"):].rpartition(":")
+        return f"observable:{Path(file).resolve()}:{function}={value}"
+    return spec
