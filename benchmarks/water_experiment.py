@@ -3,7 +3,8 @@ against the Soper 2013 partial RDFs and the density 0.997 g/cm³ at 298 K and 1 
 fused in; then fresh NPT simulations of the model before and after, at 64 and 512 waters.
 
     python benchmarks/water_experiment.py --threads 1 --resume                  # all parts, resumable
-    python benchmarks/water_experiment.py --only check --check-ps 20 --resume   # longer checks later
+    python benchmarks/water_experiment.py --only check --check-ps 64:100 --resume   # longer checks later
+    python benchmarks/water_experiment.py --only progress --resume             # where a stopped refinement stands
 
 Parts (each saved into the results JSON when done; ``--resume`` skips what is there, and every
 run is a neuralmd run directory in the work folder that continues where it stopped):
@@ -90,6 +91,15 @@ def refine(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     if history:
         out["last_update"] = history[-1]
     return out
+
+
+def progress(work: Path) -> dict[str, Any]:
+    """Where an unfinished refinement stands (its history so far), for a session that stops it."""
+    path = work / "refine" / "history.json"
+    history = json.loads(path.read_text()) if path.exists() else []
+    keys = [k for k in (history[0] if history else {}) if k.startswith(("rms ", "chi2 ")) or k in (
+        "update", "sample", "ess_fraction", "experiment_loss", "qm_loss_ratio", "md_ps", "wall_s")]
+    return {"updates_done": len(history), "history": [{k: h[k] for k in keys} for h in history]}
 
 
 def rdf_errors(rdf: dict[str, Any], pair: str) -> dict[str, float]:
@@ -179,6 +189,9 @@ def main(argv: list[str] | None = None) -> None:
     data = results.data
     data.update(machine=ff.machine_info(), threads=args.threads, versions=ff.versions())
     before, after = model_before(args), work / "refine" / "model.pt"
+    if "progress" in parts:  # after a session stopped the refinement: what it has done so far
+        data["refinement_progress"] = progress(work)
+        results.save()
     if "refine" in parts and "refinement" not in data:
         data["refinement"] = refine(args, work)
         data.update({k: data["refinement"][k] for k in ("updates", "resamples", "md_ps_per_update",
