@@ -21,7 +21,7 @@ import torch
 from ase import Atoms
 from ase.build import bulk
 
-from neuralmd.refine.difftre import (Refinement, RefinementUnstable, RefineSettings, frame_energies,
+from neuralmd.refine.difftre import (Refinement, RefinementUnstable, RefineSettings, block_error, frame_energies,
                                      reweighting)
 from neuralmd.refine.targets import ObservableTarget, RDFTarget, parse_target
 from neuralmd.units import kT_eV
@@ -233,3 +233,10 @@ def test_a_model_that_blows_up_in_md_stops_with_the_last_stable_model_kept(tmp_p
     assert float(potential.tilt) == 0.0  # the last model that ran stably
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert "update 1" in results["stop_reason"] and results["updates"] == 1
+
+
+def test_the_sampling_error_comes_from_blocks_of_frames():
+    values = torch.arange(10, dtype=torch.float64).reshape(10, 1)  # drifting: the blocks see it
+    means = np.array([0.5, 2.5, 4.5, 6.5, 8.5])
+    assert float(block_error(values)[0]) == pytest.approx(means.std(ddof=1) / math.sqrt(5))
+    assert float(block_error(torch.ones(20, 3)).abs().max()) == 0.0

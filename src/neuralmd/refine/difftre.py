@@ -10,7 +10,10 @@ x_t with their energies U_s(x_t). While the parameters move, an average is rewei
 
 which is exact for NVT and for NPT alike (the PV term of the isothermal-isobaric weight does not
 depend on θ and cancels between U_θ and U_s), and its gradient reaches θ by autograd through
-U_θ. The loss is Σ_targets χ² per point plus ``qm_weight`` times the usual energy/force loss on
+U_θ. The loss is Σ_targets χ² per point, each point's error the measurement's and the sampled
+average's own (from blocks of frames) in quadrature (a finite sampling cannot resolve a curve
+better than its own noise, and points measured far more precisely than that would otherwise
+pull the fit away from the rest), plus ``qm_weight`` times the usual energy/force loss on
 QM frames (divided by its value before refinement, so 1 means "as good as before"). Each update
 is one Adam step; the trajectory is reused while the effective sample size
 N_eff = exp(−Σ w ln w) (DiffTRe's) stays above ``ess_threshold`` × N, and resampled otherwise.
@@ -58,6 +61,8 @@ HISTORY = "history.json"
 SAMPLES = "samples"
 CHECK_RUN = "check-md"
 MODEL = "model.pt"
+#: blocks of frames the statistical error of a sampled average comes from
+SAMPLING_BLOCKS = 5
 #: atoms per chunk of the gradient pass (its graph is what costs memory)
 ATOMS_PER_CHUNK = 4096
 
@@ -174,6 +179,13 @@ def effective_fraction(weights: torch.Tensor) -> float:
     return float(torch.exp(-(w * torch.log(w)).sum()) / len(w))
 
 
+def block_error(values: torch.Tensor, blocks: int = SAMPLING_BLOCKS) -> torch.Tensor:
+    """Standard error (K,) of the mean of per-frame ``values`` (T, K) from ``blocks`` contiguous
+    blocks of frames (correlated frames: the blocks, not the frames, are independent)."""
+    means = torch.stack([part.mean(0) for part in torch.tensor_split(values, blocks)])
+    return means.std(0) / math.sqrt(blocks)
+
+
 def frame_energies(potential: Potential, frames: Frames, start: int = 0, stop: int | None = None) -> torch.Tensor:
     """Potential energies (eV, float64) of frames ``start:stop``, differentiable w.r.t. the
     potential's parameters where autograd is on."""
@@ -250,6 +262,7 @@ class Refinement:
         self.frames: Frames | None = None
         self.u_ref: torch.Tensor | None = None
         self.values: dict[str, torch.Tensor] = {}
+        self.sampling_errors: dict[str, torch.Tensor] = {}
         self.before: dict[str, list[float]] = {}
         self.qm_before: dict[str, float] | None = None
         self.qm_loss0 = 1.0
@@ -300,6 +313,7 @@ class Refinement:
         with torch.no_grad():
             self.u_ref = self._energies()
         self.values = {t.name: t.frame_values(self.frames) for t in self.targets}
+        self.sampling_errors = {name: block_error(v) for name, v in self.values.items()}
         if index == 0:
             self.before = {t.name: self.values[t.name].mean(0).tolist() for t in self.targets}
 
@@ -329,7 +343,7 @@ class Refinement:
         the weights."""
         w = reweighting(u, self.u_ref, self.kT)
         means = {t.name: w @ self.values[t.name] for t in self.targets}
-        loss = sum(t.chi2(means[t.name]) for t in self.targets)
+        loss = sum(t.chi2(means[t.name], self.sampling_errors[t.name]) for t in self.targets)
         return loss, means, w
 
     def _step(self) -> dict[str, Any]:
@@ -352,7 +366,7 @@ class Refinement:
                                  "ess_fraction": round(ess, 6), "experiment_loss": float(loss.detach()),
                                  "lr": self._lr()}
         for t in self.targets:
-            entry[f"chi2 {t.name}"] = float(t.chi2(means[t.name]).detach())
+            entry[f"chi2 {t.name}"] = float(t.chi2(means[t.name], self.sampling_errors[t.name]).detach())
             entry[f"rms {t.name}"] = t.rms(means[t.name].detach())
         if self.qm is not None and self.settings.qm_weight > 0:
             batch = self.qm.collate(batch_indices(self.update, len(self.qm), self.settings.qm_batch, self.settings.seed),
@@ -466,7 +480,7 @@ class Refinement:
             "model": self.potential.state_dict(), "optimizer": self.optimizer.state_dict(), "update": self.update,
             "sample_index": self.sample_index, "history": self.history,
             "frames": asdict(self.frames) if self.frames is not None else None, "u_ref": self.u_ref,
-            "values": self.values, "before": self.before, "qm_before": self.qm_before, "qm_loss0": self.qm_loss0,
+            "values": self.values, "sampling_errors": self.sampling_errors, "before": self.before, "qm_before": self.qm_before, "qm_loss0": self.qm_loss0,
             "last_good": self.last_good, "md_ps": self.md_ps, "wall_seconds": self.wall_seconds,
         }, self.run_dir / CHECKPOINT)
 
@@ -487,5 +501,6 @@ class Refinement:
         self.update, self.sample_index, self.history = ckpt["update"], ckpt["sample_index"], ckpt["history"]
         self.frames = Frames(**ckpt["frames"]) if ckpt["frames"] is not None else None
         self.u_ref, self.values, self.before = ckpt["u_ref"], ckpt["values"], ckpt["before"]
+        self.sampling_errors = ckpt["sampling_errors"]
         self.qm_before, self.qm_loss0, self.last_good = ckpt["qm_before"], ckpt["qm_loss0"], ckpt["last_good"]
         self.md_ps, self.wall_seconds = ckpt["md_ps"], ckpt["wall_seconds"]

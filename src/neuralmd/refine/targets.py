@@ -88,9 +88,12 @@ class Target(ABC):
         """InputError if the target cannot be evaluated on this system (elements (N,), cell
         (3, 3) Å of the start) in this ensemble. Default: anything goes."""
 
-    def chi2(self, mean: torch.Tensor) -> torch.Tensor:
-        """χ² per point of the average ``mean`` (K,) against the measurement."""
-        return (((mean - self.reference) / self.error) ** 2).mean()
+    def chi2(self, mean: torch.Tensor, sampling_error: torch.Tensor | None = None) -> torch.Tensor:
+        """χ² per point of the average ``mean`` (K,) against the measurement; with
+        ``sampling_error`` (K,), the simulated average's own statistical error is added to the
+        measurement's in quadrature."""
+        error = self.error if sampling_error is None else torch.sqrt(self.error**2 + sampling_error**2)
+        return (((mean - self.reference) / error) ** 2).mean()
 
     def rms(self, mean: torch.Tensor) -> float:
         """RMS difference of ``mean`` (K,) from the measurement."""
