@@ -142,7 +142,7 @@ class NeighborCache:
         carried = torch.einsum("ni,nij->nj", self._positions, deform[batch.system])
         moved = (positions - carried).pow(2).sum(-1).sqrt()
         worst = torch.zeros(batch.n_systems, dtype=moved.dtype, device=moved.device)
-        worst = worst.index_reduce(0, batch.system, moved, "amax", include_self=True)
+        worst = worst.scatter_reduce(0, batch.system, moved, "amax", include_self=True)
         stretch = torch.linalg.svdvals(deform)[:, -1]
         return bool((stretch * (self.cutoff + self.skin) - 2 * worst >= self.cutoff).all())
 
