@@ -242,8 +242,9 @@ def _water_grid(n: int = 3, spacing: float = 3.1):
     return box
 
 
-@pytest.mark.parametrize("barostat", ["isotropic", "anisotropic"])
-def test_npt_run_logs_pressure_volume_density_and_resumes_bit_for_bit(tmp_path, float64_model, barostat):
+@pytest.mark.parametrize("barostat, thermostat", [("isotropic", "csvr"), ("anisotropic", "csvr"),
+                                                   ("isotropic", "langevin")])
+def test_npt_run_logs_pressure_volume_density_and_resumes_bit_for_bit(tmp_path, float64_model, barostat, thermostat):
     """27 waters at 1 and 5000 bar in one batch: the log has pressure, volume and density per
     replica, the two boxes part ways, and a run stopped at a checkpoint and resumed writes the
     same log and trajectories (positions and box) as one that was not; the anisotropic
@@ -253,7 +254,7 @@ def test_npt_run_logs_pressure_volume_density_and_resumes_bit_for_bit(tmp_path, 
     batch = AtomsBatch.from_atoms([_water_grid(), _water_grid()])
 
     def simulation(run_dir):
-        return Simulation(float64_model, batch, ensemble="npt", thermostat="csvr", pressure_bar=[1.0, 5000.0],
+        return Simulation(float64_model, batch, ensemble="npt", thermostat=thermostat, pressure_bar=[1.0, 5000.0],
                           temperature_K=300, timestep_fs=0.5, tau_p_ps=0.05, compressibility_per_bar=1e-3, seed=3,
                           report_every=10, checkpoint_every=30, run_dir=run_dir, barostat=barostat)
 
