@@ -93,9 +93,10 @@ def refine(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return out
 
 
-def progress(work: Path) -> dict[str, Any]:
-    """Where an unfinished refinement stands (its history so far), for a session that stops it."""
-    path = work / "refine" / "history.json"
+def progress(run: Path) -> dict[str, Any]:
+    """Where an unfinished refinement in ``run`` stands (its history so far), for a session that
+    stops it."""
+    path = run / "history.json"
     history = json.loads(path.read_text()) if path.exists() else []
     keys = [k for k in (history[0] if history else {}) if k.startswith(("rms ", "chi2 ")) or k in (
         "update", "sample", "ess_fraction", "experiment_loss", "qm_loss_ratio", "md_ps", "wall_s")]
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     data.update(machine=ff.machine_info(), threads=args.threads, versions=ff.versions())
     before, after = model_before(args), work / "refine" / "model.pt"
     if "progress" in parts:  # after a session stopped the refinement: what it has done so far
-        data["refinement_progress"] = progress(work)
+        data["refinement_progress"] = progress(work / "refine")
         results.save()
     if "refine" in parts and "refinement" not in data:
         data["refinement"] = refine(args, work)
