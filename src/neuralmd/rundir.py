@@ -1,7 +1,7 @@
 """The run directory: one home for what every command that writes one shares.
 
 A run directory holds a run's settings (a TOML file named after the command: ``md.toml``,
-``sample.toml``, ``config.toml``, ``cg.toml``, ``active.toml``), its checkpoint, logs,
+``sample.toml``, ``config.toml``, ``cg.toml``, ``active.toml``, ``refine.toml``), its checkpoint, logs,
 trajectories, plots and ``results.json``. This module knows the file names, refuses to start a
 new run where one is stored already, finds a run to resume, tells which engine made an MD run,
 and locks a directory against a second process writing into it at the same time.
