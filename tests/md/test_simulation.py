@@ -287,8 +287,6 @@ def test_npt_refuses_molecules_without_a_cell_and_biases(float64_model):
 
     with pytest.raises(InputError, match="periodic cell"):
         Simulation(float64_model, AtomsBatch.from_atoms(_ethanols(1)), ensemble="npt", thermostat="csvr")
-    with pytest.raises(InputError, match="thermostat"):
-        Simulation(float64_model, AtomsBatch.from_atoms([_water_grid()]), ensemble="npt")
     with pytest.raises(InputError, match="below twice the model's cutoff"):
         Simulation(float64_model, AtomsBatch.from_atoms([_water_grid(2)]), ensemble="npt", thermostat="csvr")
     restraint = HarmonicRestraint(Distance(0, 1), centre=[1.0], kappa_kjmol=100.0)
