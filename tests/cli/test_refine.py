@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from neuralmd.data import read_frames, write_frames
 from neuralmd.models.neural import load_network
@@ -57,6 +58,8 @@ def test_refine_writes_a_model_results_plots_and_a_check_run_and_resumes_with_mo
     assert resumed.returncode == 0, resumed.stderr
     history = json.loads((out / "history.json").read_text())
     assert len(history) == 3
+    checked = torch.load(out / "check-md" / "model.pt", map_location="cpu", weights_only=False)
+    assert checked["extra"]["refine_update"] == 3  # the check run is of the refined model, not the earlier one
     assert [{k: v for k, v in h.items() if k != "wall_s"} for h in history[:2]] == [
         {k: v for k, v in h.items() if k != "wall_s"} for h in first]
     assert_input_error(run("refine", "--resume", str(out), "--lr", "1"), "--lr", "not used with --resume")

@@ -405,6 +405,8 @@ class Refinement:
                 self.qm_loss0 = self._qm_loss()
             self._sample()
             self.save_checkpoint()
+        if self.update < s.updates:  # a check run of an earlier, shorter refinement checks another model
+            shutil.rmtree(self.run_dir / CHECK_RUN, ignore_errors=True)
         with progress_bar("refine update", self.progress) as bar:
             task = bar.add_task("refine", total=s.updates, completed=self.update, status="")
             while self.update < s.updates:
