@@ -74,6 +74,23 @@ def require_existing(run_dir: str | os.PathLike, what: str, marker: str = CHECKP
     return run_dir
 
 
+def read_checkpoint(run_dir: str | os.PathLike, fmt: str, what: str) -> dict:
+    """The checkpoint in ``run_dir`` (CPU tensors) whose ``format`` field is ``fmt``; InputError
+    naming the file if it is missing, unreadable or of another kind (``what``: "MD", "refinement")."""
+    import torch
+
+    path = Path(run_dir) / CHECKPOINT
+    if not path.is_file():
+        raise InputError(f"{path}: no {what} checkpoint to resume from")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InputError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != fmt:
+        raise InputError(f"{path}: field 'format': not a {what} checkpoint ({fmt})")
+    return ckpt
+
+
 def read_toml(path: str | os.PathLike) -> dict:
     """A TOML file as a plain dict; InputError naming the file if it is missing or not TOML."""
     path = Path(path)

@@ -24,7 +24,7 @@ import torch
 from ..data.io import write_frames
 from ..errors import InputError, NeuralMDError
 from ..io_utils import atomic_save, atomic_write_json
-from ..rundir import CHECKPOINT, FINAL, LAST_GOOD, RESULTS, RunLock
+from ..rundir import CHECKPOINT, FINAL, LAST_GOOD, RESULTS, RunLock, read_checkpoint
 from .integrators import MDState
 from .protocols import AdaptiveTerm, Reporter
 from .reporters import ProgressReporter
@@ -145,17 +145,7 @@ class MDRun(ABC):
     def read_checkpoint(cls, run_dir: str | Path) -> dict[str, Any]:
         """The checkpoint in ``run_dir`` (CPU tensors), checked to be this engine's; InputError
         naming the file otherwise."""
-        path = Path(run_dir) / CHECKPOINT
-        if not path.is_file():
-            raise InputError(f"{path}: no {cls.label} checkpoint to resume from")
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise InputError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc})") from None
-        if not isinstance(ckpt, dict) or ckpt.get("format") != cls.checkpoint_format:
-            raise InputError(f"{path}: field 'format': not a checkpoint of the {cls.label} engine "
-                             f"({cls.checkpoint_format})")
-        return ckpt
+        return read_checkpoint(run_dir, cls.checkpoint_format, cls.label)
 
     def _resumed_at(self, ckpt: dict[str, Any]) -> None:
         """Common part of a restore: the wall clock, and reporters cut back to the checkpoint's

@@ -47,7 +47,7 @@ from ..md.reporters import read_h5md
 from ..md.simulation import MDSettings, Simulation, SimulationUnstable
 from ..models.base import Potential
 from ..progress import progress_bar
-from ..rundir import CHECKPOINT, MD_SETTINGS, RESULTS, RunLock
+from ..rundir import CHECKPOINT, MD_SETTINGS, RESULTS, RunLock, read_checkpoint
 from ..state import AtomsBatch
 from ..training.metrics import evaluate
 from ..training.trainer import TrainConfig, batch_indices, loss_fn
@@ -331,11 +331,14 @@ class Refinement:
                               self.run_dir / RESULTS)
             raise RefinementUnstable(message) from None
 
+    def _chunks(self) -> list[tuple[int, int]]:
+        """(start, stop) of the chunks of frames of about :data:`ATOMS_PER_CHUNK` atoms."""
+        chunk, total = max(1, ATOMS_PER_CHUNK // len(self.frames.numbers)), len(self.frames)
+        return [(s, min(s + chunk, total)) for s in range(0, total, chunk)]
+
     def _energies(self) -> torch.Tensor:
         """U_θ (T,) eV of the current frames, in chunks, without a graph."""
-        chunk = max(1, ATOMS_PER_CHUNK // len(self.frames.numbers))
-        return torch.cat([frame_energies(self.potential, self.frames, s, min(s + chunk, len(self.frames)))
-                          for s in range(0, len(self.frames), chunk)]).detach()
+        return torch.cat([frame_energies(self.potential, self.frames, s, e) for s, e in self._chunks()]).detach()
 
     # --- one update ------------------------------------------------------------------------
     def experimental_loss(self, u: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
@@ -358,9 +361,7 @@ class Refinement:
         loss, means, _ = self.experimental_loss(u_leaf)
         (du,) = torch.autograd.grad(loss, u_leaf)
         self.optimizer.zero_grad(set_to_none=True)
-        chunk = max(1, ATOMS_PER_CHUNK // len(self.frames.numbers))
-        for s in range(0, len(self.frames), chunk):
-            stop = min(s + chunk, len(self.frames))
+        for s, stop in self._chunks():
             frame_energies(self.potential, self.frames, s, stop).backward(du[s:stop])
         entry: dict[str, Any] = {"update": self.update + 1, "sample": self.sample_index, "resampled": resampled,
                                  "ess_fraction": round(ess, 6), "experiment_loss": float(loss.detach()),
@@ -482,22 +483,15 @@ class Refinement:
             "model": self.potential.state_dict(), "optimizer": self.optimizer.state_dict(), "update": self.update,
             "sample_index": self.sample_index, "history": self.history,
             "frames": asdict(self.frames) if self.frames is not None else None, "u_ref": self.u_ref,
-            "values": self.values, "sampling_errors": self.sampling_errors, "before": self.before, "qm_before": self.qm_before, "qm_loss0": self.qm_loss0,
+            "values": self.values, "sampling_errors": self.sampling_errors, "before": self.before,
+            "qm_before": self.qm_before, "qm_loss0": self.qm_loss0,
             "last_good": self.last_good, "md_ps": self.md_ps, "wall_seconds": self.wall_seconds,
         }, self.run_dir / CHECKPOINT)
 
     def restore(self) -> None:
         """Continue from the checkpoint in ``run_dir`` (InputError naming it if it is not this
         refinement's)."""
-        path = self.run_dir / CHECKPOINT
-        if not path.is_file():
-            raise InputError(f"{path}: no refinement checkpoint to resume from")
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise InputError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc})") from None
-        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise InputError(f"{path}: field 'format': not a neuralmd refinement checkpoint")
+        ckpt = read_checkpoint(self.run_dir, CHECKPOINT_FORMAT, "refinement")
         self.potential.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.update, self.sample_index, self.history = ckpt["update"], ckpt["sample_index"], ckpt["history"]
