@@ -75,7 +75,8 @@ def refine(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                "--ensemble", "npt", "--temperature", str(TEMPERATURE_K), "--pressure-bar", "1",
                *[x for t in targets for x in ("--target", t)], "--target", f"density={DENSITY}",
                *[x for d in water.TRAIN_SETS for x in ("--qm-data", str(d))],
-               "--updates", str(args.updates), "--lr", str(args.lr), "--sample-ps", str(args.sample_ps),
+               "--updates", str(args.updates), "--lr", str(args.lr), "--qm-weight", str(args.qm_weight),
+               "--sample-ps", str(args.sample_ps),
                "--equilibration-ps", str(args.equilibration_ps), "--replicas", str(args.replicas),
                "--check-ps", "0", "--threads", str(args.threads), "-o", str(run)]
     log(" ".join(cmd))
@@ -168,6 +169,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="keep what the results file already holds")
     p.add_argument("--updates", type=int, default=40)
     p.add_argument("--lr", type=float, default=3e-5)
+    p.add_argument("--qm-weight", type=float, default=100.0, help="QM loss weight (its ratio to the start value)")
     p.add_argument("--sample-ps", type=float, default=4.0)
     p.add_argument("--equilibration-ps", type=float, default=1.0)
     p.add_argument("--replicas", type=int, default=1)

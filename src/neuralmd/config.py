@@ -18,14 +18,18 @@ T = TypeVar("T")
 
 
 def to_toml(values: dict[str, Any]) -> str:
-    """Serialise a flat dict of str/int/float/bool/list values (None values are skipped)."""
+    """Serialise a dict of str/int/float/bool/list values and flat dicts of them (inline tables;
+    None values are skipped)."""
     lines = []
     for key, value in values.items():
         if value is None:
             continue
         if isinstance(value, Path):
             value = str(value)
-        lines.append(f"{key} = {json.dumps(value)}")  # JSON scalars and arrays are valid TOML
+        if isinstance(value, dict):
+            lines.append(f"{key} = {{{', '.join(f'{k} = {json.dumps(v)}' for k, v in value.items())}}}")
+        else:
+            lines.append(f"{key} = {json.dumps(value)}")  # JSON scalars and arrays are valid TOML
     return "\n".join(lines) + "\n"
 
 
@@ -66,6 +70,8 @@ def _fits(value: Any, hint: Any) -> bool:
         return isinstance(value, hint)
     if origin is list:
         return isinstance(value, list) and all(_fits(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(_fits(v, args[1]) for v in value.values())
     if origin in (typing.Union, types.UnionType):
         return any(_fits(value, a) for a in args if a is not type(None))
     return True

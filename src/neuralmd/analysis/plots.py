@@ -334,3 +334,33 @@ def plot_refine_history(history: Sequence[dict], names: Sequence[str], path: str
         ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def plot_binding(report: dict, path: str | os.PathLike, bound_z_A: float, unbound_z_A: Sequence[float],
+                 reference_kjmol: float | None = None) -> None:
+    """A binding run at a glance: the PMF along the funnel axis (kJ/mol, zero on the unbound
+    plateau) with the bound and unbound regions shaded, and ΔG°bind against simulated time."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    z = np.array(report["pmf"]["z_A"])
+    w = np.array([np.nan if v is None else v for v in report["pmf"]["W_kjmol"]], dtype=float)
+    left.plot(z, w, color="C0")
+    left.axvspan(z.min(), bound_z_A, color="C2", alpha=0.15, label="bound")
+    left.axvspan(*unbound_z_A, color="C1", alpha=0.15, label="unbound")
+    left.set_xlabel("z along the host axis (Å)")
+    left.set_ylabel("W(z) (kJ/mol)")
+    left.legend()
+    left.grid(alpha=0.3)
+    curve = np.array(report["curve"], dtype=float)
+    right.plot(curve[:, 0], curve[:, 1], marker="o", ms=3)
+    if reference_kjmol is not None:
+        right.axhline(reference_kjmol, color="k", ls="--", lw=0.8, label="reference")
+        right.legend()
+    right.set_xlabel("simulated time (ns)")
+    right.set_ylabel("ΔG°bind (kJ/mol)")
+    right.grid(alpha=0.3)
+    verdict = "converged" if report["converged"] else f"UNCONVERGED: {report['reason']}"
+    right.set_title(verdict if len(verdict) < 70 else verdict[:67] + "...", fontsize=9,
+                    color="k" if report["converged"] else "C3")
+    fig.suptitle(f"ΔG°bind = {report['dG_kjmol']:.1f} ± {report['dG_err_kjmol']:.1f} kJ/mol", fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path)

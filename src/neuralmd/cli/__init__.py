@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import InputError, NeuralMDError
-from . import active, analyze, build, cg, cv, demo, label, md, refine, sample, tools, train  # noqa: F401  (they register the commands)
+from . import active, analyze, bind, build, cg, cv, demo, label, md, refine, sample, tools, train  # noqa: F401  (they register the commands)
 from .common import app, console
 
 __all__ = ["app", "main"]

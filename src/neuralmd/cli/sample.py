@@ -14,7 +14,7 @@ import typer
 from ..errors import InputError
 from ..rundir import check_writable
 from ..sampling.bias_factory import BiasSettings
-from .common import app, console, default, one_temperature, refuse_with_resume, settings_from
+from .common import app, console, default, one_temperature, refuse_given, refuse_with_resume, settings_from
 from .md import Engine, finish, openmm_settings, run_options, run_resumed, wants_openmm
 
 
@@ -151,6 +151,7 @@ def total_steps(settings, ns: Optional[float], steps: Optional[int], config: Opt
 
 @app.command()
 def fes(
+    ctx: typer.Context,
     run: Path = typer.Argument(..., help="run directory (sample or md)"),
     cv: Optional[str] = typer.Option(None, help="CVs to project on (default: the run's biased CV), e.g. phi,psi"),
     basin_a: Optional[str] = typer.Option(None, help="basin A, e.g. 'phi<0' (default for phi: phi<0)"),
@@ -160,6 +161,9 @@ def fes(
                                        "error levels off)"),
     skip_ns: float = typer.Option(0.0, help="discard the first ns (transient of the bias)"),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="folder for fes.png/fes.json (default: RUN)"),
+    binding: bool = typer.Option(False, "--binding", help="a `neuralmd bind` run: ΔG°bind (1 M) with its error, "
+                                                          "ΔG°(t) and the PMF along the funnel axis "
+                                                          "(binding.json/.png)"),
 ) -> None:
     """Reweighted free-energy surface on one or two CVs, the free-energy difference between two
     basins with a block error, its convergence curve ΔF(t) and the verdict whether it converged
@@ -174,6 +178,13 @@ def fes(
     from ..sampling.convergence import MIN_BLOCKS, basin_report
     from ..sampling.samples import load_samples
 
+    if binding:
+        from .bind import report_binding
+
+        refuse_given(ctx, ["cv", "basin_a", "basin_b", "bins"], "not used with --binding (the run's funnel defines "
+                                                                "the bound and unbound states)")
+        report_binding(run, skip_ns, blocks, output)
+        return
     if bins < 2 or blocks < 0 or blocks == 1 or not skip_ns >= 0:
         raise InputError(f"bins {bins}, blocks {blocks}, skip-ns {skip_ns}: expected bins >= 2, blocks 0 (from the "
                          f"data) or >= 2, skip-ns >= 0")

@@ -27,7 +27,7 @@ class ColvarReporter(CsvReporter):
     Args:
         path: the CSV file.
         cv: the CV to record.
-        bias: the bias acting (None: unbiased, bias 0).
+        bias: the bias acting (None: unbiased, bias 0), on ``cv`` or on a CV of its own.
         interval: steps between rows.
     """
 
@@ -38,8 +38,12 @@ class ColvarReporter(CsvReporter):
 
     def rows(self, run, state) -> list[list]:
         with torch.no_grad():
-            s = self.cv(replica_positions(state.batch).to(torch.float64)).to(torch.float64)
-            v = self.bias.energy_of_cv(s) if self.bias is not None else torch.zeros(len(s), dtype=torch.float64)
+            x = replica_positions(state.batch).to(torch.float64)
+            s = self.cv(x).to(torch.float64)
+            if self.bias is None:
+                v = torch.zeros(len(s), dtype=torch.float64)
+            else:  # the recorded CV need not be the biased one
+                v = self.bias.energy_of_cv(s if self.bias.cv is self.cv else self.bias.cv(x).to(torch.float64))
         t = run.time_ps(state.step)
         return [[state.step, f"{t:.6f}", b, *(f"{x:.8g}" for x in row), f"{bias * EV_IN_KJMOL:.8g}"]
                 for b, (row, bias) in enumerate(zip(s.numpy(), v.numpy()))]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import openmm
@@ -36,8 +36,16 @@ from ..units import EV_IN_KJMOL, NM_IN_A
 from .biases import Bias, KernelBias
 from .colvar import ColvarReporter
 from .cvs import CV, Angle, Distance, Stack, Torsion
-from .energy_cv import PotentialEnergy, energy_cvs
+from .energy_cv import energy_cvs
 from .fast_cv import MLPDistanceCV
+
+
+@runtime_checkable
+class NativeCV(Protocol):
+    """A CV with its own OpenMM force whose energy is the CV's value (the force-field energy,
+    the host–guest coordinates of :mod:`neuralmd.binding.funnel`)."""
+
+    def openmm_force(self) -> openmm.Force: ...
 
 
 class PythonForceBias:
@@ -99,12 +107,12 @@ class _CVComponent:
 def cv_forces(cv: CV, system: openmm.System) -> list[openmm.Force]:
     """One OpenMM force per CV output whose energy equals that output (Å, radians or kJ/mol):
     OpenMM custom forces for distances, angles and torsions, a ``CustomCVForce`` for the
-    force-field energy, a NumPy ``PythonForce`` for learned distance CVs, a torch
+    force-field energy and other CVs with their own OpenMM force (:class:`NativeCV`), a NumPy ``PythonForce`` for learned distance CVs, a torch
     ``PythonForce`` otherwise."""
     cv.check_atoms(system.getNumParticles())
     if isinstance(cv, Stack):
         return [f for part in cv.cvs for f in cv_forces(part, system)]
-    if isinstance(cv, PotentialEnergy):
+    if isinstance(cv, NativeCV):
         return [cv.openmm_force()]
     if isinstance(cv, Torsion):
         force = openmm.CustomTorsionForce("theta")

@@ -1,0 +1,97 @@
+"""The binding free energy of a binding run: the reweighted PMF along the funnel axis, ΔG°bind
+(1 M) with its block error, ΔG°(t), recrossings, and frames that left the funnel.
+
+Definitions (stated in the results): *bound* is z < ``bound_z_A`` (the guest inside or at the
+mouth of the host; the funnel's cone); *unbound* is the plateau ``unbound_z_A`` = [low, high]
+of the cylinder, far enough that the host no longer acts on the guest. Frames are weighted by
+exp(βV) with V the OPES bias each felt, so
+
+    K_b = A_eff P(bound) / (P(unbound) / L_unbound),     ΔG° = -k_BT ln(K_b / V°),
+
+where A_eff is the cylinder's Boltzmann-weighted cross-section
+(:meth:`~.funnel.Funnel.cross_section_A2`), L_unbound = high − low and V° = 1660.54 Å³ (1 M).
+Equivalently ΔG° = F(bound) − F(unbound) − k_BT ln(A_eff L_unbound / V°): the error, the
+convergence verdict, the recrossings and ΔG°(t) are those of that free-energy difference
+(:func:`~neuralmd.sampling.convergence.basin_report`) shifted by the funnel's constant.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from ..sampling.colvar import read_colvar
+from ..sampling.convergence import MIN_BLOCKS, basin_report
+from ..sampling.fes import kT_kjmol
+from ..rundir import COLVAR
+from .funnel import STANDARD_VOLUME_A3
+from .runs import load_settings
+
+#: a frame is outside the funnel when beyond its surface by more than this many thermal wall
+#: widths (k_BT/k)^½: the soft wall lets the guest that far about once in 10⁴ frames
+ESCAPE_WIDTHS = 4.0
+
+
+def funnel_correction_kjmol(cross_section_A2: float, unbound_length_A: float, temperature_K: float) -> float:
+    """-k_BT ln(A_eff L / V°) (kJ/mol): the step from F(bound) - F(unbound) to ΔG°."""
+    return -kT_kjmol(temperature_K) * math.log(cross_section_A2 * unbound_length_A / STANDARD_VOLUME_A3)
+
+
+def binding_report(run_dir: str | Path, skip_ns: float = 0.0, blocks: int = 0, bins: int = 80) -> dict:
+    """ΔG°bind and its diagnostics for the binding run in ``run_dir`` (frames before ``skip_ns``
+    dropped). Keys: ``dG_kjmol``, ``dG_err_kjmol``, ``converged``, ``reason``, ``recrossings``,
+    ``curve`` ([ns, ΔG°]), ``pmf`` (z Å, W kJ/mol, zero on the unbound plateau), ``escaped``,
+    the definitions, the funnel and its cross-section."""
+    run_dir = Path(run_dir)
+    settings, engine = load_settings(run_dir)
+    funnel = settings.make_funnel()
+    temperature = engine.temperature_K
+    colvar = read_colvar(run_dir / COLVAR)
+    order = np.lexsort((colvar["replica"], colvar["step"]))
+    z, rho = colvar["z"][order], colvar["rho"][order]
+    t_ns = colvar["step"][order] * engine.timestep_fs * 1e-6
+    keep = t_ns >= skip_ns
+    if keep.sum() < 2 * max(blocks, MIN_BLOCKS):
+        raise InputError(f"{run_dir}: {int(keep.sum())} frames after --skip-ns {skip_ns}; run longer")
+    kT = kT_kjmol(temperature)
+    bias = colvar["bias_kjmol"][order][keep]
+    weights = np.exp((bias - bias.max()) / kT)
+    z, rho, t_ns, replica = z[keep], rho[keep], t_ns[keep], colvar["replica"][order][keep]
+    lo, hi = settings.unbound_z_A
+    bound, unbound = [(-np.inf, settings.bound_z_A)], [(lo, hi)]
+    for name, region in (("bound", bound), ("unbound", unbound)):
+        mask = (z >= region[0][0]) & (z < region[0][1])
+        if not mask.any():
+            raise InputError(f"{run_dir}: no frame in the {name} state (z in [{region[0][0]}, {region[0][1]}) Å) yet; "
+                             f"run longer (neuralmd bind --resume)")
+    area = funnel.cross_section_A2(temperature)
+    shift = funnel_correction_kjmol(area, hi - lo, temperature)
+    report = basin_report(z[:, None], weights, t_ns, unbound, bound, temperature, segments=replica, blocks=blocks)
+    edges = np.linspace(funnel.lower_z_A - 1.0, funnel.upper_z_A + 1.0, bins + 1)
+    hist, _ = np.histogram(z, bins=edges, weights=weights)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    with np.errstate(divide="ignore"):
+        pmf = -kT * np.log(hist / hist.sum())
+    plateau = (centres >= lo) & (centres < hi) & np.isfinite(pmf)
+    pmf = pmf - (pmf[plateau].mean() if plateau.any() else np.nanmin(pmf[np.isfinite(pmf)]))
+    sigma = math.sqrt(kT / funnel.k_kjmol_A2)
+    excess = np.maximum.reduce([rho - funnel.radius(z), z - funnel.upper_z_A, funnel.lower_z_A - z])
+    escaped = excess > ESCAPE_WIDTHS * sigma
+    return {
+        "dG_kjmol": report["deltaF_kjmol"] + shift, "dG_err_kjmol": report["deltaF_err_kjmol"],
+        "converged": report["converged"], "reason": report["reason"],
+        "recrossings": report["diagnostics"]["transitions"], "diagnostics": report["diagnostics"],
+        "curve": [[t, f + shift] for t, f in report["curve"]],
+        "pmf": {"z_A": centres.tolist(), "W_kjmol": [float(w) if np.isfinite(w) else None for w in pmf]},
+        "definition": {"bound": f"z < {settings.bound_z_A} Å along the host axis",
+                       "unbound": f"{lo} <= z < {hi} Å in the funnel's cylinder",
+                       "standard_state": "1 M (1660.54 Å³ per molecule)",
+                       "formula": "ΔG° = F(bound) - F(unbound) - kT ln(A_eff L_unbound / V°)"},
+        "cross_section_A2": area, "funnel_correction_kjmol": shift, "funnel": funnel.__dict__,
+        "escaped": {"frames": int(escaped.sum()), "fraction": float(escaped.mean()),
+                    "beyond_A": float(ESCAPE_WIDTHS * sigma)},
+        "frames": int(len(z)), "simulated_ns": float(t_ns.max()), "temperature_K": temperature, "cv": settings.cv,
+    }

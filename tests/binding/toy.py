@@ -1,0 +1,62 @@
+"""A toy host–guest system with an exactly known binding constant: a rigid ring "host" of fixed
+particles and one guest particle in a Gaussian well at the host's centre, inside a funnel."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import openmm
+from openmm import app, unit
+
+from neuralmd.binding.funnel import Funnel
+from neuralmd.md.openmm_engine import OpenMMSystem
+from neuralmd.sampling.fes import kT_kjmol
+
+RING = 6  # particles per ring; two rings at z = ±1 Å, radius 3 Å
+GUEST_MASS = 40.0  # amu
+
+
+def toy_complex(depth_kjmol: float, width_A: float = 1.0, start=(0.0, 0.0, 0.0)) -> OpenMMSystem:
+    """The host (two fixed rings, atoms 0-11, residue HST) and the guest (atom 12, residue GST)
+    in a well -depth·exp(-r²/2w²) around the host's centroid."""
+    topology = app.Topology()
+    chain = topology.addChain()
+    host = topology.addResidue("HST", chain)
+    positions = []
+    for ring, z in enumerate((-1.0, 1.0)):
+        for k in range(RING):
+            topology.addAtom(f"C{ring}{k}", app.element.carbon, host)
+            a = 2 * math.pi * k / RING
+            positions.append((3.0 * math.cos(a), 3.0 * math.sin(a), z))
+    guest = topology.addResidue("GST", chain)
+    topology.addAtom("AR", app.element.argon, guest)
+    positions.append(tuple(start))
+    system = openmm.System()
+    for _ in range(2 * RING):
+        system.addParticle(0.0)  # fixed
+    system.addParticle(GUEST_MASS)
+    well = openmm.CustomCentroidBondForce(2, f"-{depth_kjmol!r}*exp(-distance(g1,g2)^2/(2*{width_A / 10!r}^2))")
+    well.addGroup(list(range(2 * RING)), [1.0] * (2 * RING))
+    well.addGroup([2 * RING], [1.0])
+    well.addBond([0, 1], [])
+    system.addForce(well)
+    pos = np.array(positions) / 10.0
+    return OpenMMSystem(topology, system, pos * unit.nanometer, np.array([6] * (2 * RING) + [18]))
+
+
+def exact_binding_dG(depth_kjmol: float, width_A: float, funnel: Funnel, bound_z_A: float, temperature_K: float,
+                     n: int = 1500) -> float:
+    """ΔG° (kJ/mol, 1 M) of the toy by quadrature: K_b = ∫_{z < bound_z} exp(-β(U_well + U_funnel)) d³r
+    (the well vanishes on the unbound plateau, where the funnel alone acts)."""
+    import torch
+
+    kT = kT_kjmol(temperature_K)
+    z = np.linspace(funnel.lower_z_A - 3.0, bound_z_A, n)
+    rho = np.linspace(0.0, float(funnel.radius(z.min())) + 3.0, n)
+    zz, rr = np.meshgrid(z, rho, indexing="ij")
+    u_funnel = funnel.energy(torch.as_tensor(zz), torch.as_tensor(rr)).numpy()
+    u_well = -depth_kjmol * np.exp(-(zz**2 + rr**2) / (2 * width_A**2))
+    integrand = 2 * np.pi * rr * np.exp(-(u_well + u_funnel) / kT)
+    k_b = np.trapezoid(np.trapezoid(integrand, rho, axis=1), z)
+    return -kT * math.log(k_b / 1660.5390671738466)
