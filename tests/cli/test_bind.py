@@ -1,0 +1,83 @@
+"""``neuralmd bind`` as a user runs it on CB7–B2 (a short run, resumed, its files readable),
+``neuralmd fes --binding`` on a finished toy run, and bad input refused in one line, exit 2,
+nothing written."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import tomllib
+
+from neuralmd.binding.runs import start_binding
+from tests.binding.test_runs import toy_engine, toy_settings
+from tests.binding.toy import toy_complex
+from tests.cli.helpers import assert_input_error, run
+from tests.conftest import shared_file
+
+CB7 = shared_file("cb7_b2/complex-vacuum.prmtop").parent
+COMPLEX = ["--prmtop", str(CB7 / "complex-vacuum.prmtop"), "--inpcrd", str(CB7 / "complex-vacuum.inpcrd")]
+SHORT = ["--report-every", "100", "--checkpoint-every", "1000", "--platform", "CPU"]
+
+
+def test_bind_runs_cb7_b2_in_obc2_and_resumes(tmp_path):
+    out = tmp_path / "cb7"
+    result = run("bind", *COMPLEX, "--host-residue", "CUC", "--guest-residue", "B2", "--ns", "0.004", *SHORT,
+                 "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "no ΔG° yet" in result.stdout + result.stderr  # 4 ps: the guest has not left the host
+    assert {"bind.toml", "input.toml", "md.toml", "system.xml", "topology.pdb", "colvar.csv", "traj_000.h5md",
+            "checkpoint.pt"} <= {p.name for p in out.iterdir()}
+    settings = tomllib.loads((out / "bind.toml").read_text())
+    assert len(settings["host"]) == 126 and len(settings["guest"]) == 30
+    assert settings["funnel"]["lower_z_A"] < 0 < settings["bound_z_A"] < settings["unbound_z_A"][0]
+    resumed = run("bind", "--resume", str(out), "--ns", "0.006")
+    assert resumed.returncode == 0, resumed.stderr
+    rows = (out / "colvar.csv").read_text().splitlines()
+    assert rows[0] == "step,time_ps,replica,z,rho,d,bias_kjmol" and int(rows[-1].split(",")[0]) == 3000
+    assert all(abs(float(r.split(",")[3])) < 4.0 for r in rows[1:])  # bound throughout
+    assert_input_error(run("bind", "--resume", str(out), "--ns", "0.002"), "already at")
+    assert_input_error(run("bind", "--resume", str(out), "--seed", "3"), "--seed", "not used with --resume")
+
+
+def test_fes_binding_reports_dG_with_its_definitions_and_plots(tmp_path):
+    start_binding(toy_complex(30.0), toy_settings(30.0), toy_engine(seed=1), tmp_path / "toy").run(250_000)
+    result = run("fes", str(tmp_path / "toy"), "--binding", "--skip-ns", "0.1")
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"ΔG°bind = -?\d+\.\d\d ± \d+\.\d\d kJ/mol", result.stdout + result.stderr)
+    report = json.loads((tmp_path / "toy" / "binding.json").read_text())
+    assert report["definition"]["bound"].startswith("z < 4.0") and report["recrossings"] > 0
+    assert (tmp_path / "toy" / "binding.png").stat().st_size > 10_000
+    assert_input_error(run("fes", str(tmp_path / "toy"), "--binding", "--bins", "30"), "--bins", "--binding")
+
+
+def _without_radii(tmp_path):
+    text = (CB7 / "complex-vacuum.prmtop").read_text()
+    start = text.index("%FLAG RADII")
+    stripped = text[:start] + text[text.index("%FLAG", start + 5):]
+    path = tmp_path / "noradii.prmtop"
+    path.write_text(stripped)
+    return path
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--host-residue", "CB8", "--guest-residue", "B2"], ("host residue 'CB8' not found", "CUC")),
+    (["--host-atoms", "0-130", "--guest-residue", "B2"], ("overlap",)),
+    (["--host-residue", "CUC", "--guest-residue", "B2", "--funnel-lower", "1.0"], ("does not contain the starting pose",)),
+    (["--host-residue", "CUC", "--guest-residue", "B2", "--solvent", "explicit"], ("no periodic box",)),
+    (["--host-residue", "CUC", "--host-atoms", "0-125", "--guest-residue", "B2"], ("--host-residue", "one")),
+    (["--host-residue", "CUC", "--guest-atoms", "126-400"], ("index 156",)),
+])
+def test_bind_refuses_bad_input_and_writes_nothing(tmp_path, args, fragments):
+    out = tmp_path / "run"
+    assert_input_error(run("bind", *COMPLEX, *args, "--ns", "0.001", "-o", str(out)), *fragments)
+    assert not out.exists()
+
+
+def test_bind_refuses_implicit_solvent_without_gb_radii(tmp_path):
+    out = tmp_path / "run"
+    result = run("bind", "--prmtop", str(_without_radii(tmp_path)), "--inpcrd", str(CB7 / "complex-vacuum.inpcrd"),
+                 "--host-residue", "CUC", "--guest-residue", "B2", "--ns", "0.001", "-o", str(out))
+    assert_input_error(result, "no GB radii", "mbondi2")
+    assert not out.exists()
