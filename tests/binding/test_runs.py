@@ -27,7 +27,7 @@ HOST, ANCHOR, GUEST = list(range(12)), list(range(6, 12)), [12]
 
 def toy_settings(depth_kjmol: float, **changes) -> BindSettings:
     values = {"host": HOST, "guest": GUEST, "anchor": ANCHOR, "funnel": dict(FUNNEL), "cv": "axial",
-              "barrier_kjmol": depth_kjmol + 10.0, "sigma_A": 0.5, "pace": 500, "bound_z_A": 4.0,
+              "barrier_kjmol": depth_kjmol + 10.0, "sigma": 0.5, "pace": 500, "bound_z_A": 4.0,
               "unbound_z_A": [9.0, 15.0], **changes}
     return BindSettings(**values)
 

@@ -17,9 +17,12 @@ RING = 6  # particles per ring; two rings at z = ±1 Å, radius 3 Å
 GUEST_MASS = 40.0  # amu
 
 
-def toy_complex(depth_kjmol: float, width_A: float = 1.0, start=(0.0, 0.0, 0.0)) -> OpenMMSystem:
-    """The host (two fixed rings, atoms 0-11, residue HST) and the guest (atom 12, residue GST)
-    in a well -depth·exp(-r²/2w²) around the host's centroid."""
+def toy_complex(depth_kjmol: float, width_A: float = 1.0, start=(0.0, 0.0, 0.0), diatomic: bool = False
+                ) -> OpenMMSystem:
+    """The host (two fixed rings, atoms 0-11, residue HST) and the guest (atom 12, or atoms 12
+    and 13 bonded 1.5 Å apart along x with ``diatomic``; residue GST) whose centroid sits in a
+    well -depth·exp(-r²/2w²) around the host's centroid (so K_b does not depend on the guest's
+    shape)."""
     topology = app.Topology()
     chain = topology.addChain()
     host = topology.addResidue("HST", chain)
@@ -30,19 +33,27 @@ def toy_complex(depth_kjmol: float, width_A: float = 1.0, start=(0.0, 0.0, 0.0))
             a = 2 * math.pi * k / RING
             positions.append((3.0 * math.cos(a), 3.0 * math.sin(a), z))
     guest = topology.addResidue("GST", chain)
-    topology.addAtom("AR", app.element.argon, guest)
-    positions.append(tuple(start))
+    offsets = [(-0.75, 0.0, 0.0), (0.75, 0.0, 0.0)] if diatomic else [(0.0, 0.0, 0.0)]
+    for k, offset in enumerate(offsets):
+        topology.addAtom(f"AR{k}", app.element.argon, guest)
+        positions.append(tuple(a + b for a, b in zip(start, offset)))
     system = openmm.System()
     for _ in range(2 * RING):
         system.addParticle(0.0)  # fixed
-    system.addParticle(GUEST_MASS)
+    guest_atoms = list(range(2 * RING, 2 * RING + len(offsets)))
+    for _ in guest_atoms:
+        system.addParticle(GUEST_MASS)
+    if diatomic:
+        bond = openmm.HarmonicBondForce()
+        bond.addBond(guest_atoms[0], guest_atoms[1], 0.15, 50_000.0)
+        system.addForce(bond)
     well = openmm.CustomCentroidBondForce(2, f"-{depth_kjmol!r}*exp(-distance(g1,g2)^2/(2*{width_A / 10!r}^2))")
     well.addGroup(list(range(2 * RING)), [1.0] * (2 * RING))
-    well.addGroup([2 * RING], [1.0])
+    well.addGroup(guest_atoms, [1.0] * len(guest_atoms))
     well.addBond([0, 1], [])
     system.addForce(well)
     pos = np.array(positions) / 10.0
-    return OpenMMSystem(topology, system, pos * unit.nanometer, np.array([6] * (2 * RING) + [18]))
+    return OpenMMSystem(topology, system, pos * unit.nanometer, np.array([6] * (2 * RING) + [18] * len(offsets)))
 
 
 def exact_binding_dG(depth_kjmol: float, width_A: float, funnel: Funnel, bound_z_A: float, temperature_K: float,

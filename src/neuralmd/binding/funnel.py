@@ -82,6 +82,11 @@ class HostGuestCV(CV):
         force.addBond([0, 1, 2], [])
         return force
 
+
+
+class ScalarHostGuestCV(HostGuestCV):
+    """A one-output host–guest CV named after its variable in :data:`_FRAME` (z, rho or d)."""
+
     def openmm_force(self) -> openmm.CustomCentroidBondForce:
         """An OpenMM force whose energy is this CV's value (Å)."""
         force = self._force(f"{NM_IN_A}*{self.names[0]}")
@@ -89,7 +94,7 @@ class HostGuestCV(CV):
         return force
 
 
-class AxialPosition(HostGuestCV):
+class AxialPosition(ScalarHostGuestCV):
     """z: the guest centroid's position along the host axis (Å)."""
 
     def __init__(self, host: Sequence[int], anchor: Sequence[int], guest: Sequence[int]) -> None:
@@ -100,7 +105,7 @@ class AxialPosition(HostGuestCV):
         return self.coordinates(x)[0].unsqueeze(-1)
 
 
-class RadialDistance(HostGuestCV):
+class RadialDistance(ScalarHostGuestCV):
     """rho: the guest centroid's distance from the host axis (Å)."""
 
     def __init__(self, host: Sequence[int], anchor: Sequence[int], guest: Sequence[int]) -> None:
@@ -111,7 +116,7 @@ class RadialDistance(HostGuestCV):
         return self.coordinates(x)[1].unsqueeze(-1)
 
 
-class CentroidDistance(HostGuestCV):
+class CentroidDistance(ScalarHostGuestCV):
     """d: the host–guest centroid distance (Å)."""
 
     def __init__(self, host: Sequence[int], anchor: Sequence[int], guest: Sequence[int]) -> None:

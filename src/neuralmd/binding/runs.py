@@ -10,6 +10,7 @@ Run directory: ``bind.toml`` (:class:`BindSettings`), ``input.toml`` (the
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +26,11 @@ from ..io_utils import atomic_write_text
 from ..md.integrators import MDState
 from ..md.openmm_engine import OpenMMRun, OpenMMSettings, OpenMMSystem
 from ..md.start import claim
+from ..units import NM_IN_A
 from ..rundir import COLVAR, MD_SETTINGS, TOPOLOGY, refuse_existing, require_existing
 from ..sampling.biases import OPES
 from ..sampling.colvar import ColvarReporter
-from ..sampling.cvs import Stack
+from ..sampling.cvs import CV, Stack
 from ..sampling.openmm_bias import GridBias
 from .funnel import AxialPosition, CentroidDistance, Funnel, HostGuestCV, RadialDistance
 from .system import ComplexInput, fitted_funnel, host_axis, host_guest, positions_A
@@ -36,7 +38,11 @@ from .system import ComplexInput, fitted_funnel, host_axis, host_guest, position
 BIND_SETTINGS = "bind.toml"
 INPUT = "input.toml"
 SYSTEM = "system.xml"
-CVS = {"axial": AxialPosition, "distance": CentroidDistance}
+#: the learned CV's kernel width: a twentieth of the way from the bound to the unbound state
+#: (Deep-LDA flattens the CV inside each state, so their own spread would give needle kernels)
+LEARNED_SIGMA = 0.05
+LEARNED_CV = "cv"  # the learned CV's folder in the run directory (cv.pt, descriptors.json)
+CVS = ("axial", "distance", "learned")
 
 
 @dataclass
@@ -45,8 +51,13 @@ class BindSettings:
 
     ``host``/``guest``/``anchor``: atom indices (0-based; the anchor's centroid sets the host's
     axis). ``funnel``: the :class:`~.funnel.Funnel`'s fields. ``cv``: the biased CV, ``axial``
-    (z along the funnel axis) or ``distance`` (host–guest centroid distance). ``bound_z_A``: the
-    guest is bound below this z; ``unbound_z_A``: the plateau [low, high] where it is free.
+    (z along the funnel axis), ``distance`` (host–guest centroid distance) or ``learned``
+    (a discriminant of host–guest descriptors, ``cv_method`` ``lda`` or ``deep-lda``,
+    :mod:`.learned`, trained from ``cv_train_ps`` of unbiased MD in each state before the run;
+    ``cv_range`` is then its grid's range).
+    ``sigma``: the initial kernel width in the CV's unit (0: from the learned CV's
+    fluctuations). ``bound_z_A``: the guest is bound below this z; ``unbound_z_A``: the plateau
+    [low, high] where it is free.
     """
 
     host: list[int] = field(default_factory=list)
@@ -55,8 +66,11 @@ class BindSettings:
     funnel: dict[str, float] = field(default_factory=dict)
     cv: str = "axial"
     barrier_kjmol: float = 80.0
-    sigma_A: float = 0.5
+    sigma: float = 0.5
     pace: int = 500
+    cv_train_ps: float = 200.0
+    cv_method: str = "lda"
+    cv_range: list[float] = field(default_factory=list)
     bound_z_A: float = 0.0
     unbound_z_A: list[float] = field(default_factory=list)
 
@@ -79,9 +93,15 @@ class BindSettings:
         if not set(self.anchor) <= set(self.host):
             raise InputError("anchor: atoms outside the host")
         funnel = self.make_funnel()
-        if not 0 < self.barrier_kjmol < float("inf") or not 0 < self.sigma_A < float("inf") or self.pace < 1:
-            raise InputError(f"barrier {self.barrier_kjmol} kJ/mol, sigma {self.sigma_A} Å, pace {self.pace}: "
-                             f"expected > 0, > 0, >= 1")
+        if not 0 < self.barrier_kjmol < float("inf") or not 0 <= self.sigma < float("inf") or self.pace < 1:
+            raise InputError(f"barrier {self.barrier_kjmol} kJ/mol, sigma {self.sigma}, pace {self.pace}: "
+                             f"expected > 0, >= 0, >= 1")
+        if self.cv != "learned" and self.sigma == 0:
+            raise InputError(f"sigma: 0; the {self.cv} CV needs a kernel width in Å")
+        if self.cv_method not in ("lda", "deep-lda"):
+            raise InputError(f"cv_method: {self.cv_method!r}; expected lda or deep-lda")
+        if self.cv == "learned" and not 0 < self.cv_train_ps < float("inf"):
+            raise InputError(f"cv_train_ps: {self.cv_train_ps}; expected > 0 ps of MD per state")
         lo, hi = self.unbound_z_A if len(self.unbound_z_A) == 2 else (None, None)
         if lo is None or not funnel.switch_z_A <= lo < hi <= funnel.upper_z_A:
             raise InputError(f"unbound_z_A: {self.unbound_z_A}; expected [low, high] inside the funnel's cylinder "
@@ -93,20 +113,28 @@ class BindSettings:
     def frame_cv(self, cls: type[HostGuestCV]) -> HostGuestCV:
         return cls(self.host, self.anchor, self.guest)
 
-    def bias_cv(self) -> HostGuestCV:
-        return self.frame_cv(CVS[self.cv])
+    def bias_cv(self, run_dir: Path) -> CV:
+        """The biased CV (the learned one read from ``run_dir``)."""
+        if self.cv == "learned":
+            from .learned import load_binding_cv
 
-    def recorded_cv(self) -> Stack:
-        """What colvar.csv records: z, rho and d."""
-        return Stack([self.frame_cv(AxialPosition), self.frame_cv(RadialDistance), self.frame_cv(CentroidDistance)])
+            return load_binding_cv(run_dir / LEARNED_CV)
+        return self.frame_cv(AxialPosition if self.cv == "axial" else CentroidDistance)
+
+    def recorded_cv(self, bias_cv: CV) -> Stack:
+        """What colvar.csv records: z, rho, d (and a learned CV's value)."""
+        frame = [self.frame_cv(AxialPosition), self.frame_cv(RadialDistance), self.frame_cv(CentroidDistance)]
+        return Stack(frame + ([bias_cv] if self.cv == "learned" else []))
 
     def grid_range(self) -> tuple[float, float]:
-        """The biased CV's range (Å) over the funnel, with a margin of 1 Å."""
+        """The biased CV's range over the funnel (Å, with a margin of 1 Å; a learned CV's stored
+        range)."""
         f = self.make_funnel()
+        if self.cv == "learned":
+            return self.cv_range[0], self.cv_range[1]
         if self.cv == "axial":
             return f.lower_z_A - 1.0, f.upper_z_A + 1.0
-        far = float(np.hypot(f.upper_z_A, f.radius_A))
-        return 0.0, far + 1.0
+        return 0.0, float(np.hypot(f.upper_z_A, f.radius_A)) + 1.0
 
 
 class FunnelTerm:
@@ -151,11 +179,11 @@ def check_start(settings: BindSettings, positions: np.ndarray) -> None:
 
 def _terms_and_reporters(settings: BindSettings, engine: OpenMMSettings, run_dir: Path) -> tuple[list, list]:
     """The funnel and the OPES bias (tabulated over the CV's range) and the colvar reporter."""
-    cv = settings.bias_cv()
-    bias = OPES(cv, [settings.sigma_A], settings.barrier_kjmol, settings.pace, engine.temperature_K)
+    cv = settings.bias_cv(run_dir)
+    bias = OPES(cv, [settings.sigma], settings.barrier_kjmol, settings.pace, engine.temperature_K)
     terms = [FunnelTerm(settings.make_funnel(), settings.frame_cv(AxialPosition)),
              GridBias(bias, ranges=[settings.grid_range()])]
-    reporters = [ColvarReporter(run_dir / COLVAR, settings.recorded_cv(), bias, engine.report_every)]
+    reporters = [ColvarReporter(run_dir / COLVAR, settings.recorded_cv(cv), bias, engine.report_every)]
     return terms, reporters
 
 
@@ -170,9 +198,13 @@ def start_binding(parts: OpenMMSystem, settings: BindSettings, engine: OpenMMSet
     if bad:
         raise InputError(f"atom index {bad[0]} but the system has {n} atoms")
     check_start(settings, positions_A(parts))
+    learned = train_learned_cv(parts, settings, engine, progress) if settings.cv == "learned" else None
     system_xml = openmm.XmlSerializer.serialize(parts.system)  # before the funnel and bias are added
     lock = claim(run_dir)
     try:
+        if learned is not None:
+            cv, stats = learned
+            cv.export(run_dir / LEARNED_CV, meta={"groups": cv.descriptors.groups(), "states": stats})
         with open(run_dir / TOPOLOGY, "w") as fh:
             app.PDBFile.writeFile(parts.topology, parts.positions, fh, keepIds=True)
         engine.pdb = str(run_dir / TOPOLOGY)
@@ -190,6 +222,40 @@ def start_binding(parts: OpenMMSystem, settings: BindSettings, engine: OpenMMSet
         raise
     run.lock = lock
     return run
+
+
+def train_learned_cv(parts: OpenMMSystem, settings: BindSettings, engine: OpenMMSettings, progress: bool = False):
+    """Deep-LDA binding CV from ``settings.cv_train_ps`` of unbiased MD (in the funnel) from the
+    bound pose and from the guest moved along the axis to the middle of the unbound plateau (held
+    there by the funnel's lower wall moved to the plateau); sets ``settings.cv_range`` (the
+    states' means ± 1: the CV is scaled to one unit between them) and, where 0,
+    ``settings.sigma`` (:data:`LEARNED_SIGMA`). Returns the CV and the states' statistics."""
+    from rich.console import Console
+
+    from .learned import descriptor_groups, sample_state, train_binding_cv
+
+    positions = positions_A(parts)
+    groups = descriptor_groups(positions, parts.numbers, settings.host, settings.anchor, settings.guest)
+    frame = settings.frame_cv(AxialPosition)
+    r, u = (v[0].numpy() for v in frame.frame(torch.as_tensor(positions)[None]))
+    unbound = positions.copy()
+    unbound[settings.guest] += (float(np.mean(settings.unbound_z_A)) * u - r)  # guest centroid onto the axis there
+    steps = int(round(settings.cv_train_ps * 1000 / engine.timestep_fs))
+    every = max(1, steps // 400)
+    funnel = settings.make_funnel()
+    lo = settings.unbound_z_A[0]  # the unbound run is held on the plateau: the guest would come back
+    plateau = dataclasses.replace(funnel, lower_z_A=lo, switch_z_A=min(max(funnel.switch_z_A, lo + 0.5),
+                                                                        0.5 * (lo + funnel.upper_z_A)))
+    if progress:
+        Console(stderr=True).print(f"learned CV: {settings.cv_train_ps} ps of unbiased MD in the bound and in the "
+                                   f"unbound state, then Deep-LDA")
+    states = [sample_state(parts, engine, [FunnelTerm(f, frame)], x / NM_IN_A, steps, every)
+              for f, x in ((funnel, positions), (plateau, unbound))]
+    cv, stats = train_binding_cv(*states, groups, settings.cv_method, seed=engine.seed)
+    settings.cv_range = [stats["bound_mean"] - 1.0, stats["unbound_mean"] + 1.0]  # the states are one unit apart
+    if settings.sigma == 0:
+        settings.sigma = LEARNED_SIGMA
+    return cv, stats
 
 
 def load_settings(run_dir: str | Path) -> tuple[BindSettings, OpenMMSettings]:

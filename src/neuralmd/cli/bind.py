@@ -25,6 +25,7 @@ class Solvent(str, Enum):
 class BindCV(str, Enum):
     axial = "axial"
     distance = "distance"
+    learned = "learned"
 
 
 def _d(name: str):
@@ -83,11 +84,16 @@ def bind(
     guest_residue: Optional[str] = typer.Option(None, help="the guest's residue name (e.g. B2)"),
     host_atoms: Optional[str] = typer.Option(None, help="the host's atoms, 0-based, e.g. 0-125"),
     guest_atoms: Optional[str] = typer.Option(None, help="the guest's atoms, 0-based"),
-    cv: BindCV = typer.Option(BindCV.axial, help="biased CV: axial (z along the host axis, funnel metadynamics) or "
-                                                 "distance (host-guest centroid distance)"),
+    cv: BindCV = typer.Option(BindCV.axial, help="biased CV: axial (z along the host axis, funnel metadynamics), "
+                                                 "distance (host-guest centroid distance) or learned (a discriminant "
+                                                 "of host-guest descriptors from short bound/unbound runs)"),
     barrier_kjmol: float = typer.Option(_d("barrier_kjmol"), help="OPES BARRIER (kJ/mol): at least the depth of "
                                                                    "the bound state"),
-    sigma: float = typer.Option(_d("sigma_A"), help="initial kernel width (Å)"),
+    sigma: Optional[float] = typer.Option(None, help="initial kernel width in the CV's unit (default 0.5 Å; for the "
+                                                     "learned CV its fluctuation in the bound and unbound states)"),
+    cv_train_ps: float = typer.Option(_d("cv_train_ps"), help="learned CV: unbiased MD per state to train it on (ps)"),
+    cv_method: str = typer.Option(_d("cv_method"), help="learned CV: lda (Fisher's linear discriminant; smooth "
+                                                        "inside the states) or deep-lda"),
     pace: int = typer.Option(_d("pace"), help="steps between kernel depositions"),
     funnel_radius: Optional[float] = typer.Option(None, help="cylinder radius (Å; default 2)"),
     funnel_angle: Optional[float] = typer.Option(None, help="cone half-angle (degrees; default: as wide as the host)"),
@@ -124,7 +130,7 @@ def bind(
         raise InputError(f"ns: {ns}; expected > 0")
     if resume is not None:
         refuse_with_resume(ctx, ["output", "prmtop", "inpcrd", "pdb", "forcefield", "solvent", "host_residue",
-                                 "guest_residue", "host_atoms", "guest_atoms", "cv", "barrier_kjmol", "sigma", "pace",
+                                 "guest_residue", "host_atoms", "guest_atoms", "cv", "barrier_kjmol", "sigma", "pace", "cv_train_ps", "cv_method",
                                  *FUNNEL_OPTIONS, "bound_z", "unbound_z", "temperature", "pressure_bar",
                                  "timestep_fs", "friction_per_ps", "report_every", "checkpoint_every", "seed",
                                  "platform"], resume)
@@ -152,7 +158,9 @@ def bind(
         parts = load_complex(spec, temperature)
         funnel = {field: value for option, field in FUNNEL_OPTIONS.items()
                   if (value := ctx.params[option]) is not None}
-        settings = build_settings(parts, spec, cv.value, funnel, barrier_kjmol=barrier_kjmol, sigma_A=sigma, pace=pace)
+        settings = build_settings(parts, spec, cv.value, funnel, barrier_kjmol=barrier_kjmol, pace=pace,
+                                  sigma=sigma if sigma is not None else (0.0 if cv == BindCV.learned else 0.5),
+                                  cv_train_ps=cv_train_ps, cv_method=cv_method)
         if bound_z is not None:
             settings.bound_z_A = bound_z
         if unbound_z is not None:

@@ -77,11 +77,13 @@ class OpenMMSettings(RunSettings):
     checkpoint_every: int = 50_000
     platform: str = "Reference"
 
-    def validate(self) -> None:
+    def validate(self, pdb: bool = True) -> None:
+        """InputError naming the first setting out of range (``pdb``: also that the PDB exists,
+        which a run given its System does not need)."""
         super().validate()
         if self.engine != "openmm":
             raise InputError(f"engine: {self.engine!r}; these are OpenMM-engine settings")
-        if not Path(self.pdb).is_file():
+        if pdb and not Path(self.pdb).is_file():
             raise InputError(f"pdb: {self.pdb}: file not found")
         if self.constraints not in CONSTRAINTS:
             raise InputError(f"constraints: {self.constraints!r}; expected one of {', '.join(CONSTRAINTS)}")
@@ -148,7 +150,7 @@ class OpenMMRun(MDRun):
     def __init__(self, settings: OpenMMSettings, run_dir: str | Path | None, system: OpenMMSystem | None = None,
                  terms: Sequence[OpenMMTerm] = (), reporters: Sequence[Reporter] = (),
                  progress: bool = False) -> None:
-        settings.validate()
+        settings.validate(pdb=system is None)
         self.settings, self.progress = settings, progress
         self.run_dir = Path(run_dir) if run_dir is not None else None
         parts = system or OpenMMSystem.from_settings(settings)

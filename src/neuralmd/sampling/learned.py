@@ -181,10 +181,15 @@ def _generalised_eig(a: torch.Tensor, b: torch.Tensor, reg: float = 1e-5) -> tup
 
 def train_deep_lda(descriptors: np.ndarray, labels: np.ndarray, n_cv: int = 1, hidden: Sequence[int] = (24, 12),
                    epochs: int = 200, lr: float = 1e-3, valid_fraction: float = 0.1, seed: int = 0,
-                   batch_size: int = 512, scale_floor: float = 0.5, progress: bool = False
-                   ) -> tuple[CVNetwork, list[dict]]:
+                   batch_size: int = 512, scale_floor: float = 0.5, sw_reg: float = 1e-5, lorentzian: float = 0.0,
+                   progress: bool = False) -> tuple[CVNetwork, list[dict]]:
     """Deep-LDA (Bonati, Rizzi & Parrinello 2020): a network whose outputs maximise the Fisher
-    ratio between labelled states; the CV is their LDA projection."""
+    ratio between labelled states; the CV is their LDA projection.
+
+    ``sw_reg`` is added to the within-state scatter (bounding the Fisher ratio) and
+    ``lorentzian`` (α) adds -α / (1 + (⟨|h|²⟩ - 1)²) to the loss, holding the network's outputs
+    h at unit size, as the paper and mlcolvar (sw_reg 0.05, α = 2/sw_reg) regularise it for
+    states that a descriptor alone already separates."""
     x = torch.as_tensor(descriptors, dtype=torch.float32)
     y = torch.as_tensor(labels, dtype=torch.long)
     classes = torch.unique(y)
@@ -210,14 +215,36 @@ def train_deep_lda(descriptors: np.ndarray, labels: np.ndarray, n_cv: int = 1, h
         return sb, sw
 
     def loss_of(idx):
-        sb, sw = scatter(net(xn[idx]), y[idx])
-        vals, _ = _generalised_eig(sb, sw)
-        return -vals[:n_cv].sum()
+        h = net(xn[idx])
+        vals, _ = _generalised_eig(*scatter(h, y[idx]), reg=sw_reg)
+        size = h.pow(2).sum() / len(h)
+        return -vals[:n_cv].sum() - lorentzian / (1 + (size - 1) ** 2)
 
     history = _fit(net.parameters(), loss_of, len(x), epochs, lr, valid_fraction, seed, batch_size, [net], progress)
     with torch.no_grad():
-        _, vecs = _generalised_eig(*scatter(net(xn), y))
+        _, vecs = _generalised_eig(*scatter(net(xn), y), reg=sw_reg)
     return CVNetwork(norm, net, vecs[:, :n_cv].contiguous()), history
+
+
+def train_lda(descriptors: np.ndarray, labels: np.ndarray, scale_floor: float = 0.5) -> CVNetwork:
+    """Fisher's linear discriminant of two labelled states: the linear CV w·x̂ of the normalised
+    descriptors x̂ with w ∝ (Σ₀ + Σ₁)⁻¹ (μ₁ − μ₀), scaled to one unit between the states'
+    means. Linear, so it changes inside the states as well as between them, which a bias needs
+    to push a system out of a state (Deep-LDA flattens the CV inside each state). The harmonic
+    variant (HLDA, Σ₀⁻¹ + Σ₁⁻¹) was tried for binding and put its weight on a descriptor that
+    is constant in one state (host–guest contacts of an unbound guest), flattening the CV there."""
+    x = torch.as_tensor(descriptors, dtype=torch.float64)
+    y = torch.as_tensor(labels, dtype=torch.long)
+    classes = torch.unique(y)
+    if len(classes) != 2:
+        raise InputError(f"LDA takes two labelled states, found {classes.tolist()}")
+    norm = _normaliser(x, scale_floor).double()
+    xn = norm(x)
+    n = x.shape[1]
+    pooled = sum(torch.cov(xn[y == c].T).reshape(n, n) for c in classes) + 1e-6 * torch.eye(n, dtype=torch.float64)
+    gap = xn[y == classes[1]].mean(0) - xn[y == classes[0]].mean(0)
+    w = torch.linalg.solve(pooled, gap)
+    return CVNetwork(norm, nn.Sequential(), (w / (w @ gap)).unsqueeze(-1)).double()
 
 
 def _mean_squared_gradient(s: torch.Tensor, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
