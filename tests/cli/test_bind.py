@@ -52,6 +52,27 @@ def test_fes_binding_reports_dG_with_its_definitions_and_plots(tmp_path):
     assert_input_error(run("fes", str(tmp_path / "toy"), "--binding", "--bins", "30"), "--bins", "--binding")
 
 
+def test_bind_with_an_ml_guest_runs_resumes_and_refuses_a_model_missing_an_element(tmp_path):
+    from neuralmd.models import NeuralPotential
+
+    def model(elements, path):
+        NeuralPotential(elements, features=8, interactions=1, cutoff=4.0, num_basis=6).save(path)
+        return str(path)
+
+    good, bad = model([1, 6, 7, 8], tmp_path / "guest.pt"), model([1, 6], tmp_path / "hc.pt")
+    args = [*COMPLEX, "--host-residue", "CUC", "--guest-residue", "B2", "--report-every", "50", "--checkpoint-every",
+            "100", "--platform", "CPU"]
+    refused = run("bind", *args, "--ml-guest", bad, "--ns", "0.0004", "-o", str(tmp_path / "bad"))
+    assert_input_error(refused, "--ml-guest", "element")
+    assert not (tmp_path / "bad").exists()
+    out = tmp_path / "mlmm"
+    assert run("bind", *args, "--ml-guest", good, "--ns", "0.0004", "-o", str(out)).returncode == 0
+    assert (out / "guest_model.pt").exists() and tomllib.loads((out / "bind.toml").read_text())["ml_guest"]
+    resumed = run("bind", "--resume", str(out), "--ns", "0.0006")
+    assert resumed.returncode == 0, resumed.stderr
+    assert int((out / "colvar.csv").read_text().splitlines()[-1].split(",")[0]) == 300
+
+
 def _without_radii(tmp_path):
     text = (CB7 / "complex-vacuum.prmtop").read_text()
     start = text.index("%FLAG RADII")

@@ -32,12 +32,15 @@ from ..sampling.biases import OPES
 from ..sampling.colvar import ColvarReporter
 from ..sampling.cvs import CV, Stack
 from ..sampling.openmm_bias import GridBias
+from ..models.neural import load_potential
+from .mlmm import MLGuestTerm
 from .funnel import AxialPosition, CentroidDistance, Funnel, HostGuestCV, RadialDistance
 from .system import ComplexInput, fitted_funnel, host_axis, host_guest, positions_A
 
 BIND_SETTINGS = "bind.toml"
 INPUT = "input.toml"
 SYSTEM = "system.xml"
+GUEST_MODEL = "guest_model.pt"
 #: the learned CV's kernel width: a twentieth of the way from the bound to the unbound state
 #: (Deep-LDA flattens the CV inside each state, so their own spread would give needle kernels)
 LEARNED_SIGMA = 0.05
@@ -55,7 +58,8 @@ class BindSettings:
     (a discriminant of host–guest descriptors, ``cv_method`` ``lda`` or ``deep-lda``,
     :mod:`.learned`, trained from ``cv_train_ps`` of unbiased MD in each state before the run;
     ``cv_range`` is then its grid's range).
-    ``sigma``: the initial kernel width in the CV's unit (0: from the learned CV's
+    ``ml_guest``: the guest's internal energy from the neuralmd potential stored as
+    ``guest_model.pt`` in the run directory (ML/MM, :mod:`.mlmm`). ``sigma``: the initial kernel width in the CV's unit (0: from the learned CV's
     fluctuations). ``bound_z_A``: the guest is bound below this z; ``unbound_z_A``: the plateau
     [low, high] where it is free.
     """
@@ -70,6 +74,7 @@ class BindSettings:
     pace: int = 500
     cv_train_ps: float = 200.0
     cv_method: str = "lda"
+    ml_guest: bool = False
     cv_range: list[float] = field(default_factory=list)
     bound_z_A: float = 0.0
     unbound_z_A: list[float] = field(default_factory=list)
@@ -177,22 +182,32 @@ def check_start(settings: BindSettings, positions: np.ndarray) -> None:
                          f"{settings.bound_z_A} Å")
 
 
-def _terms_and_reporters(settings: BindSettings, engine: OpenMMSettings, run_dir: Path) -> tuple[list, list]:
-    """The funnel and the OPES bias (tabulated over the CV's range) and the colvar reporter."""
+def _terms_and_reporters(settings: BindSettings, engine: OpenMMSettings, run_dir: Path, numbers: np.ndarray
+                         ) -> tuple[list, list]:
+    """The ML/MM guest (if any), the funnel and the OPES bias (tabulated over the CV's range)
+    and the colvar reporter."""
     cv = settings.bias_cv(run_dir)
     bias = OPES(cv, [settings.sigma], settings.barrier_kjmol, settings.pace, engine.temperature_K)
     terms = [FunnelTerm(settings.make_funnel(), settings.frame_cv(AxialPosition)),
              GridBias(bias, ranges=[settings.grid_range()])]
+    if settings.ml_guest:
+        terms.insert(0, MLGuestTerm(load_potential(run_dir / GUEST_MODEL, dtype=torch.float64), settings.guest, numbers))
     reporters = [ColvarReporter(run_dir / COLVAR, settings.recorded_cv(cv), bias, engine.report_every)]
     return terms, reporters
 
 
 def start_binding(parts: OpenMMSystem, settings: BindSettings, engine: OpenMMSettings, run_dir: str | Path,
-                  source: ComplexInput | None = None, progress: bool = False) -> OpenMMRun:
-    """A new binding run of ``parts`` in ``run_dir``: checks the settings and the starting pose,
-    then writes bind.toml, input.toml (``source``), md.toml, system.xml and topology.pdb; returns
-    the run, ready to ``run()``. Nothing is written when a check fails."""
+                  source: ComplexInput | None = None, ml_guest: str | Path | None = None,
+                  progress: bool = False) -> OpenMMRun:
+    """A new binding run of ``parts`` in ``run_dir``: checks the settings, the starting pose and
+    the ML guest model (``ml_guest``: a neuralmd model.pt for ML/MM), then writes bind.toml,
+    input.toml (``source``), md.toml, system.xml, topology.pdb (and guest_model.pt); returns the
+    run, ready to ``run()``. Nothing is written when a check fails."""
     run_dir = refuse_existing(run_dir, "a binding run")
+    settings.ml_guest = ml_guest is not None
+    if ml_guest is not None:
+        load_potential(ml_guest).check_elements([int(parts.numbers[i]) for i in settings.guest],
+                                                where=f"the guest (--ml-guest {ml_guest})")
     n = parts.system.getNumParticles()
     bad = [i for i in settings.host + settings.guest + settings.anchor if not 0 <= i < n]
     if bad:
@@ -209,7 +224,9 @@ def start_binding(parts: OpenMMSystem, settings: BindSettings, engine: OpenMMSet
             app.PDBFile.writeFile(parts.topology, parts.positions, fh, keepIds=True)
         engine.pdb = str(run_dir / TOPOLOGY)
         engine.validate()
-        terms, reporters = _terms_and_reporters(settings, engine, run_dir)
+        if ml_guest is not None:
+            shutil.copyfile(ml_guest, run_dir / GUEST_MODEL)
+        terms, reporters = _terms_and_reporters(settings, engine, run_dir, parts.numbers)
         run = OpenMMRun(engine, run_dir, parts, terms, reporters, progress)
         atomic_write_text(system_xml, run_dir / SYSTEM)
         save_config(settings, run_dir / BIND_SETTINGS)
@@ -248,7 +265,7 @@ def train_learned_cv(parts: OpenMMSystem, settings: BindSettings, engine: OpenMM
                                                                         0.5 * (lo + funnel.upper_z_A)))
     if progress:
         Console(stderr=True).print(f"learned CV: {settings.cv_train_ps} ps of unbiased MD in the bound and in the "
-                                   f"unbound state, then Deep-LDA")
+                                   f"unbound state, then {settings.cv_method}")
     states = [sample_state(parts, engine, [FunnelTerm(f, frame)], x / NM_IN_A, steps, every)
               for f, x in ((funnel, positions), (plateau, unbound))]
     cv, stats = train_binding_cv(*states, groups, settings.cv_method, seed=engine.seed)
@@ -275,7 +292,7 @@ def resume_binding(run_dir: str | Path, progress: bool = False) -> OpenMMRun:
     pdb = app.PDBFile(str(run_dir / TOPOLOGY))
     numbers = np.array([a.element.atomic_number if a.element is not None else 0 for a in pdb.topology.atoms()])
     parts = OpenMMSystem(pdb.topology, system, pdb.positions, numbers)
-    terms, reporters = _terms_and_reporters(settings, engine, run_dir)
+    terms, reporters = _terms_and_reporters(settings, engine, run_dir, numbers)
     run = OpenMMRun(engine, run_dir, parts, terms, reporters, progress)
     run.restore()
     return run

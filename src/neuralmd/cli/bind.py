@@ -105,6 +105,8 @@ def bind(
     bound_z: Optional[float] = typer.Option(None, help="bound below this z (Å; default: the cone's end)"),
     unbound_z: Optional[str] = typer.Option(None, help="unbound plateau LOW:HIGH in z (Å; default the 7 Å below the "
                                                        "last)"),
+    ml_guest: Optional[Path] = typer.Option(None, help="a neuralmd model.pt for the guest's internal energy (ML/MM, "
+                                                       "mechanical embedding; host and solvent stay MM)"),
     ns: float = typer.Option(10.0, help="simulated time in ns (in all, also with --resume)"),
     temperature: float = typer.Option(300.0, help="K"),
     pressure_bar: float = typer.Option(1.0, help="bar (explicit solvent)"),
@@ -130,7 +132,7 @@ def bind(
         raise InputError(f"ns: {ns}; expected > 0")
     if resume is not None:
         refuse_with_resume(ctx, ["output", "prmtop", "inpcrd", "pdb", "forcefield", "solvent", "host_residue",
-                                 "guest_residue", "host_atoms", "guest_atoms", "cv", "barrier_kjmol", "sigma", "pace", "cv_train_ps", "cv_method",
+                                 "guest_residue", "host_atoms", "guest_atoms", "cv", "barrier_kjmol", "sigma", "pace", "cv_train_ps", "cv_method", "ml_guest",
                                  *FUNNEL_OPTIONS, "bound_z", "unbound_z", "temperature", "pressure_bar",
                                  "timestep_fs", "friction_per_ps", "report_every", "checkpoint_every", "seed",
                                  "platform"], resume)
@@ -168,7 +170,9 @@ def bind(
                 settings.unbound_z_A = [float(v) for v in unbound_z.split(":")]
             except ValueError:
                 raise InputError(f"unbound-z: {unbound_z!r}; expected LOW:HIGH in Å") from None
-        run = start_binding(parts, settings, engine, output, source=spec, progress=True)
+        if ml_guest is not None and not ml_guest.is_file():
+            raise InputError(f"ml-guest: {ml_guest}: file not found")
+        run = start_binding(parts, settings, engine, output, source=spec, ml_guest=ml_guest, progress=True)
     run.run(int(round(ns * 1e6 / engine.timestep_fs)) - run.step)
     console.print(f"{run.step} steps ({run.time_ps(run.step) / 1000:.4f} ns) at {run.ns_per_day():.2f} ns/day "
                   f"-> {run.run_dir}/")

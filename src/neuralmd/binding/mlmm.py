@@ -1,0 +1,127 @@
+"""ML/MM with mechanical embedding, as openmm-ml's ``createMixedSystem`` builds it: the guest's
+internal energy from a neuralmd potential, everything else from the force field.
+
+E = E_MM(all) − E_MM(guest internal) + E_ML(guest)
+
+The guest-internal MM terms removed are the bonds, angles and torsions (impropers included)
+whose atoms all lie in the guest, and its guest–guest nonbonded pairs (Coulomb and Lennard-Jones,
+1-4 pairs included, zeroed as exceptions). Guest–environment nonbonded terms stay, and so does
+the implicit-solvent term (the guest's solvation is its interaction with the environment; GB
+energies do not split into pairs). The potential sees the guest's atoms only, through an
+``openmm.PythonForce``.
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+from typing import Sequence
+
+import numpy as np
+import openmm
+import torch
+from openmm import unit
+
+from ..errors import InputError
+from ..md.integrators import MDState
+from ..md.simulation import make_force_fn
+from ..models.base import Potential
+from ..state import AtomsBatch
+from ..units import EV_IN_KJMOL, NM_IN_A
+
+#: bonded forces whose guest-internal terms are removed: (count, get, add, atoms per term)
+BONDED = {openmm.HarmonicBondForce: ("getNumBonds", "getBondParameters", "addBond", 2),
+          openmm.HarmonicAngleForce: ("getNumAngles", "getAngleParameters", "addAngle", 3),
+          openmm.PeriodicTorsionForce: ("getNumTorsions", "getTorsionParameters", "addTorsion", 4)}
+#: forces kept as they are (environment terms and the implicit solvent)
+KEPT = (openmm.NonbondedForce, openmm.GBSAOBCForce, openmm.CustomGBForce, openmm.CMMotionRemover,
+        openmm.MonteCarloBarostat, openmm.PythonForce)
+
+
+def _without_guest_terms(force: openmm.Force, guest: set[int]) -> openmm.Force:
+    """A copy of a bonded force without the terms whose atoms all lie in the guest."""
+    count, get, add, n = BONDED[type(force)]
+    out = type(force)()
+    out.setForceGroup(force.getForceGroup())
+    out.setUsesPeriodicBoundaryConditions(force.usesPeriodicBoundaryConditions())
+    for k in range(getattr(force, count)()):
+        params = getattr(force, get)(k)
+        if not set(params[:n]) <= guest:
+            getattr(out, add)(*params)
+    return out
+
+
+def remove_guest_internal(system: openmm.System, guest: Sequence[int]) -> None:
+    """Remove the guest's internal MM energy from ``system`` in place (see the module docstring)."""
+    guest_set = {int(i) for i in guest}
+    for k in reversed(range(system.getNumForces())):
+        force = system.getForce(k)
+        if type(force) in BONDED:
+            replacement = _without_guest_terms(force, guest_set)
+            system.removeForce(k)
+            system.addForce(replacement)
+        elif isinstance(force, openmm.NonbondedForce):
+            for i, j in combinations(sorted(guest_set), 2):
+                force.addException(i, j, 0.0, 1.0, 0.0, True)
+        elif not isinstance(force, KEPT):
+            raise InputError(f"ML/MM: the force field has a {type(force).__name__}, which the mechanical embedding "
+                             f"cannot split into guest-internal and environment terms")
+
+
+def guest_force(potential: Potential, numbers: Sequence[int], guest: Sequence[int], n_atoms: int,
+                masses: Sequence[float]) -> openmm.PythonForce:
+    """An ``openmm.PythonForce`` with ``potential``'s energy of the guest atoms (kJ/mol), its
+    forces on them and zero on every other atom."""
+    guest = np.asarray(guest, dtype=int)
+    potential.check_elements([int(numbers[i]) for i in guest], where="the guest")
+    template = AtomsBatch(positions=torch.zeros(len(guest), 3, dtype=torch.float64),
+                          numbers=torch.as_tensor([int(numbers[i]) for i in guest], dtype=torch.long),
+                          system=torch.zeros(len(guest), dtype=torch.long),
+                          cell=torch.zeros(1, 3, 3, dtype=torch.float64), pbc=torch.zeros(1, 3, dtype=torch.bool),
+                          masses=torch.as_tensor([float(masses[i]) for i in guest], dtype=torch.float64))
+    force_fn = make_force_fn(potential)
+
+    def compute(state: openmm.State):
+        pos = np.asarray(state.getPositions(asNumpy=True).value_in_unit(unit.nanometer))[guest] * NM_IN_A
+        energy, forces = force_fn(template.replace(positions=torch.as_tensor(pos, dtype=torch.float64)))
+        out = np.zeros((n_atoms, 3))
+        out[guest] = forces.numpy() * EV_IN_KJMOL * NM_IN_A
+        return float(energy[0]) * EV_IN_KJMOL, out
+
+    force = openmm.PythonForce(compute)
+    force.setName("neuralmd-ml-guest")
+    return force
+
+
+def embed_guest(system: openmm.System, guest: Sequence[int], numbers: Sequence[int], potential: Potential) -> None:
+    """Turn ``system`` into the ML/MM system in place: its guest-internal MM terms removed and
+    ``potential`` on the guest added (openmm-ml's mechanical embedding)."""
+    masses = [system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(system.getNumParticles())]
+    force = guest_force(potential, numbers, guest, system.getNumParticles(), masses)  # checks the elements first
+    remove_guest_internal(system, guest)
+    system.addForce(force)
+
+
+class MLGuestTerm:
+    """ML/MM as an :class:`~neuralmd.md.openmm_engine.OpenMMTerm`: :meth:`add_to` turns the
+    run's MM system into the mixed one (the stored system.xml stays MM, so a resumed run rebuilds
+    the same mixture from the stored model)."""
+
+    pace = 0
+
+    def __init__(self, potential: Potential, guest: Sequence[int], numbers: Sequence[int]) -> None:
+        self.potential, self.guest, self.numbers = potential, list(guest), list(numbers)
+
+    def add_to(self, system: openmm.System) -> None:
+        embed_guest(system, self.guest, self.numbers, self.potential)
+
+    def attach(self, context: openmm.Context) -> None:
+        """Nothing to push."""
+
+    def update(self, state: MDState) -> None:
+        """Never called (pace 0)."""
+
+    def get_state(self) -> dict:
+        return {}
+
+    def set_state(self, state: dict) -> None:
+        """Nothing to restore."""
