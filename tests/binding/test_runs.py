@@ -38,13 +38,14 @@ def toy_engine(**changes) -> OpenMMSettings:
     return OpenMMSettings(**values)
 
 
-@pytest.mark.parametrize("depth, cv", [(30.0, "axial"), (30.0, "distance"), (0.0, "axial")])
-def test_opes_in_the_funnel_recovers_the_exact_binding_free_energy(tmp_path, depth, cv):
-    """A 30 kJ/mol well (ΔG° ≈ -8 kJ/mol) biased along the axis or the centroid distance, and a
-    guest without a well (ΔG° = -kT ln(V_bound / V°): the funnel's own volume below bound_z)."""
+@pytest.mark.parametrize("depth, cv, walkers", [(30.0, "axial", 2), (30.0, "distance", 1), (0.0, "axial", 1)])
+def test_opes_in_the_funnel_recovers_the_exact_binding_free_energy(tmp_path, depth, cv, walkers):
+    """A 30 kJ/mol well (ΔG° ≈ -10 kJ/mol) biased along the axis by two walkers sharing the bias,
+    or along the centroid distance, and a guest without a well (ΔG° = -kT ln(V_bound / V°): the
+    funnel's own volume below bound_z); 2 ns in all."""
     settings = toy_settings(depth, cv=cv)
-    run = start_binding(toy_complex(depth), settings, toy_engine(seed=3), tmp_path / "run")
-    run.run(1_000_000)  # 2 ns
+    run = start_binding(toy_complex(depth), settings, toy_engine(seed=3, walkers=walkers), tmp_path / "run")
+    run.run(1_000_000 // walkers)
     report = binding_report(tmp_path / "run", skip_ns=0.2)
     exact = exact_binding_dG(depth, 1.0, settings.make_funnel(), settings.bound_z_A, 300.0)
     assert report["recrossings"] >= 20
@@ -75,13 +76,15 @@ import sys
 from tests.binding.test_runs import toy_engine, toy_settings
 from tests.binding.toy import toy_complex
 from neuralmd.binding.runs import start_binding
-start_binding(toy_complex(30.0), toy_settings(30.0), toy_engine(checkpoint_every=20_000), sys.argv[1]).run(400_000)
+start_binding(toy_complex(30.0), toy_settings(30.0), toy_engine(checkpoint_every=20_000, walkers=2),
+              sys.argv[1]).run(400_000)
 """
 
 
 def test_run_killed_and_resumed_repeats_the_uninterrupted_one_exactly(tmp_path):
-    """kill -9 after the first checkpoints, resume: colvar (z, rho, d, the bias felt) and the
-    final state equal those of the uninterrupted run bit for bit."""
+    """Two walkers sharing the bias, kill -9 after the first checkpoints, resume: colvar (z, rho,
+    d, the bias felt, per walker) and the final state equal those of the uninterrupted run bit
+    for bit."""
     import os
     import signal
     import subprocess
@@ -89,7 +92,7 @@ def test_run_killed_and_resumed_repeats_the_uninterrupted_one_exactly(tmp_path):
     import time
     from pathlib import Path
 
-    straight = start_binding(toy_complex(30.0), toy_settings(30.0), toy_engine(checkpoint_every=20_000),
+    straight = start_binding(toy_complex(30.0), toy_settings(30.0), toy_engine(checkpoint_every=20_000, walkers=2),
                              tmp_path / "straight")
     straight.run(100_000)
     split = tmp_path / "split"
@@ -98,7 +101,7 @@ def test_run_killed_and_resumed_repeats_the_uninterrupted_one_exactly(tmp_path):
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline:
-        if (split / "colvar.csv").exists() and len((split / "colvar.csv").read_text().splitlines()) > 450:
+        if (split / "colvar.csv").exists() and len((split / "colvar.csv").read_text().splitlines()) > 900:
             break  # past step 45,000: two checkpoints written, the third not yet
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
@@ -108,8 +111,9 @@ def test_run_killed_and_resumed_repeats_the_uninterrupted_one_exactly(tmp_path):
     assert 0 < resumed.step < 100_000
     resumed.run(100_000 - resumed.step)
     a, b = read_colvar(tmp_path / "straight" / "colvar.csv"), read_colvar(split / "colvar.csv")
-    for key in ("step", "z", "rho", "d", "bias_kjmol"):
+    for key in ("step", "replica", "z", "rho", "d", "bias_kjmol"):
         np.testing.assert_array_equal(a[key], b[key])
+    assert set(a["replica"]) == {0, 1} and not np.array_equal(a["z"][a["replica"] == 0], a["z"][a["replica"] == 1])
     np.testing.assert_array_equal(straight.current_state().batch.positions, resumed.current_state().batch.positions)
 
 

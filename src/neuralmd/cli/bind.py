@@ -105,6 +105,7 @@ def bind(
     bound_z: Optional[float] = typer.Option(None, help="bound below this z (Å; default: the cone's end)"),
     unbound_z: Optional[str] = typer.Option(None, help="unbound plateau LOW:HIGH in z (Å; default the 7 Å below the "
                                                        "last)"),
+    walkers: int = typer.Option(1, help="OPES walkers sharing the bias (one OpenMM context each, run in turn)"),
     ml_guest: Optional[Path] = typer.Option(None, help="a neuralmd model.pt for the guest's internal energy (ML/MM, "
                                                        "mechanical embedding; host and solvent stay MM)"),
     ns: float = typer.Option(10.0, help="simulated time in ns (in all, also with --resume)"),
@@ -132,8 +133,8 @@ def bind(
         raise InputError(f"ns: {ns}; expected > 0")
     if resume is not None:
         refuse_with_resume(ctx, ["output", "prmtop", "inpcrd", "pdb", "forcefield", "solvent", "host_residue",
-                                 "guest_residue", "host_atoms", "guest_atoms", "cv", "barrier_kjmol", "sigma", "pace", "cv_train_ps", "cv_method", "ml_guest",
-                                 *FUNNEL_OPTIONS, "bound_z", "unbound_z", "temperature", "pressure_bar",
+                                 "guest_residue", "host_atoms", "guest_atoms", "cv", "barrier_kjmol", "sigma", "pace",
+                                 "cv_train_ps", "cv_method", "ml_guest", "walkers", *FUNNEL_OPTIONS, "bound_z", "unbound_z", "temperature", "pressure_bar",
                                  "timestep_fs", "friction_per_ps", "report_every", "checkpoint_every", "seed",
                                  "platform"], resume)
         from ..md.openmm_engine import OpenMMRun
@@ -156,7 +157,7 @@ def bind(
                             pressure_bar=pressure_bar)
         engine = OpenMMSettings(pdb="", forcefield=[], temperature_K=temperature, timestep_fs=timestep_fs,
                                 friction_per_ps=friction_per_ps, report_every=report_every,
-                                checkpoint_every=checkpoint_every, seed=seed, platform=platform)
+                                checkpoint_every=checkpoint_every, seed=seed, platform=platform, walkers=walkers)
         parts = load_complex(spec, temperature)
         funnel = {field: value for option, field in FUNNEL_OPTIONS.items()
                   if (value := ctx.params[option]) is not None}

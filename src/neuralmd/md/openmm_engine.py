@@ -52,15 +52,15 @@ class OpenMMTerm(Protocol):
     def set_state(self, state: dict[str, Any]) -> None: ...
 
 
-def system_template(system: openmm.System, numbers: Sequence[int] | None = None) -> AtomsBatch:
-    """A one-system AtomsBatch with the System's masses (amu) and the given atomic numbers
-    (default 1: biases need no element types); positions are filled in per call."""
+def system_template(system: openmm.System, numbers: Sequence[int] | None = None, copies: int = 1) -> AtomsBatch:
+    """An AtomsBatch of ``copies`` copies of the System with its masses (amu) and the given
+    atomic numbers (default 1: biases need no element types); positions are filled in per call."""
     n = system.getNumParticles()
-    masses = [system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(n)]
+    masses = torch.tensor([system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(n)], dtype=torch.float64)
     numbers = torch.tensor(list(numbers), dtype=torch.long) if numbers is not None else torch.ones(n, dtype=torch.long)
-    return AtomsBatch(positions=torch.zeros(n, 3, dtype=torch.float64), numbers=numbers,
-                      system=torch.zeros(n, dtype=torch.long), cell=torch.zeros(1, 3, 3, dtype=torch.float64),
-                      pbc=torch.zeros(1, 3, dtype=torch.bool), masses=torch.tensor(masses, dtype=torch.float64))
+    return AtomsBatch(positions=torch.zeros(copies * n, 3, dtype=torch.float64), numbers=numbers.repeat(copies),
+                      system=torch.arange(copies).repeat_interleave(n), cell=torch.zeros(copies, 3, 3, dtype=torch.float64),
+                      pbc=torch.zeros(copies, 3, dtype=torch.bool), masses=masses.repeat(copies))
 
 
 @dataclass
@@ -76,6 +76,8 @@ class OpenMMSettings(RunSettings):
     report_every: int = 500
     checkpoint_every: int = 50_000
     platform: str = "Reference"
+    #: copies of the system run side by side (one context each), e.g. walkers sharing a bias
+    walkers: int = 1
 
     def validate(self, pdb: bool = True) -> None:
         """InputError naming the first setting out of range (``pdb``: also that the PDB exists,
@@ -85,6 +87,8 @@ class OpenMMSettings(RunSettings):
             raise InputError(f"engine: {self.engine!r}; these are OpenMM-engine settings")
         if pdb and not Path(self.pdb).is_file():
             raise InputError(f"pdb: {self.pdb}: file not found")
+        if self.walkers < 1:
+            raise InputError(f"walkers: {self.walkers}; expected >= 1")
         if self.constraints not in CONSTRAINTS:
             raise InputError(f"constraints: {self.constraints!r}; expected one of {', '.join(CONSTRAINTS)}")
         check_temperature(self.temperature_K)
@@ -155,7 +159,7 @@ class OpenMMRun(MDRun):
         self.run_dir = Path(run_dir) if run_dir is not None else None
         parts = system or OpenMMSystem.from_settings(settings)
         self.numbers = parts.numbers
-        self.template = system_template(parts.system, self.numbers)
+        self.template = system_template(parts.system, self.numbers, settings.walkers)
         self.terms = list(terms)
         for term in self.terms:
             term.add_to(parts.system)
@@ -164,17 +168,21 @@ class OpenMMRun(MDRun):
         n = parts.system.getNumParticles()
         removes_com = any(isinstance(f, openmm.CMMotionRemover) for f in parts.system.getForces())
         dof = 3.0 * n - parts.system.getNumConstraints() - (3 if removes_com else 0)
-        self.dof = torch.tensor([dof], dtype=torch.float64)
-        integrator = openmm.LangevinMiddleIntegrator(settings.temperature_K * unit.kelvin,
-                                                     settings.friction_per_ps / unit.picosecond,
-                                                     settings.timestep_fs * unit.femtosecond)
-        integrator.setRandomNumberSeed(settings.seed + 1)  # OpenMM draws a random seed for 0
+        self.dof = torch.full((settings.walkers,), dof, dtype=torch.float64)
         platform = openmm.Platform.getPlatformByName(settings.platform)
-        self.simulation = app.Simulation(parts.topology, parts.system, integrator, platform)
-        self.simulation.context.setPositions(parts.positions)
-        self.simulation.context.setVelocitiesToTemperature(settings.temperature_K * unit.kelvin, settings.seed + 1)
-        for term in self.terms:
-            term.attach(self.simulation.context)
+        self.simulations = []
+        for k in range(settings.walkers):  # walker k: its own context and random stream
+            integrator = openmm.LangevinMiddleIntegrator(settings.temperature_K * unit.kelvin,
+                                                         settings.friction_per_ps / unit.picosecond,
+                                                         settings.timestep_fs * unit.femtosecond)
+            integrator.setRandomNumberSeed(settings.seed + 1 + k)  # OpenMM draws a random seed for 0
+            simulation = app.Simulation(parts.topology, parts.system, integrator, platform)
+            simulation.context.setPositions(parts.positions)
+            simulation.context.setVelocitiesToTemperature(settings.temperature_K * unit.kelvin, settings.seed + 1 + k)
+            for term in self.terms:
+                term.attach(simulation.context)
+            self.simulations.append(simulation)
+        self.simulation = self.simulations[0]
         self._step = 0
         self.wall_seconds = 0.0
         self.reporters: list[Reporter] = []
@@ -189,19 +197,23 @@ class OpenMMRun(MDRun):
         return self._step
 
     def _advance(self, steps: int) -> None:
-        self.simulation.step(steps)
+        for simulation in self.simulations:
+            simulation.step(steps)
         self._step += steps
 
     def current_state(self) -> MDState:
         """The current state as an MDState (positions Å, velocities in ASE units, energy eV
         including the biases, degrees of freedom net of constraints)."""
-        s = self.simulation.context.getState(getPositions=True, getVelocities=True, getEnergy=True)
-        pos = np.asarray(s.getPositions(asNumpy=True).value_in_unit(unit.nanometer)) * NM_IN_A
-        vel = np.asarray(s.getVelocities(asNumpy=True).value_in_unit(unit.nanometer / unit.picosecond)) * NM_IN_A
-        batch = self.template.replace(positions=torch.as_tensor(pos, dtype=torch.float64),
-                                      velocities=torch.as_tensor(vel / VELOCITY_TO_A_PER_PS, dtype=torch.float64))
-        energy = s.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole) / EV_IN_KJMOL
-        return MDState(batch, None, torch.tensor([energy], dtype=torch.float64), self._step, self.dof)
+        pos, vel, energy = [], [], []
+        for simulation in self.simulations:
+            s = simulation.context.getState(getPositions=True, getVelocities=True, getEnergy=True)
+            pos.append(np.asarray(s.getPositions(asNumpy=True).value_in_unit(unit.nanometer)) * NM_IN_A)
+            vel.append(np.asarray(s.getVelocities(asNumpy=True).value_in_unit(unit.nanometer / unit.picosecond)) * NM_IN_A)
+            energy.append(s.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole) / EV_IN_KJMOL)
+        batch = self.template.replace(positions=torch.as_tensor(np.concatenate(pos), dtype=torch.float64),
+                                      velocities=torch.as_tensor(np.concatenate(vel) / VELOCITY_TO_A_PER_PS,
+                                                                 dtype=torch.float64))
+        return MDState(batch, None, torch.tensor(energy, dtype=torch.float64), self._step, self.dof)
 
     def _problem(self, state: MDState) -> str | None:
         if super()._problem(state) is None:
@@ -216,21 +228,21 @@ class OpenMMRun(MDRun):
         return {"platform": self.settings.platform}
 
     def sample_positions(self, steps: int, every: int = 10) -> np.ndarray:
-        """Run ``steps`` steps without reports or updates (a probe before step 0: nothing is
-        written and the step count stays) and return the positions (n, N, 3) Å every ``every``
-        steps."""
+        """Run ``steps`` steps of the first walker without reports or updates (a probe before
+        step 0: nothing is written and the step count stays) and return its positions (n, N, 3)
+        Å every ``every`` steps."""
         positions = []
+        n = len(self.numbers)
         for _ in range(steps // every):
             self.simulation.step(every)
-            positions.append(self.current_state().batch.positions.numpy().copy())
+            positions.append(self.current_state().batch.positions[:n].numpy().copy())
         return np.array(positions)
 
     # --- checkpoints -----------------------------------------------------------------------
     def _checkpoint_payload(self) -> dict[str, Any]:
         """The OpenMM checkpoint (state and random numbers), the step and the terms' states."""
-        blob = self.simulation.context.createCheckpoint()
-        return {"step": self._step, "wall_seconds": self.wall_seconds,
-                "context": torch.frombuffer(bytearray(blob), dtype=torch.uint8),
+        blobs = [torch.frombuffer(bytearray(s.context.createCheckpoint()), dtype=torch.uint8) for s in self.simulations]
+        return {"step": self._step, "wall_seconds": self.wall_seconds, "context": blobs[0], "walker_contexts": blobs[1:],
                 "terms": [t.get_state() for t in self.terms]}
 
     def restore(self) -> None:
@@ -242,7 +254,12 @@ class OpenMMRun(MDRun):
         if len(ckpt["terms"]) != len(self.terms):
             raise InputError(f"{self.run_dir / 'checkpoint.pt'}: the run had {len(ckpt['terms'])} bias term(s), "
                              f"{len(self.terms)} given")
-        self.simulation.context.loadCheckpoint(ckpt["context"].numpy().tobytes())
+        blobs = [ckpt["context"], *ckpt.get("walker_contexts", [])]
+        if len(blobs) != len(self.simulations):
+            raise InputError(f"{self.run_dir / 'checkpoint.pt'}: {len(blobs)} walker(s) stored, {len(self.simulations)} "
+                             f"in the settings")
+        for simulation, blob in zip(self.simulations, blobs):
+            simulation.context.loadCheckpoint(blob.numpy().tobytes())
         for term, state in zip(self.terms, ckpt["terms"]):
             term.set_state(state)
         self._step = int(ckpt["step"])

@@ -188,7 +188,7 @@ class GridBias:
         self._sum = torch.zeros(len(self.points), dtype=torch.float64)
         self._kernels = None
         self.pace = _pace(bias)
-        self._context: openmm.Context | None = None
+        self._contexts: list[openmm.Context] = []
         self.refresh()
         if system is not None:
             self._add_cvs(system)
@@ -204,13 +204,14 @@ class GridBias:
         system.addForce(self.force)
 
     def attach(self, context: openmm.Context) -> None:
-        """Push the table into ``context`` now and after every update."""
-        self._context = context
-        self.refresh(context)
+        """Push the table into ``context`` now and after every update (each walker's context is
+        attached: they share the bias)."""
+        self._contexts.append(context)
+        self.refresh([context])
 
     def update(self, state: MDState) -> None:
         self.bias.update(state)
-        self.refresh(self._context)
+        self.refresh(self._contexts)
 
     def _function(self, values: np.ndarray):
         flat = values.tolist()
@@ -245,11 +246,11 @@ class GridBias:
         _set_bias_state(self.bias, state["bias"])
         self._sum = state["grid"]["sum"].clone()
         self._kernels = tuple(state["grid"]["kernels"]) if state["grid"]["kernels"] else None
-        self.refresh(self._context)
+        self.refresh(self._contexts)
 
     @torch.no_grad()
-    def refresh(self, context: openmm.Context | None = None) -> None:
-        """Re-tabulate the bias (kJ/mol) and, given a context, push it into that context."""
+    def refresh(self, contexts: Sequence[openmm.Context] = ()) -> None:
+        """Re-tabulate the bias (kJ/mol) and push it into ``contexts``."""
         if isinstance(self.bias, KernelBias):
             values = self.bias.energy_from_kernel_sum(self._kernel_sum())
         else:
@@ -265,7 +266,7 @@ class GridBias:
             table.setFunctionParameters(values.tolist(), *self.bounds[0])
         else:
             table.setFunctionParameters(*self.shape, values.tolist(), *self.bounds[0], *self.bounds[1])
-        if context is not None:
+        for context in contexts:
             self.force.updateParametersInContext(context)
 
 
