@@ -17,6 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from neuralmd.cli import app
+from neuralmd.errors import InputError
 from neuralmd.data.io import read_frames
 from neuralmd.units import AMU_PER_A3_IN_G_PER_CM3
 
@@ -27,6 +28,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 #: (pattern, replacement) making each recipe short: nanoseconds become picoseconds, and the
 #: discovery loop accepts its first CV (its checks are tested in tests/sampling/test_cv_discovery.py)
 SHORTER = [
+    (r"(bind --prmtop .*)--ns 20\b", r"\1--ns 0.002"),
     (r"--ns 10\b", "--ns 0.02"),
     (r"--ns 20\b", "--ns 0.03"),
     (r"--ns 0\.01\b", "--ns 0.0002"),
@@ -37,6 +39,9 @@ SHORTER = [
     (r"(refine runs/water/model\.pt .*?)(-o \S+)", r"\1--sample-ps 0.01 --equilibration-ps 0 --frame-every-fs 1 "
                                                   r"--updates 1 --check-ps 0.01 \2"),
     (r"--updates 40\b", "--updates 2"),
+    (r"(bind --prmtop .*?)(-o \S+)", r"\1--cv-train-ps 2 --report-every 100 --checkpoint-every 500 \2"),
+    (r"--ns 40\b", "--ns 0.004"),
+    (r"--binding --skip-ns 1\b", "--binding --skip-ns 0"),
     (r"--skip-ps 1\b", "--skip-ps 0"),
     (r"--skip-ps 10\b", "--skip-ps 0.002"),
     (r"--time-budget-min 15\b", "--time-budget-min 15 --max-steps 2 --eval-every 2"),
@@ -175,3 +180,21 @@ def test_readme_refine_recipe(tmp_path, float64_model):
     assert min(results["targets"]["rdf:O-H"]["axis"]) >= 1.3 and "after" in results["targets"]["density"]
     report = json.loads((run / "check-md" / "analysis.json").read_text())
     assert set(report["rdf"]) == {"O-O", "O-H", "H-H"} and report["density_g_cm3"]["mean"] > 0
+
+
+def test_readme_binding_recipe(tmp_path):
+    """bind CB7-B2 in OBC2 with the learned CV and two walkers -> resume -> fes --binding, as
+    written, shortened (4 ps: the guest has not left the host yet, which fes says in one line)."""
+    commands = recipe_commands("neuralmd bind", ("neuralmd bind ", "neuralmd fes "))
+    assert [c.split()[1] for c in commands] == ["bind", "bind", "fes"]
+    data = str(shared_file("cb7_b2/complex-vacuum.prmtop").parent.parent) + "/"
+    run_recipe(commands[:2], {"../shared/data/": data}, tmp_path)
+    run = tmp_path / "runs" / "cb7-b2"
+    assert (run / "cv" / "cv.pt").exists() and tomllib.loads((run / "md.toml").read_text())["walkers"] == 2
+    rows = (run / "colvar.csv").read_text().splitlines()
+    assert rows[0].endswith("z,rho,d,lda,bias_kjmol") and int(rows[-1].split(",")[0]) == 2000
+    fes = commands[2]
+    for pattern, replacement in SHORTER:
+        fes = re.sub(pattern, replacement, fes)
+    result = CliRunner().invoke(app, shlex.split(fes.replace("runs/", f"{tmp_path}/runs/"))[1:])
+    assert isinstance(result.exception, InputError) and "no frame in the unbound state" in str(result.exception)
