@@ -18,11 +18,12 @@ class Example:
     flag: bool = False
     temperatures_K: list[float] = field(default_factory=lambda: [300.0])
     ranges: list[list[float]] = field(default_factory=list)
+    table: dict[str, float] = field(default_factory=dict)
 
 
 def test_round_trip_keeps_every_field_and_type(tmp_path):
     settings = Example(name="x", steps=7, timestep_fs=2, flag=True, temperatures_K=[300, 350.5],
-                       ranges=[[0.0, 1.5], [-2.0, 2.0]])
+                       ranges=[[0.0, 1.5], [-2.0, 2.0]], table={"radius_A": 2.0, "lower_z_A": -2.938})
     save_config(settings, tmp_path / "a.toml")
     back = load_config(Example, tmp_path / "a.toml")
     assert back == settings
@@ -63,3 +64,9 @@ def test_missing_file_and_renamed_keys(tmp_path):
         load_config(Example, tmp_path / "nowhere.toml")
     (tmp_path / "old.toml").write_text("n_steps = 4\n")
     assert load_config(Example, tmp_path / "old.toml", renamed={"n_steps": "steps"}).steps == 4
+
+
+def test_a_table_of_the_wrong_type_is_refused_naming_the_key(tmp_path):
+    (tmp_path / "a.toml").write_text('table = {radius_A = "wide"}\n')
+    with pytest.raises(InputError, match="'table'"):
+        load_config(Example, tmp_path / "a.toml")

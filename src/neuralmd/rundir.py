@@ -25,6 +25,11 @@ COLVAR = "colvar.csv"
 MD_SETTINGS = "md.toml"
 BIAS_SETTINGS = "sample.toml"
 TOPOLOGY = "topology.pdb"
+BIND_SETTINGS = "bind.toml"  # a binding run (neuralmd bind); with input.toml, system.xml, guest_model.pt, cv/
+BIND_INPUT = "input.toml"
+SYSTEM_XML = "system.xml"
+GUEST_MODEL = "guest_model.pt"
+LEARNED_CV = "cv"
 LOCK = ".neuralmd.lock"
 
 

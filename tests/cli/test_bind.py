@@ -39,6 +39,7 @@ def test_bind_runs_cb7_b2_in_obc2_and_resumes(tmp_path):
     assert all(abs(float(r.split(",")[3])) < 4.0 for r in rows[1:])  # bound throughout
     assert_input_error(run("bind", "--resume", str(out), "--ns", "0.002"), "already at")
     assert_input_error(run("bind", "--resume", str(out), "--seed", "3"), "--seed", "not used with --resume")
+    assert_input_error(run("md", "--resume", str(out)), "a binding run", "neuralmd bind --resume")
 
 
 def test_fes_binding_reports_dG_with_its_definitions_and_plots(tmp_path):

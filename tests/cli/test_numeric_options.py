@@ -79,6 +79,13 @@ CASES = [
         ("--frame-every-fs", "positive_float"), ("--updates", "nonnegative_int"), ("--lr", "positive_float"),
         ("--ess-threshold", "positive_float"), ("--qm-weight", "nonnegative_float"), ("--qm-batch", "positive_int"),
         ("--check-ps", "nonnegative_float"), ("--rdf-error", "positive_float"), ("--threads", "nonnegative_int")]],
+    *[(["bind", "--prmtop", "{prmtop}", "--inpcrd", "{inpcrd}", "--host-residue", "CUC", "--guest-residue", "B2"],
+       option, kind) for option, kind in [
+        ("--barrier-kjmol", "positive_float"), ("--sigma", "positive_float"), ("--pace", "positive_int"),
+        ("--cv-train-ps", "positive_float"), ("--funnel-radius", "positive_float"), ("--funnel-k", "positive_float"),
+        ("--funnel-angle", "nonnegative_float"), ("--ns", "positive_float"), ("--temperature", "temperature"),
+        ("--pressure-bar", "positive_float"), ("--timestep-fs", "timestep"), ("--friction-per-ps", "nonnegative_float"),
+        ("--report-every", "positive_int"), ("--checkpoint-every", "positive_int"), ("--walkers", "positive_int")]],
     (["build", "replicate", "{xyz}"], "--repeat", "positive_int"),
     (["build", "replicate", "{xyz}"], "--frame", "nonnegative_int"),
     (["build", "pack", "--molecule", "H2O:4"], "--density", "positive_float"),
@@ -95,7 +102,8 @@ def inputs(tmp_path_factory):
     write(tmp / "ethanol.xyz", molecule("CH3CH2OH"))
     (tmp / "mols.smi").write_text("CCO ethanol\n")
     return {"tmp": str(tmp), "pdb": str(shared_file("alanine_dipeptide/ala2.pdb")), "xyz": str(tmp / "ethanol.xyz"),
-            "model": str(tmp / "model.pt")}
+            "model": str(tmp / "model.pt"), "prmtop": str(shared_file("cb7_b2/complex-vacuum.prmtop")),
+            "inpcrd": str(shared_file("cb7_b2/complex-vacuum.inpcrd"))}
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -27,7 +27,8 @@ from ..md.integrators import MDState
 from ..md.openmm_engine import OpenMMRun, OpenMMSettings, OpenMMSystem
 from ..md.start import claim
 from ..units import NM_IN_A
-from ..rundir import COLVAR, MD_SETTINGS, TOPOLOGY, refuse_existing, require_existing
+from ..rundir import (BIND_INPUT, BIND_SETTINGS, COLVAR, GUEST_MODEL, LEARNED_CV, MD_SETTINGS, SYSTEM_XML, TOPOLOGY,
+                      refuse_existing, require_existing)
 from ..sampling.biases import OPES
 from ..sampling.colvar import ColvarReporter
 from ..sampling.cvs import CV, Stack
@@ -37,14 +38,9 @@ from .mlmm import MLGuestTerm
 from .funnel import AxialPosition, CentroidDistance, Funnel, HostGuestCV, RadialDistance
 from .system import ComplexInput, fitted_funnel, host_axis, host_guest, positions_A
 
-BIND_SETTINGS = "bind.toml"
-INPUT = "input.toml"
-SYSTEM = "system.xml"
-GUEST_MODEL = "guest_model.pt"
 #: the learned CV's kernel width: a twentieth of the way from the bound to the unbound state
 #: (Deep-LDA flattens the CV inside each state, so their own spread would give needle kernels)
 LEARNED_SIGMA = 0.05
-LEARNED_CV = "cv"  # the learned CV's folder in the run directory (cv.pt, descriptors.json)
 CVS = ("axial", "distance", "learned")
 
 
@@ -228,10 +224,10 @@ def start_binding(parts: OpenMMSystem, settings: BindSettings, engine: OpenMMSet
             shutil.copyfile(ml_guest, run_dir / GUEST_MODEL)
         terms, reporters = _terms_and_reporters(settings, engine, run_dir, parts.numbers)
         run = OpenMMRun(engine, run_dir, parts, terms, reporters, progress)
-        atomic_write_text(system_xml, run_dir / SYSTEM)
+        atomic_write_text(system_xml, run_dir / SYSTEM_XML)
         save_config(settings, run_dir / BIND_SETTINGS)
         if source is not None:
-            save_config(source, run_dir / INPUT)
+            save_config(source, run_dir / BIND_INPUT)
         save_config(engine, run_dir / MD_SETTINGS)
     except BaseException:
         lock.release()
@@ -288,7 +284,7 @@ def resume_binding(run_dir: str | Path, progress: bool = False) -> OpenMMRun:
     from its checkpoint, ready to ``run()``."""
     run_dir = require_existing(run_dir, "a binding run directory")
     settings, engine = load_settings(run_dir)
-    system = openmm.XmlSerializer.deserialize((run_dir / SYSTEM).read_text())
+    system = openmm.XmlSerializer.deserialize((run_dir / SYSTEM_XML).read_text())
     pdb = app.PDBFile(str(run_dir / TOPOLOGY))
     numbers = np.array([a.element.atomic_number if a.element is not None else 0 for a in pdb.topology.atoms()])
     parts = OpenMMSystem(pdb.topology, system, pdb.positions, numbers)

@@ -12,7 +12,7 @@ import typer
 
 from ..binding.runs import BindSettings
 from ..errors import InputError
-from .common import app, console, default, refuse_with_resume
+from .common import app, console, default, given, refuse_with_resume
 
 
 class Solvent(str, Enum):
@@ -158,6 +158,9 @@ def bind(
         engine = OpenMMSettings(pdb="", forcefield=[], temperature_K=temperature, timestep_fs=timestep_fs,
                                 friction_per_ps=friction_per_ps, report_every=report_every,
                                 checkpoint_every=checkpoint_every, seed=seed, platform=platform, walkers=walkers)
+        engine.validate(pdb=False)  # before the temperature builds a barostat or the timestep divides
+        if round(ns * 1e6 / timestep_fs) < 1:
+            raise InputError(f"ns: {ns} is less than one step of {timestep_fs} fs")
         parts = load_complex(spec, temperature)
         funnel = {field: value for option, field in FUNNEL_OPTIONS.items()
                   if (value := ctx.params[option]) is not None}
@@ -171,6 +174,8 @@ def bind(
                 settings.unbound_z_A = [float(v) for v in unbound_z.split(":")]
             except ValueError:
                 raise InputError(f"unbound-z: {unbound_z!r}; expected LOW:HIGH in Å") from None
+        if cv != BindCV.learned and given(ctx, "cv_train_ps"):
+            raise InputError("--cv-train-ps: only for --cv learned")
         if ml_guest is not None and not ml_guest.is_file():
             raise InputError(f"ml-guest: {ml_guest}: file not found")
         run = start_binding(parts, settings, engine, output, source=spec, ml_guest=ml_guest, progress=True)

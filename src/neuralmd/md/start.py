@@ -20,7 +20,7 @@ from ..config import load_config, save_config
 from ..data.io import read_frames
 from ..errors import InputError
 from ..models.base import Potential
-from ..rundir import MD_SETTINGS, TOPOLOGY, RunLock, engine_of, refuse_existing, require_existing
+from ..rundir import BIND_SETTINGS, MD_SETTINGS, TOPOLOGY, RunLock, engine_of, refuse_existing, require_existing
 from ..state import AtomsBatch
 from .openmm_engine import OpenMMRun, OpenMMSettings, OpenMMTerm
 from .protocols import EnergyTerm, Reporter
@@ -86,6 +86,8 @@ def start_openmm(settings: OpenMMSettings, run_dir: str | Path, terms: Sequence[
 def load_md_settings(run_dir: str | Path) -> MDSettings | OpenMMSettings:
     """The settings of the MD run in ``run_dir`` (an OpenMM run's PDB is its topology.pdb)."""
     run_dir = require_existing(run_dir, "an MD run directory")
+    if (run_dir / BIND_SETTINGS).exists():
+        raise InputError(f"{run_dir}: a binding run; continue it with neuralmd bind --resume {run_dir}")
     if engine_of(run_dir) == "openmm":
         settings = load_config(OpenMMSettings, run_dir / MD_SETTINGS)
         settings.pdb = str(run_dir / TOPOLOGY)
