@@ -30,6 +30,7 @@ BIND_INPUT = "input.toml"
 SYSTEM_XML = "system.xml"
 GUEST_MODEL = "guest_model.pt"
 LEARNED_CV = "cv"
+ML_CORRECTION = "ml-correction"  # a binding run's MM -> ML/MM correction (windows/, correction.json)
 LOCK = ".neuralmd.lock"
 
 

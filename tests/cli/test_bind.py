@@ -40,6 +40,15 @@ def test_bind_runs_cb7_b2_in_obc2_and_resumes(tmp_path):
     assert_input_error(run("bind", "--resume", str(out), "--ns", "0.002"), "already at")
     assert_input_error(run("bind", "--resume", str(out), "--seed", "3"), "--seed", "not used with --resume")
     assert_input_error(run("md", "--resume", str(out)), "a binding run", "neuralmd bind --resume")
+    from neuralmd.models import NeuralPotential
+
+    NeuralPotential([1, 6, 7, 8], features=8, interactions=1, cutoff=4.0, num_basis=6).save(tmp_path / "guest.pt")
+    corrected = run("bind", "--resume", str(out), "--ns", "0.006", "--ml-correction", str(tmp_path / "guest.pt"),
+                    "--correction-ps", "0.1")
+    assert corrected.returncode == 0, corrected.stderr
+    correction = json.loads((out / "ml-correction" / "correction.json").read_text())
+    assert set(correction["states"]) == {"bound", "unbound"} and len(list((out / "ml-correction" / "windows").iterdir())) == 10
+    assert "ML/MM correction ΔΔG" in corrected.stdout + corrected.stderr and "overlap" in corrected.stdout + corrected.stderr
 
 
 def test_fes_binding_reports_dG_with_its_definitions_and_plots(tmp_path):

@@ -17,6 +17,7 @@ convergence verdict, the recrossings and ΔG°(t) are those of that free-energy 
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from ..errors import InputError
 from ..sampling.colvar import read_colvar
 from ..sampling.convergence import MIN_BLOCKS, basin_report
 from ..sampling.fes import kT_kjmol
-from ..rundir import COLVAR
+from ..rundir import COLVAR, ML_CORRECTION
 from .funnel import STANDARD_VOLUME_A3
 from .runs import load_settings
 
@@ -44,7 +45,8 @@ def binding_report(run_dir: str | Path, skip_ns: float = 0.0, blocks: int = 0, b
     """ΔG°bind and its diagnostics for the binding run in ``run_dir`` (frames before ``skip_ns``
     dropped). Keys: ``dG_kjmol``, ``dG_err_kjmol``, ``converged``, ``reason``, ``recrossings``,
     ``curve`` ([ns, ΔG°]), ``pmf`` (z Å, W kJ/mol, zero on the unbound plateau), ``escaped``,
-    the definitions, the funnel and its cross-section."""
+    the definitions, the funnel and its cross-section; with an ML/MM correction computed,
+    ``ml_mm_correction`` and ``dG_mlmm_kjmol`` ± ``dG_mlmm_err_kjmol``."""
     run_dir = Path(run_dir)
     settings, engine = load_settings(run_dir)
     funnel = settings.make_funnel()
@@ -80,7 +82,7 @@ def binding_report(run_dir: str | Path, skip_ns: float = 0.0, blocks: int = 0, b
     sigma = math.sqrt(kT / funnel.k_kjmol_A2)
     excess = np.maximum.reduce([rho - funnel.radius(z), z - funnel.upper_z_A, funnel.lower_z_A - z])
     escaped = excess > ESCAPE_WIDTHS * sigma
-    return {
+    out = {
         "dG_kjmol": report["deltaF_kjmol"] + shift, "dG_err_kjmol": report["deltaF_err_kjmol"],
         "converged": report["converged"], "reason": report["reason"],
         "recrossings": report["diagnostics"]["transitions"], "diagnostics": report["diagnostics"],
@@ -95,3 +97,10 @@ def binding_report(run_dir: str | Path, skip_ns: float = 0.0, blocks: int = 0, b
                     "beyond_A": float(ESCAPE_WIDTHS * sigma)},
         "frames": int(len(z)), "simulated_ns": float(t_ns.max()), "temperature_K": temperature, "cv": settings.cv,
     }
+    correction = run_dir / ML_CORRECTION / "correction.json"
+    if correction.exists():  # the MM -> ML/MM correction (binding.correction), once computed
+        c = json.loads(correction.read_text())
+        out["ml_mm_correction"] = c
+        out["dG_mlmm_kjmol"] = out["dG_kjmol"] + c["ddG_kjmol"]
+        out["dG_mlmm_err_kjmol"] = float(math.hypot(out["dG_err_kjmol"], c["ddG_err_kjmol"]))
+    return out

@@ -23,7 +23,6 @@ from openmm import unit
 
 from ..errors import InputError
 from ..md.integrators import MDState
-from ..md.simulation import make_force_fn
 from ..models.base import Potential
 from ..state import AtomsBatch
 from ..units import EV_IN_KJMOL, NM_IN_A
@@ -67,6 +66,21 @@ def remove_guest_internal(system: openmm.System, guest: Sequence[int]) -> None:
                              f"cannot split into guest-internal and environment terms")
 
 
+class _GuestEnergy:
+    """``PythonForce`` callback (picklable, as a force inside a ``CustomCVForce`` must be): the
+    potential's energy (kJ/mol) of the guest's atoms and its forces, zero on the other atoms."""
+
+    def __init__(self, potential: Potential, template: AtomsBatch, guest: np.ndarray, n_atoms: int) -> None:
+        self.potential, self.template, self.guest, self.n_atoms = potential, template, guest, n_atoms
+
+    def __call__(self, state: openmm.State) -> tuple[float, np.ndarray]:
+        pos = np.asarray(state.getPositions(asNumpy=True).value_in_unit(unit.nanometer))[self.guest] * NM_IN_A
+        out = self.potential(self.template.replace(positions=torch.as_tensor(pos, dtype=torch.float64)))
+        forces = np.zeros((self.n_atoms, 3))
+        forces[self.guest] = out["forces"].detach().to(torch.float64).numpy() * EV_IN_KJMOL * NM_IN_A
+        return float(out["energy"][0].detach()) * EV_IN_KJMOL, forces
+
+
 def guest_force(potential: Potential, numbers: Sequence[int], guest: Sequence[int], n_atoms: int,
                 masses: Sequence[float]) -> openmm.PythonForce:
     """An ``openmm.PythonForce`` with ``potential``'s energy of the guest atoms (kJ/mol), its
@@ -78,16 +92,7 @@ def guest_force(potential: Potential, numbers: Sequence[int], guest: Sequence[in
                           system=torch.zeros(len(guest), dtype=torch.long),
                           cell=torch.zeros(1, 3, 3, dtype=torch.float64), pbc=torch.zeros(1, 3, dtype=torch.bool),
                           masses=torch.as_tensor([float(masses[i]) for i in guest], dtype=torch.float64))
-    force_fn = make_force_fn(potential)
-
-    def compute(state: openmm.State):
-        pos = np.asarray(state.getPositions(asNumpy=True).value_in_unit(unit.nanometer))[guest] * NM_IN_A
-        energy, forces = force_fn(template.replace(positions=torch.as_tensor(pos, dtype=torch.float64)))
-        out = np.zeros((n_atoms, 3))
-        out[guest] = forces.numpy() * EV_IN_KJMOL * NM_IN_A
-        return float(energy[0]) * EV_IN_KJMOL, out
-
-    force = openmm.PythonForce(compute)
+    force = openmm.PythonForce(_GuestEnergy(potential, template, guest, n_atoms))
     force.setName("neuralmd-ml-guest")
     return force
 

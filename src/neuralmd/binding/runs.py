@@ -238,7 +238,7 @@ def start_binding(parts: OpenMMSystem, settings: BindSettings, engine: OpenMMSet
 
 
 def train_learned_cv(parts: OpenMMSystem, settings: BindSettings, engine: OpenMMSettings, progress: bool = False):
-    """Deep-LDA binding CV from ``settings.cv_train_ps`` of unbiased MD (in the funnel) from the
+    """The learned binding CV (``settings.cv_method``) from ``settings.cv_train_ps`` of unbiased MD (in the funnel) from the
     bound pose and from the guest moved along the axis to the middle of the unbound plateau (held
     there by the funnel's lower wall moved to the plateau); sets ``settings.cv_range`` (the
     states' means ± 1: the CV is scaled to one unit between them) and, where 0,
@@ -250,25 +250,43 @@ def train_learned_cv(parts: OpenMMSystem, settings: BindSettings, engine: OpenMM
     positions = positions_A(parts)
     groups = descriptor_groups(positions, parts.numbers, settings.host, settings.anchor, settings.guest)
     frame = settings.frame_cv(AxialPosition)
-    r, u = (v[0].numpy() for v in frame.frame(torch.as_tensor(positions)[None]))
-    unbound = positions.copy()
-    unbound[settings.guest] += (float(np.mean(settings.unbound_z_A)) * u - r)  # guest centroid onto the axis there
     steps = int(round(settings.cv_train_ps * 1000 / engine.timestep_fs))
     every = max(1, steps // 400)
-    funnel = settings.make_funnel()
-    lo = settings.unbound_z_A[0]  # the unbound run is held on the plateau: the guest would come back
-    plateau = dataclasses.replace(funnel, lower_z_A=lo, switch_z_A=min(max(funnel.switch_z_A, lo + 0.5),
-                                                                        0.5 * (lo + funnel.upper_z_A)))
     if progress:
         Console(stderr=True).print(f"learned CV: {settings.cv_train_ps} ps of unbiased MD in the bound and in the "
                                    f"unbound state, then {settings.cv_method}")
     states = [sample_state(parts, engine, [FunnelTerm(f, frame)], x / NM_IN_A, steps, every)
-              for f, x in ((funnel, positions), (plateau, unbound))]
+              for f, x in ((settings.make_funnel(), positions), (plateau_funnel(settings), guest_on_plateau(parts, settings)))]
     cv, stats = train_binding_cv(*states, groups, settings.cv_method, seed=engine.seed)
     settings.cv_range = [stats["bound_mean"] - 1.0, stats["unbound_mean"] + 1.0]  # the states are one unit apart
     if settings.sigma == 0:
         settings.sigma = LEARNED_SIGMA
     return cv, stats
+
+
+def plateau_funnel(settings: BindSettings) -> Funnel:
+    """The funnel with its lower wall moved to the unbound plateau: holds a guest unbound (the
+    guest would come back)."""
+    funnel, lo = settings.make_funnel(), settings.unbound_z_A[0]
+    return dataclasses.replace(funnel, lower_z_A=lo,
+                               switch_z_A=min(max(funnel.switch_z_A, lo + 0.5), 0.5 * (lo + funnel.upper_z_A)))
+
+
+def bound_funnel(settings: BindSettings) -> Funnel:
+    """The funnel closed at ``bound_z``: holds a guest bound."""
+    funnel = settings.make_funnel()
+    return dataclasses.replace(funnel, upper_z_A=settings.bound_z_A,
+                               switch_z_A=min(funnel.switch_z_A, settings.bound_z_A - 0.5))
+
+
+def guest_on_plateau(parts: OpenMMSystem, settings: BindSettings) -> np.ndarray:
+    """The starting positions (Å) with the guest's centroid moved onto the axis at the middle of
+    the unbound plateau."""
+    positions = positions_A(parts)
+    r, u = (v[0].numpy() for v in settings.frame_cv(AxialPosition).frame(torch.as_tensor(positions)[None]))
+    out = positions.copy()
+    out[settings.guest] += float(np.mean(settings.unbound_z_A)) * u - r
+    return out
 
 
 def load_settings(run_dir: str | Path) -> tuple[BindSettings, OpenMMSettings]:
@@ -279,16 +297,22 @@ def load_settings(run_dir: str | Path) -> tuple[BindSettings, OpenMMSettings]:
     return settings, engine
 
 
+def stored_system(run_dir: str | Path) -> OpenMMSystem:
+    """The binding run's MM system as stored (system.xml, topology.pdb with its start positions)."""
+    run_dir = Path(run_dir)
+    system = openmm.XmlSerializer.deserialize((run_dir / SYSTEM_XML).read_text())
+    pdb = app.PDBFile(str(run_dir / TOPOLOGY))
+    numbers = np.array([a.element.atomic_number if a.element is not None else 0 for a in pdb.topology.atoms()])
+    return OpenMMSystem(pdb.topology, system, pdb.positions, numbers)
+
+
 def resume_binding(run_dir: str | Path, progress: bool = False) -> OpenMMRun:
     """The binding run in ``run_dir`` rebuilt from its stored System and settings and continued
     from its checkpoint, ready to ``run()``."""
     run_dir = require_existing(run_dir, "a binding run directory")
     settings, engine = load_settings(run_dir)
-    system = openmm.XmlSerializer.deserialize((run_dir / SYSTEM_XML).read_text())
-    pdb = app.PDBFile(str(run_dir / TOPOLOGY))
-    numbers = np.array([a.element.atomic_number if a.element is not None else 0 for a in pdb.topology.atoms()])
-    parts = OpenMMSystem(pdb.topology, system, pdb.positions, numbers)
-    terms, reporters = _terms_and_reporters(settings, engine, run_dir, numbers)
+    parts = stored_system(run_dir)
+    terms, reporters = _terms_and_reporters(settings, engine, run_dir, parts.numbers)
     run = OpenMMRun(engine, run_dir, parts, terms, reporters, progress)
     run.restore()
     return run

@@ -64,6 +64,8 @@ def report_binding(run_dir: Path, skip_ns: float = 0.0, blocks: int = 0, output:
         console.print(f"[red]{escaped['frames']} frames ({100 * escaped['fraction']:.2f} %) lie more than "
                       f"{escaped['beyond_A']:.2f} Å outside the funnel: the wall is too soft for this guest (raise "
                       f"--funnel-k) and ΔG° counts them as they were sampled[/red]")
+    if "dG_mlmm_kjmol" in report:
+        console.print(f"ΔG°bind (ML/MM) = {report['dG_mlmm_kjmol']:.2f} ± {report['dG_mlmm_err_kjmol']:.2f} kJ/mol")
     console.print(f"   bound: {report['definition']['bound']}; unbound: {report['definition']['unbound']}")
     console.print(f"-> {out / 'binding.json'}, {out / 'binding.png'}")
     return report
@@ -108,6 +110,10 @@ def bind(
     walkers: int = typer.Option(1, help="OPES walkers sharing the bias (one OpenMM context each, run in turn)"),
     ml_guest: Optional[Path] = typer.Option(None, help="a neuralmd model.pt for the guest's internal energy (ML/MM, "
                                                        "mechanical embedding; host and solvent stay MM)"),
+    ml_correction: Optional[Path] = typer.Option(None, help="after the run: the MM -> ML/MM correction to ΔG° for this "
+                                                            "guest model.pt (λ windows in the bound and unbound "
+                                                            "states, MBAR); also with --resume"),
+    correction_ps: float = typer.Option(100.0, help="--ml-correction: MD per λ window and state (ps)"),
     ns: float = typer.Option(10.0, help="simulated time in ns (in all, also with --resume)"),
     temperature: float = typer.Option(300.0, help="K"),
     pressure_bar: float = typer.Option(1.0, help="bar (explicit solvent)"),
@@ -131,6 +137,10 @@ def bind(
     set_threads(1)  # torch only records CVs here
     if not 0 < ns < float("inf"):
         raise InputError(f"ns: {ns}; expected > 0")
+    if not 0 < correction_ps < float("inf"):
+        raise InputError(f"correction-ps: {correction_ps}; expected > 0")
+    if ml_correction is not None and not ml_correction.is_file():
+        raise InputError(f"ml-correction: {ml_correction}: file not found")
     if resume is not None:
         refuse_with_resume(ctx, ["output", "prmtop", "inpcrd", "pdb", "forcefield", "solvent", "host_residue",
                                  "guest_residue", "host_atoms", "guest_atoms", "cv", "barrier_kjmol", "sigma", "pace",
@@ -182,6 +192,12 @@ def bind(
     run.run(int(round(ns * 1e6 / engine.timestep_fs)) - run.step)
     console.print(f"{run.step} steps ({run.time_ps(run.step) / 1000:.4f} ns) at {run.ns_per_day():.2f} ns/day "
                   f"-> {run.run_dir}/")
+    if ml_correction is not None:
+        from ..binding.correction import correct_binding
+
+        c = correct_binding(run.run_dir, ml_correction, correction_ps)
+        console.print(f"ML/MM correction ΔΔG = {c['ddG_kjmol']:.2f} ± {c['ddG_err_kjmol']:.2f} kJ/mol (smallest overlap "
+                      f"of neighbouring λ windows {c['min_neighbour_overlap']:.3f})")
     try:
         report_binding(run.run_dir, skip_ns)
     except InputError as exc:  # too short to say anything yet: the run itself is fine
