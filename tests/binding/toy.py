@@ -71,3 +71,54 @@ def exact_binding_dG(depth_kjmol: float, width_A: float, funnel: Funnel, bound_z
     integrand = 2 * np.pi * rr * np.exp(-(u_well + u_funnel) / kT)
     k_b = np.trapezoid(np.trapezoid(integrand, rho, axis=1), z)
     return -kT * math.log(k_b / 1660.5390671738466)
+
+
+TOY_XML = """<ForceField>
+ <AtomTypes>
+  <Type name="top" class="T" element="C" mass="12.011"/>
+  <Type name="bottom" class="B" element="C" mass="12.011"/>
+  <Type name="guest" class="G" element="Ar" mass="39.948"/>
+ </AtomTypes>
+ <Residues>
+  <Residue name="HST">
+{atoms}
+{bonds}
+  </Residue>
+  <Residue name="GST"><Atom name="AR0" type="guest"/></Residue>
+ </Residues>
+ <HarmonicBondForce>
+  <Bond class1="T" class2="T" length="0.3" k="20000"/>
+  <Bond class1="B" class2="B" length="0.3" k="20000"/>
+  <Bond class1="T" class2="B" length="0.2" k="20000"/>
+ </HarmonicBondForce>
+ <NonbondedForce coulomb14scale="0.8333" lj14scale="0.5">
+  <Atom type="top" charge="0" sigma="0.34" epsilon="0.4"/>
+  <Atom type="bottom" charge="0" sigma="0.34" epsilon="0.4"/>
+  <Atom type="guest" charge="0" sigma="0.34" epsilon="1.2"/>
+ </NonbondedForce>
+</ForceField>
+"""
+
+
+def write_toy_pdb_and_xml(folder) -> tuple[str, str]:
+    """The toy's host (a bonded two-ring cage, residue HST) and guest (residue GST) as a PDB with
+    CONECT records and an OpenMM force-field XML for them: the --pdb + --forcefield input path."""
+    from pathlib import Path
+
+    parts = toy_complex(0.0)
+    atoms = list(parts.topology.atoms())
+    bonds = []
+    for ring in (0, 1):
+        for k in range(RING):
+            bonds.append((ring * RING + k, ring * RING + (k + 1) % RING))
+    bonds += [(k, RING + k) for k in range(RING)]
+    for i, j in bonds:
+        parts.topology.addBond(atoms[i], atoms[j])
+    folder = Path(folder)
+    with open(folder / "toy.pdb", "w") as fh:
+        app.PDBFile.writeFile(parts.topology, parts.positions, fh)
+    atom_lines = "\n".join(f'   <Atom name="{a.name}" type="{"bottom" if a.index < RING else "top"}"/>'
+                           for a in atoms[: 2 * RING])
+    bond_lines = "\n".join(f'   <Bond atomName1="{atoms[i].name}" atomName2="{atoms[j].name}"/>' for i, j in bonds)
+    (folder / "toy.xml").write_text(TOY_XML.format(atoms=atom_lines, bonds=bond_lines))
+    return str(folder / "toy.pdb"), str(folder / "toy.xml")

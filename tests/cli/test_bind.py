@@ -83,6 +83,25 @@ def test_bind_with_an_ml_guest_runs_resumes_and_refuses_a_model_missing_an_eleme
     assert int((out / "colvar.csv").read_text().splitlines()[-1].split(",")[0]) == 300
 
 
+def test_bind_from_a_pdb_and_force_field_xml(tmp_path):
+    """The --pdb + --forcefield input: the toy cage and guest in vacuum, host and guest by residue,
+    a short run; a PDB whose residues the XML lacks is one line, exit 2."""
+    from tests.binding.toy import write_toy_pdb_and_xml
+
+    pdb, xml = write_toy_pdb_and_xml(tmp_path)
+    out = tmp_path / "toy"
+    args = ["--pdb", pdb, "--forcefield", xml, "--solvent", "vacuum", "--host-residue", "HST", "--guest-residue", "GST",
+            "--funnel-radius", "2", "--report-every", "100", "--platform", "Reference"]
+    result = run("bind", *args, "--ns", "0.01", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert int((out / "colvar.csv").read_text().splitlines()[-1].split(",")[0]) == 5000
+    assert tomllib.loads((out / "input.toml").read_text())["pdb"] == pdb
+    bad = run("bind", "--pdb", pdb, "--forcefield", "amber14-all.xml", "--solvent", "vacuum", "--host-residue", "HST",
+              "--guest-residue", "GST", "--ns", "0.001", "-o", str(tmp_path / "bad"))
+    assert_input_error(bad, "cannot build the system")
+    assert not (tmp_path / "bad").exists()
+
+
 def _without_radii(tmp_path):
     text = (CB7 / "complex-vacuum.prmtop").read_text()
     start = text.index("%FLAG RADII")
