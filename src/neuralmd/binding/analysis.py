@@ -101,6 +101,7 @@ def binding_report(run_dir: str | Path, skip_ns: float = 0.0, blocks: int = 0, b
     if correction.exists():  # the MM -> ML/MM correction (binding.correction), once computed
         c = json.loads(correction.read_text())
         out["ml_mm_correction"] = c
-        out["dG_mlmm_kjmol"] = out["dG_kjmol"] + c["ddG_kjmol"]
-        out["dG_mlmm_err_kjmol"] = float(math.hypot(out["dG_err_kjmol"], c["ddG_err_kjmol"]))
+        if c["ddG_kjmol"] is not None:
+            out["dG_mlmm_kjmol"] = out["dG_kjmol"] + c["ddG_kjmol"]
+            out["dG_mlmm_err_kjmol"] = float(math.hypot(out["dG_err_kjmol"], c["ddG_err_kjmol"]))
     return out

@@ -110,8 +110,9 @@ def mlmm_correction(parts: OpenMMSystem, settings: BindSettings, engine: OpenMMS
                     folder: str | Path, ps_per_window: float = 100.0, lambdas: Sequence[float] = LAMBDAS,
                     every_steps: int = 250) -> dict:
     """ΔΔG (kJ/mol) of replacing the guest's internal MM energy by ``potential``, per state ΔA
-    with MBAR errors, and the smallest overlap between neighbouring windows; windows stored in
-    ``folder`` and reused; the result also written to ``folder/correction.json``."""
+    with MBAR errors, and the smallest overlap between neighbouring windows (None with the reason
+    where MBAR fails for want of overlap); windows stored in ``folder`` and reused; the result
+    also written to ``folder/correction.json``."""
     pymbar = _quiet_pymbar()
     folder = Path(folder)
     (folder / "windows").mkdir(parents=True, exist_ok=True)
@@ -139,15 +140,22 @@ def mlmm_correction(parts: OpenMMSystem, settings: BindSettings, engine: OpenMMS
         offset = float(np.mean(energies[:, 1] - energies[:, 0]))  # ML and MM zeros differ; a constant shift
         lam = np.asarray(lambdas)[:, None]
         u_kn = ((1 - lam) * energies[None, :, 0] + lam * (energies[None, :, 1] - offset)) / kT
-        mbar = pymbar.MBAR(u_kn, np.array([len(s) for s in samples]), solver_protocol="robust")
-        result = mbar.compute_free_energy_differences()
-        overlap = mbar.compute_overlap()["matrix"]
+        try:
+            mbar = pymbar.MBAR(u_kn, np.array([len(s) for s in samples]), solver_protocol="robust")
+            result = mbar.compute_free_energy_differences()
+            overlap = mbar.compute_overlap()["matrix"]
+        except pymbar.utils.ParameterError as exc:  # windows so far apart that MBAR's weights do not normalise
+            out["states"][name] = {"dA_kjmol": None, "dA_err_kjmol": None, "min_neighbour_overlap": 0.0,
+                                   "reason": f"MBAR failed ({str(exc).splitlines()[0][:120]}): the λ windows do not "
+                                             f"overlap; add windows or sample longer"}
+            continue
         out["states"][name] = {
             "dA_kjmol": float(result["Delta_f"][0, -1] * kT + offset), "dA_err_kjmol": float(result["dDelta_f"][0, -1] * kT),
             "min_neighbour_overlap": float(min(overlap[k, k + 1] for k in range(len(lambdas) - 1)))}
     b, u = out["states"]["bound"], out["states"]["unbound"]
-    out["ddG_kjmol"] = b["dA_kjmol"] - u["dA_kjmol"]
-    out["ddG_err_kjmol"] = float(np.hypot(b["dA_err_kjmol"], u["dA_err_kjmol"]))
+    known = b["dA_kjmol"] is not None and u["dA_kjmol"] is not None
+    out["ddG_kjmol"] = b["dA_kjmol"] - u["dA_kjmol"] if known else None
+    out["ddG_err_kjmol"] = float(np.hypot(b["dA_err_kjmol"], u["dA_err_kjmol"])) if known else None
     out["min_neighbour_overlap"] = min(b["min_neighbour_overlap"], u["min_neighbour_overlap"])
     atomic_write_json(out, folder / "correction.json")
     return out

@@ -196,8 +196,12 @@ def bind(
         from ..binding.correction import correct_binding
 
         c = correct_binding(run.run_dir, ml_correction, correction_ps)
-        console.print(f"ML/MM correction ΔΔG = {c['ddG_kjmol']:.2f} ± {c['ddG_err_kjmol']:.2f} kJ/mol (smallest overlap "
-                      f"of neighbouring λ windows {c['min_neighbour_overlap']:.3f})")
+        value = "not available" if c["ddG_kjmol"] is None else f"{c['ddG_kjmol']:.2f} ± {c['ddG_err_kjmol']:.2f} kJ/mol"
+        console.print(f"ML/MM correction ΔΔG = {value} (smallest overlap of neighbouring λ windows "
+                      f"{c['min_neighbour_overlap']:.3f})")
+        for state, values in c["states"].items():
+            if "reason" in values:
+                console.print(f"[red]  {state}: {values['reason']}[/red]")
     try:
         report_binding(run.run_dir, skip_ns)
     except InputError as exc:  # too short to say anything yet: the run itself is fine
