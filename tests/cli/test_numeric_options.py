@@ -45,7 +45,7 @@ CASES = [
         ("--ns", "positive_float"), ("--steps", "nonnegative_int"), ("--temperature", "temperature"),
         ("--timestep-fs", "positive_float"), ("--friction-per-ps", "nonnegative_float"),
         ("--report-every", "positive_int"), ("--checkpoint-every", "positive_int"), ("--sigma", "positive_float"),
-        ("--tmax", "nonnegative_float")]],
+        ("--tmax", "nonnegative_float"), ("--replicas", "positive_int")]],
     *[(["train", "--train", "{xyz}"], option, kind) for option, kind in [
         ("--valid-fraction", "positive_float"), ("--features", "positive_int"), ("--interactions", "positive_int"),
         ("--cutoff", "positive_float"), ("--batch-size", "positive_int"), ("--lr", "positive_float"),

@@ -113,11 +113,14 @@ def assert_colvar_has_the_bias_each_frame_felt(run_dir, settings: BiasSettings, 
     assert moved > 0.01  # a deposition does move the bias at its own frame: the test can tell
 
 
-def test_restarted_openmm_opes_run_continues_exactly(tmp_path):
+@pytest.mark.parametrize("walkers", [1, 2])
+def test_restarted_openmm_opes_run_continues_exactly(tmp_path, walkers):
+    """One walker, or two sharing the bias (one context each): a restart repeats the run."""
     pdb = str(shared_file("alanine_dipeptide/ala2.pdb"))
 
     def settings(total):
-        return OpenMMSettings(pdb=pdb, report_every=100, checkpoint_every=1000, total_steps=total, seed=3)
+        return OpenMMSettings(pdb=pdb, report_every=100, checkpoint_every=1000, total_steps=total, seed=3,
+                              walkers=walkers)
 
     bias = BiasSettings(cv="phi,psi", barrier_kjmol=30, pace=100, sigma=[0.3, 0.3])
     full = start_openmm(settings(3000), bias, tmp_path / "full")
@@ -130,8 +133,8 @@ def test_restarted_openmm_opes_run_continues_exactly(tmp_path):
     resumed.run()
     a = np.loadtxt(tmp_path / "full" / "colvar.csv", delimiter=",", skiprows=1)
     b = np.loadtxt(tmp_path / "part" / "colvar.csv", delimiter=",", skiprows=1)
-    assert a.shape == b.shape == (31, 6)
-    assert np.array_equal(a, b)
+    assert a.shape == b.shape == (31 * walkers, 6)
+    assert np.array_equal(a, b) and set(a[:, 2]) == set(range(walkers))
     assert torch.equal(full.terms[0].bias.heights, resumed.terms[0].bias.heights)
     assert_colvar_has_the_bias_each_frame_felt(tmp_path / "full", bias, full.terms[0].bias.cv)
 

@@ -14,7 +14,7 @@ import typer
 from ..errors import InputError
 from ..rundir import check_writable
 from ..sampling.bias_factory import BiasSettings
-from .common import app, console, default, one_temperature, refuse_given, refuse_with_resume, settings_from
+from .common import app, console, default, given, one_temperature, refuse_given, refuse_with_resume, settings_from
 from .md import Engine, finish, openmm_settings, run_options, run_resumed, wants_openmm
 
 
@@ -47,7 +47,8 @@ def sample(
     platform: str = typer.Option("Reference", help="OpenMM platform"),
     model: Optional[Path] = typer.Option(None, help="neural potential model.pt (native engine)"),
     structure: Optional[Path] = typer.Option(None, help="starting structure(s) (native engine)"),
-    replicas: int = typer.Option(1, help="walkers sharing one bias (native engine)"),
+    replicas: int = typer.Option(1, help="walkers sharing one bias (native engine: replicas of the batch; openmm: one "
+                                         "context each, run in turn)"),
     bias: BiasKind = typer.Option(_b("bias"), help="opes (OPES_METAD), opes-explore, metad (well-tempered), "
                                                       "opes-multithermal (OPES_EXPANDED on the energy, T..--tmax), "
                                                       "none"),
@@ -113,6 +114,10 @@ def sample(
 
         set_threads(threads or 1)  # torch only evaluates CVs here; one thread is fastest
         settings = openmm_settings(ctx, engine_file, common, pdb, forcefield, platform, temperature, "sample")
+        if given(ctx, "replicas") or engine_file is None:
+            if replicas < 1:
+                raise InputError(f"replicas: {replicas}; expected >= 1 walker")
+            settings.walkers = replicas
         settings.validate()  # the timestep before it divides
         settings.total_steps = total_steps(settings, ns, steps, engine_file)
         run = start_openmm(settings, bias_settings, output, progress=True)
