@@ -44,6 +44,9 @@ def test_bind_runs_cb7_b2_in_obc2_and_resumes(tmp_path):
     from neuralmd.models import NeuralPotential
 
     NeuralPotential([1, 6, 7, 8], features=8, interactions=1, cutoff=4.0, num_basis=6).save(tmp_path / "guest.pt")
+    NeuralPotential([1, 6], features=8, interactions=1, cutoff=4.0, num_basis=6).save(tmp_path / "hc.pt")
+    assert_input_error(run("bind", "--resume", str(out), "--ns", "0.006", "--ml-correction", str(tmp_path / "hc.pt")),
+                       "--ml-correction", "element")  # refused before any step is run
     corrected = run("bind", "--resume", str(out), "--ns", "0.006", "--ml-correction", str(tmp_path / "guest.pt"),
                     "--correction-ps", "0.1")
     assert corrected.returncode == 0, corrected.stderr

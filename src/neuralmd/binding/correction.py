@@ -161,19 +161,27 @@ def mlmm_correction(parts: OpenMMSystem, settings: BindSettings, engine: OpenMMS
     return out
 
 
+def check_correction_model(model: str | Path, numbers: Sequence[int], settings: BindSettings) -> Potential:
+    """The guest model for an MM → ML/MM correction, loaded (float64) and checked: InputError if
+    the run's guest is already ML or the model lacks one of the guest's elements."""
+    from ..models.neural import load_potential
+
+    if settings.ml_guest:
+        raise InputError("ml-correction: this run's guest is already ML (--ml-guest); the correction is for an MM run")
+    potential = load_potential(model, dtype=torch.float64)
+    potential.check_elements([int(numbers[i]) for i in settings.guest], where=f"the guest (--ml-correction {model})")
+    return potential
+
+
 def correct_binding(run_dir: str | Path, model: str | Path, ps_per_window: float = 100.0) -> dict:
     """The ML/MM correction of the binding run in ``run_dir`` for the guest potential ``model``,
     in ``run_dir/ml-correction`` (windows reused when it is run again)."""
-    from ..models.neural import load_potential
     from ..rundir import ML_CORRECTION
     from .runs import load_settings, stored_system
 
     settings, engine = load_settings(run_dir)
-    if settings.ml_guest:
-        raise InputError(f"{run_dir}: this run's guest is already ML; the correction is for an MM run")
-    potential = load_potential(model, dtype=torch.float64)
     parts = stored_system(run_dir)
-    potential.check_elements([int(parts.numbers[i]) for i in settings.guest], where=f"the guest (--ml-correction {model})")
+    potential = check_correction_model(model, parts.numbers, settings)
     folder = Path(run_dir) / ML_CORRECTION
     out = {"model": str(Path(model).resolve()), **mlmm_correction(parts, settings, engine, potential, folder,
                                                                    ps_per_window)}

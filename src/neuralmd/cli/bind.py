@@ -144,12 +144,17 @@ def bind(
     if resume is not None:
         refuse_with_resume(ctx, ["output", "prmtop", "inpcrd", "pdb", "forcefield", "solvent", "host_residue",
                                  "guest_residue", "host_atoms", "guest_atoms", "cv", "barrier_kjmol", "sigma", "pace",
-                                 "cv_train_ps", "cv_method", "ml_guest", "walkers", *FUNNEL_OPTIONS, "bound_z", "unbound_z", "temperature", "pressure_bar",
-                                 "timestep_fs", "friction_per_ps", "report_every", "checkpoint_every", "seed",
-                                 "platform"], resume)
+                                 "cv_train_ps", "cv_method", "ml_guest", "walkers", *FUNNEL_OPTIONS, "bound_z",
+                                 "unbound_z", "temperature", "pressure_bar", "timestep_fs", "friction_per_ps",
+                                 "report_every", "checkpoint_every", "seed", "platform"], resume)
         from ..md.openmm_engine import OpenMMRun
 
-        _, engine = load_settings(resume)
+        stored, engine = load_settings(resume)
+        if ml_correction is not None:
+            from ..binding.correction import check_correction_model
+            from ..binding.runs import stored_system
+
+            check_correction_model(ml_correction, stored_system(resume).numbers, stored)
         done = int(OpenMMRun.read_checkpoint(resume)["step"])
         if int(round(ns * 1e6 / engine.timestep_fs)) < done:
             raise InputError(f"ns: {ns}; the run in {resume} is already at {done * engine.timestep_fs * 1e-6:.4f} ns")
@@ -188,6 +193,11 @@ def bind(
             raise InputError("--cv-train-ps: only for --cv learned")
         if ml_guest is not None and not ml_guest.is_file():
             raise InputError(f"ml-guest: {ml_guest}: file not found")
+        if ml_correction is not None:
+            from ..binding.correction import check_correction_model
+
+            settings.ml_guest = ml_guest is not None
+            check_correction_model(ml_correction, parts.numbers, settings)
         run = start_binding(parts, settings, engine, output, source=spec, ml_guest=ml_guest, progress=True)
     run.run(int(round(ns * 1e6 / engine.timestep_fs)) - run.step)
     console.print(f"{run.step} steps ({run.time_ps(run.step) / 1000:.4f} ns) at {run.ns_per_day():.2f} ns/day "
