@@ -102,7 +102,7 @@ def umbrella_window(args: argparse.Namespace, parts, settings, centre: float, st
     system = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(parts.system))
     frame = settings.frame_cv(AxialPosition)
     FunnelTerm(settings.make_funnel(), frame).add_to(system)
-    umbrella = frame._force(f"0.5*{args.us_k * 100!r}*(z - {centre / 10!r})^2")  # kJ/mol/nm², nm
+    umbrella = frame.centroid_force(f"0.5*{args.us_k * 100!r}*(z - {centre / 10!r})^2")  # kJ/mol/nm², nm
     system.addForce(umbrella)
     engine = OpenMMSettings(pdb="", forcefield=[], temperature_K=TEMPERATURE_K, timestep_fs=2.0, seed=seed,
                             platform="CPU")

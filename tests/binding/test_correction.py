@@ -15,13 +15,11 @@ from openmm import app, unit
 from neuralmd.binding.correction import lambda_force, mlmm_correction
 from neuralmd.binding.mlmm import remove_guest_internal
 from neuralmd.binding.runs import build_settings
-from neuralmd.binding.system import ComplexInput, load_complex
 from neuralmd.md.openmm_engine import OpenMMSettings
 from neuralmd.models.base import Potential
 from neuralmd.units import EV_IN_KJMOL, NM_IN_A
-from tests.conftest import shared_file
+from tests.binding.cb7 import CB7, cb7_complex
 
-CB7 = shared_file("cb7_b2/complex-vacuum.prmtop").parent
 OFFSET_EV = -123.4
 
 
@@ -66,9 +64,7 @@ class ForceFieldGuest(Potential):
 
 @pytest.fixture(scope="module")
 def cb7():
-    spec = ComplexInput(prmtop=str(CB7 / "complex-vacuum.prmtop"), inpcrd=str(CB7 / "complex-vacuum.inpcrd"),
-                        host="CUC", guest="B2")
-    parts = load_complex(spec, 300.0)
+    parts, spec = cb7_complex()
     return parts, build_settings(parts, spec, "axial")
 
 

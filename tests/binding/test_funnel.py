@@ -13,19 +13,16 @@ from openmm import unit
 
 from neuralmd.binding.funnel import (STANDARD_VOLUME_A3, AxialPosition, CentroidDistance, Funnel, RadialDistance,
                                      standard_binding_free_energy)
-from neuralmd.binding.system import ComplexInput, fitted_funnel, host_axis, host_guest, load_complex, positions_A
+from neuralmd.binding.system import fitted_funnel, host_axis, host_guest, positions_A
 from neuralmd.errors import InputError
 from neuralmd.sampling.fes import kT_kjmol
-from tests.conftest import shared_file
+from tests.binding.cb7 import cb7_complex
 
-CB7 = shared_file("cb7_b2/complex-vacuum.prmtop").parent
 
 
 @pytest.fixture(scope="module")
 def cb7():
-    spec = ComplexInput(prmtop=str(CB7 / "complex-vacuum.prmtop"), inpcrd=str(CB7 / "complex-vacuum.inpcrd"),
-                        host="CUC", guest="B2")
-    parts = load_complex(spec, 300.0)
+    parts, spec = cb7_complex()
     host, guest = host_guest(parts.topology, spec)
     pos = positions_A(parts)
     anchor, axis = host_axis(pos, host, guest)

@@ -13,21 +13,18 @@ from openmm import unit
 from neuralmd.binding.analysis import binding_report
 from neuralmd.binding.learned import BindingCV, BindingDescriptors, descriptor_groups, mlp_expression
 from neuralmd.binding.runs import resume_binding, start_binding
-from neuralmd.binding.system import ComplexInput, host_axis, host_guest, load_complex, positions_A
+from neuralmd.binding.system import host_axis, host_guest, positions_A
 from neuralmd.errors import InputError
 from neuralmd.sampling.learned import CVNetwork, Normalise, mlp
 from tests.binding.test_runs import FUNNEL, toy_engine, toy_settings
 from tests.binding.toy import exact_binding_dG, toy_complex
-from tests.conftest import shared_file
+from tests.binding.cb7 import cb7_complex
 
-CB7 = shared_file("cb7_b2/complex-vacuum.prmtop").parent
 
 
 @pytest.fixture(scope="module")
 def cb7_groups():
-    spec = ComplexInput(prmtop=str(CB7 / "complex-vacuum.prmtop"), inpcrd=str(CB7 / "complex-vacuum.inpcrd"),
-                        host="CUC", guest="B2")
-    parts = load_complex(spec, 300.0)
+    parts, spec = cb7_complex()
     host, guest = host_guest(parts.topology, spec)
     pos = positions_A(parts)
     anchor, _ = host_axis(pos, host, guest)

@@ -13,14 +13,13 @@ from ase import Atoms
 from openmm import app, unit
 
 from neuralmd.binding.mlmm import embed_guest
-from neuralmd.binding.system import ComplexInput, host_guest, load_complex
+from neuralmd.binding.system import host_guest
 from neuralmd.errors import InputError
 from neuralmd.models import NeuralPotential
 from neuralmd.state import AtomsBatch
 from neuralmd.units import EV_IN_KJMOL
-from tests.conftest import shared_file
+from tests.binding.cb7 import CB7, cb7_complex
 
-CB7 = shared_file("cb7_b2/complex-vacuum.prmtop").parent
 
 
 def _model(elements) -> NeuralPotential:
@@ -31,9 +30,7 @@ def _model(elements) -> NeuralPotential:
 
 @pytest.fixture(scope="module")
 def complex_parts():
-    spec = ComplexInput(prmtop=str(CB7 / "complex-vacuum.prmtop"), inpcrd=str(CB7 / "complex-vacuum.inpcrd"),
-                        host="CUC", guest="B2")
-    parts = load_complex(spec, 300.0, constraints="None")
+    parts, spec = cb7_complex(constraints="None")
     return parts, host_guest(parts.topology, spec)[1]
 
 

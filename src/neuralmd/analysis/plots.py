@@ -336,16 +336,16 @@ def plot_refine_history(history: Sequence[dict], names: Sequence[str], path: str
     save_figure(fig, path)
 
 
-def plot_binding(report: dict, path: str | os.PathLike, bound_z_A: float, unbound_z_A: Sequence[float],
-                 reference_kjmol: float | None = None) -> None:
-    """A binding run at a glance: the PMF along the funnel axis (kJ/mol, zero on the unbound
-    plateau) with the bound and unbound regions shaded, and ΔG°bind against simulated time."""
+def plot_binding(report: dict, path: str | os.PathLike, reference_kjmol: float | None = None) -> None:
+    """A binding run at a glance (``binding.analysis.binding_report``): the PMF along the funnel
+    axis (kJ/mol, zero on the unbound plateau) with the bound and unbound regions shaded, and
+    ΔG°bind against simulated time."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     z = np.array(report["pmf"]["z_A"])
     w = np.array([np.nan if v is None else v for v in report["pmf"]["W_kjmol"]], dtype=float)
     left.plot(z, w, color="C0")
-    left.axvspan(z.min(), bound_z_A, color="C2", alpha=0.15, label="bound")
-    left.axvspan(*unbound_z_A, color="C1", alpha=0.15, label="unbound")
+    left.axvspan(z.min(), report["bound_z_A"], color="C2", alpha=0.15, label="bound")
+    left.axvspan(*report["unbound_z_A"], color="C1", alpha=0.15, label="unbound")
     left.set_xlabel("z along the host axis (Å)")
     left.set_ylabel("W(z) (kJ/mol)")
     left.legend()

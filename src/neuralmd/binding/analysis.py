@@ -45,7 +45,7 @@ def binding_report(run_dir: str | Path, skip_ns: float = 0.0, blocks: int = 0, b
     """ΔG°bind and its diagnostics for the binding run in ``run_dir`` (frames before ``skip_ns``
     dropped). Keys: ``dG_kjmol``, ``dG_err_kjmol``, ``converged``, ``reason``, ``recrossings``,
     ``curve`` ([ns, ΔG°]), ``pmf`` (z Å, W kJ/mol, zero on the unbound plateau), ``escaped``,
-    the definitions, the funnel and its cross-section; with an ML/MM correction computed,
+    ``bound_z_A`` and ``unbound_z_A`` with their definitions, the funnel and its cross-section; with an ML/MM correction computed,
     ``ml_mm_correction`` and ``dG_mlmm_kjmol`` ± ``dG_mlmm_err_kjmol``."""
     run_dir = Path(run_dir)
     settings, engine = load_settings(run_dir)
@@ -88,6 +88,7 @@ def binding_report(run_dir: str | Path, skip_ns: float = 0.0, blocks: int = 0, b
         "recrossings": report["diagnostics"]["transitions"], "diagnostics": report["diagnostics"],
         "curve": [[t, f + shift] for t, f in report["curve"]],
         "pmf": {"z_A": centres.tolist(), "W_kjmol": [float(w) if np.isfinite(w) else None for w in pmf]},
+        "bound_z_A": settings.bound_z_A, "unbound_z_A": [lo, hi],
         "definition": {"bound": f"z < {settings.bound_z_A} Å along the host axis",
                        "unbound": f"{lo} <= z < {hi} Å in the funnel's cylinder",
                        "standard_state": "1 M (1660.54 Å³ per molecule)",

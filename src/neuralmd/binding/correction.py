@@ -31,7 +31,7 @@ from ..models.base import Potential
 from ..sampling.fes import kT_kjmol
 from ..units import NM_IN_A
 from .funnel import AxialPosition, Funnel
-from .mlmm import BONDED, guest_force, remove_guest_internal
+from .mlmm import BONDED, bonded_terms, guest_force, remove_guest_internal
 from .runs import BindSettings, FunnelTerm, bound_funnel, guest_on_plateau, plateau_funnel
 from .system import positions_A
 
@@ -46,13 +46,7 @@ def guest_internal_forces(system: openmm.System, guest: Sequence[int]) -> list[o
     out: list[openmm.Force] = []
     for force in system.getForces():
         if type(force) in BONDED:
-            count, get, add, n = BONDED[type(force)]
-            kept = type(force)()
-            for k in range(getattr(force, count)()):
-                params = getattr(force, get)(k)
-                if set(params[:n]) <= guest_set:
-                    getattr(kept, add)(*params)
-            out.append(kept)
+            out.append(bonded_terms(force, guest_set, internal=True))
         elif isinstance(force, openmm.NonbondedForce):
             pairs = openmm.NonbondedForce()
             pairs.setNonbondedMethod(openmm.NonbondedForce.NoCutoff)

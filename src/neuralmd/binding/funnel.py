@@ -74,8 +74,9 @@ class HostGuestCV(CV):
         rho = torch.sqrt(torch.clamp((r * r).sum(-1) - z * z, min=1e-12))
         return z, rho
 
-    def _force(self, expression: str) -> openmm.CustomCentroidBondForce:
-        """A CustomCentroidBondForce of ``expression`` (in z, rho, d: nm) over the three groups."""
+    def centroid_force(self, expression: str) -> openmm.CustomCentroidBondForce:
+        """A CustomCentroidBondForce of ``expression`` (in z, rho, d: nm) over the three groups
+        (a CV, the funnel, an umbrella along z)."""
         force = openmm.CustomCentroidBondForce(3, f"{expression}; {_FRAME}")
         for group in (self.host, self.anchor, self.guest):
             force.addGroup([int(i) for i in group], [1.0] * len(group))
@@ -83,23 +84,27 @@ class HostGuestCV(CV):
         return force
 
 
-
 class ScalarHostGuestCV(HostGuestCV):
-    """A one-output host–guest CV named after its variable in :data:`_FRAME` (z, rho or d)."""
+    """A one-output host–guest CV named after its variable in :data:`_FRAME` (``variable``: z,
+    rho or d)."""
+
+    variable = ""
+
+    def __init__(self, host: Sequence[int], anchor: Sequence[int], guest: Sequence[int]) -> None:
+        super().__init__(host, anchor, guest)
+        self.names = [self.variable]
 
     def openmm_force(self) -> openmm.CustomCentroidBondForce:
         """An OpenMM force whose energy is this CV's value (Å)."""
-        force = self._force(f"{NM_IN_A}*{self.names[0]}")
-        force.setName(f"neuralmd-cv-{self.names[0]}")
+        force = self.centroid_force(f"{NM_IN_A}*{self.variable}")
+        force.setName(f"neuralmd-cv-{self.variable}")
         return force
 
 
 class AxialPosition(ScalarHostGuestCV):
     """z: the guest centroid's position along the host axis (Å)."""
 
-    def __init__(self, host: Sequence[int], anchor: Sequence[int], guest: Sequence[int]) -> None:
-        super().__init__(host, anchor, guest)
-        self.names = ["z"]
+    variable = "z"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.coordinates(x)[0].unsqueeze(-1)
@@ -108,9 +113,7 @@ class AxialPosition(ScalarHostGuestCV):
 class RadialDistance(ScalarHostGuestCV):
     """rho: the guest centroid's distance from the host axis (Å)."""
 
-    def __init__(self, host: Sequence[int], anchor: Sequence[int], guest: Sequence[int]) -> None:
-        super().__init__(host, anchor, guest)
-        self.names = ["rho"]
+    variable = "rho"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.coordinates(x)[1].unsqueeze(-1)
@@ -119,9 +122,7 @@ class RadialDistance(ScalarHostGuestCV):
 class CentroidDistance(ScalarHostGuestCV):
     """d: the host–guest centroid distance (Å)."""
 
-    def __init__(self, host: Sequence[int], anchor: Sequence[int], guest: Sequence[int]) -> None:
-        super().__init__(host, anchor, guest)
-        self.names = ["d"]
+    variable = "d"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         r, _ = self.frame(x)
@@ -180,7 +181,7 @@ class Funnel:
         expression = (f"0.5*{k!r}*(max(0, rho - allowed)^2 + max(0, z - {nm['upper_z_A']!r})^2"
                       f" + max(0, {nm['lower_z_A']!r} - z)^2);"
                       f" allowed = {nm['radius_A']!r} + {tan!r}*max(0, {nm['switch_z_A']!r} - z)")
-        force = frame._force(expression)
+        force = frame.centroid_force(expression)
         force.setName("neuralmd-funnel")
         return force
 

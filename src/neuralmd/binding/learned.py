@@ -13,6 +13,7 @@ folded in) is written out as one algebraic expression of them in a ``CustomCVFor
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Sequence
 
@@ -72,8 +73,8 @@ class BindingDescriptors(HostGuestCV):
 
     def openmm_forces(self) -> list[openmm.Force]:
         """One OpenMM force per descriptor whose energy is its value (Å, counts, cosine)."""
-        z = self._force(f"{NM_IN_A}*z")
-        rho = self._force(f"{NM_IN_A}*rho")
+        z = self.centroid_force(f"{NM_IN_A}*z")
+        rho = self.centroid_force(f"{NM_IN_A}*rho")
         contacts = []
         for side in (self.near, self.far):
             force = openmm.CustomBondForce(f"1/(1+(r/{CONTACT_R0_A / NM_IN_A!r})^6)")
@@ -165,7 +166,7 @@ def sample_state(parts: OpenMMSystem, engine: OpenMMSettings, terms: Sequence, p
     from ``positions_nm`` with ``terms`` (the funnel) added; nothing is written."""
     system = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(parts.system))
     copy = OpenMMSystem(parts.topology, system, positions_nm, parts.numbers)
-    probe = OpenMMRun(engine, None, copy, terms)
+    probe = OpenMMRun(dataclasses.replace(engine, walkers=1), None, copy, terms)  # one context: the probe runs one
     probe.sample_positions(max(every, steps // 5))  # equilibration, discarded
     return probe.sample_positions(steps, every)
 

@@ -19,10 +19,11 @@ from typing import Sequence
 import numpy as np
 import openmm
 import torch
+from ase import Atoms
 from openmm import unit
 
 from ..errors import InputError
-from ..md.integrators import MDState
+from ..md.openmm_engine import FixedTerm
 from ..models.base import Potential
 from ..state import AtomsBatch
 from ..units import EV_IN_KJMOL, NM_IN_A
@@ -36,15 +37,16 @@ KEPT = (openmm.NonbondedForce, openmm.GBSAOBCForce, openmm.CustomGBForce, openmm
         openmm.MonteCarloBarostat, openmm.PythonForce)
 
 
-def _without_guest_terms(force: openmm.Force, guest: set[int]) -> openmm.Force:
-    """A copy of a bonded force without the terms whose atoms all lie in the guest."""
+def bonded_terms(force: openmm.Force, guest: set[int], internal: bool) -> openmm.Force:
+    """A copy of a bonded force (one of :data:`BONDED`) with only the terms whose atoms all lie
+    in the guest (``internal``) or only the others."""
     count, get, add, n = BONDED[type(force)]
     out = type(force)()
     out.setForceGroup(force.getForceGroup())
     out.setUsesPeriodicBoundaryConditions(force.usesPeriodicBoundaryConditions())
     for k in range(getattr(force, count)()):
         params = getattr(force, get)(k)
-        if not set(params[:n]) <= guest:
+        if (set(params[:n]) <= guest) == internal:
             getattr(out, add)(*params)
     return out
 
@@ -55,7 +57,7 @@ def remove_guest_internal(system: openmm.System, guest: Sequence[int]) -> None:
     for k in reversed(range(system.getNumForces())):
         force = system.getForce(k)
         if type(force) in BONDED:
-            replacement = _without_guest_terms(force, guest_set)
+            replacement = bonded_terms(force, guest_set, internal=False)
             system.removeForce(k)
             system.addForce(replacement)
         elif isinstance(force, openmm.NonbondedForce):
@@ -87,11 +89,8 @@ def guest_force(potential: Potential, numbers: Sequence[int], guest: Sequence[in
     forces on them and zero on every other atom."""
     guest = np.asarray(guest, dtype=int)
     potential.check_elements([int(numbers[i]) for i in guest], where="the guest")
-    template = AtomsBatch(positions=torch.zeros(len(guest), 3, dtype=torch.float64),
-                          numbers=torch.as_tensor([int(numbers[i]) for i in guest], dtype=torch.long),
-                          system=torch.zeros(len(guest), dtype=torch.long),
-                          cell=torch.zeros(1, 3, 3, dtype=torch.float64), pbc=torch.zeros(1, 3, dtype=torch.bool),
-                          masses=torch.as_tensor([float(masses[i]) for i in guest], dtype=torch.float64))
+    atoms = Atoms(numbers=[int(numbers[i]) for i in guest], masses=[float(masses[i]) for i in guest])
+    template = AtomsBatch.from_atoms([atoms], dtype=torch.float64)
     force = openmm.PythonForce(_GuestEnergy(potential, template, guest, n_atoms))
     force.setName("neuralmd-ml-guest")
     return force
@@ -106,27 +105,13 @@ def embed_guest(system: openmm.System, guest: Sequence[int], numbers: Sequence[i
     system.addForce(force)
 
 
-class MLGuestTerm:
+class MLGuestTerm(FixedTerm):
     """ML/MM as an :class:`~neuralmd.md.openmm_engine.OpenMMTerm`: :meth:`add_to` turns the
     run's MM system into the mixed one (the stored system.xml stays MM, so a resumed run rebuilds
     the same mixture from the stored model)."""
-
-    pace = 0
 
     def __init__(self, potential: Potential, guest: Sequence[int], numbers: Sequence[int]) -> None:
         self.potential, self.guest, self.numbers = potential, list(guest), list(numbers)
 
     def add_to(self, system: openmm.System) -> None:
         embed_guest(system, self.guest, self.numbers, self.potential)
-
-    def attach(self, context: openmm.Context) -> None:
-        """Nothing to push."""
-
-    def update(self, state: MDState) -> None:
-        """Never called (pace 0)."""
-
-    def get_state(self) -> dict:
-        return {}
-
-    def set_state(self, state: dict) -> None:
-        """Nothing to restore."""

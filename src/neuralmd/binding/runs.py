@@ -23,8 +23,7 @@ from openmm import app
 from ..config import load_config, save_config
 from ..errors import InputError
 from ..io_utils import atomic_write_text
-from ..md.integrators import MDState
-from ..md.openmm_engine import OpenMMRun, OpenMMSettings, OpenMMSystem
+from ..md.openmm_engine import FixedTerm, OpenMMRun, OpenMMSettings, OpenMMSystem
 from ..md.start import claim
 from ..units import NM_IN_A
 from ..rundir import (BIND_INPUT, BIND_SETTINGS, COLVAR, GUEST_MODEL, LEARNED_CV, MD_SETTINGS, SYSTEM_XML, TOPOLOGY,
@@ -138,28 +137,14 @@ class BindSettings:
         return 0.0, float(np.hypot(f.upper_z_A, f.radius_A)) + 1.0
 
 
-class FunnelTerm:
+class FunnelTerm(FixedTerm):
     """The funnel as an :class:`~neuralmd.md.openmm_engine.OpenMMTerm` (a fixed force)."""
-
-    pace = 0
 
     def __init__(self, funnel: Funnel, frame: HostGuestCV) -> None:
         self.funnel, self.frame = funnel, frame
 
     def add_to(self, system: openmm.System) -> None:
         system.addForce(self.funnel.openmm_force(self.frame))
-
-    def attach(self, context: openmm.Context) -> None:
-        """Nothing to push: the funnel does not change."""
-
-    def update(self, state: MDState) -> None:
-        """Never called (pace 0)."""
-
-    def get_state(self) -> dict:
-        return {}
-
-    def set_state(self, state: dict) -> None:
-        """Nothing to restore."""
 
 
 def check_start(settings: BindSettings, positions: np.ndarray) -> None:

@@ -41,15 +41,13 @@ def report_binding(run_dir: Path, skip_ns: float = 0.0, blocks: int = 0, output:
     default the run directory) and the verdict printed."""
     from ..analysis.plots import plot_binding
     from ..binding.analysis import binding_report
-    from ..binding.runs import load_settings
     from ..io_utils import atomic_write_json
     from ..rundir import check_writable
 
     report = binding_report(run_dir, skip_ns, blocks)
-    settings, _ = load_settings(run_dir)
     out = check_writable(output or run_dir)
     out.mkdir(parents=True, exist_ok=True)
-    plot_binding(report, out / "binding.png", settings.bound_z_A, settings.unbound_z_A)
+    plot_binding(report, out / "binding.png")
     atomic_write_json({"run": str(run_dir), **report}, out / "binding.json")
     text = (f"ΔG°bind = {report['dG_kjmol']:.2f} ± {report['dG_err_kjmol']:.2f} kJ/mol (1 M; {report['frames']} frames, "
             f"{report['simulated_ns']:.3f} ns, {report['recrossings']} recrossings)")
@@ -147,7 +145,7 @@ def bind(
                                  "cv_train_ps", "cv_method", "ml_guest", "walkers", *FUNNEL_OPTIONS, "bound_z",
                                  "unbound_z", "temperature", "pressure_bar", "timestep_fs", "friction_per_ps",
                                  "report_every", "checkpoint_every", "seed", "platform"], resume)
-        from ..md.openmm_engine import OpenMMRun
+        from ..md.start import checkpoint_step
 
         stored, engine = load_settings(resume)
         if ml_correction is not None:
@@ -155,8 +153,8 @@ def bind(
             from ..binding.runs import stored_system
 
             check_correction_model(ml_correction, stored_system(resume).numbers, stored)
-        done = int(OpenMMRun.read_checkpoint(resume)["step"])
-        if int(round(ns * 1e6 / engine.timestep_fs)) < done:
+        done, total = checkpoint_step(resume), int(round(ns * 1e6 / engine.timestep_fs))
+        if total < done:
             raise InputError(f"ns: {ns}; the run in {resume} is already at {done * engine.timestep_fs * 1e-6:.4f} ns")
         run = resume_binding(resume, progress=True)
     else:
@@ -174,7 +172,8 @@ def bind(
                                 friction_per_ps=friction_per_ps, report_every=report_every,
                                 checkpoint_every=checkpoint_every, seed=seed, platform=platform, walkers=walkers)
         engine.validate(pdb=False)  # before the temperature builds a barostat or the timestep divides
-        if round(ns * 1e6 / timestep_fs) < 1:
+        total = int(round(ns * 1e6 / engine.timestep_fs))
+        if total < 1:
             raise InputError(f"ns: {ns} is less than one step of {timestep_fs} fs")
         parts = load_complex(spec, temperature)
         funnel = {field: value for option, field in FUNNEL_OPTIONS.items()
@@ -199,7 +198,7 @@ def bind(
             settings.ml_guest = ml_guest is not None
             check_correction_model(ml_correction, parts.numbers, settings)
         run = start_binding(parts, settings, engine, output, source=spec, ml_guest=ml_guest, progress=True)
-    run.run(int(round(ns * 1e6 / engine.timestep_fs)) - run.step)
+    run.run(total - run.step)
     console.print(f"{run.step} steps ({run.time_ps(run.step) / 1000:.4f} ns) at {run.ns_per_day():.2f} ns/day "
                   f"-> {run.run_dir}/")
     if ml_correction is not None:

@@ -52,6 +52,28 @@ class OpenMMTerm(Protocol):
     def set_state(self, state: dict[str, Any]) -> None: ...
 
 
+class FixedTerm:
+    """An :class:`OpenMMTerm` that only adds forces that never change (a restraint, an ML/MM
+    embedding): subclasses implement :meth:`add_to`; nothing to push, update or checkpoint."""
+
+    pace = 0
+
+    def add_to(self, system: openmm.System) -> None:
+        raise NotImplementedError
+
+    def attach(self, context: openmm.Context) -> None:
+        """Nothing to push."""
+
+    def update(self, state: MDState) -> None:
+        """Never called (pace 0)."""
+
+    def get_state(self) -> dict[str, Any]:
+        return {}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Nothing to restore."""
+
+
 def system_template(system: openmm.System, numbers: Sequence[int] | None = None, copies: int = 1) -> AtomsBatch:
     """An AtomsBatch of ``copies`` copies of the System with its masses (amu) and the given
     atomic numbers (default 1: biases need no element types); positions are filled in per call."""
