@@ -83,6 +83,7 @@ from neuralmd.models.neural import ARCHITECTURES
 from neuralmd.state import AtomsBatch
 from neuralmd.threads import set_threads
 from neuralmd.training import TrainConfig, Trainer
+from neuralmd.training.trainer import MAX_DEFAULT_BATCH
 from neuralmd.training.metrics import Predictions, error_metrics
 from neuralmd.training.trainer import build_model, load_data, validation_loss
 
@@ -1005,7 +1006,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="skip the parts already in --out")
     p.add_argument("--test-md-frames", type=int, default=None,
                    help="evaluate on only the first N frames of test_MD.xyz (smoke tests; default all)")
-    p.add_argument("--nm-batch-size", type=int, default=TrainConfig.batch_size, help="neuralmd batch size")
+    p.add_argument("--nm-batch-size", type=int, default=MAX_DEFAULT_BATCH,
+                   help="neuralmd frames per step (what neuralmd train's default gives these molecules)")
     p.add_argument("--nm-lr", type=float, default=TrainConfig.lr, help="neuralmd learning rate")
     p.add_argument("--mace-batch-size", type=int, default=5, help="MACE batch size")
     p.add_argument("--mace-lr", type=float, default=1e-2, help="MACE learning rate")

@@ -14,6 +14,9 @@ what is there; the work folder keeps models and MD runs between sessions):
   schedule ends with the budget; see ``deepmd_peer.py``), MACE (the rMD17 benchmark's recipe,
   ``forcefield_rmd17.train_mace``). Same threads; only training steps count.
 - ``accuracy``: energy and force errors on data_3.
+- ``batch``: neuralmd alone, trained with each of ``--batch-sizes`` frames per step for the
+  same budget, then its errors on data_3 (the measurement behind ``neuralmd train``'s
+  frames-per-step default for large frames); use its own ``--out``.
 - ``speed``: NVT at 300 K (0.5 fs) for 64, 512 and 4,096 waters (the data's first frame
   replicated), each model through its fastest path here: neuralmd's native engine, DeePMD and
   MACE behind ASE with ASE's Bussi thermostat; each measurement in its own process so its peak
@@ -87,18 +90,19 @@ def box(waters: int, work: Path) -> Path:
 
 
 # --- training -------------------------------------------------------------------------------
-def train_neuralmd(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+def train_neuralmd(args: argparse.Namespace, work: Path, batch_size: int | None = None,
+                   name: str = "neuralmd") -> dict[str, Any]:
     from neuralmd.training import TrainConfig, Trainer
 
-    run_dir = work / "neuralmd"
+    run_dir = work / name
     if (run_dir / "checkpoint.pt").exists():
         trainer = Trainer.resume(run_dir, progress=False)
     else:
         # PaiNN without repulsion: the network these results were measured with (session 12,
         # before TensorNet became the default); PaiNN's receiver blocks keep 12,288 atoms linear
         cfg = TrainConfig(train=[str(p) for p in TRAIN_SETS], architecture="painn", repulsion="none",
-                          time_budget_min=args.budget_min, threads=args.threads, batch_size=args.nm_batch_size,
-                          seed=args.seed)
+                          time_budget_min=args.budget_min, threads=args.threads,
+                          batch_size=args.nm_batch_size if batch_size is None else batch_size, seed=args.seed)
         trainer = Trainer(cfg, run_dir, progress=False)
     results = trainer.run()
     return {"model": str(run_dir / "model.pt"), "train_seconds": results["train_seconds"], "steps": results["steps"],
@@ -342,9 +346,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mace-lr", type=float, default=1e-2)
     p.add_argument("--mace-batch-size", type=int, default=2)
     p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--batch-sizes", default="1,2,4,8", help="frames per step compared by the batch part")
     p.add_argument("--speed-sizes", default="64,512,4096", help="waters per box in the speed part")
     p.add_argument("--physics-ps", type=float, default=100.0, help="length of each physics run")
     p.add_argument("--physics-sizes", default="64,512")
+    p.add_argument("--physics-ensembles", default="nvt,npt", help="neuralmd ensembles of the physics part, in order")
     p.add_argument("--skip-ps", type=float, default=5.0, help="equilibration discarded by the analysis")
     p.add_argument("--frame-every-fs", type=float, default=50.0)
     p.add_argument("--seed", type=int, default=0)
@@ -395,6 +401,19 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{name}: {d[name]['steps']} steps in {d[name]['train_seconds']:.0f} s")
             res.save()
 
+    if "batch" in parts:
+        sweep = d.setdefault("batch_sweep", {})
+        d.update(threads=args.threads, budget_min=args.budget_min)
+        for size in args.batch_sizes.split(","):
+            if "test" in sweep.get(size, {}):
+                continue
+            log(f"neuralmd: {size} frames per step, {args.budget_min} min on {args.threads} threads")
+            run = train_neuralmd(args, work, int(size), f"neuralmd_batch{size}")
+            sweep[size] = {**run, "test": accuracy("neuralmd", run["model"], args, work)}
+            log(f"  force RMSE on data_3 {sweep[size]['test']['force_rmse_mev_per_A']:.1f} meV/Å "
+                f"after {run['steps']} steps")
+            res.save()
+
     if "accuracy" in parts:
         for name in models:
             if "model" not in d.get(name, {}) or "force_rmse_mev_per_A" in d[name]:
@@ -425,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         phys = d.setdefault("physics", {"runs": {}})
         phys.update(threads=args.threads, ps=args.physics_ps, skip_ps=args.skip_ps)
         for waters in [int(w) for w in args.physics_sizes.split(",")]:
-            for ensemble in ("nvt", "npt"):
+            for ensemble in args.physics_ensembles.split(","):
                 key = f"neuralmd_{ensemble}_{waters}"
                 if phys["runs"].get(key, {}).get("analysis") and phys["runs"][key].get("ps") == args.physics_ps:
                     continue

@@ -11,7 +11,8 @@ import torch
 from openmm import unit
 
 from neuralmd.binding.analysis import binding_report
-from neuralmd.binding.learned import BindingCV, BindingDescriptors, descriptor_groups, mlp_expression
+from neuralmd.binding.learned import (BindingCV, BindingDescriptors, descriptor_groups, load_binding_cv,
+                                      mlp_expression)
 from neuralmd.binding.runs import resume_binding, start_binding
 from neuralmd.binding.system import host_axis, host_guest, positions_A
 from neuralmd.errors import InputError
@@ -88,7 +89,8 @@ def test_a_single_atom_guest_is_refused_with_the_cvs_that_work():
 
 def test_opes_on_the_learned_cv_drives_binding_and_unbinding_and_recovers_the_binding_free_energy(tmp_path):
     """LDA from 100 ps in each state of a diatomic guest, then OPES on it: the CV puts the
-    states one unit apart, the guest leaves and rebinds, and ΔG° comes out within the issue's
+    states one unit apart, and the far end of the bound basin (the other portal of a symmetric
+    host) on the bound side, the guest leaves and rebinds, and ΔG° comes out within the issue's
     4 kJ/mol of the quadrature (the axial CV does better on this toy, whose only slow coordinate
     is z: tests/binding/test_runs.py)."""
     depth = 30.0
@@ -97,6 +99,12 @@ def test_opes_on_the_learned_cv_drives_binding_and_unbinding_and_recovers_the_bi
     run = start_binding(toy_complex(depth, diatomic=True), settings, toy_engine(seed=2), tmp_path / "run")
     assert settings.cv_range[1] - settings.cv_range[0] == pytest.approx(3.0) and settings.sigma == pytest.approx(0.05)
     assert (tmp_path / "run" / "cv" / "cv.pt").exists()
+    cv = load_binding_cv(tmp_path / "run" / "cv")
+    far_end = positions_A(toy_complex(depth, start=(0.0, 0.0, settings.make_funnel().lower_z_A + 0.5), diatomic=True))
+    with torch.no_grad():
+        value = float(cv(torch.as_tensor(far_end)[None])[0, 0])
+    bound_mean = settings.cv_range[0] + 1.0
+    assert value < bound_mean + 0.5, value  # nearer the bound state's mean than the unbound one's
     run.run(1_000_000)
     report = binding_report(tmp_path / "run", skip_ns=0.2)
     exact = exact_binding_dG(depth, 1.0, settings.make_funnel(), settings.bound_z_A, 300.0)

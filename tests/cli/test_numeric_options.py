@@ -48,7 +48,7 @@ CASES = [
         ("--tmax", "nonnegative_float"), ("--replicas", "positive_int")]],
     *[(["train", "--train", "{xyz}"], option, kind) for option, kind in [
         ("--valid-fraction", "positive_float"), ("--features", "positive_int"), ("--interactions", "positive_int"),
-        ("--cutoff", "positive_float"), ("--batch-size", "positive_int"), ("--lr", "positive_float"),
+        ("--cutoff", "positive_float"), ("--batch-size", "nonnegative_int"), ("--lr", "positive_float"),
         ("--max-steps", "positive_int"), ("--time-budget-min", "nonnegative_float"), ("--eval-every", "positive_int"),
         ("--checkpoint-every", "positive_int"), ("--patience", "positive_int"), ("--huber-delta", "positive_float"),
         ("--force-weight", "nonnegative_float"), ("--virial-weight", "nonnegative_float"), ("--train-weight", "positive_float"),

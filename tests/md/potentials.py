@@ -47,17 +47,26 @@ class IdealGas(Potential):
 
 class CellSprings(Potential):
     """No forces between atoms; the cell's lattice vectors are springs, energy
-    Σ_α ½ K_α (|a_α| - L0_α)² (eV, K in eV/Å², L0 in Å) carried by each system's first atom: a
-    box with a different stiffness along each axis, the anisotropic barostat's analytic case."""
+    Σ_α ½ K_α (|a_α| - L0_α)² (eV, K in eV/Å², L0 in Å), and optionally springs on the cosines of
+    the angles between them, Σ ½ K_θ (cos θ - cos θ_0)² (K_θ in eV; pairs bc, ac, ab), carried
+    by each system's first atom: a box with a different stiffness along each axis (and a
+    preferred shape), the anisotropic and triclinic barostats' analytic case. Rotation
+    invariant, so its stress is symmetric."""
 
-    def __init__(self, k_eV_per_A2: tuple[float, float, float], l0_A: tuple[float, float, float]) -> None:
+    def __init__(self, k_eV_per_A2: tuple[float, float, float], l0_A: tuple[float, float, float],
+                 k_angle_eV: float = 0.0, cos0: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> None:
         super().__init__()
         self.k, self.l0 = torch.tensor(k_eV_per_A2), torch.tensor(l0_A)
+        self.k_angle, self.cos0 = k_angle_eV, torch.tensor(cos0)
 
     def atomic_energies(self, batch: AtomsBatch) -> torch.Tensor:
         lengths = torch.linalg.vector_norm(batch.cell, dim=-1)  # (B, 3)
         k, l0 = self.k.to(lengths), self.l0.to(lengths)
         per_system = (0.5 * k * (lengths - l0) ** 2).sum(-1)
+        if self.k_angle:
+            unit = batch.cell / lengths.unsqueeze(-1)
+            cos = torch.stack([(unit[:, i] * unit[:, j]).sum(-1) for i, j in ((1, 2), (0, 2), (0, 1))], -1)
+            per_system = per_system + (0.5 * self.k_angle * (cos - self.cos0.to(cos)) ** 2).sum(-1)
         first = torch.cumsum(batch.counts, 0) - batch.counts
         energies = 0.0 * batch.positions.sum(-1)
         return energies.index_add(0, first, per_system)

@@ -243,12 +243,13 @@ def _water_grid(n: int = 3, spacing: float = 3.1):
 
 
 @pytest.mark.parametrize("barostat, thermostat", [("isotropic", "csvr"), ("anisotropic", "csvr"),
-                                                   ("isotropic", "langevin")])
+                                                   ("triclinic", "csvr"), ("isotropic", "langevin")])
 def test_npt_run_logs_pressure_volume_density_and_resumes_bit_for_bit(tmp_path, float64_model, barostat, thermostat):
     """27 waters at 1 and 5000 bar in one batch: the log has pressure, volume and density per
     replica, the two boxes part ways, and a run stopped at a checkpoint and resumed writes the
     same log and trajectories (positions and box) as one that was not; the anisotropic
-    barostat's cube loses its shape, the isotropic one's stays a cube."""
+    barostat's cube loses its shape, the isotropic one's stays a cube, the triclinic one's
+    shears and stays in standard form."""
     import h5py
 
     batch = AtomsBatch.from_atoms([_water_grid(), _water_grid()])
@@ -279,6 +280,9 @@ def test_npt_run_logs_pressure_volume_density_and_resumes_bit_for_bit(tmp_path, 
     edges = np.diagonal(resumed.state.batch.cell.numpy(), axis1=1, axis2=2)
     cubic = np.allclose(edges, edges[:, :1], rtol=1e-12)
     assert cubic == (barostat == "isotropic"), edges
+    cells = resumed.state.batch.cell.numpy()
+    assert np.abs(np.triu(cells, 1)).max() == 0
+    assert (np.abs(np.tril(cells, -1)).max() > 1e-6) == (barostat == "triclinic")
 
 
 def test_npt_refuses_molecules_without_a_cell_and_biases(float64_model):

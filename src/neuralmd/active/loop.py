@@ -259,7 +259,7 @@ class ActiveLearning:
             init = previous / f"member_{m}" / "model.pt" if previous is not None else None
             cfg = TrainConfig(train=str(data), valid_fraction=0.1, architecture=self.s.architecture,
                               features=self.s.features,
-                              interactions=self.s.interactions, cutoff_A=self.s.cutoff_A, batch_size=8, lr=2e-3,
+                              interactions=self.s.interactions, cutoff_A=self.s.cutoff_A, lr=2e-3,
                               max_steps=self.s.train_steps, eval_every=max(self.s.train_steps // 10, 1),
                               checkpoint_every=max(self.s.train_steps // 10, 1), patience=1000,
                               seed=self.s.seed * 1000 + m, threads=1,

@@ -223,11 +223,15 @@ def start_binding(parts: OpenMMSystem, settings: BindSettings, engine: OpenMMSet
 
 
 def train_learned_cv(parts: OpenMMSystem, settings: BindSettings, engine: OpenMMSettings, progress: bool = False):
-    """The learned binding CV (``settings.cv_method``) from ``settings.cv_train_ps`` of unbiased MD (in the funnel) from the
-    bound pose and from the guest moved along the axis to the middle of the unbound plateau (held
-    there by the funnel's lower wall moved to the plateau); sets ``settings.cv_range`` (the
-    states' means ± 1: the CV is scaled to one unit between them) and, where 0,
-    ``settings.sigma`` (:data:`LEARNED_SIGMA`). Returns the CV and the states' statistics."""
+    """The learned binding CV (``settings.cv_method``) from ``settings.cv_train_ps`` of unbiased
+    MD (in the funnel) per state. The bound state is sampled as the analysis defines it, over
+    the whole bound basin: half from the bound pose in the funnel, half held at the basin's far
+    end (:func:`far_end_funnel`: a macrocycle's other portal, which a CV trained on the bound
+    pose alone mistakes for the way out); the unbound state from the guest moved along the axis
+    to the middle of the plateau (held there by :func:`plateau_funnel`). Sets
+    ``settings.cv_range`` (the states' means ± 1: the CV is scaled to one unit between them)
+    and, where 0, ``settings.sigma`` (:data:`LEARNED_SIGMA`). Returns the CV and the states'
+    statistics."""
     from rich.console import Console
 
     from .learned import descriptor_groups, sample_state, train_binding_cv
@@ -240,13 +244,30 @@ def train_learned_cv(parts: OpenMMSystem, settings: BindSettings, engine: OpenMM
     if progress:
         Console(stderr=True).print(f"learned CV: {settings.cv_train_ps} ps of unbiased MD in the bound and in the "
                                    f"unbound state, then {settings.cv_method}")
-    states = [sample_state(parts, engine, [FunnelTerm(f, frame)], x / NM_IN_A, steps, every)
-              for f, x in ((settings.make_funnel(), positions), (plateau_funnel(settings), guest_on_plateau(parts, settings)))]
-    cv, stats = train_binding_cv(*states, groups, settings.cv_method, seed=engine.seed)
+
+    def sample(funnel: Funnel, start_A: np.ndarray, n_steps: int) -> np.ndarray:
+        return sample_state(parts, engine, [FunnelTerm(funnel, frame)], start_A / NM_IN_A, n_steps, every)
+
+    bound = np.concatenate([sample(settings.make_funnel(), positions, steps // 2),
+                            sample(far_end_funnel(settings), positions, steps - steps // 2)])
+    unbound = sample(plateau_funnel(settings), guest_on_plateau(parts, settings), steps)
+    cv, stats = train_binding_cv(bound, unbound, groups, settings.cv_method, seed=engine.seed)
     settings.cv_range = [stats["bound_mean"] - 1.0, stats["unbound_mean"] + 1.0]  # the states are one unit apart
     if settings.sigma == 0:
         settings.sigma = LEARNED_SIGMA
     return cv, stats
+
+
+#: depth (Å) of the far end of the bound basin sampled for the learned CV's bound state
+FAR_END_A = 2.0
+
+
+def far_end_funnel(settings: BindSettings) -> Funnel:
+    """The funnel closed :data:`FAR_END_A` above its lower wall: holds a guest at the far end of
+    the bound basin."""
+    funnel = settings.make_funnel()
+    top = funnel.lower_z_A + FAR_END_A
+    return dataclasses.replace(funnel, upper_z_A=top, switch_z_A=min(funnel.switch_z_A, top - 0.5))
 
 
 def plateau_funnel(settings: BindSettings) -> Funnel:

@@ -145,8 +145,10 @@ def md(
     tau_p_ps: float = typer.Option(default(MDSettings, "tau_p_ps"), help="npt: barostat relaxation time in ps"),
     compressibility_per_bar: float = typer.Option(default(MDSettings, "compressibility_per_bar"),
                                                   help="npt: compressibility the barostat assumes, 1/bar (water)"),
-    barostat: str = typer.Option(default(MDSettings, "barostat"), help="npt: isotropic (one volume: liquids) or "
-                                                                       "anisotropic (each axis on its own: solids)"),
+    barostat: str = typer.Option(default(MDSettings, "barostat"), help="npt: isotropic (one volume: liquids), "
+                                                                       "anisotropic (each axis on its own: orthorhombic "
+                                                                       "solids) or triclinic (shear too: any crystal, "
+                                                                       "cell in standard form)"),
     steps: int = typer.Option(default(MDSettings, "total_steps"), help="total number of steps (with --resume: a "
                                                                       "new total)"),
     replicas: int = typer.Option(default(MDSettings, "replicas"), help="replicas of the structure, run as one batch"),

@@ -50,7 +50,9 @@ def train(
                                         "(the sum of covalent radii)"),
     features: int = typer.Option(_d("features")), interactions: int = typer.Option(_d("interactions")),
     cutoff: float = typer.Option(_d("cutoff_A"), help="cutoff radius in Å"),
-    batch_size: int = typer.Option(_d("batch_size")), lr: float = typer.Option(_d("lr")),
+    batch_size: int = typer.Option(_d("batch_size"), help="frames per training step (0: from the frames' size, "
+                                   "8 for molecules, 1 for a 64-water box)"),
+    lr: float = typer.Option(_d("lr")),
     force_weight: float = typer.Option(_d("force_weight")), energy_weight: float = typer.Option(_d("energy_weight")),
     virial_weight: float = typer.Option(_d("virial_weight"), help="weight of the virial per atom (eV) on frames "
                                                                   "that carry a stress"),

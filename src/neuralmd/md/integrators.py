@@ -289,10 +289,17 @@ def check_pressure(pressure_bar: float | Sequence[float]) -> torch.Tensor:
     return p
 
 
+def pressure_tensor(batch: AtomsBatch, stress: torch.Tensor) -> torch.Tensor:
+    """Instantaneous pressure tensor per replica (B, 3, 3) in eV/Å³: the kinetic part
+    Σ m v_α v_β / V minus the stress (``stress`` in ASE's sign, the potential's (1/V) dE/dε)."""
+    volume = torch.linalg.det(batch.cell).abs()
+    mvv = batch.masses[:, None, None] * batch.velocities.unsqueeze(-1) * batch.velocities.unsqueeze(-2)
+    kinetic = torch.zeros(batch.n_systems, 3, 3, dtype=mvv.dtype, device=mvv.device).index_add_(0, batch.system, mvv)
+    return kinetic / volume[:, None, None] - stress
+
+
 def pressure_diagonal(batch: AtomsBatch, stress: torch.Tensor) -> torch.Tensor:
-    """Diagonal of the instantaneous pressure tensor per replica (B, 3) in eV/Å³: the kinetic
-    part Σ m v_α²/V minus the stress's diagonal (``stress`` in ASE's sign, the potential's
-    (1/V) dE/dε)."""
+    """Diagonal of :func:`pressure_tensor` per replica (B, 3) in eV/Å³."""
     volume = torch.linalg.det(batch.cell).abs()
     mv2 = batch.masses.unsqueeze(-1) * batch.velocities.pow(2)
     kinetic = torch.zeros(batch.n_systems, 3, dtype=mv2.dtype, device=mv2.device).index_add_(0, batch.system, mv2)
@@ -305,8 +312,9 @@ def pressure(batch: AtomsBatch, stress: torch.Tensor) -> torch.Tensor:
     return pressure_diagonal(batch, stress).mean(-1)
 
 
-#: barostat couplings: one volume (liquids), or each Cartesian axis on its own (solids)
-COUPLINGS = ("isotropic", "anisotropic")
+#: barostat couplings: one volume (liquids), each Cartesian axis on its own (orthorhombic
+#: solids), or all six components of a cell in standard form, shear included (any crystal)
+COUPLINGS = ("isotropic", "anisotropic", "triclinic")
 
 
 def npt_csvr(force_fn: StressForceFn, timestep_fs: float, temperature_K: float | Sequence[float],
@@ -331,6 +339,19 @@ def npt_csvr(force_fn: StressForceFn, timestep_fs: float, temperature_K: float |
     α component scale by e^{dε_α}, velocities by e^{-dε_α}. The three ε_α sum to the isotropic
     ε in drift and in noise variance. Shear (off-diagonal strain) is not sampled.
 
+    ``coupling="triclinic"`` (any crystal, shear included): the cell in ASE's standard form
+    (rows a, b, c; a along x, b in the xy plane: lower triangular) moves by h' = h(1 + e) with e
+    lower triangular, e_βα = -(β_T/3τ_p)(P_0δ_αβ - P_αβ - k_BT/V δ_αβ) dt
+    + (β_T/3τ_p)(k_BT/V) n_α δ_αβ dt + √(2 k_BT β_T dt/(3 V τ_p)) R_αβ, P the full pressure
+    tensor (kinetic Σ m v_α v_β/V minus the stress); positions move as r' = r(1 + e), velocities
+    as v' = v(1 + e)^{-T} (the canonical partner of the positions' map). n = (3, 2, 1) is the
+    divergence of the cell's diffusion matrix: the noise of e_xx moves the three x components
+    of a, b and c, that of e_zz only c_z. With the update linear in e, the Fokker-Planck
+    equation of the six cell components is stationary at p(h) ∝ V^N exp(-β(P_0V + A(h))), flat
+    in each component as the anisotropic coupling is flat in each L_α (test: a box of springs
+    on its lengths and angles holding an ideal gas). A rotationally invariant potential's
+    stress is symmetric, so no torque turns the cell.
+
     Args:
         pressure_bar: target pressure P_0, one value or one per replica (bar).
         tau_ps: CSVR's relaxation time (ps); tau_p_ps: the barostat's (ps, 1-5 ps typical).
@@ -341,7 +362,7 @@ def npt_csvr(force_fn: StressForceFn, timestep_fs: float, temperature_K: float |
     rescale = _csvr_rescaler(temperature_K, _half_step_c(dt, tau_ps), noise)
     barostat = _scr_barostat(dt, temperature_K, pressure_bar, tau_p_ps, compressibility_per_bar, noise, coupling,
                              centre_of_mass_at_rest=True)
-    return _periodic_only(*_rescaled_verlet(force_fn, dt, rescale, barostat))
+    return _periodic_only(*_rescaled_verlet(force_fn, dt, rescale, barostat), coupling)
 
 
 def npt_langevin(force_fn: StressForceFn, timestep_fs: float, temperature_K: float | Sequence[float],
@@ -355,7 +376,7 @@ def npt_langevin(force_fn: StressForceFn, timestep_fs: float, temperature_K: flo
     dt = check_timestep(timestep_fs)
     barostat = _scr_barostat(dt, temperature_K, pressure_bar, tau_p_ps, compressibility_per_bar, noise, coupling,
                              centre_of_mass_at_rest=False)
-    return _periodic_only(*_baoab(force_fn, dt, temperature_K, friction_per_ps, noise, barostat))
+    return _periodic_only(*_baoab(force_fn, dt, temperature_K, friction_per_ps, noise, barostat), coupling)
 
 
 def _scr_barostat(dt: float, temperature_K: float | Sequence[float], pressure_bar: float | Sequence[float],
@@ -374,30 +395,60 @@ def _scr_barostat(dt: float, temperature_K: float | Sequence[float], pressure_ba
     p0 = check_pressure(pressure_bar) * units.bar
     beta_t = compressibility_per_bar / units.bar  # Å³/eV
     tau_p = tau_p_ps * 1000.0 * units.fs
-    axes = 3 if coupling == "anisotropic" else 1  # independent strains per replica
+    axes = {"isotropic": 1, "anisotropic": 3, "triclinic": 3}[coupling]  # strain rates share β_T/τ_p
     missing = 1.0 if centre_of_mass_at_rest else 0.0  # k_BT/V the kinetic pressure lacks
+    rate = beta_t / (tau_p * axes)
 
-    def barostat(b: AtomsBatch, stress: torch.Tensor) -> AtomsBatch:
+    def diagonal(b: AtomsBatch, stress: torch.Tensor) -> AtomsBatch:
         volume = torch.linalg.det(b.cell).abs().cpu().unsqueeze(-1)
         p_int = pressure_diagonal(b, stress).cpu()
         p_int = p_int if axes == 3 else p_int.mean(-1, keepdim=True)
         kt, target = kT.expand(b.n_systems).unsqueeze(-1), p0.expand(b.n_systems).unsqueeze(-1)
         r = torch.stack(noise.scalars([axes] * b.n_systems))
-        rate = beta_t / (tau_p * axes)
         d_eps = -rate * (target - p_int - missing * kt / volume) * dt + torch.sqrt(2 * kt * rate * dt / volume) * r
         mu = torch.exp(d_eps / (3 // axes)).expand(-1, 3).to(b.positions)  # (B, 3) scale per Cartesian axis
         return b.replace(positions=b.positions * mu[b.system], cell=b.cell * mu.unsqueeze(1),
                          velocities=b.velocities / mu[b.system])
 
-    return barostat
+    def triclinic(b: AtomsBatch, stress: torch.Tensor) -> AtomsBatch:
+        volume = torch.linalg.det(b.cell).abs().cpu()[:, None, None]
+        kt, target = kT.expand(b.n_systems)[:, None, None], p0.expand(b.n_systems)[:, None, None]
+        eye = torch.eye(3, dtype=torch.float64)
+        drift = -rate * (target * eye - pressure_tensor(b, stress).cpu() - missing * kt / volume * eye)
+        drift = drift + rate * kt / volume * torch.diag(DIVERGENCE)
+        r = torch.zeros(b.n_systems, 3, 3, dtype=torch.float64)
+        r[:, LOWER[0], LOWER[1]] = torch.stack(noise.scalars([6] * b.n_systems))
+        e = torch.tril(drift * dt + torch.sqrt(2 * kt * rate * dt / volume) * r)
+        mu = (eye + e).to(b.positions)  # (B, 3, 3), lower triangular
+        inv_t = torch.linalg.inv(mu).transpose(1, 2)
+        return b.replace(positions=torch.einsum("na,nab->nb", b.positions, mu[b.system]), cell=b.cell @ mu,
+                         velocities=torch.einsum("na,nab->nb", b.velocities, inv_t[b.system]))
+
+    return triclinic if coupling == "triclinic" else diagonal
 
 
-def _periodic_only(init: Callable[[AtomsBatch], MDState], step_fn: Callable[[MDState], MDState]):
-    """``(init_fn, step_fn)`` whose init refuses a batch without a periodic cell in every replica."""
+#: the triclinic barostat's lower-triangular strain components (row, column) and the divergence
+#: of the cell's diffusion matrix per diagonal component (lattice components each strain moves)
+LOWER = (torch.tensor([0, 1, 2, 1, 2, 2]), torch.tensor([0, 1, 2, 0, 0, 1]))
+DIVERGENCE = torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64)
+
+
+def _periodic_only(init: Callable[[AtomsBatch], MDState], step_fn: Callable[[MDState], MDState],
+                   coupling: str = "isotropic"):
+    """``(init_fn, step_fn)`` whose init refuses a batch without a periodic cell in every replica
+    (and, for the triclinic barostat, a cell not in standard form)."""
 
     def init_fn(batch: AtomsBatch) -> MDState:
         if not bool(batch.pbc.all()) or bool((torch.linalg.det(batch.cell).abs() <= 0).any()):
             raise InputError("npt: every replica needs a periodic cell (pbc in all three directions, volume > 0)")
+        if coupling == "triclinic":
+            upper = torch.triu(batch.cell, diagonal=1).abs().amax(dim=(1, 2))
+            scale = batch.cell.abs().amax(dim=(1, 2))
+            bad = torch.nonzero(upper > 1e-9 * scale).flatten().tolist()
+            if bad:
+                raise InputError(f"npt: the triclinic barostat needs each cell in standard form (a along x, b in the "
+                                 f"xy plane: a lower-triangular cell); replica {bad[0]} is not. Rotate it first: "
+                                 f"atoms.set_cell(atoms.cell.standard_form()[0], scale_atoms=True)")
         return init(batch)
 
     return init_fn, step_fn

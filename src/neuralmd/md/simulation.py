@@ -54,7 +54,8 @@ class MDSettings(RunSettings):
     pressure_bar: list[float] = field(default_factory=lambda: [1.0])
     tau_p_ps: float = 2.0
     compressibility_per_bar: float = 4.5e-5
-    #: npt: isotropic (one volume: liquids) or anisotropic (each axis on its own: solids)
+    #: npt: isotropic (one volume: liquids), anisotropic (each axis on its own: orthorhombic
+    #: solids) or triclinic (the six components of a standard-form cell, shear included)
     barostat: str = "isotropic"
     temperature_K: list[float] = field(default_factory=lambda: [300.0])
     max_force_eV_per_A: float = 100.0

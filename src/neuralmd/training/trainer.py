@@ -76,7 +76,9 @@ class TrainConfig:
     cutoff_A: float = 5.0
     num_basis: int = 16
     dtype: str = "float32"
-    batch_size: int = 8
+    #: frames per training step; 0: from the frames' size (:func:`default_batch_size`: 8 for
+    #: molecules, fewer for large periodic frames)
+    batch_size: int = 0
     lr: float = 3e-3
     min_lr: float = 1e-5
     weight_decay: float = 0.0
@@ -107,7 +109,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         checks = [
-            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.batch_size >= 0, f"batch_size {self.batch_size}: expected frames per step >= 1, or 0 to "
+                                   f"choose from the frames' size"),
             (self.architecture in ARCHITECTURES,
              f"architecture {self.architecture!r}: expected one of {', '.join(ARCHITECTURES)}"),
             (self.repulsion in ("none", *REPULSIONS), f"repulsion {self.repulsion!r}: expected none or "
@@ -297,6 +300,21 @@ def validation_loss(metrics: dict[str, float], energy_weight: float, force_weigh
     return loss
 
 
+#: atoms per training step that the frames-per-step default aims at, at most
+#: :data:`MAX_DEFAULT_BATCH` frames: at equal wall-clock time one 192-atom water frame per step
+#: trained better than 2 or 4 (benchmarks/water.py --only batch), 8 frames of 9-27-atom molecules
+#: are the rMD17 benchmarks' setting
+ATOMS_PER_STEP = 192
+MAX_DEFAULT_BATCH = 8
+
+
+def default_batch_size(data: FrameDataset) -> int:
+    """Frames per training step for ``data``: ATOMS_PER_STEP / mean atoms per frame, rounded,
+    within 1 and MAX_DEFAULT_BATCH."""
+    mean_atoms = sum(len(frame) for frame in data.frames) / max(len(data), 1)
+    return max(1, min(MAX_DEFAULT_BATCH, round(ATOMS_PER_STEP / max(mean_atoms, 1.0))))
+
+
 def batch_indices(step: int, n_frames: int, batch_size: int, seed: int) -> list[int]:
     """Frame indices of training step ``step``: epoch-wise seeded permutations, so resuming at
     any step sees the same data as an uninterrupted run."""
@@ -331,6 +349,8 @@ class Trainer:
         self.is_main = self.rank == 0
         self.progress = progress and self.is_main
         self.train_data, self.valid_data = load_data(cfg)
+        if cfg.batch_size == 0:  # stored resolved in config.toml, so a resume uses the same
+            cfg.batch_size = default_batch_size(self.train_data)
         checkpoint_path = self.run_dir / CHECKPOINT
         if resume:
             if not checkpoint_path.is_file():
