@@ -63,3 +63,23 @@ def test_compile_refuses_what_it_cannot_make_static(float64_model):
     big = Atoms("H" * (STATIC_MAX_ATOMS + 1), positions=np.random.default_rng(0).normal(0, 3, (STATIC_MAX_ATOMS + 1, 3)))
     with pytest.raises(InputError, match=f"up to {STATIC_MAX_ATOMS} atoms"):
         StaticGraphPotential(float64_model, AtomsBatch.from_atoms([big]))
+
+
+def test_compiled_ase_calculator_gives_the_eager_energies_and_forces(float64_model):
+    """NeuralCalculator(compile=True) (float32, one compilation): a molecule's energies and forces
+    at several geometries equal the eager calculator's; a periodic box is evaluated eagerly, with
+    its stress."""
+    from neuralmd.md.ase_calculator import NeuralCalculator
+
+    model = float64_model.float()
+    eager, fast = NeuralCalculator(model), NeuralCalculator(model, compile=True)
+    atoms = molecule("CH3CH2OH")
+    for seed in range(3):
+        atoms.rattle(0.05, seed=seed)
+        e_ref, f_ref = eager.get_potential_energy(atoms), eager.get_forces(atoms)
+        assert fast.get_potential_energy(atoms) == pytest.approx(e_ref, abs=1e-4)
+        np.testing.assert_allclose(fast.get_forces(atoms), f_ref, atol=1e-4)
+    box = molecule("H2O")
+    box.set_cell([6.0, 6.0, 6.0])
+    box.pbc = True
+    np.testing.assert_allclose(fast.get_stress(box), eager.get_stress(box), atol=1e-7)

@@ -21,13 +21,30 @@ class NeuralCalculator(Calculator):
     (eV), and ``stress`` (eV/Å³, Voigt order) for cells periodic in all three directions.
     Like every ASE calculator it caches ``results`` and recomputes only when
     ``check_state`` sees positions, numbers, cell or pbc change.
+
+    ``compile=True`` (a neural potential, a molecule of up to
+    :data:`~neuralmd.models.compiled.STATIC_MAX_ATOMS` atoms): evaluate it on the molecule's
+    static all-pairs graph with its network compiled by ``torch.compile`` (same energies and
+    forces; the first call compiles, tens of seconds; again when the atoms change), for the many
+    small calls of geometry optimisation, NEB and ASE's MD (benchmarks/forcefield_rmd17.py, timing).
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "energies", "stress"]
 
-    def __init__(self, potential: Potential, **kwargs) -> None:
+    def __init__(self, potential: Potential, compile: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
         self.potential = potential.eval()
+        self.compile = compile
+        self._static: Potential | None = None  # the compiled potential of the current atoms
+
+    def _evaluator(self, batch: AtomsBatch, system_changes) -> Potential:
+        if not self.compile or batch.periodic:
+            return self.potential
+        if self._static is None or "numbers" in system_changes:
+            from ..models.compiled import StaticGraphPotential
+
+            self._static = StaticGraphPotential(self.potential, batch).eval()
+        return self._static
 
     def calculate(self, atoms: Atoms | None = None, properties=("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
@@ -35,7 +52,7 @@ class NeuralCalculator(Calculator):
             self.potential.check_elements(self.atoms.numbers, where="atoms")
         stress = "stress" in properties and bool(self.atoms.pbc.all())
         batch = AtomsBatch.from_atoms([self.atoms], dtype=torch.float64, device=self.potential.device)
-        out = self.potential(batch, forces=True, stress=stress)
+        out = self._evaluator(batch, system_changes)(batch, forces=True, stress=stress)
         energy = float(out["energy"][0].detach())
         self.results = {
             "energy": energy,
@@ -48,10 +65,11 @@ class NeuralCalculator(Calculator):
             self.results["stress"] = s[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
 
 
-def load_calculator(path: str | os.PathLike, dtype: torch.dtype | None = None,
-                    device: str = "cpu") -> NeuralCalculator:
-    """ASE calculator from a neuralmd model file (``dtype=torch.float64`` for tight checks)."""
-    return NeuralCalculator(load_potential(path, dtype=dtype, device=device))
+def load_calculator(path: str | os.PathLike, dtype: torch.dtype | None = None, device: str = "cpu",
+                    compile: bool = False) -> NeuralCalculator:
+    """ASE calculator from a neuralmd model file (``dtype=torch.float64`` for tight checks;
+    ``compile=True`` for many calls on one molecule, see :class:`NeuralCalculator`)."""
+    return NeuralCalculator(load_potential(path, dtype=dtype, device=device), compile=compile)
 
 
 def relax(atoms: Atoms, fmax_eV_per_A: float = 0.05, steps: int = 200, logfile: str | None = None) -> tuple[bool, int]:
