@@ -13,6 +13,10 @@ Parts (``--only``, each resumable with ``--resume``; results saved part by part 
   absolute binding free energy as the first choice of peer; it installs here but its complex and
   solvent legs (≈ 40 alchemical states) cost several times this peer's CPU time on 2 cores, so
   umbrella sampling + MBAR, the other method the issue allows, is the peer (stated in the JSON).
+- ``mlmm``: the guest's conformations from MM MD of the complex (bound and unbound), GFN2-xTB
+  labels (``neuralmd label``), a neuralmd model of the guest (``neuralmd train``), and the MM ->
+  ML/MM correction to ΔG° of the distance-CV seed-0 run (``bind --ml-correction``'s code: λ
+  windows in both states, MBAR, overlap).
 - ``report``: ns to reach and stay within 4 kJ/mol of the peer (per run, medians per CV), and
   the results table.
 
@@ -175,6 +179,74 @@ def us_binding_free_energy(samples: list[np.ndarray], centres: np.ndarray, k: fl
     return whole, float(np.std(per_block, ddof=1) / np.sqrt(blocks))
 
 
+# --- the ML/MM correction: a GFN2-xTB model of the guest -----------------------------------------
+def guest_frames(args: argparse.Namespace, path: Path) -> int:
+    """The guest's conformations from MM MD of the complex (``--mlmm-frames`` per state, bound and
+    on the unbound plateau, 1 ps apart) written to ``path`` (extxyz); returns the guest's charge
+    (e, the MM charges summed and rounded)."""
+    import openmm
+    from ase import Atoms
+    from ase.io import write
+
+    from neuralmd.binding.learned import sample_state
+    from neuralmd.binding.runs import FunnelTerm, guest_on_plateau, plateau_funnel
+    from neuralmd.binding.funnel import AxialPosition
+    from neuralmd.binding.system import positions_A
+    from neuralmd.md.openmm_engine import OpenMMSettings
+
+    parts, settings = _bind_settings(args)
+    nonbonded = next(f for f in parts.system.getForces() if isinstance(f, openmm.NonbondedForce))
+    charge = round(sum(nonbonded.getParticleParameters(i)[0].value_in_unit(openmm.unit.elementary_charge)
+                       for i in settings.guest))
+    if path.exists():
+        return charge
+    engine = OpenMMSettings(pdb="", forcefield=[], temperature_K=TEMPERATURE_K, timestep_fs=2.0, seed=args.seed_mlmm,
+                            platform="CPU")
+    frame = settings.frame_cv(AxialPosition)
+    frames = []
+    for funnel, start in ((settings.make_funnel(), positions_A(parts)),
+                          (plateau_funnel(settings), guest_on_plateau(parts, settings))):
+        positions = sample_state(parts, engine, [FunnelTerm(funnel, frame)], start / 10.0, args.mlmm_frames * 500, 500)
+        numbers = parts.numbers[settings.guest]
+        frames += [Atoms(numbers=numbers, positions=x[settings.guest]) for x in positions]
+    write(path, frames, format="extxyz")
+    return charge
+
+
+def mlmm(args: argparse.Namespace) -> dict[str, Any]:
+    """GFN2-xTB labels of the guest's conformations (``neuralmd label``), a neuralmd model of the
+    guest (``neuralmd train``, ``--mlmm-train-min``), then the MM -> ML/MM correction of the
+    distance-CV seed-0 run (what ``bind --ml-correction`` runs), with MBAR's overlap."""
+    from neuralmd.binding.correction import correct_binding
+
+    folder = args.work_dir / "mlmm"
+    folder.mkdir(parents=True, exist_ok=True)
+    run_dir = args.work_dir / "opes-distance-0"
+    if not (run_dir / "checkpoint.pt").exists():
+        raise SystemExit(f"{run_dir}: the distance-CV seed-0 run is needed first (--only opes)")
+    charge = guest_frames(args, folder / "guest.xyz")
+    labelled, model = folder / "guest-xtb.xyz", folder / "model" / "model.pt"
+    steps = [("label", labelled, [NEURALMD, "label", str(folder / "guest.xyz"), "--method", "xtb", "--charge",
+                                  str(charge), "--threads", str(args.threads), "-o", str(labelled)]),
+             ("train", model, [NEURALMD, "train", "--train", str(labelled), "--time-budget-min",
+                               str(args.mlmm_train_min), "--threads", str(args.threads), "-o", str(model.parent)])]
+    for name, product, cmd in steps:
+        if product.exists():
+            continue
+        if name == "train" and (model.parent / "checkpoint.pt").exists():
+            cmd = [NEURALMD, "train", "--resume", str(model.parent)]
+        log(" ".join(cmd))
+        subprocess.run(cmd, check=True, env=env(args.threads))
+    started = time.perf_counter()
+    out = correct_binding(run_dir, model, args.mlmm_ps)
+    trained = json.loads((model.parent / "results.json").read_text())
+    return {"value": out["ddG_kjmol"], "error": out["ddG_err_kjmol"], "overlap": out["min_neighbour_overlap"],
+            "states": out["states"], "lambdas": out["lambdas"], "ps_per_window": out["ps_per_window"],
+            "run": str(run_dir), "guest_charge_e": charge, "frames": 2 * args.mlmm_frames,
+            "labels": "GFN2-xTB (tblite)", "model_valid": trained["valid"],
+            "correction_wall_s": round(time.perf_counter() - started, 1)}
+
+
 # --- report -----------------------------------------------------------------------------------
 def time_to_tolerance(curve: list[list[float]], reference: float, tolerance: float = TOLERANCE_KJMOL) -> float | None:
     """The simulated ns from which ΔG°(t) stays within ``tolerance`` of ``reference`` (None: never)."""
@@ -219,6 +291,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--us-k", type=float, default=40.0, help="umbrella stiffness (kJ/mol/Å²)")
     p.add_argument("--us-ns", type=float, default=1.0, help="production per window (ns)")
     p.add_argument("--us-equil-ps", type=float, default=100.0)
+    p.add_argument("--mlmm-frames", type=int, default=200, help="ML/MM: guest frames per state (1 ps apart)")
+    p.add_argument("--mlmm-train-min", type=float, default=10.0, help="ML/MM: training minutes of the guest model")
+    p.add_argument("--mlmm-ps", type=float, default=100.0, help="ML/MM: MD per λ window and state (ps)")
+    p.add_argument("--seed-mlmm", type=int, default=0)
     p.add_argument("--out", type=Path, default=HERE / "results" / "binding.json")
     p.add_argument("--work-dir", type=Path, default=Path("/tmp/neuralmd-binding"))
     args = p.parse_args(argv)
@@ -241,6 +317,9 @@ def main(argv: list[str] | None = None) -> None:
                 save()
     if "peer" in parts:
         data["peer"] = peer(args, data)
+        save()
+    if "mlmm" in parts:
+        data["ml_mm_correction_kjmol"] = mlmm(args)
         save()
     if "report" in parts:
         data["summary"] = report(data)

@@ -15,6 +15,7 @@ from openmm import app, unit
 from neuralmd.binding.correction import lambda_force, mlmm_correction
 from neuralmd.binding.mlmm import remove_guest_internal
 from neuralmd.binding.runs import build_settings
+from neuralmd.errors import InputError
 from neuralmd.md.openmm_engine import OpenMMSettings
 from neuralmd.models.base import Potential
 from neuralmd.units import EV_IN_KJMOL, NM_IN_A
@@ -99,3 +100,22 @@ def test_a_constant_difference_gives_that_constant_in_both_states_and_no_correct
     again = mlmm_correction(parts, settings, engine, ForceFieldGuest(), tmp_path, ps_per_window=1.0,
                             lambdas=(0.0, 0.5, 1.0), every_steps=25)  # every window reused
     assert again["ddG_kjmol"] == out["ddG_kjmol"]
+
+
+class ExplodingGuest(Potential):
+    """A guest whose atoms repel their centroid with a -1e3 eV/Å² spring: no MD survives it."""
+
+    def atomic_energies(self, batch):
+        x = batch.positions
+        return -0.5e3 * (x - x.mean(0)).pow(2).sum(-1)
+
+
+@pytest.mark.parametrize("platform", ["CPU", "Reference"])  # OpenMM checks for NaN on the CPU, not on Reference
+def test_a_window_that_blows_up_is_a_clear_error_and_the_windows_before_it_are_kept(cb7, tmp_path, platform):
+    parts, settings = cb7
+    engine = OpenMMSettings(pdb="", forcefield=[], temperature_K=300.0, timestep_fs=2.0, platform=platform)
+    with pytest.raises(InputError, match="bound state's λ = 1 window blew up"):
+        mlmm_correction(parts, settings, engine, ExplodingGuest(), tmp_path, ps_per_window=0.2,
+                        lambdas=(0.0, 1.0), every_steps=10)
+    assert [p.name for p in (tmp_path / "windows").glob("*.npz")] == ["bound_0.npz"]
+    assert not (tmp_path / "correction.json").exists()

@@ -77,7 +77,7 @@ def lambda_force(system: openmm.System, guest: Sequence[int], numbers: Sequence[
 
 
 def _window(parts: OpenMMSystem, settings: BindSettings, engine: OpenMMSettings, potential: Potential,
-            funnel: Funnel, start_A: np.ndarray, lam: float, steps: int, every: int, seed: int
+            funnel: Funnel, start_A: np.ndarray, lam: float, steps: int, every: int, seed: int, state: str = ""
             ) -> tuple[np.ndarray, np.ndarray]:
     """U_MM,int and U_ML (kJ/mol) every ``every`` steps of a window at λ (after steps/5
     discarded), and the final positions (Å)."""
@@ -90,12 +90,21 @@ def _window(parts: OpenMMSystem, settings: BindSettings, engine: OpenMMSettings,
                     [FunnelTerm(funnel, settings.frame_cv(AxialPosition))])
     context = run.simulation.context
     context.setParameter("lambda", lam)
-    run.simulation.step(max(every, steps // 5))
     values = []
-    for _ in range(steps // every):
-        run.simulation.step(every)
-        cv = mix.getCollectiveVariableValues(context)
-        values.append([sum(cv[:-1]), cv[-1]])
+    try:
+        run.simulation.step(max(every, steps // 5))
+        for _ in range(steps // every):
+            run.simulation.step(every)
+            cv = mix.getCollectiveVariableValues(context)
+            if not np.isfinite(cv).all():  # platforms that do not check coordinates themselves
+                raise openmm.OpenMMException("Particle coordinate is NaN (the guest's energies are not finite)")
+            values.append([sum(cv[:-1]), cv[-1]])
+    except openmm.OpenMMException as exc:
+        if "nan" not in str(exc).lower():
+            raise
+        raise InputError(f"ml-correction: the {state} state's λ = {lam:g} window blew up (NaN coordinates after at most "
+                         f"{len(values) * every + max(every, steps // 5)} steps): the guest model is not stable "
+                         f"where MM puts the guest; train it on more of the guest's conformations") from None
     final = run.current_state().batch.positions.numpy()
     return np.array(values), final
 
@@ -127,7 +136,7 @@ def mlmm_correction(parts: OpenMMSystem, settings: BindSettings, engine: OpenMMS
                 values, start = data["values"], data["final_A"]
             else:
                 values, start = _window(parts, settings, engine, potential, funnel, start, lam, steps, every_steps,
-                                        seed=engine.seed + 100 * k + (0 if name == "bound" else 50))
+                                        seed=engine.seed + 100 * k + (0 if name == "bound" else 50), state=name)
                 np.savez(path, values=values, final_A=start)
             samples.append(values)
         energies = np.concatenate(samples)  # (n, 2): U_MM,int, U_ML in kJ/mol
@@ -138,7 +147,7 @@ def mlmm_correction(parts: OpenMMSystem, settings: BindSettings, engine: OpenMMS
             mbar = pymbar.MBAR(u_kn, np.array([len(s) for s in samples]), solver_protocol="robust")
             result = mbar.compute_free_energy_differences()
             overlap = mbar.compute_overlap()["matrix"]
-        except pymbar.utils.ParameterError as exc:  # windows so far apart that MBAR's weights do not normalise
+        except (pymbar.utils.ParameterError, np.linalg.LinAlgError) as exc:  # windows so far apart that MBAR fails
             out["states"][name] = {"dA_kjmol": None, "dA_err_kjmol": None, "min_neighbour_overlap": 0.0,
                                    "reason": f"MBAR failed ({str(exc).splitlines()[0][:120]}): the λ windows do not "
                                              f"overlap; add windows or sample longer"}
