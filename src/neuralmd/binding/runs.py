@@ -172,7 +172,7 @@ def _terms_and_reporters(settings: BindSettings, engine: OpenMMSettings, run_dir
     terms = [FunnelTerm(settings.make_funnel(), settings.frame_cv(AxialPosition)),
              GridBias(bias, ranges=[settings.grid_range()])]
     if settings.ml_guest:
-        terms.insert(0, MLGuestTerm(load_potential(run_dir / GUEST_MODEL, dtype=torch.float64), settings.guest, numbers))
+        terms.insert(0, MLGuestTerm(load_potential(run_dir / GUEST_MODEL), settings.guest, numbers))  # its own dtype
     reporters = [ColvarReporter(run_dir / COLVAR, settings.recorded_cv(cv), bias, engine.report_every)]
     return terms, reporters
 
