@@ -8,8 +8,10 @@ import signal
 import subprocess
 import sys
 import textwrap
+import tomllib
 
 import pytest
+from ase import Atoms
 import torch
 
 from neuralmd.training import TrainConfig, Trainer, evaluate
@@ -83,15 +85,27 @@ def test_kill_and_resume_gives_identical_weights(tmp_path, ethanol_xyz, architec
 
 
 def test_periodic_water_trains_and_evaluates(tmp_path):
+    """64-water frames with the default frames per step (resolved to 1 and stored for a resume)."""
     from neuralmd.data import read_frames, write_frames
 
     frames = read_frames(shared_file("deepmd_water/data_0"))[:24]
     write_frames(frames, tmp_path / "water.xyz")
     cfg = TrainConfig(train=str(tmp_path / "water.xyz"), valid_fraction=0.25, features=16, interactions=1,
-                      cutoff_A=4.0, batch_size=2, lr=5e-3, max_steps=150, eval_every=50, checkpoint_every=150,
-                      threads=2)
+                      cutoff_A=4.0, lr=5e-3, max_steps=150, eval_every=50, checkpoint_every=150, threads=2)
     results = Trainer(cfg, tmp_path / "run", progress=False).run()
     assert results["valid"]["force_mae_mev_per_A"] < 0.75 * results["baseline_valid"]["force_mae_mev_per_A"]
+    assert tomllib.loads((tmp_path / "run" / "config.toml").read_text())["batch_size"] == 1
+
+
+def test_frames_per_step_default_follows_the_frames_size():
+    from ase.build import molecule
+
+    from neuralmd.data import FrameDataset
+    from neuralmd.training.trainer import default_batch_size
+
+    sizes = {n: default_batch_size(FrameDataset([Atoms("H" * n)] * 3)) for n in (9, 21, 27, 64, 192, 1536)}
+    assert sizes == {9: 8, 21: 8, 27: 7, 64: 3, 192: 1, 1536: 1}
+    assert default_batch_size(FrameDataset([molecule("CH3CH2OH"), Atoms("H" * 183)])) == 2  # by the mean size
 
 
 def test_early_stopping_ends_a_plateau_run_but_not_a_cosine_one(tmp_path, ethanol_xyz):
