@@ -350,7 +350,8 @@ class Trainer:
         self.progress = progress and self.is_main
         self.train_data, self.valid_data = load_data(cfg)
         if cfg.batch_size == 0:  # stored resolved in config.toml, so a resume uses the same
-            cfg.batch_size = default_batch_size(self.train_data)
+            per_rank = math.ceil(default_batch_size(self.train_data) / self.world)  # torchrun: a share per rank
+            cfg.batch_size = per_rank * self.world
         checkpoint_path = self.run_dir / CHECKPOINT
         if resume:
             if not checkpoint_path.is_file():
