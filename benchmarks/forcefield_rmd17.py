@@ -49,7 +49,7 @@ Fairness rules (also written into each part's ``settings``):
   hyperparameters over that molecule's elements (timing does not depend on the weights).
 
 The summary keys (``neuralmd``, ``mace``, ``ratios``, ``timing``, ``extrapolation``) describe
-the default architecture (``TrainConfig.architecture``) at the longest ethanol budget run so far;
+the default architecture on molecules (``TrainConfig.architecture`` "auto") at the longest ethanol budget run so far;
 ``extrapolation_all`` holds every architecture and budget, ``targets`` the issue's targets per
 budget and ``distance_to_published`` the longest budget against the converged MACE numbers
 published for ethanol (0.4 meV, 2.1 meV/Å).
@@ -83,7 +83,7 @@ from neuralmd.models.neural import ARCHITECTURES
 from neuralmd.state import AtomsBatch
 from neuralmd.threads import set_threads
 from neuralmd.training import TrainConfig, Trainer
-from neuralmd.training.trainer import MAX_DEFAULT_BATCH
+from neuralmd.training.trainer import MAX_DEFAULT_BATCH, MOLECULE_ARCHITECTURE
 from neuralmd.training.metrics import Predictions, error_metrics
 from neuralmd.training.trainer import build_model, load_data, validation_loss
 
@@ -95,7 +95,7 @@ from extrapolation import (BPA, DATA, ETHANOL, ETHANOL_SCANS, bpa_split, ethanol
 BPA_FILE = BPA / "train_300K.xyz"
 BPA_TRAIN_FRAMES = 400
 DEFAULT_OUT = HERE / "results" / "forcefield_rmd17.json"
-DEFAULT_ARCHITECTURE = TrainConfig.architecture
+DEFAULT_ARCHITECTURE = MOLECULE_ARCHITECTURE  # what neuralmd train's "auto" trains on molecules
 DATASETS = ("ethanol", "3bpa")
 #: the in-distribution test set of each dataset, and its transfer / extrapolation sets with the
 #: error the targets compare (force MAE where the set has forces, else the profile MAE)

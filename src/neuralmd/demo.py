@@ -151,9 +151,10 @@ def run_demo(out: str | Path = "neuralmd-demo", train_minutes: float = 1.5, n_tr
     cfg = TrainConfig(train=str(out / "train.xyz"), valid_fraction=0.1, features=32, interactions=2,
                       batch_size=8, lr=2e-3, eval_every=50, checkpoint_every=100,
                       time_budget_min=train_minutes, threads=threads or 0)
+    trainer = Trainer(cfg, out / "train")  # resolves the architecture ("auto": TensorNet for molecules)
     name = {"painn": "PaiNN", "tensornet": "TensorNet"}[cfg.architecture]
     console.rule(f"[bold]3. train a {name} potential")
-    train_results = Trainer(cfg, out / "train").run()
+    train_results = trainer.run()
 
     console.rule("[bold]4. evaluate on the independent test trajectory")
     model = load_potential(out / "train" / "model.pt")

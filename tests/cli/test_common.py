@@ -36,8 +36,10 @@ def test_train_defaults_are_the_benchmarked_settings(tmp_path, ethanol_xyz):
     stored = tomllib.loads((tmp_path / "run" / "config.toml").read_text())
     expected = dataclasses.asdict(defaults)
     # the frames-per-step default, resolved from ethanol's 9 atoms, is the benchmark's 8
-    expected.update(train=[str(ethanol_xyz)], max_steps=2, eval_every=1, batch_size=measured.nm_batch_size)
+    expected.update(train=[str(ethanol_xyz)], max_steps=2, eval_every=1, batch_size=measured.nm_batch_size,
+                    architecture=bench.DEFAULT_ARCHITECTURE)
     assert defaults.batch_size == 0 and measured.nm_batch_size == 8
+    assert defaults.architecture == "auto" and bench.DEFAULT_ARCHITECTURE == "tensornet"  # auto on a molecule
     assert {k: stored[k] for k in expected} == expected
 
 

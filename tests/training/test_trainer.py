@@ -85,7 +85,8 @@ def test_kill_and_resume_gives_identical_weights(tmp_path, ethanol_xyz, architec
 
 
 def test_periodic_water_trains_and_evaluates(tmp_path):
-    """64-water frames with the default frames per step (resolved to 1 and stored for a resume)."""
+    """64-water frames with the default frames per step and network (resolved to 1 and PaiNN, and
+    stored for a resume)."""
     from neuralmd.data import read_frames, write_frames
 
     frames = read_frames(shared_file("deepmd_water/data_0"))[:24]
@@ -94,7 +95,8 @@ def test_periodic_water_trains_and_evaluates(tmp_path):
                       cutoff_A=4.0, lr=5e-3, max_steps=150, eval_every=50, checkpoint_every=150, threads=2)
     results = Trainer(cfg, tmp_path / "run", progress=False).run()
     assert results["valid"]["force_mae_mev_per_A"] < 0.75 * results["baseline_valid"]["force_mae_mev_per_A"]
-    assert tomllib.loads((tmp_path / "run" / "config.toml").read_text())["batch_size"] == 1
+    stored = tomllib.loads((tmp_path / "run" / "config.toml").read_text())
+    assert (stored["batch_size"], stored["architecture"]) == (1, "painn")
 
 
 def test_frames_per_step_default_follows_the_frames_size():

@@ -71,7 +71,7 @@ class ActiveSettings:
     train_steps: int = 1000
     #: the committee's network (neuralmd.models.neural.ARCHITECTURES); a warm start keeps the
     #: network of the model it starts from
-    architecture: str = "tensornet"
+    architecture: str = "auto"  # TrainConfig.architecture: TensorNet for molecules, PaiNN for periodic frames
     features: int = 32
     interactions: int = 2
     cutoff_A: float = 5.0
@@ -98,8 +98,8 @@ class ActiveSettings:
             (self.workers >= 1, f"workers: {self.workers}; expected >= 1"),
             (0 < self.timestep_fs <= 10 and 0 <= self.rattle_A < float("inf"),
              f"timestep_fs {self.timestep_fs}, rattle_A {self.rattle_A}: expected 0 < timestep <= 10 fs, rattle >= 0"),
-            (self.architecture in ARCHITECTURES,
-             f"architecture: {self.architecture!r}; expected one of {', '.join(ARCHITECTURES)}"),
+            (self.architecture in ("auto", *ARCHITECTURES),
+             f"architecture: {self.architecture!r}; expected auto or one of {', '.join(ARCHITECTURES)}"),
             (self.features >= 1 and self.interactions >= 1 and 0 < self.cutoff_A < float("inf"),
              "features and interactions must be >= 1, cutoff_A > 0"),
         ]

@@ -43,7 +43,8 @@ def active(
                                                           "(e.g. 'torsion(1,0,2,8)'); default plain MD"),
     explore_barrier_kjmol: float = typer.Option(_d("explore_barrier_kjmol"), help="OPES_EXPLORE barrier in kJ/mol"),
     train_steps: int = typer.Option(_d("train_steps"), help="training steps per member per round"),
-    architecture: str = typer.Option(_d("architecture"), help="the committee's network: tensornet or painn"),
+    architecture: str = typer.Option(_d("architecture"), help="the committee's network: auto (tensornet for molecules, "
+                                      "painn for periodic frames), tensornet or painn"),
     workers: int = typer.Option(_d("workers"), help="Dask workers of a local cluster"),
     scheduler: str = typer.Option(_d("scheduler"), help="address of an existing Dask scheduler (tcp://host:8786)"),
     store: str = typer.Option(_d("store"), help="label store: .db path or postgresql:// URL (default RUN/labels.db)"),

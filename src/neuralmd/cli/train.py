@@ -43,7 +43,8 @@ def train(
     energy_unit: str = typer.Option("", help="energy unit of the data (default eV; required for .npz)"),
     force_unit: str = typer.Option("", help="force unit of the data (default eV/A; required for .npz)"),
     isolated_atoms: Optional[Path] = typer.Option(None, help="single-atom frames giving reference energies"),
-    architecture: str = typer.Option(_d("architecture"), help="network: painn or tensornet"),
+    architecture: str = typer.Option(_d("architecture"), help="network: auto (tensornet for molecules, painn "
+                                      "for periodic frames), tensornet or painn"),
     repulsion: str = typer.Option(_d("repulsion"), help="short-range repulsion added to the network: zbl or none"),
     repulsion_range: str = typer.Option(_d("repulsion_range"), help="where the repulsion of each pair of elements "
                                         "ends: data (its shortest distance in the training frames) or covalent "

@@ -59,11 +59,15 @@ class TrainConfig:
     energy_unit: str = ""  # "" = the format's own unit (eV for extxyz, DeePMD, ase.db)
     force_unit: str = ""
     isolated_atoms: str = ""
-    #: network: "tensornet" or "painn" (neuralmd.models.neural.ARCHITECTURES). On rMD17 ethanol
-    #: after 3 minutes on 2 threads (benchmarks/extrapolation_sweep.py) TensorNet's test force MAE
-    #: was 10.1 meV/Å against PaiNN's 13.6-16.2 and its normal-mode scans were closer to DFT; PaiNN's
-    #: energy+forces call is 2-3x cheaper, and it evaluates large periodic boxes in receiver blocks
-    architecture: str = "tensornet"
+    #: network: "tensornet", "painn" (neuralmd.models.neural.ARCHITECTURES) or "auto"
+    #: (:func:`default_architecture`: TensorNet for molecules, PaiNN for periodic frames). On rMD17
+    #: ethanol after 3 minutes on 2 threads (benchmarks/extrapolation_sweep.py) TensorNet's test
+    #: force MAE was 10.1 meV/Å against PaiNN's 13.6-16.2 and its normal-mode scans were closer
+    #: to DFT; PaiNN's energy+forces call is 2-3x cheaper on a molecule and 4-6x on water boxes of
+    #: 192-1,536 atoms, with 5x less memory (TensorNet's per-edge 3x3 tensors; 22 GB for 12,288
+    #: atoms against PaiNN's 1.7, whose receiver blocks keep large boxes linear:
+    #: benchmarks/network_cost.py), and it is what benchmarks/water.py measured
+    architecture: str = "auto"
     #: short-range repulsion added to the network: "zbl" or "none"; a Δ-learning model
     #: (``baseline``) never gets one, its baseline already repels
     repulsion: str = "zbl"
@@ -111,8 +115,8 @@ class TrainConfig:
         checks = [
             (self.batch_size >= 0, f"batch_size {self.batch_size}: expected frames per step >= 1, or 0 to "
                                    f"choose from the frames' size"),
-            (self.architecture in ARCHITECTURES,
-             f"architecture {self.architecture!r}: expected one of {', '.join(ARCHITECTURES)}"),
+            (self.architecture in ("auto", *ARCHITECTURES),
+             f"architecture {self.architecture!r}: expected auto or one of {', '.join(ARCHITECTURES)}"),
             (self.repulsion in ("none", *REPULSIONS), f"repulsion {self.repulsion!r}: expected none or "
                                                       f"{', '.join(REPULSIONS)}"),
             (self.repulsion_range in ("data", "covalent"),
@@ -308,6 +312,17 @@ ATOMS_PER_STEP = 192
 MAX_DEFAULT_BATCH = 8
 
 
+#: what ``architecture = "auto"`` trains on molecules and on periodic frames
+MOLECULE_ARCHITECTURE, PERIODIC_ARCHITECTURE = "tensornet", "painn"
+
+
+def default_architecture(data: FrameDataset) -> str:
+    """The network for ``data``: :data:`PERIODIC_ARCHITECTURE` if any frame is periodic, else
+    :data:`MOLECULE_ARCHITECTURE`."""
+    periodic = any(bool(frame.pbc.any()) for frame in data.frames)
+    return PERIODIC_ARCHITECTURE if periodic else MOLECULE_ARCHITECTURE
+
+
 def default_batch_size(data: FrameDataset) -> int:
     """Frames per training step for ``data``: ATOMS_PER_STEP / mean atoms per frame, rounded,
     within 1 and MAX_DEFAULT_BATCH."""
@@ -349,6 +364,8 @@ class Trainer:
         self.is_main = self.rank == 0
         self.progress = progress and self.is_main
         self.train_data, self.valid_data = load_data(cfg)
+        if cfg.architecture == "auto":  # resolved once and stored in config.toml, as the batch size
+            cfg.architecture = default_architecture(self.train_data)
         if cfg.batch_size == 0:  # stored resolved in config.toml, so a resume uses the same
             per_rank = math.ceil(default_batch_size(self.train_data) / self.world)  # torchrun: a share per rank
             cfg.batch_size = per_rank * self.world
