@@ -146,20 +146,19 @@ def test_model_file_roundtrip_and_format_version(any_float64_model, ethanol, tmp
         loaded.check_elements([1, 6, 7], where="x.xyz: frame 0")
 
 
-def test_receiver_blocks_give_the_same_energy_forces_stress_and_training_gradients(float64_model, monkeypatch):
-    """Large graphs are evaluated in blocks of receivers recomputed in the backward pass: the
-    energy, forces and stress are those of one stored graph, and a force loss can still be
-    differentiated with respect to the weights (create_graph, as in training)."""
-    from neuralmd.models.equivariant import PaiNN
-
+def test_receiver_blocks_give_the_same_energy_forces_stress_and_training_gradients(any_float64_model, monkeypatch):
+    """Large graphs are evaluated in blocks of receivers recomputed in the backward pass (both
+    networks): the energy, forces and stress are those of one stored graph, and a force loss can
+    still be differentiated with respect to the weights (create_graph, as in training)."""
+    network = type(any_float64_model.network)
     batch = AtomsBatch.from_atoms([_water_box().repeat((2, 1, 1))], dtype=torch.float64)
 
     def evaluate(edges_per_chunk):
-        monkeypatch.setattr(PaiNN, "edges_per_chunk", edges_per_chunk)
-        monkeypatch.setattr(PaiNN, "chunk_above_edges", 0)
-        out = float64_model(batch, forces=True, stress=True, create_graph=True)
+        monkeypatch.setattr(network, "edges_per_chunk", edges_per_chunk)
+        monkeypatch.setattr(network, "chunk_above_edges", 0)
+        out = any_float64_model(batch, forces=True, stress=True, create_graph=True)
         loss = out["forces"].pow(2).sum()
-        weights = [w for name, w in float64_model.named_parameters() if name != "network.readout.2.bias"]
+        weights = [w for name, w in any_float64_model.named_parameters() if name != "network.readout.2.bias"]
         return out, torch.autograd.grad(loss, weights)  # (the last bias shifts energies, not forces)
 
     whole, whole_grads = evaluate(None)

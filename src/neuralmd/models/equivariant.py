@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
-
+from .blocks import Chunks, in_blocks, plan
 from .radial import BesselBasis, PolynomialCutoff
 
 
@@ -30,20 +29,11 @@ class PaiNNMessage(nn.Module):
         self.phi = _mlp(features, features, 3 * features)
         self.filter = nn.Linear(num_basis, 3 * features)
 
-    def forward(self, s, v, i, j, rbf, envelope, unit, chunks: list[tuple[int, int, int, int]] | None = None):
+    def forward(self, s, v, i, j, rbf, envelope, unit, chunks: Chunks | None = None):
         """New (s, v); ``v`` None stands for all-zero vector features (the first layer, whose
-        messages then skip them). ``chunks``: (first receiver, end, first edge, end) of blocks of
-        edges sorted by receiver; each block's per-edge tensors are recomputed in the backward
-        pass instead of stored (see :func:`receiver_chunks`). None: one block, stored."""
+        messages then skip them). ``chunks``: receiver blocks (:mod:`neuralmd.models.blocks`)."""
         phi_s = self.phi(s)
-        if chunks is None:
-            ds, dv = self._block(phi_s, v, i, j, rbf, envelope, unit, 0, s.shape[0])
-        else:
-            sizes = [e1 - e0 for _, _, e0, e1 in chunks]  # one split: its backward is one cat, not a
-            edges = zip(*(t.split(sizes) for t in (i, j, rbf, envelope, unit)))  # zero tensor per slice
-            parts = [checkpoint(self._block, phi_s, v, *edge, lo, hi, use_reentrant=False)
-                     for (lo, hi, _, _), edge in zip(chunks, edges)]
-            ds, dv = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        ds, dv = in_blocks(self._block, (phi_s, v), (i, j, rbf, envelope, unit), s.shape[0], chunks)
         return s + ds, dv if v is None else v + dv
 
     def _block(self, phi_s, v, i, j, rbf, envelope, unit, lo: int, hi: int):
@@ -57,16 +47,6 @@ class PaiNNMessage(nn.Module):
         ds = phi_s.new_zeros(hi - lo, self.features).index_add_(0, local, a_s)
         dv = phi_s.new_zeros(hi - lo, 3, self.features).index_add_(0, local, dv_pair)
         return ds, dv
-
-
-def receiver_chunks(i: torch.Tensor, n_atoms: int, edges_per_chunk: int) -> list[tuple[int, int, int, int]]:
-    """Blocks of whole receivers of about ``edges_per_chunk`` edges each, for edges sorted by
-    receiver ``i``: (first receiver, end, first edge, end)."""
-    ptr = torch.zeros(n_atoms + 1, dtype=torch.long)
-    ptr[1:] = torch.bincount(i.cpu(), minlength=n_atoms).cumsum(0)
-    ends = torch.searchsorted(ptr, torch.arange(edges_per_chunk, int(ptr[-1]), edges_per_chunk), right=True) - 1
-    cuts = sorted(set([0, *ends.tolist(), n_atoms]))
-    return [(lo, hi, int(ptr[lo]), int(ptr[hi])) for lo, hi in zip(cuts[:-1], cuts[1:]) if hi > lo]
 
 
 class PaiNNUpdate(nn.Module):
@@ -129,13 +109,8 @@ class PaiNN(nn.Module):
         rbf, env = self.basis(r), self.envelope(r)
         s = self.embedding(species)
         v = None  # zero vector features until the first message
-        chunks = None
-        if self.edges_per_chunk and vectors.device.type == "cpu" and i.shape[0] > max(self.chunk_above_edges,
-                                                                                      self.edges_per_chunk):
-            if i.shape[0] > 1 and bool((i[1:] < i[:-1]).any()):
-                order = torch.argsort(i, stable=True)
-                i, j, rbf, env, unit = i[order], j[order], rbf[order], env[order], unit[order]
-            chunks = receiver_chunks(i, s.shape[0], self.edges_per_chunk)
+        (i, j, rbf, env, unit), chunks = plan((i, j, rbf, env, unit), s.shape[0], self.edges_per_chunk,
+                                              self.chunk_above_edges)
         for message, update in zip(self.messages, self.updates):
             s, v = message(s, v, i, j, rbf, env, unit, chunks)
             s, v = update(s, v)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .blocks import Chunks, in_blocks, plan
 from .radial import BesselBasis, PolynomialCutoff
 
 #: part (0: scalar, 1: antisymmetric, 2: symmetric traceless) of each of the 10 components
@@ -139,18 +140,24 @@ class TensorEmbedding(nn.Module):
                                      nn.Linear(2 * features, 3 * features), nn.SiLU())
         self.mix = TensorMix(features)
 
-    def forward(self, species, i, j, rbf, envelope, unit) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> atom tensors (N, 10, F) and the species embedding (N, F)."""
+    def forward(self, species, i, j, rbf, envelope, unit, chunks: Chunks | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> atom tensors (N, 10, F) and the species embedding (N, F); ``chunks``: receiver
+        blocks (:mod:`neuralmd.models.blocks`)."""
         z = self.embedding(species)
         n, f = z.shape
-        pair = (self.pair_receiver(z).index_select(0, i) + self.pair_sender(z).index_select(0, j)) \
-            * envelope.unsqueeze(-1)
-        w = self.filter(rbf).view(-1, 3, f) * pair.unsqueeze(1)
-        outer = (unit.unsqueeze(2) * unit.unsqueeze(1)).reshape(-1, 9)[:, _SYMMETRIC.to(unit.device)]
-        basis = torch.cat([torch.ones_like(unit[:, :1]), unit, outer - _constant("third", unit)], 1)
-        x = z.new_zeros(n, 10, f).index_add_(0, i, basis.unsqueeze(-1) * _per_part(w))
+        (x,) = in_blocks(self._block, (self.pair_receiver(z), self.pair_sender(z)), (i, j, rbf, envelope, unit), n,
+                         chunks)
         factors = self.scalars(self.norm(_square_norm(x).squeeze(1))).view(n, 3, f)
         return self.mix(x, factors), z
+
+    def _block(self, z_receiver, z_sender, i, j, rbf, envelope, unit, lo: int, hi: int) -> tuple[torch.Tensor]:
+        """First tensors of receivers lo..hi-1 from edges (i, j), all of whose i lie in that range."""
+        pair = (z_receiver.index_select(0, i) + z_sender.index_select(0, j)) * envelope.unsqueeze(-1)
+        w = self.filter(rbf).view(-1, 3, self.features) * pair.unsqueeze(1)
+        outer = (unit.unsqueeze(2) * unit.unsqueeze(1)).reshape(-1, 9)[:, _SYMMETRIC.to(unit.device)]
+        basis = torch.cat([torch.ones_like(unit[:, :1]), unit, outer - _constant("third", unit)], 1)
+        return (z_receiver.new_zeros(hi - lo, 10, self.features).index_add_(0, i - lo, basis.unsqueeze(-1) * _per_part(w)),)
 
 
 class TensorInteraction(nn.Module):
@@ -165,14 +172,18 @@ class TensorInteraction(nn.Module):
         self.mix_in = TensorMix(features)
         self.mix_out = TensorMix(features)
 
-    def forward(self, x, i, j, rbf, envelope) -> torch.Tensor:
+    def forward(self, x, i, j, rbf, envelope, chunks: Chunks | None = None) -> torch.Tensor:
         x = x / (1.0 + _square_norm(x))
         y = self.mix_in(x)
-        w = (self.radial(rbf) * envelope.unsqueeze(-1)).view(-1, 3, self.features)
-        m = torch.zeros_like(y).index_add_(0, i, y.index_select(0, j) * _per_part(w))
+        (m,) = in_blocks(self._messages, (y,), (i, j, rbf, envelope), y.shape[0], chunks)
         b = _product(y, m, "symmetric_product")
         dx = self.mix_out(b / (1.0 + _square_norm(b)))
         return x + dx + _product(dx, dx)
+
+    def _messages(self, y, i, j, rbf, envelope, lo: int, hi: int) -> tuple[torch.Tensor]:
+        """Messages into receivers lo..hi-1 along edges (i, j), all of whose i lie in that range."""
+        w = (self.radial(rbf) * envelope.unsqueeze(-1)).view(-1, 3, self.features)
+        return (y.new_zeros(hi - lo, 10, self.features).index_add_(0, i - lo, y.index_select(0, j) * _per_part(w)),)
 
 
 class TensorNet(nn.Module):
@@ -186,8 +197,15 @@ class TensorNet(nn.Module):
         num_basis: number of Bessel radial functions.
 
     The readout sees each part's squared norm per channel (invariant under rotations and
-    reflections) and the atom's species embedding.
+    reflections) and the atom's species embedding. Graphs of more than
+    :attr:`chunk_above_edges` edges are evaluated in receiver blocks
+    (:mod:`neuralmd.models.blocks`), as PaiNN's.
     """
+
+    #: edges per block of receivers for graphs of more than ``chunk_above_edges`` edges (None:
+    #: never); PaiNN's measured setting
+    edges_per_chunk: int | None = 8192
+    chunk_above_edges: int = 32768
 
     def __init__(self, num_species: int, features: int = 64, interactions: int = 2,
                  cutoff: float = 5.0, num_basis: int = 16) -> None:
@@ -207,8 +225,10 @@ class TensorNet(nn.Module):
         r = torch.linalg.vector_norm(vectors, dim=-1)
         unit = vectors / r.unsqueeze(-1)
         rbf, env = self.basis(r), self.envelope(r)
-        x, z = self.embed(species, i, j, rbf, env, unit)
+        (i, j, rbf, env, unit), chunks = plan((i, j, rbf, env, unit), species.shape[0], self.edges_per_chunk,
+                                              self.chunk_above_edges)
+        x, z = self.embed(species, i, j, rbf, env, unit, chunks)
         for layer in self.layers:
-            x = layer(x, i, j, rbf, env)
+            x = layer(x, i, j, rbf, env, chunks)
         norms = self.out_norm(_square_norms(x).flatten(1))
         return self.readout(torch.cat([norms, z], -1)).squeeze(-1)

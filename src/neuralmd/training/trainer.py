@@ -63,9 +63,8 @@ class TrainConfig:
     #: (:func:`default_architecture`: TensorNet for molecules, PaiNN for periodic frames). On rMD17
     #: ethanol after 3 minutes on 2 threads (benchmarks/extrapolation_sweep.py) TensorNet's test
     #: force MAE was 10.1 meV/Å against PaiNN's 13.6-16.2 and its normal-mode scans were closer
-    #: to DFT; PaiNN's energy+forces call is 2-3x cheaper on a molecule and 4-6x on water boxes of
-    #: 192-1,536 atoms, with 5x less memory (TensorNet's per-edge 3x3 tensors; 22 GB for 12,288
-    #: atoms against PaiNN's 1.7, whose receiver blocks keep large boxes linear:
+    #: to DFT; PaiNN's energy+forces call is 2-3x cheaper on a molecule and 3x on water boxes of
+    #: 192-12,288 atoms, with less than half the memory (TensorNet's per-edge 3x3 tensors;
     #: benchmarks/network_cost.py), and it is what benchmarks/water.py measured
     architecture: str = "auto"
     #: short-range repulsion added to the network: "zbl" or "none"; a Δ-learning model
