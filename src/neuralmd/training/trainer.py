@@ -213,14 +213,16 @@ def repulsion_spec(cfg: TrainConfig, train: FrameDataset) -> dict[str, Any]:
 
 
 def build_model(cfg: TrainConfig, train: FrameDataset) -> NeuralPotential:
-    """A fresh model with reference energies, shift and scale fitted to the training set."""
+    """A fresh model with reference energies, shift and scale fitted to the training set (the
+    architecture ``auto`` resolved by :func:`default_architecture`)."""
+    architecture = default_architecture(train) if cfg.architecture == "auto" else cfg.architecture
     elements = train.elements
     isolated = read_frames(cfg.isolated_atoms, require_labels=False) if cfg.isolated_atoms else None
     e0 = reference_energies(train.frames, elements, isolated, source=cfg.isolated_atoms)
     shift = train.mean_residual_per_atom(elements, e0)
     torch.manual_seed(cfg.seed)
     repulsion = None if cfg.repulsion == "none" or cfg.baseline else repulsion_spec(cfg, train)
-    model = NeuralPotential(elements, e0, scale=train.force_rms(), shift=shift, architecture=cfg.architecture,
+    model = NeuralPotential(elements, e0, scale=train.force_rms(), shift=shift, architecture=architecture,
                             repulsion=repulsion, features=cfg.features, interactions=cfg.interactions,
                             cutoff=cfg.cutoff_A, num_basis=cfg.num_basis)
     return model.to(getattr(torch, cfg.dtype))
