@@ -298,6 +298,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=HERE / "results" / "binding.json")
     p.add_argument("--work-dir", type=Path, default=Path("/tmp/neuralmd-binding"))
     args = p.parse_args(argv)
+    os.environ["OPENMM_CPU_THREADS"] = str(args.threads)  # the in-process OpenMM runs (peer, mlmm) too
     args.work_dir.mkdir(parents=True, exist_ok=True)
     data: dict[str, Any] = json.loads(args.out.read_text()) if args.resume and args.out.exists() else {}
     data.update({"machine": ff.machine_info(), "threads": args.threads, "versions": versions(),
