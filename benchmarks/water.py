@@ -25,7 +25,8 @@ what is there; the work folder keeps models and MD runs between sessions):
 - ``physics``: neuralmd NVT at the data's density and NPT at 300 K and 1 bar for 64 and 512
   waters (``neuralmd md``, resumable), DeePMD NVT for 64 waters with the same protocol;
   densities, O-O/O-H/H-H RDFs (``neuralmd analyze``), self-diffusion with the Yeh-Hummer
-  correction, stability. The first ``--skip-ps`` are equilibration.
+  correction, stability. The first ``--skip-ps`` are equilibration; ``--physics-ensembles npt``
+  runs (or extends) only the NPT runs.
 """
 
 from __future__ import annotations
