@@ -69,9 +69,10 @@ class ActiveSettings:
     explore_barrier_kjmol: float = 20.0
     max_select: int = 20
     train_steps: int = 1000
-    #: the committee's network (neuralmd.models.neural.ARCHITECTURES); a warm start keeps the
-    #: network of the model it starts from
-    architecture: str = "auto"  # TrainConfig.architecture: TensorNet for molecules, PaiNN for periodic frames
+    #: the committee's network: "auto" (as TrainConfig.architecture: TensorNet for molecules,
+    #: PaiNN for periodic frames) or one of neuralmd.models.neural.ARCHITECTURES; a warm start
+    #: keeps the network of the model it starts from
+    architecture: str = "auto"
     features: int = 32
     interactions: int = 2
     cutoff_A: float = 5.0

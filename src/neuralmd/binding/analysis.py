@@ -45,8 +45,9 @@ def binding_report(run_dir: str | Path, skip_ns: float = 0.0, blocks: int = 0, b
     """ΔG°bind and its diagnostics for the binding run in ``run_dir`` (frames before ``skip_ns``
     dropped). Keys: ``dG_kjmol``, ``dG_err_kjmol``, ``converged``, ``reason``, ``recrossings``,
     ``curve`` ([ns, ΔG°]), ``pmf`` (z Å, W kJ/mol, zero on the unbound plateau), ``escaped``,
-    ``bound_z_A`` and ``unbound_z_A`` with their definitions, the funnel and its cross-section; with an ML/MM correction computed,
-    ``ml_mm_correction`` and ``dG_mlmm_kjmol`` ± ``dG_mlmm_err_kjmol``."""
+    ``bound_z_A`` and ``unbound_z_A`` with their definitions, the funnel and its cross-section;
+    with an ML/MM correction computed, ``ml_mm_correction`` and ``dG_mlmm_kjmol`` ±
+    ``dG_mlmm_err_kjmol``."""
     run_dir = Path(run_dir)
     settings, engine = load_settings(run_dir)
     funnel = settings.make_funnel()

@@ -365,8 +365,6 @@ class Trainer:
         self.is_main = self.rank == 0
         self.progress = progress and self.is_main
         self.train_data, self.valid_data = load_data(cfg)
-        if cfg.architecture == "auto":  # resolved once and stored in config.toml, as the batch size
-            cfg.architecture = default_architecture(self.train_data)
         if cfg.batch_size == 0:  # stored resolved in config.toml, so a resume uses the same
             per_rank = math.ceil(default_batch_size(self.train_data) / self.world)  # torchrun: a share per rank
             cfg.batch_size = per_rank * self.world
@@ -379,6 +377,7 @@ class Trainer:
         else:
             refuse_existing(self.run_dir, "a training run")
             self.model = warm_start(cfg, self.train_data) if cfg.init_model else build_model(cfg, self.train_data)
+            cfg.architecture = self.model.architecture  # "auto" or a warm start's network, stored as built
             if cfg.baseline:
                 from ..models.delta import baseline_from_spec, baseline_settings
 
