@@ -113,7 +113,7 @@ def umbrella_window(args: argparse.Namespace, parts, settings, centre: float, st
     run = OpenMMRun(engine, None, OpenMMSystem(parts.topology, system, start_nm * unit.nanometer, parts.numbers))
     t0 = time.perf_counter()
     run.sample_positions(int(args.us_equil_ps * 500), every=500)
-    positions = run.sample_positions(int(args.us_ns * 500_000), every=500)  # one frame per ps
+    positions, _ = run.sample_positions(int(args.us_ns * 500_000), every=500)  # one frame per ps (implicit solvent)
     import torch
 
     with torch.no_grad():
@@ -206,7 +206,8 @@ def guest_frames(args: argparse.Namespace, path: Path) -> int:
     frames = []
     for funnel, start in ((settings.make_funnel(), positions_A(parts)),
                           (plateau_funnel(settings), guest_on_plateau(parts, settings))):
-        positions = sample_state(parts, engine, [FunnelTerm(funnel, frame)], start / 10.0, args.mlmm_frames * 500, 500)
+        positions, _ = sample_state(parts, engine, [FunnelTerm(funnel, frame)], start / 10.0, args.mlmm_frames * 500,
+                                    500)
         numbers = parts.numbers[settings.guest]
         frames += [Atoms(numbers=numbers, positions=x[settings.guest]) for x in positions]
     write(path, frames, format="extxyz")

@@ -20,6 +20,28 @@ def replica_positions(batch: AtomsBatch) -> torch.Tensor:
     return batch.positions.view(batch.n_systems, n, 3)
 
 
+def replica_cells(batch: AtomsBatch) -> torch.Tensor | None:
+    """The cells (B, 3, 3) Å of a batch whose replicas are periodic, None if none is."""
+    return batch.cell if bool(batch.pbc.any()) else None
+
+
+def minimum_image(d: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+    """Displacements ``d`` (B, ..., 3) Å of replicas in cells (B, 3, 3) (rows lattice vectors)
+    wrapped by rounding their fractional coordinates: the nearest image in an orthorhombic cell
+    (in a triclinic one, for displacements shorter than half the cell's shortest height)."""
+    flat = d.reshape(d.shape[0], -1, 3)
+    frac = torch.linalg.solve(cell.transpose(1, 2), flat.transpose(1, 2)).transpose(1, 2)
+    return torch.bmm(frac - torch.round(frac), cell).reshape(d.shape)
+
+
+def displacement(a: torch.Tensor, b: torch.Tensor, cell: torch.Tensor | None = None) -> torch.Tensor:
+    """b - a (B, ..., 3) Å, the minimum image where ``cell`` (B, 3, 3) is given."""
+    d = b - a
+    if cell is None:
+        return d
+    return minimum_image(d, cell)
+
+
 def angles(x: torch.Tensor, triplets: torch.Tensor) -> torch.Tensor:
     """Angles i-j-k at j (rad) of positions (B, n, 3) for index rows (k, 3): (B, k)."""
     a = x[:, triplets[:, 0]] - x[:, triplets[:, 1]]

@@ -9,8 +9,10 @@ from tests.conftest import shared_file
 CB7 = shared_file("cb7_b2/complex-vacuum.prmtop").parent
 
 
-def cb7_complex(constraints: str = "HBonds") -> tuple[OpenMMSystem, ComplexInput]:
-    """The complex in OBC2 at 300 K (host CUC, guest B2) and the input that names it."""
-    spec = ComplexInput(prmtop=str(CB7 / "complex-vacuum.prmtop"), inpcrd=str(CB7 / "complex-vacuum.inpcrd"),
-                        host="CUC", guest="B2")
+def cb7_complex(constraints: str = "HBonds", solvent: str = "obc2") -> tuple[OpenMMSystem, ComplexInput]:
+    """The complex in OBC2 (or ``solvent``: explicit, the TIP3P box) at 300 K (host CUC, guest
+    B2) and the input that names it."""
+    files = "complex-explicit" if solvent == "explicit" else "complex-vacuum"
+    spec = ComplexInput(prmtop=str(CB7 / f"{files}.prmtop"), inpcrd=str(CB7 / f"{files}.inpcrd"), host="CUC", guest="B2",
+                        solvent=solvent)
     return load_complex(spec, 300.0, constraints=constraints), spec

@@ -13,15 +13,15 @@ from openmm import unit
 from neuralmd.binding.analysis import binding_report
 from neuralmd.binding.learned import (BindingCV, BindingDescriptors, descriptor_groups, load_binding_cv,
                                       mlp_expression)
-from neuralmd.binding.runs import resume_binding, start_binding
-from neuralmd.binding.system import host_axis, host_guest, positions_A
+from neuralmd.binding.runs import CLASH_A, build_settings, guest_on_plateau, resume_binding, start_binding
+from neuralmd.binding.system import (ComplexInput, box_A, host_axis, host_guest, positions_A, water_molecules,
+                                     water_oxygens)
+from neuralmd.geometry import minimum_image
 from neuralmd.errors import InputError
 from neuralmd.sampling.learned import CVNetwork, Normalise, mlp
 from tests.binding.test_runs import FUNNEL, toy_engine, toy_settings
 from tests.binding.toy import exact_binding_dG, toy_complex
 from tests.binding.cb7 import cb7_complex
-
-
 
 @pytest.fixture(scope="module")
 def cb7_groups():
@@ -112,3 +112,118 @@ def test_opes_on_the_learned_cv_drives_binding_and_unbinding_and_recovers_the_bi
     assert abs(report["dG_kjmol"] - exact) < max(3 * report["dG_err_kjmol"], 4.0), (report["dG_kjmol"], exact)
     resumed = resume_binding(tmp_path / "run")  # the learned CV comes back from the run directory
     assert resumed.step == 1_000_000
+
+
+@pytest.fixture(scope="module")
+def cb7_explicit():
+    parts, spec = cb7_complex(solvent="explicit")
+    host, guest = host_guest(parts.topology, spec)
+    pos = positions_A(parts)
+    anchor, _ = host_axis(pos, host, guest)
+    return parts, descriptor_groups(pos, parts.numbers, host, anchor, guest, water_oxygens(parts)), pos
+
+
+def _openmm_periodic(force: openmm.Force, x: np.ndarray, cell: np.ndarray) -> tuple[float, np.ndarray]:
+    system = openmm.System()
+    for _ in range(len(x)):
+        system.addParticle(1.0)
+    system.setDefaultPeriodicBoxVectors(*(openmm.Vec3(*row) / 10.0 for row in cell))
+    system.addForce(force)
+    context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+    context.setPositions(x / 10.0)
+    state = context.getState(getEnergy=True, getForces=True)
+    return (state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole),
+            state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.angstrom))
+
+
+def test_explicit_solvent_water_descriptors_use_minimum_images_and_equal_openmm(cb7_explicit):
+    """The guest's and the site's water coordinations (explicit CB7–B2, TIP3P box) do not change
+    when whole waters jump by lattice vectors, and their OpenMM twins (periodic) give the same
+    values and forces; the learned CV over all seven descriptors does too."""
+    parts, groups, pos = cb7_explicit
+    cell = box_A(parts)
+    descriptors = BindingDescriptors(**groups).double()
+    assert descriptors.names[-2:] == ["guest_water", "site_water"] and len(groups["water"]) > 1000
+    x = pos.copy()
+    jumped = x.copy()
+    for k, w in enumerate(water_molecules(parts)):
+        jumped[w] += cell[k % 3] * (1 if k % 2 else -1)  # a third of the waters by a, b or c, either way
+    ct = torch.as_tensor(cell)[None]
+    with torch.no_grad():
+        ref = descriptors(torch.as_tensor(x)[None], ct)[0]
+        np.testing.assert_allclose(descriptors(torch.as_tensor(jumped)[None], ct)[0].numpy(), ref.numpy(), atol=1e-9)
+    assert ref[-2] > 1.0, "water at the bound guest's ends, out of the portals"
+    xt = torch.as_tensor(jumped)[None].requires_grad_(True)
+    values = descriptors(xt, ct)[0]
+    forces = descriptors.openmm_forces()
+    for k in (5, 6):
+        energy, f = _openmm_periodic(forces[k], jumped, cell)
+        (grad,) = torch.autograd.grad(values[k], xt, retain_graph=True)
+        assert energy == pytest.approx(float(values[k].detach()), rel=1e-9, abs=1e-9), descriptors.names[k]
+        np.testing.assert_allclose(f, -grad[0].numpy(), atol=1e-7, err_msg=descriptors.names[k])
+    cv = BindingCV(descriptors, _random_network(len(descriptors.names)), "deep_lda", names=["lda"])
+    energy, f = _openmm_periodic(cv.openmm_force(), jumped, cell)
+    s = cv(xt, ct)[0, 0]
+    (grad,) = torch.autograd.grad(s, xt)
+    assert energy == pytest.approx(float(s.detach()), rel=1e-9, abs=1e-9)
+    np.testing.assert_allclose(f, -grad[0].numpy(), atol=1e-7)
+    with pytest.raises(InputError, match="periodic cell"):
+        descriptors(torch.as_tensor(x)[None])
+    with pytest.raises(InputError, match="twice their cutoff"):
+        descriptors(torch.as_tensor(x)[None], ct * 0.35)
+
+
+def test_explicit_solvent_guest_on_the_plateau_swaps_places_with_the_waters_it_lands_on(cb7_explicit):
+    """Moving the guest out into the solvent moves the waters there into the cavity it left: no
+    water oxygen within the clash distance of the guest, the site's water coordination rises,
+    and the complex relaxes to a finite energy."""
+    parts, groups, pos = cb7_explicit
+    settings = build_settings(parts, ComplexInput(prmtop="x", inpcrd="x", host="CUC", guest="B2"))
+    out = guest_on_plateau(parts, settings)
+    cell = box_A(parts)
+    ct = torch.as_tensor(cell)[None]
+    oxygens = torch.as_tensor(out[groups["water"]])
+    d = minimum_image((oxygens[:, None] - torch.as_tensor(out[groups["guest"]])[None])[None], ct)[0]
+    assert float(torch.linalg.vector_norm(d, dim=-1).min()) >= CLASH_A
+    moved = np.flatnonzero(np.abs(out - pos).max(1) > 1e-9)
+    assert set(groups["guest"]) < set(moved.tolist()) and len(moved) > len(groups["guest"])
+    descriptors = BindingDescriptors(**groups).double()
+    with torch.no_grad():
+        before, after = (descriptors(torch.as_tensor(p)[None], ct)[0] for p in (pos, out))
+    assert after[-1] > before[-1] + 1.0, (before[-1], after[-1])  # water in the cavity
+    context = openmm.Context(parts.system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("CPU"),
+                             {"Threads": "1"})
+    context.setPositions(out / 10.0)
+    openmm.LocalEnergyMinimizer.minimize(context, maxIterations=200)
+    energy = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+    assert np.isfinite(energy) and energy < 0
+
+
+def test_learned_cv_in_explicit_solvent_end_to_end(tmp_path, cb7_explicit):
+    """A binding run of CB7–B2 in its TIP3P box (PME, Monte Carlo barostat) with the learned CV:
+    trained from short runs in both states on all seven descriptors, the colvar records the CV
+    OpenMM biases (torch with the frame's box equals the OpenMM twin in the periodic context),
+    and the trajectory carries the changing box."""
+    from neuralmd.md.openmm_engine import OpenMMSettings
+    from neuralmd.md.reporters import read_h5md
+    from neuralmd.sampling.colvar import read_colvar
+
+    parts, spec = cb7_complex(solvent="explicit")
+    settings = build_settings(parts, spec, cv="learned", sigma=0.0, cv_train_ps=0.4, pace=50)
+    engine = OpenMMSettings(temperature_K=300.0, timestep_fs=2.0, report_every=50, checkpoint_every=1000,
+                            platform="CPU")
+    run = start_binding(parts, settings, engine, tmp_path / "run")
+    run.run(300)
+    cv = load_binding_cv(tmp_path / "run" / "cv")
+    assert cv.descriptors.names[-2:] == ["guest_water", "site_water"]
+    frames = read_h5md(tmp_path / "run" / "traj_000.h5md")
+    colvar = read_colvar(tmp_path / "run" / "colvar.csv")
+    assert len(frames) == len(colvar["step"]) == 7 and all(f.pbc.all() for f in frames)
+    volumes = [f.get_volume() for f in frames]
+    assert volumes[0] != volumes[-1]  # the barostat moved the box (every 25 steps)
+    last = frames[-1]
+    with torch.no_grad():
+        value = float(cv(torch.as_tensor(last.positions)[None], torch.as_tensor(last.cell.array)[None])[0, 0])
+    assert colvar["lda"][-1] == pytest.approx(value, abs=1e-6)
+    energy, _ = _openmm_periodic(cv.openmm_force(), last.positions, last.cell.array)
+    assert energy == pytest.approx(value, abs=1e-6)

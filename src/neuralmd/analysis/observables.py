@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..geometry import minimum_image
 from ..units import AMU_PER_A3_IN_G_PER_CM3
 from .blocking import mean_error
 
@@ -132,10 +133,7 @@ def soft_rdf_frames(positions: torch.Tensor, cell: torch.Tensor, index_a: torch.
     (minimum image; ``r`` must stay below half the box) contributes a Gaussian of width
     ``sigma_A`` instead of a histogram count, normalised as InterRDF normalises:
     g(r) = V/(N_A N_B) · n(r) / (4πr²), with V the frame's own volume (NPT frames differ)."""
-    frac = torch.linalg.solve(cell.transpose(1, 2), positions.transpose(1, 2)).transpose(1, 2)  # (T, N, 3)
-    d = frac[:, index_a].unsqueeze(2) - frac[:, index_b].unsqueeze(1)
-    d = d - torch.round(d)
-    vec = torch.einsum("tabi,tij->tabj", d, cell)
+    vec = minimum_image(positions[:, index_a].unsqueeze(2) - positions[:, index_b].unsqueeze(1), cell)  # (T, A, B, 3)
     dist = torch.sqrt(vec.pow(2).sum(-1) + 1e-12)  # (T, A, B)
     same = index_a.unsqueeze(1) == index_b.unsqueeze(0)
     weights = (~same).to(dist.dtype)

@@ -106,7 +106,7 @@ class AxialPosition(ScalarHostGuestCV):
 
     variable = "z"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cell: torch.Tensor | None = None) -> torch.Tensor:
         return self.coordinates(x)[0].unsqueeze(-1)
 
 
@@ -115,7 +115,7 @@ class RadialDistance(ScalarHostGuestCV):
 
     variable = "rho"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cell: torch.Tensor | None = None) -> torch.Tensor:
         return self.coordinates(x)[1].unsqueeze(-1)
 
 
@@ -124,7 +124,7 @@ class CentroidDistance(ScalarHostGuestCV):
 
     variable = "d"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cell: torch.Tensor | None = None) -> torch.Tensor:
         r, _ = self.frame(x)
         return torch.linalg.vector_norm(r, dim=-1, keepdim=True)
 

@@ -25,6 +25,7 @@ from ..errors import InputError
 from ..io_utils import atomic_write_text
 from ..md.openmm_engine import FixedTerm, OpenMMRun, OpenMMSettings, OpenMMSystem
 from ..md.start import claim
+from ..geometry import minimum_image
 from ..units import NM_IN_A
 from ..rundir import (BIND_INPUT, BIND_SETTINGS, COLVAR, GUEST_MODEL, LEARNED_CV, MD_SETTINGS, SYSTEM_XML, TOPOLOGY,
                       refuse_existing, require_existing)
@@ -35,7 +36,8 @@ from ..sampling.openmm_bias import GridBias
 from ..models.neural import load_potential
 from .mlmm import MLGuestTerm
 from .funnel import AxialPosition, CentroidDistance, Funnel, HostGuestCV, RadialDistance
-from .system import ComplexInput, fitted_funnel, host_axis, host_guest, positions_A
+from .system import (ComplexInput, box_A, fitted_funnel, host_axis, host_guest, positions_A, water_molecules,
+                     water_oxygens)
 
 #: the learned CV's kernel width: a twentieth of the way from the bound to the unbound state
 #: (Deep-LDA flattens the CV inside each state, so their own spread would give needle kernels)
@@ -237,7 +239,8 @@ def train_learned_cv(parts: OpenMMSystem, settings: BindSettings, engine: OpenMM
     from .learned import descriptor_groups, sample_state, train_binding_cv
 
     positions = positions_A(parts)
-    groups = descriptor_groups(positions, parts.numbers, settings.host, settings.anchor, settings.guest)
+    groups = descriptor_groups(positions, parts.numbers, settings.host, settings.anchor, settings.guest,
+                               water_oxygens(parts))
     frame = settings.frame_cv(AxialPosition)
     steps = int(round(settings.cv_train_ps * 1000 / engine.timestep_fs))
     every = max(1, steps // 400)
@@ -245,12 +248,15 @@ def train_learned_cv(parts: OpenMMSystem, settings: BindSettings, engine: OpenMM
         Console(stderr=True).print(f"learned CV: {settings.cv_train_ps} ps of unbiased MD in the bound and in the "
                                    f"unbound state, then {settings.cv_method}")
 
-    def sample(funnel: Funnel, start_A: np.ndarray, n_steps: int) -> np.ndarray:
-        return sample_state(parts, engine, [FunnelTerm(funnel, frame)], start_A / NM_IN_A, n_steps, every)
+    def sample(funnel: Funnel, start_A: np.ndarray, n_steps: int, minimise: bool = False
+               ) -> tuple[np.ndarray, np.ndarray | None]:
+        return sample_state(parts, engine, [FunnelTerm(funnel, frame)], start_A / NM_IN_A, n_steps, every, minimise)
 
-    bound = np.concatenate([sample(settings.make_funnel(), positions, steps // 2),
-                            sample(far_end_funnel(settings), positions, steps - steps // 2)])
-    unbound = sample(plateau_funnel(settings), guest_on_plateau(parts, settings), steps)
+    pose, far_end = sample(settings.make_funnel(), positions, steps // 2), sample(far_end_funnel(settings), positions,
+                                                                                 steps - steps // 2)
+    bound = (np.concatenate([pose[0], far_end[0]]), None if pose[1] is None else np.concatenate([pose[1], far_end[1]]))
+    unbound = sample(plateau_funnel(settings), guest_on_plateau(parts, settings), steps,
+                     minimise=bool(groups.get("water")))  # explicit solvent: the guest swapped places with waters
     cv, stats = train_binding_cv(bound, unbound, groups, settings.cv_method, seed=engine.seed)
     settings.cv_range = [stats["bound_mean"] - 1.0, stats["unbound_mean"] + 1.0]  # the states are one unit apart
     if settings.sigma == 0:
@@ -285,13 +291,30 @@ def bound_funnel(settings: BindSettings) -> Funnel:
                                switch_z_A=min(funnel.switch_z_A, settings.bound_z_A - 0.5))
 
 
+#: explicit solvent: waters closer than this (Å, oxygen to any guest atom) to the guest moved
+#: onto the plateau swap places with it
+CLASH_A = 3.0
+
+
 def guest_on_plateau(parts: OpenMMSystem, settings: BindSettings) -> np.ndarray:
     """The starting positions (Å) with the guest's centroid moved onto the axis at the middle of
-    the unbound plateau."""
+    the unbound plateau. In explicit solvent the waters it lands on (oxygen within
+    :data:`CLASH_A` of a guest atom, minimum image) move by the opposite shift into the place
+    it left, so the solvent keeps its density (a minimisation then relaxes the seams)."""
     positions = positions_A(parts)
     r, u = (v[0].numpy() for v in settings.frame_cv(AxialPosition).frame(torch.as_tensor(positions)[None]))
+    shift = float(np.mean(settings.unbound_z_A)) * u - r
     out = positions.copy()
-    out[settings.guest] += float(np.mean(settings.unbound_z_A)) * u - r
+    out[settings.guest] += shift
+    waters = water_molecules(parts)
+    if waters:
+        cell = torch.as_tensor(box_A(parts))[None]
+        oxygens = torch.as_tensor(out[[w[0] for w in waters]])
+        d = minimum_image((oxygens[:, None] - torch.as_tensor(out[settings.guest])[None])[None], cell)[0]
+        nearest = torch.linalg.vector_norm(d, dim=-1).argmin(1)
+        for k in np.flatnonzero(torch.linalg.vector_norm(d, dim=-1).min(1).values.numpy() < CLASH_A):
+            image = out[settings.guest][int(nearest[k])] + d[k, int(nearest[k])].numpy()  # the oxygen's nearest image
+            out[waters[k]] += image - out[waters[k][0]] - shift
     return out
 
 

@@ -147,6 +147,31 @@ def host_guest(topology: app.Topology, spec: ComplexInput) -> tuple[list[int], l
     return host, guest
 
 
+def water_molecules(parts: OpenMMSystem) -> list[list[int]]:
+    """The water molecules (residues of one oxygen and two hydrogens, oxygen first; TIP4P's
+    virtual site last) of a periodic (explicit-solvent) system; none in implicit solvent."""
+    if not parts.system.usesPeriodicBoundaryConditions():
+        return []
+    out = []
+    for residue in parts.topology.residues():
+        atoms = list(residue.atoms())
+        elements = sorted(a.element.symbol for a in atoms if a.element is not None)
+        if len(atoms) in (3, 4) and elements == ["H", "H", "O"]:  # TIP3P/SPC, or TIP4P with its virtual site
+            order = {"O": 0, "H": 1}
+            out.append([a.index for a in sorted(atoms, key=lambda a: order.get(getattr(a.element, "symbol", ""), 2))])
+    return out
+
+
+def water_oxygens(parts: OpenMMSystem) -> list[int]:
+    """The water oxygens of :func:`water_molecules`."""
+    return [w[0] for w in water_molecules(parts)]
+
+
+def box_A(parts: OpenMMSystem) -> np.ndarray:
+    """The System's default periodic box (3, 3) Å, rows the box vectors."""
+    return np.array([v.value_in_unit(unit.nanometer) for v in parts.system.getDefaultPeriodicBoxVectors()]) * NM_IN_A
+
+
 def positions_A(parts: OpenMMSystem) -> np.ndarray:
     """The system's starting positions (n, 3) in Å."""
     pos = parts.positions.value_in_unit(unit.nanometer) if unit.is_quantity(parts.positions) else parts.positions

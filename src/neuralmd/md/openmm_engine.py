@@ -182,6 +182,7 @@ class OpenMMRun(MDRun):
         parts = system or OpenMMSystem.from_settings(settings)
         self.numbers = parts.numbers
         self.template = system_template(parts.system, self.numbers, settings.walkers)
+        self.periodic = parts.system.usesPeriodicBoundaryConditions()
         self.terms = list(terms)
         for term in self.terms:
             term.add_to(parts.system)
@@ -224,17 +225,22 @@ class OpenMMRun(MDRun):
         self._step += steps
 
     def current_state(self) -> MDState:
-        """The current state as an MDState (positions Å, velocities in ASE units, energy eV
-        including the biases, degrees of freedom net of constraints)."""
-        pos, vel, energy = [], [], []
+        """The current state as an MDState (positions Å, unwrapped as OpenMM keeps them;
+        velocities in ASE units, energy eV including the biases, degrees of freedom net of
+        constraints; a periodic System's boxes as the cells, Å)."""
+        pos, vel, energy, box = [], [], [], []
         for simulation in self.simulations:
             s = simulation.context.getState(getPositions=True, getVelocities=True, getEnergy=True)
             pos.append(np.asarray(s.getPositions(asNumpy=True).value_in_unit(unit.nanometer)) * NM_IN_A)
             vel.append(np.asarray(s.getVelocities(asNumpy=True).value_in_unit(unit.nanometer / unit.picosecond)) * NM_IN_A)
             energy.append(s.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole) / EV_IN_KJMOL)
+            box.append(np.asarray(s.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer)) * NM_IN_A)
         batch = self.template.replace(positions=torch.as_tensor(np.concatenate(pos), dtype=torch.float64),
                                       velocities=torch.as_tensor(np.concatenate(vel) / VELOCITY_TO_A_PER_PS,
                                                                  dtype=torch.float64))
+        if self.periodic:
+            batch = batch.replace(cell=torch.as_tensor(np.array(box), dtype=torch.float64),
+                                  pbc=torch.ones(len(box), 3, dtype=torch.bool))
         return MDState(batch, None, torch.tensor(energy, dtype=torch.float64), self._step, self.dof)
 
     def _problem(self, state: MDState) -> str | None:
@@ -249,16 +255,18 @@ class OpenMMRun(MDRun):
     def _results(self) -> dict[str, Any]:
         return {"platform": self.settings.platform}
 
-    def sample_positions(self, steps: int, every: int = 10) -> np.ndarray:
+    def sample_positions(self, steps: int, every: int = 10) -> tuple[np.ndarray, np.ndarray | None]:
         """Run ``steps`` steps of the first walker without reports or updates (a probe before
         step 0: nothing is written and the step count stays) and return its positions (n, N, 3)
-        Å every ``every`` steps."""
-        positions = []
+        Å every ``every`` steps, and its cells (n, 3, 3) Å (None if the System is not periodic)."""
+        positions, cells = [], []
         n = len(self.numbers)
         for _ in range(steps // every):
             self.simulation.step(every)
-            positions.append(self.current_state().batch.positions[:n].numpy().copy())
-        return np.array(positions)
+            batch = self.current_state().batch
+            positions.append(batch.positions[:n].numpy().copy())
+            cells.append(batch.cell[0].numpy().copy())
+        return np.array(positions), (np.array(cells) if self.periodic else None)
 
     # --- checkpoints -----------------------------------------------------------------------
     def _checkpoint_payload(self) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from torch import nn
 from ..errors import InputError
 from ..state import AtomsBatch
 from ..units import KJMOL, kT_eV
-from ..geometry import replica_positions
+from ..geometry import replica_cells, replica_positions
 from .cvs import CV
 
 class Bias(nn.Module):
@@ -54,7 +54,7 @@ class Bias(nn.Module):
         self.cv.check_atoms(n_atoms)
 
     def cv_values(self, batch: AtomsBatch) -> torch.Tensor:
-        return self.cv(replica_positions(batch)).to(torch.float64)
+        return self.cv(replica_positions(batch), replica_cells(batch)).to(torch.float64)
 
     def delta(self, s: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
         """s (B, d) - centres (K, d) -> (B, K, d), wrapped where the CV is periodic."""

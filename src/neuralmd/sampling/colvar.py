@@ -17,7 +17,7 @@ from ..errors import InputError
 from ..md.reporters import CsvReporter
 from ..units import EV_IN_KJMOL
 from .biases import Bias
-from ..geometry import replica_positions
+from ..geometry import replica_cells, replica_positions
 from .cvs import CV
 
 
@@ -39,11 +39,13 @@ class ColvarReporter(CsvReporter):
     def rows(self, run, state) -> list[list]:
         with torch.no_grad():
             x = replica_positions(state.batch).to(torch.float64)
-            s = self.cv(x).to(torch.float64)
+            cell = replica_cells(state.batch)
+            cell = None if cell is None else cell.to(torch.float64)
+            s = self.cv(x, cell).to(torch.float64)
             if self.bias is None:
                 v = torch.zeros(len(s), dtype=torch.float64)
             else:  # the recorded CV need not be the biased one
-                v = self.bias.energy_of_cv(s if self.bias.cv is self.cv else self.bias.cv(x).to(torch.float64))
+                v = self.bias.energy_of_cv(s if self.bias.cv is self.cv else self.bias.cv(x, cell).to(torch.float64))
         t = run.time_ps(state.step)
         return [[state.step, f"{t:.6f}", b, *(f"{x:.8g}" for x in row), f"{bias * EV_IN_KJMOL:.8g}"]
                 for b, (row, bias) in enumerate(zip(s.numpy(), v.numpy()))]

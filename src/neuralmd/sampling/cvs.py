@@ -1,7 +1,9 @@
 """Collective variables: differentiable torch modules from positions to CV values.
 
 A CV module maps positions of shape (B, n, 3) in Å (B replicas of the same n-atom system) to
-values of shape (B, d). Atom indices are 0-based within one system. Distances are in Å, angles
+values of shape (B, d); a periodic system passes its cells (B, 3, 3) Å (rows lattice vectors)
+as well, which CVs between molecules use for the minimum image (positions are never wrapped,
+so a molecule stays whole). Atom indices are 0-based within one system. Distances are in Å, angles
 and torsions in radians. Modules compose: :class:`Stack` concatenates CVs, and any torch
 module after them (a learned network) makes a new CV.
 """
@@ -15,12 +17,13 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from ..geometry import angles, dihedrals
+from ..geometry import angles, dihedrals, displacement
 
 
 class CV(nn.Module):
-    """Base class: ``forward(positions (B, n, 3)) -> (B, dim)``; ``names`` (a list of str set by
-    each subclass) label the outputs. CV modules compile with ``torch.jit.script``."""
+    """Base class: ``forward(positions (B, n, 3), cell (B, 3, 3) or None) -> (B, dim)``;
+    ``names`` (a list of str set by each subclass) label the outputs. CV modules compile with
+    ``torch.jit.script``."""
 
     __jit_unused_properties__ = ["dim", "periods"]  # noqa: RUF012 (TorchScript's own hook)
 
@@ -41,15 +44,15 @@ class CV(nn.Module):
 
 
 class Distance(CV):
-    """|x_j - x_i| in Å."""
+    """|x_j - x_i| in Å (the minimum image in a periodic cell)."""
 
     def __init__(self, i: int, j: int) -> None:
         super().__init__()
         self.register_buffer("idx", torch.tensor([i, j]))
         self.names = [f"d{i}-{j}"]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.linalg.vector_norm(x[:, self.idx[1]] - x[:, self.idx[0]], dim=-1, keepdim=True)
+    def forward(self, x: torch.Tensor, cell: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.linalg.vector_norm(displacement(x[:, self.idx[0]], x[:, self.idx[1]], cell), dim=-1, keepdim=True)
 
 
 class Angle(CV):
@@ -60,7 +63,7 @@ class Angle(CV):
         self.register_buffer("idx", torch.tensor([i, j, k]))
         self.names = [f"a{i}-{j}-{k}"]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cell: torch.Tensor | None = None) -> torch.Tensor:
         return angles(x, self.idx.view(1, 3))
 
 
@@ -76,12 +79,13 @@ class Torsion(CV):
     def periods(self) -> list[float]:
         return [2 * math.pi]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cell: torch.Tensor | None = None) -> torch.Tensor:
         return dihedrals(x, self.idx.view(1, 4))
 
 
 class PairwiseDistances(CV):
-    """All distances between the given atoms (i < j), in Å: the usual descriptor set of learned CVs."""
+    """All distances between the given atoms (i < j), in Å (minimum images in a periodic cell):
+    the usual descriptor set of learned CVs."""
 
     def __init__(self, atoms: Sequence[int]) -> None:
         super().__init__()
@@ -93,8 +97,8 @@ class PairwiseDistances(CV):
         self.register_buffer("pairs", torch.tensor(pairs))
         self.names = [f"d{a}-{b}" for a, b in pairs]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.linalg.vector_norm(x[:, self.pairs[:, 1]] - x[:, self.pairs[:, 0]], dim=-1)
+    def forward(self, x: torch.Tensor, cell: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.linalg.vector_norm(displacement(x[:, self.pairs[:, 0]], x[:, self.pairs[:, 1]], cell), dim=-1)
 
 
 class Position(CV):
@@ -106,7 +110,7 @@ class Position(CV):
         self.register_buffer("axes", torch.tensor(list(axes)))
         self.names = [f"{'xyz'[a]}{atom}" for a in axes]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cell: torch.Tensor | None = None) -> torch.Tensor:
         return x[:, self.atom][:, self.axes]
 
 
@@ -122,5 +126,5 @@ class Stack(CV):
     def periods(self) -> list[float]:
         return [p for cv in self.cvs for p in cv.periods]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([cv(x) for cv in self.cvs], dim=-1)
+    def forward(self, x: torch.Tensor, cell: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.cat([cv(x, cell) for cv in self.cvs], dim=-1)

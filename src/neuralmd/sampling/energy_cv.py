@@ -122,7 +122,7 @@ class PotentialEnergy(CV):
         state["_context"] = None  # an OpenMM Context does not pickle; it is rebuilt on first use
         return state
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cell: torch.Tensor | None = None) -> torch.Tensor:
         return _Energy.apply(x, self)
 
 

@@ -40,14 +40,15 @@ MAX_BIAS_OMEGA_DT = 0.15
 
 
 def bias_omega_per_fs(cv: CV, positions: np.ndarray, masses: np.ndarray, sigma: list[float],
-                      temperature_K: float) -> float:
+                      temperature_K: float, cells: np.ndarray | None = None) -> float:
     """Angular frequency (1/fs) of the stiffest motion a kernel bias of widths ``sigma`` along
     ``cv`` imposes on frames ``positions`` (n, N, 3) Å, 99th percentile over the frames:
     ω² = k_BT Σ_k Σ_i |∂s_k/∂x_i|² / (σ_k² m_i), since an OPES (or well-tempered) bias curves
-    by about k_BT/σ² along the CV where its kernel estimate is resolved. ``masses`` in amu."""
+    by about k_BT/σ² along the CV where its kernel estimate is resolved. ``masses`` in amu;
+    ``cells`` (n, 3, 3) Å for a periodic system."""
     x = torch.as_tensor(np.asarray(positions), dtype=torch.float64).requires_grad_(True)
     inv_mass = torch.as_tensor(np.where(masses > 0, 1.0 / np.maximum(masses, 1e-12), 0.0), dtype=torch.float64)
-    s = cv(x)
+    s = cv(x, None if cells is None else torch.as_tensor(np.asarray(cells), dtype=torch.float64))
     total = torch.zeros(len(x), dtype=torch.float64)
     for k in range(s.shape[1]):
         (grad,) = torch.autograd.grad(s[:, k].sum(), x, retain_graph=k + 1 < s.shape[1])
@@ -57,10 +58,11 @@ def bias_omega_per_fs(cv: CV, positions: np.ndarray, masses: np.ndarray, sigma: 
 
 
 def integrable_sigma(cv: CV, positions: np.ndarray, masses: np.ndarray, sigma: list[float], temperature_K: float,
-                     timestep_fs: float) -> list[float]:
-    """``sigma`` widened by one common factor until the bias's ω·Δt on ``positions`` is at most
-    :data:`MAX_BIAS_OMEGA_DT` (unchanged if it already is); warns when it widens."""
-    omega_dt = bias_omega_per_fs(cv, positions, masses, sigma, temperature_K) * timestep_fs
+                     timestep_fs: float, cells: np.ndarray | None = None) -> list[float]:
+    """``sigma`` widened by one common factor until the bias's ω·Δt on ``positions`` (in
+    ``cells``) is at most :data:`MAX_BIAS_OMEGA_DT` (unchanged if it already is); warns when it
+    widens."""
+    omega_dt = bias_omega_per_fs(cv, positions, masses, sigma, temperature_K, cells) * timestep_fs
     if omega_dt <= MAX_BIAS_OMEGA_DT:
         return list(sigma)
     wider = [float(v * omega_dt / MAX_BIAS_OMEGA_DT) for v in sigma]
@@ -71,11 +73,13 @@ def integrable_sigma(cv: CV, positions: np.ndarray, masses: np.ndarray, sigma: l
 
 
 def probe_sigma(cv: CV, values: np.ndarray, positions: np.ndarray, masses: np.ndarray, temperature_K: float,
-                timestep_fs: float) -> list[float]:
+                timestep_fs: float, cells: np.ndarray | None = None) -> list[float]:
     """The kernel widths ``sample`` chooses from an unbiased probe (CV ``values`` (n, d) at
-    ``positions`` (n, N, 3) Å): the CV's fluctuation (:func:`estimate_sigma`), widened by
-    :func:`integrable_sigma` where that bias would be too stiff for the timestep."""
-    return integrable_sigma(cv, positions, masses, estimate_sigma(values, cv.periods), temperature_K, timestep_fs)
+    ``positions`` (n, N, 3) Å, in ``cells`` (n, 3, 3) Å if periodic): the CV's fluctuation
+    (:func:`estimate_sigma`), widened by :func:`integrable_sigma` where that bias would be too
+    stiff for the timestep."""
+    return integrable_sigma(cv, positions, masses, estimate_sigma(values, cv.periods), temperature_K, timestep_fs,
+                            cells)
 
 
 def run_sigma(cv_spec: str, run_dir: str | Path, temperature_K: float, timestep_fs: float) -> tuple[list[float],
@@ -90,7 +94,8 @@ def run_sigma(cv_spec: str, run_dir: str | Path, temperature_K: float, timestep_
     frames = read_h5md(Path(run_dir) / "traj_000.h5md")
     cv = parse_cv(str(cv_spec), frames[0].numbers)
     positions = np.stack([f.positions for f in frames])
+    cells = np.stack([f.cell.array for f in frames]) if frames[0].pbc.any() else None
     with torch.no_grad():
-        values = cv(torch.as_tensor(positions)).numpy()
-    return (probe_sigma(cv, values, positions, frames[0].get_masses(), temperature_K, timestep_fs),
+        values = cv(torch.as_tensor(positions), None if cells is None else torch.as_tensor(cells)).numpy()
+    return (probe_sigma(cv, values, positions, frames[0].get_masses(), temperature_K, timestep_fs, cells),
             estimate_sigma(values, cv.periods))

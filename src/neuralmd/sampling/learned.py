@@ -75,8 +75,8 @@ class LearnedCV(CV):
         k = model.projection.shape[1]
         self.names = list(names) if names else [f"{method}_{i}" for i in range(k)]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        d = self.descriptors(x)
+    def forward(self, x: torch.Tensor, cell: torch.Tensor | None = None) -> torch.Tensor:
+        d = self.descriptors(x, cell)
         return self.model(d.to(self.model.projection.dtype)).to(x.dtype)
 
     def export(self, folder: str | Path, meta: dict | None = None) -> Path:

@@ -91,15 +91,20 @@ def _set_bias_state(bias: Bias, state: dict[str, Any]) -> None:
 
 class _CVComponent:
     """``PythonForce`` callback (picklable, as ``CustomCVForce`` requires): output ``component``
-    of ``cv`` as the 'energy' and minus its gradient per nm as the 'forces'."""
+    of ``cv`` as the 'energy' and minus its gradient per nm as the 'forces'; ``periodic``: the
+    CV is given the state's box."""
 
-    def __init__(self, cv: CV, component: int) -> None:
-        self.cv, self.component = cv, component
+    def __init__(self, cv: CV, component: int, periodic: bool = False) -> None:
+        self.cv, self.component, self.periodic = cv, component, periodic
 
     def __call__(self, state: openmm.State) -> tuple[float, np.ndarray]:
         pos = np.asarray(state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)) * NM_IN_A
         x = torch.as_tensor(pos, dtype=torch.float64).requires_grad_(True)
-        s = self.cv(x.unsqueeze(0))[0, self.component]
+        cell = None
+        if self.periodic:
+            box = np.asarray(state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer)) * NM_IN_A
+            cell = torch.as_tensor(box, dtype=torch.float64).unsqueeze(0)
+        s = self.cv(x.unsqueeze(0), cell)[0, self.component]
         (grad,) = torch.autograd.grad(s, x)
         return float(s.detach()), (-grad * NM_IN_A).numpy()
 
@@ -123,9 +128,11 @@ def cv_forces(cv: CV, system: openmm.System) -> list[openmm.Force]:
     elif isinstance(cv, Distance):
         force = openmm.CustomBondForce(f"{NM_IN_A}*r")
         force.addBond(*(int(i) for i in cv.idx), [])
+        force.setUsesPeriodicBoundaryConditions(system.usesPeriodicBoundaryConditions())  # as the CV's minimum image
     else:
-        callbacks = MLPDistanceCV.components(cv, system.getNumParticles()) or [_CVComponent(cv, k)
-                                                                                for k in range(cv.dim)]
+        periodic = system.usesPeriodicBoundaryConditions()
+        fast = None if periodic else MLPDistanceCV.components(cv, system.getNumParticles())  # no minimum image
+        callbacks = fast or [_CVComponent(cv, k, periodic) for k in range(cv.dim)]
         forces = [openmm.PythonForce(callback) for callback in callbacks]
         for k, f in enumerate(forces):
             f.setName(f"neuralmd-cv-{cv.names[k]}")

@@ -20,7 +20,7 @@ from ase import Atoms
 
 from ..config import load_config, save_config
 from ..errors import InputError
-from ..geometry import replica_positions
+from ..geometry import replica_cells, replica_positions
 from ..md import start as md_start
 from ..md.openmm_engine import OpenMMRun, OpenMMSettings, OpenMMSystem, pdb_numbers
 from ..md.run import MDRun
@@ -65,9 +65,10 @@ def start_openmm(settings: OpenMMSettings, bias_settings: BiasSettings, run_dir:
         needs_range = bias_settings.grid and not bias_settings.grid_ranges and min(cv.periods) == 0
         if not bias_settings.sigma or needs_range:
             probe = OpenMMRun(settings, None, parts)
-            positions = probe.sample_positions(bias_settings.probe_steps)
+            positions, cells = probe.sample_positions(bias_settings.probe_steps)
             with torch.no_grad():
-                values = cv(torch.as_tensor(positions, dtype=torch.float64)).numpy()
+                values = cv(torch.as_tensor(positions, dtype=torch.float64),
+                            None if cells is None else torch.as_tensor(cells)).numpy()
         if not bias_settings.sigma and bias_settings.bias == "opes-multithermal":  # not a kernel bias
             # the energy's spread sets the temperature ladder and the grid; a probe of a few ps
             # underestimates it (ala2: 7.4-8.0 kJ/mol against 12.6 by equipartition), which left
@@ -76,7 +77,7 @@ def start_openmm(settings: OpenMMSettings, bias_settings: BiasSettings, run_dir:
             bias_settings.sigma = [max(estimate_sigma(values, cv.periods)[0], floor)]
         elif not bias_settings.sigma:
             bias_settings.sigma = probe_sigma(cv, values, positions, probe.template.masses.numpy(),
-                                              settings.temperature_K, settings.timestep_fs)
+                                              settings.temperature_K, settings.timestep_fs, cells)
         bias = make_bias(bias_settings, cv, settings.temperature_K, bias_settings.sigma)
         if isinstance(bias, OPESMultithermal) and settings.timestep_fs > 1.0:
             warnings.warn(f"opes-multithermal at {settings.timestep_fs} fs: the energy-dependent force scale "
@@ -100,15 +101,18 @@ def native_bias(potential: Potential, batch: AtomsBatch, md_settings: MDSettings
         return None
     if not bias_settings.sigma:
         probe = Simulation(potential, batch, dataclasses.replace(md_settings))  # run() sets total_steps
-        values, positions = [], []
+        values, positions, cells = [], [], []
         for _ in range(bias_settings.probe_steps // 10):
-            pos = replica_positions(probe.run(10).batch).detach()
+            state = probe.run(10).batch
+            pos, cell = replica_positions(state).detach(), replica_cells(state)
             positions.append(pos.numpy().copy())
+            if cell is not None:
+                cells.append(cell.detach().numpy().copy())
             with torch.no_grad():
-                values.append(cv(pos).numpy())
+                values.append(cv(pos, cell).numpy())
         bias_settings.sigma = probe_sigma(cv, np.concatenate(values), np.concatenate(positions),
                                           batch.masses[batch.system == 0].numpy(), md_settings.temperature_K[0],
-                                          md_settings.timestep_fs)
+                                          md_settings.timestep_fs, np.concatenate(cells) if cells else None)
     return make_bias(bias_settings, cv, md_settings.temperature_K[0], bias_settings.sigma)
 
 

@@ -110,8 +110,8 @@ class ExportedCV(CV):
         """Pickled as its export folder (TorchScript modules do not pickle), for OpenMM."""
         return load_cv, self._source
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(self.descriptors(x).float()).to(x.dtype)
+    def forward(self, x: torch.Tensor, cell: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(self.descriptors(x, cell).float()).to(x.dtype)
 
 
 def load_cv(path: str | Path, numbers: np.ndarray) -> ExportedCV:
