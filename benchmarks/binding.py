@@ -17,6 +17,9 @@ Parts (``--only``, each resumable with ``--resume``; results saved part by part 
   labels (``neuralmd label``), a neuralmd model of the guest (``neuralmd train``), and the MM ->
   ML/MM correction to ΔG° of the distance-CV seed-0 run (``bind --ml-correction``'s code: λ
   windows in both states, MBAR, overlap).
+- ``explicit``: the learned-CV run (seed 0) of the complex in its TIP3P box (PME, Monte Carlo
+  barostat; the CV's descriptors gain the guest's and the site's water coordination), up to
+  ``--explicit-ns`` and continued by later calls: ns/day, ΔG° so far.
 - ``report``: ns to reach and stay within 4 kJ/mol of the peer (per run, medians per CV), and
   the results table.
 
@@ -52,18 +55,22 @@ def env(threads: int) -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "OPENMM_CPU_THREADS": str(threads)}
 
 
-def complex_args() -> list[str]:
-    return ["--prmtop", str(DATA / "complex-vacuum.prmtop"), "--inpcrd", str(DATA / "complex-vacuum.inpcrd"),
-            "--host-residue", "CUC", "--guest-residue", "B2", "--solvent", "obc2"]
+def complex_args(solvent: str = "obc2") -> list[str]:
+    """``neuralmd bind``'s input arguments: the complex in OBC2, or its TIP3P box (``explicit``)."""
+    files = "complex-explicit" if solvent == "explicit" else "complex-vacuum"
+    return ["--prmtop", str(DATA / f"{files}.prmtop"), "--inpcrd", str(DATA / f"{files}.inpcrd"),
+            "--host-residue", "CUC", "--guest-residue", "B2", "--solvent", solvent]
 
 
-def opes_run(args: argparse.Namespace, cv: str, seed: int) -> dict[str, Any]:
-    """One funnel OPES run (started or continued up to ``args.ns``) and its analysis."""
-    run = args.work_dir / f"opes-{cv}-{seed}"
+def opes_run(args: argparse.Namespace, cv: str, seed: int, solvent: str = "obc2") -> dict[str, Any]:
+    """One funnel OPES run (started or continued up to ``args.ns``, ``args.explicit_ns`` in
+    explicit solvent) and its analysis."""
+    run = args.work_dir / (f"opes-{cv}-{seed}" + ("-explicit" if solvent == "explicit" else ""))
+    ns = args.explicit_ns if solvent == "explicit" else args.ns
     if (run / "checkpoint.pt").exists():
-        cmd = [NEURALMD, "bind", "--resume", str(run), "--ns", str(args.ns)]
+        cmd = [NEURALMD, "bind", "--resume", str(run), "--ns", str(ns)]
     else:
-        cmd = [NEURALMD, "bind", *complex_args(), "--cv", cv, "--seed", str(seed), "--ns", str(args.ns),
+        cmd = [NEURALMD, "bind", *complex_args(solvent), "--cv", cv, "--seed", str(seed), "--ns", str(ns),
                "--temperature", str(TEMPERATURE_K), "--barrier-kjmol", str(args.barrier), "-o", str(run)]
     log(" ".join(cmd))
     subprocess.run(cmd, check=True, env=env(args.threads))
@@ -296,6 +303,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--mlmm-train-min", type=float, default=10.0, help="ML/MM: training minutes of the guest model")
     p.add_argument("--mlmm-ps", type=float, default=100.0, help="ML/MM: MD per λ window and state (ps)")
     p.add_argument("--seed-mlmm", type=int, default=0)
+    p.add_argument("--explicit-ns", type=float, default=2.0,
+                   help="explicit: ns of the TIP3P-box run (learned CV with the water descriptors, seed 0)")
     p.add_argument("--out", type=Path, default=HERE / "results" / "binding.json")
     p.add_argument("--work-dir", type=Path, default=Path("/tmp/neuralmd-binding"))
     args = p.parse_args(argv)
@@ -322,6 +331,13 @@ def main(argv: list[str] | None = None) -> None:
         save()
     if "mlmm" in parts:
         data["ml_mm_correction_kjmol"] = mlmm(args)
+        save()
+    if "explicit" in parts:
+        run = opes_run(args, "learned", 0, solvent="explicit")
+        data["explicit"] = {"ns": run["ns"], "ns_per_day": 86400.0 / run["wall_s_per_ns"], "dG_kjmol": run["dG_kjmol"],
+                            "dG_err_kjmol": run["dG_err_kjmol"], "cv": "learned", "seed": 0,
+                            "recrossings": run["recrossings"], "command": run["command"],
+                            **({"analysis": run["analysis"]} if "analysis" in run else {})}
         save()
     if "report" in parts:
         data["summary"] = report(data)
