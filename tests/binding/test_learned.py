@@ -32,10 +32,14 @@ def cb7_groups():
     return descriptor_groups(pos, parts.numbers, host, anchor, guest), pos
 
 
-def _openmm(force: openmm.Force, x: np.ndarray) -> tuple[float, np.ndarray]:
+def _openmm(force: openmm.Force, x: np.ndarray, cell: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+    """Energy (kJ/mol) and forces (kJ/mol/Å) of ``force`` alone at positions ``x`` (Å), in the
+    periodic box ``cell`` (Å) if given."""
     system = openmm.System()
     for _ in range(len(x)):
         system.addParticle(1.0)
+    if cell is not None:
+        system.setDefaultPeriodicBoxVectors(*(openmm.Vec3(*row) / 10.0 for row in cell))
     system.addForce(force)
     context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
     context.setPositions(x / 10.0)
@@ -123,19 +127,6 @@ def cb7_explicit():
     return parts, descriptor_groups(pos, parts.numbers, host, anchor, guest, water_oxygens(parts)), pos
 
 
-def _openmm_periodic(force: openmm.Force, x: np.ndarray, cell: np.ndarray) -> tuple[float, np.ndarray]:
-    system = openmm.System()
-    for _ in range(len(x)):
-        system.addParticle(1.0)
-    system.setDefaultPeriodicBoxVectors(*(openmm.Vec3(*row) / 10.0 for row in cell))
-    system.addForce(force)
-    context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
-    context.setPositions(x / 10.0)
-    state = context.getState(getEnergy=True, getForces=True)
-    return (state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole),
-            state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.angstrom))
-
-
 def test_explicit_solvent_water_descriptors_use_minimum_images_and_equal_openmm(cb7_explicit):
     """The guest's and the site's water coordinations (explicit CB7–B2, TIP3P box) do not change
     when whole waters jump by lattice vectors, and their OpenMM twins (periodic) give the same
@@ -157,12 +148,12 @@ def test_explicit_solvent_water_descriptors_use_minimum_images_and_equal_openmm(
     values = descriptors(xt, ct)[0]
     forces = descriptors.openmm_forces()
     for k in (5, 6):
-        energy, f = _openmm_periodic(forces[k], jumped, cell)
+        energy, f = _openmm(forces[k], jumped, cell)
         (grad,) = torch.autograd.grad(values[k], xt, retain_graph=True)
         assert energy == pytest.approx(float(values[k].detach()), rel=1e-9, abs=1e-9), descriptors.names[k]
         np.testing.assert_allclose(f, -grad[0].numpy(), atol=1e-7, err_msg=descriptors.names[k])
     cv = BindingCV(descriptors, _random_network(len(descriptors.names)), "deep_lda", names=["lda"])
-    energy, f = _openmm_periodic(cv.openmm_force(), jumped, cell)
+    energy, f = _openmm(cv.openmm_force(), jumped, cell)
     s = cv(xt, ct)[0, 0]
     (grad,) = torch.autograd.grad(s, xt)
     assert energy == pytest.approx(float(s.detach()), rel=1e-9, abs=1e-9)
@@ -225,5 +216,5 @@ def test_learned_cv_in_explicit_solvent_end_to_end(tmp_path, cb7_explicit):
     with torch.no_grad():
         value = float(cv(torch.as_tensor(last.positions)[None], torch.as_tensor(last.cell.array)[None])[0, 0])
     assert colvar["lda"][-1] == pytest.approx(value, abs=1e-6)
-    energy, _ = _openmm_periodic(cv.openmm_force(), last.positions, last.cell.array)
+    energy, _ = _openmm(cv.openmm_force(), last.positions, last.cell.array)
     assert energy == pytest.approx(value, abs=1e-6)
