@@ -71,9 +71,12 @@ def load_samples(run_dir: str | Path, cv: str | CV | None = None) -> Samples:
         n = min(len(f) for f in frames)
         frame_steps = np.array([a.info["step"] for a in frames[0][:n]])
         positions = np.stack([[a.positions for a in f[:n]] for f in frames], axis=1)  # (n, B, atoms, 3)
+        cells = None
+        if frames[0][0].pbc.any():
+            cells = torch.as_tensor(np.stack([[a.cell.array for a in f[:n]] for f in frames], axis=1).reshape(-1, 3, 3))
         with torch.no_grad():
             flat = torch.as_tensor(positions.reshape(-1, *positions.shape[2:]), dtype=torch.float64)
-            values = cv(flat).numpy().reshape(n * len(frames), -1)
+            values = cv(flat, cells).numpy().reshape(n * len(frames), -1)
         steps, replica = np.repeat(frame_steps, len(frames)), np.tile(np.arange(len(frames)), n)
         bias_kjmol = np.zeros(len(steps))
         walkers = len(frames)
