@@ -132,3 +132,19 @@ def test_analyze_refuses_bad_requests(water_run, tmp_path):
         result = runner.invoke(app, ["analyze", str(water_run), *args, "-o", str(tmp_path / "out")])
         assert isinstance(result.exception, InputError) and fragment in str(result.exception), (args, result.output)
     assert not (tmp_path / "out").exists()
+
+
+def test_cv_values_from_a_periodic_trajectory_use_minimum_images(water_run):
+    """A distance CV computed on a periodic run's frames (as ``cv train`` and ``fes`` read them)
+    is the minimum-image distance, as ASE's ``get_distance(mic=True)`` gives it."""
+    from neuralmd.md.reporters import read_h5md
+    from neuralmd.sampling.cvs import Distance
+    from neuralmd.sampling.samples import load_samples
+
+    frames = read_h5md(water_run / "traj_000.h5md")
+    oxygens = [i for i, z in enumerate(frames[0].numbers) if z == 8]
+    far = max(oxygens[1:], key=lambda j: frames[0].get_distance(oxygens[0], j))  # across the box, unwrapped
+    samples = load_samples(water_run, cv=Distance(oxygens[0], far))
+    ase = [f.get_distance(oxygens[0], far, mic=True) for f in frames]
+    assert max(ase) < frames[0].get_distance(oxygens[0], far)  # the raw distance is not the image's
+    np.testing.assert_allclose(samples.values[:, 0], ase, atol=1e-9)
