@@ -13,7 +13,8 @@ from openmm import unit
 from neuralmd.binding.analysis import binding_report
 from neuralmd.binding.learned import (BindingCV, BindingDescriptors, descriptor_groups, load_binding_cv,
                                       mlp_expression)
-from neuralmd.binding.runs import CLASH_A, build_settings, guest_on_plateau, resume_binding, start_binding
+from neuralmd.binding.runs import (CLASH_A, build_settings, guest_on_plateau, resume_binding, start_binding,
+                                   stored_system)
 from neuralmd.binding.system import (ComplexInput, box_A, host_axis, host_guest, positions_A, water_molecules,
                                      water_oxygens)
 from neuralmd.geometry import minimum_image
@@ -192,7 +193,8 @@ def test_explicit_solvent_guest_on_the_plateau_swaps_places_with_the_waters_it_l
 
 def test_learned_cv_in_explicit_solvent_end_to_end(tmp_path, cb7_explicit):
     """A binding run of CB7–B2 in its TIP3P box (PME, Monte Carlo barostat) with the learned CV:
-    trained from short runs in both states on all seven descriptors, the colvar records the CV
+    the box equilibrated first (it shrinks from tleap's 0.72 g/cm³), the CV trained from short
+    runs in both states on all seven descriptors, the colvar records the CV
     OpenMM biases (torch with the frame's box equals the OpenMM twin in the periodic context),
     and the trajectory carries the changing box."""
     from neuralmd.md.openmm_engine import OpenMMSettings
@@ -200,10 +202,15 @@ def test_learned_cv_in_explicit_solvent_end_to_end(tmp_path, cb7_explicit):
     from neuralmd.sampling.colvar import read_colvar
 
     parts, spec = cb7_complex(solvent="explicit")
-    settings = build_settings(parts, spec, cv="learned", sigma=0.0, cv_train_ps=0.4, pace=50)
+    settings = build_settings(parts, spec, cv="learned", sigma=0.0, cv_train_ps=0.4, pace=50, equilibrate_ps=0.4)
     engine = OpenMMSettings(temperature_K=300.0, timestep_fs=2.0, report_every=50, checkpoint_every=1000,
                             platform="CPU")
+    box_in = box_A(parts)
     run = start_binding(parts, settings, engine, tmp_path / "run")
+    stored = stored_system(tmp_path / "run")  # the equilibrated box and positions are the run's start
+    assert not np.allclose(box_A(stored), box_in) and np.linalg.det(box_A(stored)) < np.linalg.det(box_in)
+    np.testing.assert_allclose(box_A(stored), np.array(stored.topology.getPeriodicBoxVectors().value_in_unit(
+        unit.angstrom)), atol=1e-3)
     run.run(300)
     cv = load_binding_cv(tmp_path / "run" / "cv")
     assert cv.descriptors.names[-2:] == ["guest_water", "site_water"]
@@ -212,6 +219,12 @@ def test_learned_cv_in_explicit_solvent_end_to_end(tmp_path, cb7_explicit):
     assert len(frames) == len(colvar["step"]) == 7 and all(f.pbc.all() for f in frames)
     volumes = [f.get_volume() for f in frames]
     assert volumes[0] != volumes[-1]  # the barostat moved the box (every 25 steps)
+    log = np.genfromtxt(tmp_path / "run" / "log.csv", delimiter=",", names=True)  # the box in the log too
+    np.testing.assert_allclose(log["volume_A3"], volumes, rtol=1e-9)
+    mass = sum(stored.system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(stored.system.getNumParticles()))
+    np.testing.assert_allclose(log["density_g_cm3"], mass / np.array(volumes) * 1.66053906660, rtol=1e-6)
+    assert log["density_g_cm3"][0] > mass / np.linalg.det(box_in) * 1.66053906660  # denser than tleap's box
+    assert np.isfinite(log["pressure_bar"]).all()
     last = frames[-1]
     with torch.no_grad():
         value = float(cv(torch.as_tensor(last.positions)[None], torch.as_tensor(last.cell.array)[None])[0, 0])

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import openmm
 import torch
-from openmm import app
+from openmm import app, unit
 
 from ..config import load_config, save_config
 from ..errors import InputError
@@ -56,7 +56,10 @@ class BindSettings:
     :mod:`.learned`, trained from ``cv_train_ps`` of unbiased MD in each state before the run;
     ``cv_range`` is then its grid's range).
     ``ml_guest``: the guest's internal energy from the neuralmd potential stored as
-    ``guest_model.pt`` in the run directory (ML/MM, :mod:`.mlmm`). ``sigma``: the initial kernel width in the CV's unit (0: from the learned CV's
+    ``guest_model.pt`` in the run directory (ML/MM, :mod:`.mlmm`). ``equilibrate_ps``: explicit
+    solvent only, a minimisation and this much NPT MD with the guest held bound before anything
+    else (a solvated box as tleap or PDBFixer writes it has gaps at its faces: CB7–B2's TIP3P
+    box starts at 0.72 g/cm³). ``sigma``: the initial kernel width in the CV's unit (0: from the learned CV's
     fluctuations). ``bound_z_A``: the guest is bound below this z; ``unbound_z_A``: the plateau
     [low, high] where it is free.
     """
@@ -71,6 +74,7 @@ class BindSettings:
     pace: int = 500
     cv_train_ps: float = 200.0
     cv_method: str = "lda"
+    equilibrate_ps: float = 100.0
     ml_guest: bool = False
     cv_range: list[float] = field(default_factory=list)
     bound_z_A: float = 0.0
@@ -102,6 +106,8 @@ class BindSettings:
             raise InputError(f"sigma: 0; the {self.cv} CV needs a kernel width in Å")
         if self.cv_method not in ("lda", "deep-lda"):
             raise InputError(f"cv_method: {self.cv_method!r}; expected lda or deep-lda")
+        if not 0 <= self.equilibrate_ps < float("inf"):
+            raise InputError(f"equilibrate_ps: {self.equilibrate_ps}; expected >= 0 ps")
         if self.cv == "learned" and not 0 < self.cv_train_ps < float("inf"):
             raise InputError(f"cv_train_ps: {self.cv_train_ps}; expected > 0 ps of MD per state")
         lo, hi = self.unbound_z_A if len(self.unbound_z_A) == 2 else (None, None)
@@ -196,6 +202,8 @@ def start_binding(parts: OpenMMSystem, settings: BindSettings, engine: OpenMMSet
     if bad:
         raise InputError(f"atom index {bad[0]} but the system has {n} atoms")
     check_start(settings, positions_A(parts))
+    if parts.system.usesPeriodicBoundaryConditions() and settings.equilibrate_ps > 0:
+        parts = equilibrated(parts, settings, engine, progress)
     learned = train_learned_cv(parts, settings, engine, progress) if settings.cv == "learned" else None
     system_xml = openmm.XmlSerializer.serialize(parts.system)  # before the funnel and bias are added
     lock = claim(run_dir)
@@ -222,6 +230,34 @@ def start_binding(parts: OpenMMSystem, settings: BindSettings, engine: OpenMMSet
         raise
     run.lock = lock
     return run
+
+
+def equilibrated(parts: OpenMMSystem, settings: BindSettings, engine: OpenMMSettings,
+                 progress: bool = False) -> OpenMMSystem:
+    """``parts`` after a minimisation and ``settings.equilibrate_ps`` of MD at constant pressure
+    (its barostat) with the guest held in the bound part of the funnel (:func:`bound_funnel`):
+    the final positions (whole molecules) and box, the box stored in the System and topology."""
+    from rich.console import Console
+
+    from .learned import MINIMISE_ITERATIONS
+
+    steps = int(round(settings.equilibrate_ps * 1000 / engine.timestep_fs))
+    if progress:
+        Console(stderr=True).print(f"explicit solvent: minimisation and {settings.equilibrate_ps} ps of NPT "
+                                   f"equilibration, the guest held bound")
+    system = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(parts.system))
+    probe = OpenMMRun(dataclasses.replace(engine, walkers=1), None, OpenMMSystem(parts.topology, system, parts.positions,
+                                                                              parts.numbers),
+                      [FunnelTerm(bound_funnel(settings), settings.frame_cv(AxialPosition))])
+    context = probe.simulation.context
+    openmm.LocalEnergyMinimizer.minimize(context, maxIterations=5 * MINIMISE_ITERATIONS)
+    context.setVelocitiesToTemperature(engine.temperature_K * unit.kelvin, engine.seed + 1)
+    probe.simulation.step(steps)
+    state = context.getState(getPositions=True)
+    box = state.getPeriodicBoxVectors()
+    parts.system.setDefaultPeriodicBoxVectors(*box)
+    parts.topology.setPeriodicBoxVectors(box)
+    return OpenMMSystem(parts.topology, parts.system, state.getPositions(), parts.numbers)
 
 
 def train_learned_cv(parts: OpenMMSystem, settings: BindSettings, engine: OpenMMSettings, progress: bool = False):

@@ -94,6 +94,9 @@ def bind(
     cv_train_ps: float = typer.Option(_d("cv_train_ps"), help="learned CV: unbiased MD per state to train it on (ps)"),
     cv_method: str = typer.Option(_d("cv_method"), help="learned CV: lda (Fisher's linear discriminant; smooth "
                                                         "inside the states) or deep-lda"),
+    equilibrate_ps: float = typer.Option(_d("equilibrate_ps"), help="explicit solvent: minimise, then this much NPT "
+                                                                    "MD with the guest held bound, before the run "
+                                                                    "(ps; 0: the input is equilibrated)"),
     pace: int = typer.Option(_d("pace"), help="steps between kernel depositions"),
     funnel_radius: Optional[float] = typer.Option(None, help="cylinder radius (Å; default 2)"),
     funnel_angle: Optional[float] = typer.Option(None, help="cone half-angle (degrees; default: as wide as the host)"),
@@ -142,7 +145,8 @@ def bind(
     if resume is not None:
         refuse_with_resume(ctx, ["output", "prmtop", "inpcrd", "pdb", "forcefield", "solvent", "host_residue",
                                  "guest_residue", "host_atoms", "guest_atoms", "cv", "barrier_kjmol", "sigma", "pace",
-                                 "cv_train_ps", "cv_method", "ml_guest", "walkers", *FUNNEL_OPTIONS, "bound_z",
+                                 "cv_train_ps", "cv_method", "equilibrate_ps", "ml_guest", "walkers", *FUNNEL_OPTIONS,
+                                 "bound_z",
                                  "unbound_z", "temperature", "pressure_bar", "timestep_fs", "friction_per_ps",
                                  "report_every", "checkpoint_every", "seed", "platform"], resume)
         from ..md.start import checkpoint_step
@@ -180,7 +184,7 @@ def bind(
                   if (value := ctx.params[option]) is not None}
         settings = build_settings(parts, spec, cv.value, funnel, barrier_kjmol=barrier_kjmol, pace=pace,
                                   sigma=sigma if sigma is not None else (0.0 if cv == BindCV.learned else 0.5),
-                                  cv_train_ps=cv_train_ps, cv_method=cv_method)
+                                  cv_train_ps=cv_train_ps, cv_method=cv_method, equilibrate_ps=equilibrate_ps)
         if bound_z is not None:
             settings.bound_z_A = bound_z
         if unbound_z is not None:
@@ -190,6 +194,8 @@ def bind(
                 raise InputError(f"unbound-z: {unbound_z!r}; expected LOW:HIGH in Å") from None
         if cv != BindCV.learned and given(ctx, "cv_train_ps"):
             raise InputError("--cv-train-ps: only for --cv learned")
+        if solvent != Solvent.explicit and given(ctx, "equilibrate_ps"):
+            raise InputError("--equilibrate-ps: only for --solvent explicit")
         if ml_guest is not None and not ml_guest.is_file():
             raise InputError(f"ml-guest: {ml_guest}: file not found")
         if ml_correction is not None:

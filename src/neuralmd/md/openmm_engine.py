@@ -22,7 +22,7 @@ from openmm import app, unit
 from ..errors import InputError
 from ..rundir import LOG
 from ..state import AtomsBatch
-from ..units import EV_IN_KJMOL, NM_IN_A, VELOCITY_TO_A_PER_PS
+from ..units import AMU_PER_A3_IN_G_PER_CM3, EV_IN_KJMOL, NM_IN_A, VELOCITY_TO_A_PER_PS
 from .integrators import MDState, check_temperature
 from .protocols import Reporter
 from .reporters import H5MDReporter, LogReporter
@@ -183,6 +183,7 @@ class OpenMMRun(MDRun):
         self.numbers = parts.numbers
         self.template = system_template(parts.system, self.numbers, settings.walkers)
         self.periodic = parts.system.usesPeriodicBoundaryConditions()
+        self.barostat = next((f for f in parts.system.getForces() if isinstance(f, openmm.MonteCarloBarostat)), None)
         self.terms = list(terms)
         for term in self.terms:
             term.add_to(parts.system)
@@ -211,7 +212,7 @@ class OpenMMRun(MDRun):
         self.reporters: list[Reporter] = []
         if self.run_dir is not None:  # velocities live in the checkpoints; the trajectory keeps positions only
             self.reporters = [H5MDReporter(self.run_dir, settings.report_every, velocities=False),
-                              LogReporter(self.run_dir / LOG, settings.report_every)]
+                              LogReporter(self.run_dir / LOG, settings.report_every, pressure=self.barostat is not None)]
         self.reporters += list(reporters)
 
     # --- the engine's part of the run loop --------------------------------------------------
@@ -250,7 +251,21 @@ class OpenMMRun(MDRun):
                 f"from the force field or a bias)")
 
     def _status(self, state: MDState) -> str:
-        return f"{self.ns_per_day():.1f} ns/day"
+        view = self.barostat_view(state)
+        density = "" if view is None else f"P {view[0].mean():.0f} bar | {view[2].mean():.4f} g/cm³ | "
+        return f"{density}{self.ns_per_day():.1f} ns/day"
+
+    def barostat_view(self, state: MDState) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """With a Monte Carlo barostat: OpenMM's instantaneous pressure of each walker (bar;
+        ``computeCurrentPressure``, the molecular virial the barostat uses), and the volume (Å³)
+        and density (g/cm³) of its box."""
+        if self.barostat is None:
+            return None
+        b = state.batch
+        volume = torch.linalg.det(b.cell).abs()
+        mass = torch.zeros(b.n_systems, dtype=volume.dtype).index_add(0, b.system, b.masses)
+        p = [self.barostat.computeCurrentPressure(s.context).value_in_unit(unit.bar) for s in self.simulations]
+        return np.array(p), volume.numpy(), (mass / volume * AMU_PER_A3_IN_G_PER_CM3).numpy()
 
     def _results(self) -> dict[str, Any]:
         return {"platform": self.settings.platform}

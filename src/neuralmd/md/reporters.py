@@ -202,7 +202,7 @@ class CsvReporter:
 class LogReporter(CsvReporter):
     """CSV log ``folder/log.csv``: step, time (ps), replica, potential/kinetic/total energy
     (eV), temperature (K); with ``pressure`` (NPT runs) also pressure (bar), volume (Å³) and
-    density (g/cm³)."""
+    density (g/cm³), as the run's :meth:`~.run.MDRun.barostat_view` gives them."""
 
     fields = ["step", "time_ps", "replica", "potential_energy_eV", "kinetic_energy_eV",  # noqa: RUF012
               "total_energy_eV", "temperature_K"]
@@ -219,7 +219,7 @@ class LogReporter(CsvReporter):
         rows = [[state.step, f"{t:.6f}", b, f"{epot[b]:.8f}", f"{ekin[b]:.8f}", f"{epot[b] + ekin[b]:.8f}",
                  f"{temp[b]:.3f}"] for b in range(len(epot))]
         if self.pressure:
-            p, volume, density = barostat_view(state)
+            p, volume, density = run.barostat_view(state)
             for b, row in enumerate(rows):
                 row += [f"{p[b]:.3f}", f"{volume[b]:.4f}", f"{density[b]:.6f}"]
         return rows

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 
 from ..data.io import write_frames
@@ -118,6 +119,11 @@ class MDRun(ABC):
     def _status(self, state: MDState) -> str:
         """The progress bar's status text."""
         return f"{self.ns_per_day():.2f} ns/day"
+
+    def barostat_view(self, state: MDState) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """Pressure (bar), volume (Å³) and density (g/cm³) per replica of a run at constant
+        pressure (for the log and the progress bar), None at constant volume."""
+        return None
 
     def _results(self) -> dict[str, Any]:
         """Engine-specific entries of results.json."""

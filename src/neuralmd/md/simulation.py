@@ -265,10 +265,14 @@ class Simulation(MDRun):
 
     def _status(self, state: MDState) -> str:
         text = f"T {float(temperature(state.batch, dof=state.dof).mean()):.0f} K"
-        if state.stress is not None:
-            p, _, density = barostat_view(state)
-            text += f" | P {p.mean():.0f} bar | {density.mean():.4f} g/cm³"
+        view = self.barostat_view(state)
+        if view is not None:
+            text += f" | P {view[0].mean():.0f} bar | {view[2].mean():.4f} g/cm³"
         return f"{text} | {self.ns_per_day():.2f} ns/day"
+
+    def barostat_view(self, state: MDState) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """The instantaneous pressure (virial + kinetic), volume and density of an NPT state."""
+        return None if state.stress is None else barostat_view(state)
 
     @staticmethod
     def _spread(batch: AtomsBatch) -> torch.Tensor:
