@@ -196,7 +196,7 @@ def guest_frames(args: argparse.Namespace, path: Path) -> int:
     from ase.io import write
 
     from neuralmd.binding.learned import sample_state
-    from neuralmd.binding.runs import FunnelTerm, guest_on_plateau, plateau_funnel
+    from neuralmd.binding.runs import FunnelTerm, plateau_funnel, unbound_start
     from neuralmd.binding.funnel import AxialPosition
     from neuralmd.binding.system import positions_A
     from neuralmd.md.openmm_engine import OpenMMSettings
@@ -212,7 +212,7 @@ def guest_frames(args: argparse.Namespace, path: Path) -> int:
     frame = settings.frame_cv(AxialPosition)
     frames = []
     for funnel, start in ((settings.make_funnel(), positions_A(parts)),
-                          (plateau_funnel(settings), guest_on_plateau(parts, settings))):
+                          (plateau_funnel(settings), unbound_start(parts, settings, engine))):
         positions, _ = sample_state(parts, engine, [FunnelTerm(funnel, frame)], start / 10.0, args.mlmm_frames * 500,
                                     500)
         numbers = parts.numbers[settings.guest]

@@ -31,7 +31,7 @@ from ..sampling.fes import kT_kjmol
 from ..units import NM_IN_A
 from .funnel import AxialPosition, Funnel
 from .mlmm import BONDED, bonded_terms, guest_force, remove_guest_internal
-from .runs import BindSettings, FunnelTerm, bound_funnel, guest_on_plateau, plateau_funnel
+from .runs import BindSettings, FunnelTerm, bound_funnel, plateau_funnel, unbound_start
 from .system import positions_A
 
 LAMBDAS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -124,7 +124,7 @@ def mlmm_correction(parts: OpenMMSystem, settings: BindSettings, engine: OpenMMS
     steps = int(round(ps_per_window * 1000 / engine.timestep_fs))
     every_steps = max(1, min(every_steps, steps // 20))  # at least 20 frames per window
     states = {"bound": (bound_funnel(settings), positions_A(parts)),
-              "unbound": (plateau_funnel(settings), guest_on_plateau(parts, settings))}
+              "unbound": (plateau_funnel(settings), unbound_start(parts, settings, engine))}
     out: dict = {"lambdas": list(lambdas), "ps_per_window": ps_per_window, "states": {}}
     for name, (funnel, start) in states.items():
         samples = []

@@ -23,7 +23,6 @@ from typing import Sequence
 
 import numpy as np
 import openmm
-from openmm import unit
 import torch
 
 from ..errors import InputError
@@ -217,22 +216,14 @@ class BindingCV(LearnedCV):
         return force
 
 
-#: iterations of the minimisation that relaxes a start with clashes (:func:`sample_state`)
-MINIMISE_ITERATIONS = 200
-
-
 def sample_state(parts: OpenMMSystem, engine: OpenMMSettings, terms: Sequence, positions_nm: np.ndarray, steps: int,
-                 every: int, minimise: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+                 every: int) -> tuple[np.ndarray, np.ndarray | None]:
     """Positions (frames, n, 3) Å every ``every`` steps of an unbiased run of a copy of ``parts``
     from ``positions_nm`` with ``terms`` (the funnel) added, and the cells (frames, 3, 3) Å of a
-    periodic system (else None); ``minimise``: relax the start first (and draw the velocities
-    again, at the relaxed positions). Nothing is written."""
+    periodic system (else None). Nothing is written."""
     system = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(parts.system))
     copy = OpenMMSystem(parts.topology, system, positions_nm, parts.numbers)
     probe = OpenMMRun(dataclasses.replace(engine, walkers=1), None, copy, terms)  # one context: the probe runs one
-    if minimise:
-        probe.simulation.minimizeEnergy(maxIterations=MINIMISE_ITERATIONS)
-        probe.simulation.context.setVelocitiesToTemperature(engine.temperature_K * unit.kelvin, engine.seed + 1)
     probe.sample_positions(max(every, steps // 5))  # equilibration, discarded
     return probe.sample_positions(steps, every)
 

@@ -232,14 +232,17 @@ def start_binding(parts: OpenMMSystem, settings: BindSettings, engine: OpenMMSet
     return run
 
 
+#: iterations of the minimisations before equilibration and of a guest swapped with waters
+EQUILIBRATION_MINIMISE_ITERATIONS = 1000
+SWAP_MINIMISE_ITERATIONS = 200
+
+
 def equilibrated(parts: OpenMMSystem, settings: BindSettings, engine: OpenMMSettings,
                  progress: bool = False) -> OpenMMSystem:
     """``parts`` after a minimisation and ``settings.equilibrate_ps`` of MD at constant pressure
     (its barostat) with the guest held in the bound part of the funnel (:func:`bound_funnel`):
     the final positions (whole molecules) and box, the box stored in the System and topology."""
     from rich.console import Console
-
-    from .learned import MINIMISE_ITERATIONS
 
     steps = int(round(settings.equilibrate_ps * 1000 / engine.timestep_fs))
     if progress:
@@ -250,7 +253,7 @@ def equilibrated(parts: OpenMMSystem, settings: BindSettings, engine: OpenMMSett
                                                                               parts.numbers),
                       [FunnelTerm(bound_funnel(settings), settings.frame_cv(AxialPosition))])
     context = probe.simulation.context
-    openmm.LocalEnergyMinimizer.minimize(context, maxIterations=5 * MINIMISE_ITERATIONS)
+    openmm.LocalEnergyMinimizer.minimize(context, maxIterations=EQUILIBRATION_MINIMISE_ITERATIONS)
     context.setVelocitiesToTemperature(engine.temperature_K * unit.kelvin, engine.seed + 1)
     probe.simulation.step(steps)
     state = context.getState(getPositions=True)
@@ -284,15 +287,13 @@ def train_learned_cv(parts: OpenMMSystem, settings: BindSettings, engine: OpenMM
         Console(stderr=True).print(f"learned CV: {settings.cv_train_ps} ps of unbiased MD in the bound and in the "
                                    f"unbound state, then {settings.cv_method}")
 
-    def sample(funnel: Funnel, start_A: np.ndarray, n_steps: int, minimise: bool = False
-               ) -> tuple[np.ndarray, np.ndarray | None]:
-        return sample_state(parts, engine, [FunnelTerm(funnel, frame)], start_A / NM_IN_A, n_steps, every, minimise)
+    def sample(funnel: Funnel, start_A: np.ndarray, n_steps: int) -> tuple[np.ndarray, np.ndarray | None]:
+        return sample_state(parts, engine, [FunnelTerm(funnel, frame)], start_A / NM_IN_A, n_steps, every)
 
     pose, far_end = sample(settings.make_funnel(), positions, steps // 2), sample(far_end_funnel(settings), positions,
                                                                                  steps - steps // 2)
     bound = (np.concatenate([pose[0], far_end[0]]), None if pose[1] is None else np.concatenate([pose[1], far_end[1]]))
-    unbound = sample(plateau_funnel(settings), guest_on_plateau(parts, settings), steps,
-                     minimise=bool(groups.get("water")))  # explicit solvent: the guest swapped places with waters
+    unbound = sample(plateau_funnel(settings), unbound_start(parts, settings, engine), steps)
     cv, stats = train_binding_cv(bound, unbound, groups, settings.cv_method, seed=engine.seed)
     settings.cv_range = [stats["bound_mean"] - 1.0, stats["unbound_mean"] + 1.0]  # the states are one unit apart
     if settings.sigma == 0:
@@ -336,7 +337,7 @@ def guest_on_plateau(parts: OpenMMSystem, settings: BindSettings) -> np.ndarray:
     """The starting positions (Å) with the guest's centroid moved onto the axis at the middle of
     the unbound plateau. In explicit solvent the waters it lands on (oxygen within
     :data:`CLASH_A` of a guest atom, minimum image) move by the opposite shift into the place
-    it left, so the solvent keeps its density (a minimisation then relaxes the seams)."""
+    it left, so the solvent keeps its density (:func:`unbound_start` relaxes the seams)."""
     positions = positions_A(parts)
     r, u = (v[0].numpy() for v in settings.frame_cv(AxialPosition).frame(torch.as_tensor(positions)[None]))
     shift = float(np.mean(settings.unbound_z_A)) * u - r
@@ -352,6 +353,21 @@ def guest_on_plateau(parts: OpenMMSystem, settings: BindSettings) -> np.ndarray:
             image = out[settings.guest][int(nearest[k])] + d[k, int(nearest[k])].numpy()  # the oxygen's nearest image
             out[waters[k]] += image - out[waters[k][0]] - shift
     return out
+
+
+def unbound_start(parts: OpenMMSystem, settings: BindSettings, engine: OpenMMSettings) -> np.ndarray:
+    """:func:`guest_on_plateau`, in explicit solvent relaxed by a short minimisation in the
+    plateau's funnel (the seams of the swap with the waters): where the unbound state's
+    sampling (the learned CV's training, the ML/MM correction's windows) starts, Å."""
+    out = guest_on_plateau(parts, settings)
+    if not parts.system.usesPeriodicBoundaryConditions():
+        return out
+    system = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(parts.system))
+    FunnelTerm(plateau_funnel(settings), settings.frame_cv(AxialPosition)).add_to(system)
+    context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName(engine.platform))
+    context.setPositions(out / NM_IN_A)
+    openmm.LocalEnergyMinimizer.minimize(context, maxIterations=SWAP_MINIMISE_ITERATIONS)
+    return np.asarray(context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.angstrom))
 
 
 def load_settings(run_dir: str | Path) -> tuple[BindSettings, OpenMMSettings]:
