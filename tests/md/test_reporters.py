@@ -38,3 +38,18 @@ def test_a_damaged_trajectory_is_one_clear_error(tmp_path):
         f["data"] = [1, 2, 3]
     with pytest.raises(InputError, match=r"other\.h5: field 'particles/trajectory/position': missing"):
         read_h5md(tmp_path / "other.h5")
+
+
+def test_a_log_with_other_columns_is_moved_aside_on_resume_not_cut(tmp_path):
+    """A log an earlier version wrote without the pressure columns keeps every row (beside the
+    new file) when a resumed run writes the new columns."""
+    from neuralmd.md.reporters import LogReporter
+
+    old = "step,time_ps,replica,potential_energy_eV,kinetic_energy_eV,total_energy_eV,temperature_K\n" + "".join(
+        f"{s},{s / 1000},0,-1.0,0.1,-0.9,300.0\n" for s in range(0, 500, 100))
+    (tmp_path / "log.csv").write_text(old)
+    (tmp_path / "log.earlier1.csv").write_text("kept\n")
+    reporter = LogReporter(tmp_path / "log.csv", 100, pressure=True)
+    reporter.truncate(200)
+    assert (tmp_path / "log.earlier2.csv").read_text() == old and (tmp_path / "log.earlier1.csv").read_text() == "kept\n"
+    assert not (tmp_path / "log.csv").exists()  # the next report starts it with the new header

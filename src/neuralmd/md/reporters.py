@@ -160,7 +160,8 @@ class H5MDReporter:
 class CsvReporter:
     """A CSV file appended every ``interval`` steps and flushed after each report; subclasses
     give ``fields`` and ``rows(run, state)``. ``truncate`` keeps the header and the complete rows
-    up to a step (a resumed run drops what was written after its checkpoint, and a torn line)."""
+    up to a step (a resumed run drops what was written after its checkpoint, and a torn line); a
+    file with other columns (written by an earlier version) is moved aside whole, not cut."""
 
     fields: list[str]
 
@@ -186,6 +187,12 @@ class CsvReporter:
         if not self.path.exists():
             return
         lines = self.path.read_text().splitlines(keepends=True)
+        if lines and lines[0].rstrip("\n").split(",") != self.fields:
+            k = 1
+            while (aside := self.path.with_name(f"{self.path.stem}.earlier{k}{self.path.suffix}")).exists():
+                k += 1
+            self.path.rename(aside)
+            return
         kept = lines[:1]
         for line in lines[1:]:
             parts = line.rstrip("\n").split(",")
