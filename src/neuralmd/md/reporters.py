@@ -187,7 +187,7 @@ class CsvReporter:
         if not self.path.exists():
             return
         lines = self.path.read_text().splitlines(keepends=True)
-        if lines and lines[0].rstrip("\n").split(",") != self.fields:
+        if lines and next(csv.reader([lines[0]])) != self.fields:
             k = 1
             while (aside := self.path.with_name(f"{self.path.stem}.earlier{k}{self.path.suffix}")).exists():
                 k += 1
