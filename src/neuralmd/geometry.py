@@ -34,6 +34,15 @@ def minimum_image(d: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
     return torch.bmm(frac - torch.round(frac), cell).reshape(d.shape)
 
 
+def narrowest_box(cell: torch.Tensor, cutoff: float) -> tuple[int, float] | None:
+    """The first replica whose cell (B, 3, 3) is narrower than twice ``cutoff`` (Å) between
+    some pair of opposite faces (V / |b × c| etc.), with that width; None if none is."""
+    widths = (torch.linalg.det(cell).abs().unsqueeze(-1) / torch.linalg.vector_norm(
+        torch.cross(cell[:, [1, 2, 0]], cell[:, [2, 0, 1]], dim=-1), dim=-1)).min(-1).values
+    narrow = torch.nonzero(widths < 2 * cutoff)
+    return (int(narrow[0, 0]), float(widths[narrow[0, 0]])) if len(narrow) else None
+
+
 def displacement(a: torch.Tensor, b: torch.Tensor, cell: torch.Tensor | None = None) -> torch.Tensor:
     """b - a (B, ..., 3) Å, the minimum image where ``cell`` (B, 3, 3) is given."""
     d = b - a

@@ -26,7 +26,7 @@ import openmm
 import torch
 
 from ..errors import InputError
-from ..geometry import displacement
+from ..geometry import displacement, narrowest_box
 from ..md.openmm_engine import OpenMMRun, OpenMMSettings, OpenMMSystem
 from ..sampling.learned import LearnedCV, load_exported, train_deep_lda, train_lda
 from ..units import NM_IN_A
@@ -102,10 +102,9 @@ class BindingDescriptors(HostGuestCV):
         if self.water.numel():
             if cell is None:
                 raise InputError("binding descriptors: the water coordinations need the periodic cell")
-            heights = torch.linalg.det(cell).abs().unsqueeze(-1) / torch.linalg.vector_norm(
-                torch.cross(cell[:, [1, 2, 0]], cell[:, [2, 0, 1]], dim=-1), dim=-1)
-            if bool((heights < 2 * WATER_SWITCH_A[1]).any()):
-                raise InputError(f"binding descriptors: a box {heights.min():.2f} Å high; the water coordinations "
+            narrow = narrowest_box(cell, WATER_SWITCH_A[1])
+            if narrow is not None:
+                raise InputError(f"binding descriptors: a box {narrow[1]:.2f} Å high; the water coordinations "
                                  f"need at least {2 * WATER_SWITCH_A[1]} Å (twice their cutoff)")
             values += [self._water_coordination(x[:, self.guest_heavy], x, cell),
                        self._water_coordination(x[:, self.host].mean(1, keepdim=True), x, cell)]

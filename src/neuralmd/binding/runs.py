@@ -348,8 +348,8 @@ def guest_on_plateau(parts: OpenMMSystem, settings: BindSettings) -> np.ndarray:
         cell = torch.as_tensor(box_A(parts))[None]
         oxygens = torch.as_tensor(out[[w[0] for w in waters]])
         d = minimum_image((oxygens[:, None] - torch.as_tensor(out[settings.guest])[None])[None], cell)[0]
-        nearest = torch.linalg.vector_norm(d, dim=-1).argmin(1)
-        for k in np.flatnonzero(torch.linalg.vector_norm(d, dim=-1).min(1).values.numpy() < CLASH_A):
+        closest, nearest = torch.linalg.vector_norm(d, dim=-1).min(1)
+        for k in np.flatnonzero(closest.numpy() < CLASH_A):
             image = out[settings.guest][int(nearest[k])] + d[k, int(nearest[k])].numpy()  # the oxygen's nearest image
             out[waters[k]] += image - out[waters[k][0]] - shift
     return out

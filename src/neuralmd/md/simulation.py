@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..geometry import narrowest_box
 from ..models.base import Potential
 from ..rundir import CHECKPOINT, LOG
 from ..state import AtomsBatch
@@ -119,15 +120,6 @@ def terms_force_fn(terms: Sequence[EnergyTerm]) -> ForceFn:
         return extra.detach(), -grad
 
     return force_fn
-
-
-def narrowest_box(cell: torch.Tensor, cutoff: float) -> tuple[int, float] | None:
-    """The first replica whose cell (B, 3, 3) is narrower than twice ``cutoff`` (Å) between
-    some pair of opposite faces (V / |b × c| etc.), with that width; None if none is."""
-    widths = (torch.linalg.det(cell).abs().unsqueeze(-1) / torch.linalg.vector_norm(
-        torch.cross(cell[:, [1, 2, 0]], cell[:, [2, 0, 1]], dim=-1), dim=-1)).min(-1).values
-    narrow = torch.nonzero(widths < 2 * cutoff)
-    return (int(narrow[0, 0]), float(widths[narrow[0, 0]])) if len(narrow) else None
 
 
 def make_stress_force_fn(potential: Potential) -> StressForceFn:
