@@ -278,7 +278,8 @@ def md_run(name: str, model: str, waters: int, ensemble: str, args: argparse.Nam
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - start
-    out: dict[str, Any] = {"stable": proc.returncode == 0, "seconds_this_call": round(seconds, 1), "ps": args.physics_ps}
+    out: dict[str, Any] = {"stable": proc.returncode == 0, "seconds_this_call": round(seconds, 1), "ps": args.physics_ps,
+                           "skip_ps": args.skip_ps}
     if proc.returncode != 0:
         out["error"] = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
     analysis = run_dir / "analysis"
