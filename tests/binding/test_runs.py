@@ -125,3 +125,22 @@ def test_start_refuses_a_pose_outside_the_funnel_or_not_bound_and_writes_nothing
     with pytest.raises(InputError, match="unbound_z_A"):
         start_binding(toy_complex(30.0), toy_settings(30.0, unbound_z_A=[2.0, 15.0]), toy_engine(), tmp_path / "c")
     assert not any(tmp_path.iterdir())
+
+
+def test_a_guest_stuck_outside_at_the_bias_floor_is_flagged():
+    """The signature of an OPES barrier far above the well's depth (benchmarks/opes_barrier.py):
+    the guest leaves once and stays out where the bias sits at -BARRIER. A guest that comes back,
+    or stays out where the bias has risen well above the floor, is not flagged."""
+    from neuralmd.binding.analysis import stuck_outside
+
+    kT = kT_kjmol(300.0)
+    t = np.linspace(0.0, 6.0, 6001)
+    z = np.where(t < 1.3, 0.2, 15.0)
+    floor = np.where(t < 1.3, 4.0, -148.0 + 8.0 * (t - 1.3) / 4.7)  # -148 -> -140 kJ/mol, as CB7-B2 at 150
+    reason = stuck_outside(z, t, floor, 4.9, 150.0, kT)
+    assert reason.startswith("stuck:") and "1.30 ns" in reason and "-BARRIER = -150" in reason
+    back = np.where((t > 4.0) & (t < 4.5), 0.2, z)  # it came back for half a nanosecond
+    assert stuck_outside(back, t, floor, 4.9, 150.0, kT) == ""
+    risen = np.where(t < 1.3, 4.0, -100.0)  # outside, but the bias has filled to 50 kJ/mol above the floor
+    assert stuck_outside(z, t, risen, 4.9, 150.0, kT) == ""
+    assert stuck_outside(np.full_like(t, 0.2), t, floor, 4.9, 150.0, kT) == ""  # never left

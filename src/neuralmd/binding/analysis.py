@@ -34,11 +34,35 @@ from .runs import load_settings
 #: a frame is outside the funnel when beyond its surface by more than this many thermal wall
 #: widths (k_BT/k)^½: the soft wall lets the guest that far about once in 10⁴ frames
 ESCAPE_WIDTHS = 4.0
+#: "stuck outside": after leaving, at most this fraction of frames back in the bound state, the
+#: bias outside within FLOOR_KT k_BT of -BARRIER, and at most STUCK_TRANSITIONS recrossings
+RETURN_FRACTION, FLOOR_KT, STUCK_TRANSITIONS = 0.01, 4.0, 2
 
 
 def funnel_correction_kjmol(cross_section_A2: float, unbound_length_A: float, temperature_K: float) -> float:
     """-k_BT ln(A_eff L / V°) (kJ/mol): the step from F(bound) - F(unbound) to ΔG°."""
     return -kT_kjmol(temperature_K) * math.log(cross_section_A2 * unbound_length_A / STANDARD_VOLUME_A3)
+
+
+def stuck_outside(z: np.ndarray, t_ns: np.ndarray, bias_kjmol: np.ndarray, bound_z_A: float, barrier_kjmol: float,
+                  kT: float) -> str:
+    """A reason (empty if none) when the guest left the bound state and has not come back, while
+    the OPES bias it felt outside sat within ``FLOOR_KT`` k_BT of its floor −BARRIER: the sign of
+    a barrier far above the well's depth (``benchmarks/opes_barrier.py``). Frames in time order
+    of one walker, or of all walkers sorted by step (then "not come back" means none did)."""
+    outside = z >= bound_z_A
+    if not outside.any() or outside.all():
+        return ""
+    first = int(np.argmax(outside))
+    after = outside[first:]
+    if after.mean() < 1.0 - RETURN_FRACTION:
+        return ""
+    floor = -barrier_kjmol
+    median = float(np.median(bias_kjmol[first:][after]))
+    if median > floor + FLOOR_KT * kT:
+        return ""
+    return (f"stuck: the guest left at {t_ns[first]:.2f} ns and has not come back in {t_ns[-1] - t_ns[first]:.2f} ns, "
+            f"outside where the bias is at its floor (median {median:.1f} kJ/mol, -BARRIER = {floor:g})")
 
 
 def binding_report(run_dir: str | Path, skip_ns: float = 0.0, blocks: int = 0, bins: int = 80) -> dict:
@@ -68,8 +92,12 @@ def binding_report(run_dir: str | Path, skip_ns: float = 0.0, blocks: int = 0, b
     for name, region in (("bound", bound), ("unbound", unbound)):
         mask = (z >= region[0][0]) & (z < region[0][1])
         if not mask.any():
+            hint = (f"; a guest still bound after a few ns may face a well deeper than the OPES barrier "
+                    f"({settings.barrier_kjmol:g} kJ/mol): start again with a higher --barrier-kjmol"
+                    if name == "unbound" else "")
             raise InputError(f"{run_dir}: no frame in the {name} state (z in [{region[0][0]}, {region[0][1]}) Å) yet; "
-                             f"run longer (neuralmd bind --resume)")
+                             f"run longer (neuralmd bind --resume){hint}")
+    stuck = stuck_outside(z, t_ns, bias, settings.bound_z_A, settings.barrier_kjmol, kT)
     area = funnel.cross_section_A2(temperature)
     shift = funnel_correction_kjmol(area, hi - lo, temperature)
     report = basin_report(z[:, None], weights, t_ns, unbound, bound, temperature, segments=replica, blocks=blocks)
@@ -83,6 +111,15 @@ def binding_report(run_dir: str | Path, skip_ns: float = 0.0, blocks: int = 0, b
     sigma = math.sqrt(kT / funnel.k_kjmol_A2)
     excess = np.maximum.reduce([rho - funnel.radius(z), z - funnel.upper_z_A, funnel.lower_z_A - z])
     escaped = excess > ESCAPE_WIDTHS * sigma
+    if stuck and report["diagnostics"]["transitions"] <= STUCK_TRANSITIONS:
+        report["diagnostics"]["reasons"].append(stuck)
+        report["diagnostics"]["advice"].append(
+            f"the OPES barrier ({settings.barrier_kjmol:g} kJ/mol) is probably well above the bound state's depth, "
+            f"and OPES takes many ns to bring the guest back from where its bias is at the floor: start again with "
+            f"--barrier-kjmol near the depth (about -ΔG° + 10 kJ/mol in bind's default funnel; 30 kJ/mol below it "
+            f"the guest never leaves)")
+        report["converged"] = report["diagnostics"]["converged"] = False
+        report["reason"] = "; ".join(report["diagnostics"]["reasons"])
     out = {
         "dG_kjmol": report["deltaF_kjmol"] + shift, "dG_err_kjmol": report["deltaF_err_kjmol"],
         "converged": report["converged"], "reason": report["reason"],

@@ -87,8 +87,10 @@ def bind(
     cv: BindCV = typer.Option(BindCV.axial, help="biased CV: axial (z along the host axis, funnel metadynamics), "
                                                  "distance (host-guest centroid distance) or learned (a discriminant "
                                                  "of host-guest descriptors from short bound/unbound runs)"),
-    barrier_kjmol: float = typer.Option(_d("barrier_kjmol"), help="OPES BARRIER (kJ/mol): at least the depth of "
-                                                                   "the bound state"),
+    barrier_kjmol: float = typer.Option(_d("barrier_kjmol"), help="OPES BARRIER (kJ/mol): about the bound state's "
+                                                                   "depth (-ΔG° + ~10 in the default funnel); far above "
+                                                                   "it the guest leaves and stays out for many ns, 30 "
+                                                                   "below it the guest never leaves"),
     sigma: Optional[float] = typer.Option(None, help="initial kernel width in the CV's unit (default 0.5 Å; for the "
                                                      "learned CV its fluctuation in the bound and unbound states)"),
     cv_train_ps: float = typer.Option(_d("cv_train_ps"), help="learned CV: unbiased MD per state to train it on (ps)"),
