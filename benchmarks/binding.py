@@ -297,8 +297,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--cvs", default="learned,distance")
     p.add_argument("--barrier", type=float, default=80.0,
-                   help="OPES barrier (kJ/mol), neuralmd bind's default: 150 left B2 out of the host for good "
-                        "(benchmarks/opes_barrier.py: far above the well's depth, OPES_METAD is slow to return)")
+                   help="OPES barrier (kJ/mol), neuralmd bind's default; it should be near the well's depth "
+                        "(benchmarks/opes_barrier.py), which the umbrella peer's PMF measures")
     p.add_argument("--skip-ns", type=float, default=0.5, help="OPES: the bias's transient, not analysed")
     p.add_argument("--us-spacing", type=float, default=0.5, help="umbrella windows every this many Å")
     p.add_argument("--us-k", type=float, default=40.0, help="umbrella stiffness (kJ/mol/Å²)")

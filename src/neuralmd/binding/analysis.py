@@ -48,7 +48,8 @@ def stuck_outside(z: np.ndarray, t_ns: np.ndarray, bias_kjmol: np.ndarray, bound
                   kT: float) -> str:
     """A reason (empty if none) when the guest left the bound state and has not come back, while
     the OPES bias it felt outside sat within ``FLOOR_KT`` k_BT of its floor −BARRIER: the sign of
-    a barrier far above the well's depth (``benchmarks/opes_barrier.py``). Frames in time order
+    a barrier far above the well's depth (``benchmarks/opes_barrier.py``), or of a way back that
+    is slow along the CV. Frames in time order
     of one walker, or of all walkers sorted by step (then "not come back" means none did)."""
     outside = z >= bound_z_A
     if not outside.any() or outside.all():
@@ -114,10 +115,11 @@ def binding_report(run_dir: str | Path, skip_ns: float = 0.0, blocks: int = 0, b
     if stuck and report["diagnostics"]["transitions"] <= STUCK_TRANSITIONS:
         report["diagnostics"]["reasons"].append(stuck)
         report["diagnostics"]["advice"].append(
-            f"the OPES barrier ({settings.barrier_kjmol:g} kJ/mol) is probably well above the bound state's depth, "
-            f"and OPES takes many ns to bring the guest back from where its bias is at the floor: start again with "
-            f"--barrier-kjmol near the depth (about -ΔG° + 10 kJ/mol in bind's default funnel; 30 kJ/mol below it "
-            f"the guest never leaves)")
+            f"OPES has not sampled the way back: if the barrier ({settings.barrier_kjmol:g} kJ/mol) is well above the "
+            f"bound state's depth (binding.png's PMF up to where the guest left is a lower bound), that takes many "
+            f"ns, and a new run with --barrier-kjmol near the depth recrosses sooner (30 kJ/mol below it the guest "
+            f"never leaves); if not, re-entry is the slow step along this CV: run longer, add --walkers, or try "
+            f"--cv learned")
         report["converged"] = report["diagnostics"]["converged"] = False
         report["reason"] = "; ".join(report["diagnostics"]["reasons"])
     out = {
