@@ -444,7 +444,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if "physics" in parts:
         phys = d.setdefault("physics", {"runs": {}})
-        phys.update(threads=args.threads, ps=args.physics_ps, skip_ps=args.skip_ps)
+        phys["threads"] = args.threads  # each run records its own ps and skip_ps
+        phys.pop("ps", None), phys.pop("skip_ps", None)
         for waters in [int(w) for w in args.physics_sizes.split(",")]:
             for ensemble in args.physics_ensembles.split(","):
                 key = f"neuralmd_{ensemble}_{waters}"
