@@ -129,8 +129,11 @@ def test_resume_after_kill_reaches_the_same_final_state(tmp_path, trained_model,
         assert ua.trajectory.time == pytest.approx(0.06 if ensemble == "nvt" else 0.03)  # ps
 
     other = HarmonicWell(1.0)
-    with pytest.raises(InputError, match="written with another model"):
+    with pytest.raises(InputError, match="written with another model") as refused:
         Simulation.resume(tmp_path / "a", other)
+    assert "precision" not in str(refused.value)
+    with pytest.raises(InputError, match=r"this model evaluated in float64: .*--float64"):
+        Simulation.resume(tmp_path / "a", load_potential(trained_model))  # the stored float32 weights
     with pytest.raises(InputError, match="no MD checkpoint"):
         Simulation.resume(tmp_path / "missing", potential)
 

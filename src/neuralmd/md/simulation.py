@@ -10,6 +10,7 @@ stability guards, stop conditions, checkpoints that continue bit for bit).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -106,6 +107,16 @@ def potential_fingerprint(potential: Potential) -> str:
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def precision_hint(potential: Potential, fingerprint: str) -> str:
+    """What to say when ``fingerprint`` is ``potential``'s in another floating-point precision
+    (a run made with ``--no-float64`` resumed without it, or the reverse); empty otherwise."""
+    for dtype, flag in ((torch.float32, "--no-float64"), (torch.float64, "--float64")):
+        if potential_fingerprint(copy.deepcopy(potential).to(dtype)) == fingerprint:
+            return (f"; it is this model evaluated in {str(dtype).removeprefix('torch.')}: resume in that precision "
+                    f"(neuralmd md --resume ... {flag})")
+    return ""
 
 
 def terms_force_fn(terms: Sequence[EnergyTerm]) -> ForceFn:
@@ -333,7 +344,8 @@ class Simulation(MDRun):
                              f"{CHECKPOINT_VERSION}")
         if ckpt["model_fingerprint"] != potential_fingerprint(potential):
             raise InputError(f"{path}: field 'model_fingerprint': the checkpoint was written with another model "
-                             f"({ckpt['model_fingerprint']}, given {potential_fingerprint(potential)})")
+                             f"({ckpt['model_fingerprint']}, given {potential_fingerprint(potential)})"
+                             f"{precision_hint(potential, ckpt['model_fingerprint'])}")
         sim = cls(potential, AtomsBatch(**ckpt["batch"]), MDSettings(**ckpt["settings"]), terms=terms,
                   run_dir=run_dir, stop_conditions=stop_conditions, reporters=reporters, progress=progress,
                   _restore=ckpt)
