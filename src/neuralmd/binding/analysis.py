@@ -49,8 +49,8 @@ def stuck_outside(z: np.ndarray, t_ns: np.ndarray, bias_kjmol: np.ndarray, bound
     """A reason (empty if none) when the guest left the bound state and has not come back, while
     the OPES bias it felt outside sat within ``FLOOR_KT`` k_BT of its floor −BARRIER: the sign of
     a barrier far above the well's depth (``benchmarks/opes_barrier.py``), or of a way back that
-    is slow along the CV. Frames in time order
-    of one walker, or of all walkers sorted by step (then "not come back" means none did)."""
+    is slow along the CV. Frames in time order of one walker, or of all walkers sorted by step
+    (then "not come back" means none did)."""
     outside = z >= bound_z_A
     if not outside.any() or outside.all():
         return ""
