@@ -83,7 +83,8 @@ def opes_run(args: argparse.Namespace, cv: str, seed: int, solvent: str = "obc2"
                               env=env(args.threads), capture_output=True, text=True)
     results = json.loads((run / "results.json").read_text())
     ns = results["time_ps"] / 1000
-    out = {"cv": cv, "seed": seed, "barrier_kjmol": args.barrier, "ns": ns, "wall_s_per_ns": results["wall_seconds"] / ns, "command": " ".join(cmd)}
+    out = {"cv": cv, "seed": seed, "barrier_kjmol": args.barrier, "ns": ns, "wall_s_per_ns": results["wall_seconds"] / ns,
+           "command": " ".join(cmd)}
     if analysis.returncode != 0:  # e.g. the guest has not left the host yet
         return {**out, "dG_kjmol": None, "dG_err_kjmol": None, "recrossings": 0, "curve": [],
                 "analysis": analysis.stderr.strip()}
@@ -108,21 +109,20 @@ def _bind_settings(args: argparse.Namespace):
 def umbrella_window(args: argparse.Namespace, parts, settings, centre: float, start_nm: np.ndarray, seed: int
                     ) -> tuple[np.ndarray, np.ndarray, float]:
     """z samples (every ps) of one window at ``centre`` Å, its final positions (nm) and wall s."""
-    import openmm
     from openmm import unit
 
     from neuralmd.binding.funnel import AxialPosition
     from neuralmd.binding.runs import FunnelTerm
-    from neuralmd.md.openmm_engine import OpenMMRun, OpenMMSettings, OpenMMSystem
+    from neuralmd.md.openmm_engine import OpenMMRun, OpenMMSettings
 
-    system = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(parts.system))
+    window = parts.copy(start_nm * unit.nanometer)
     frame = settings.frame_cv(AxialPosition)
-    FunnelTerm(settings.make_funnel(), frame).add_to(system)
+    FunnelTerm(settings.make_funnel(), frame).add_to(window.system)
     umbrella = frame.centroid_force(f"0.5*{args.us_k * 100!r}*(z - {centre / 10!r})^2")  # kJ/mol/nm², nm
-    system.addForce(umbrella)
+    window.system.addForce(umbrella)
     engine = OpenMMSettings(pdb="", forcefield=[], temperature_K=TEMPERATURE_K, timestep_fs=2.0, seed=seed,
                             platform="CPU")
-    run = OpenMMRun(engine, None, OpenMMSystem(parts.topology, system, start_nm * unit.nanometer, parts.numbers))
+    run = OpenMMRun(engine, None, window)
     t0 = time.perf_counter()
     run.sample_positions(int(args.us_equil_ps * 500), every=500)
     positions, _ = run.sample_positions(int(args.us_ns * 500_000), every=500)  # one frame per ps (implicit solvent)

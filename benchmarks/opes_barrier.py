@@ -32,11 +32,12 @@ from ase import Atoms
 from neuralmd.md.integrators import MDState
 from neuralmd.sampling.biases import KJMOL, OPES
 from neuralmd.sampling.cvs import Position
+from neuralmd.sampling.fes import kT_kjmol
 from neuralmd.state import AtomsBatch
 
 HERE = Path(__file__).resolve().parent
 T_K = 300.0
-KT = 0.0083144626 * T_K  # kJ/mol
+KT = kT_kjmol(T_K)
 WALL_A, LOW_A = 20.0, -3.0
 BOUND_A, UNBOUND_A = 1.5, 6.0
 GRID_STEP_A = 0.01
@@ -56,7 +57,6 @@ def run(depth: float, barrier: float, mode: str, ns: float, seed: int, diffusion
     bias = OPES(Position(0, axes=(0,)), sigma=[sigma], barrier_kjmol=barrier, pace=1, temperature_K=T_K, mode=mode)
     grid = np.arange(LOW_A, WALL_A + 2 * GRID_STEP_A, GRID_STEP_A)
     grid_t = torch.as_tensor(grid, dtype=torch.float64)[:, None]
-    dv = [0.0] * (len(grid) - 1)  # dV/dz on the grid's intervals (kJ/mol/Å)
     z, pace = 0.0, int(round(pace_ps / dt_ps))
     drift, kick = diffusion / KT * dt_ps, math.sqrt(2 * diffusion * dt_ps)
     zs, vs = [], []
@@ -64,7 +64,7 @@ def run(depth: float, barrier: float, mode: str, ns: float, seed: int, diffusion
         atoms = Atoms("H", positions=[[z, 0.0, 0.0]])
         bias.update(MDState(AtomsBatch.from_atoms([atoms]), forces=None, energy=None, step=0))
         v = (bias.energy_of_cv(grid_t) / KJMOL).numpy()
-        dv = list(np.diff(v) / GRID_STEP_A)
+        dv = list(np.diff(v) / GRID_STEP_A)  # dV/dz on the grid's intervals (kJ/mol/Å)
         zs.append(z)
         vs.append(float(np.interp(z, grid, v)))
         for xi in rng.standard_normal(pace).tolist():

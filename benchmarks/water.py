@@ -445,7 +445,6 @@ def main(argv: list[str] | None = None) -> int:
     if "physics" in parts:
         phys = d.setdefault("physics", {"runs": {}})
         phys["threads"] = args.threads  # each run records its own ps and skip_ps
-        phys.pop("ps", None), phys.pop("skip_ps", None)
         for waters in [int(w) for w in args.physics_sizes.split(",")]:
             for ensemble in args.physics_ensembles.split(","):
                 key = f"neuralmd_{ensemble}_{waters}"

@@ -80,12 +80,11 @@ def _window(parts: OpenMMSystem, settings: BindSettings, engine: OpenMMSettings,
             ) -> tuple[np.ndarray, np.ndarray]:
     """U_MM,int and U_ML (kJ/mol) every ``every`` steps of a window at λ (after steps/5
     discarded), and the final positions (Å)."""
-    system = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(parts.system))
-    remove_guest_internal(system, settings.guest)
+    window = parts.copy(start_A / NM_IN_A * unit.nanometer)
+    remove_guest_internal(window.system, settings.guest)
     mix = lambda_force(parts.system, settings.guest, parts.numbers, potential)
-    system.addForce(mix)
-    run = OpenMMRun(dataclasses.replace(engine, seed=seed, walkers=1), None,
-                    OpenMMSystem(parts.topology, system, start_A / NM_IN_A * unit.nanometer, parts.numbers),
+    window.system.addForce(mix)
+    run = OpenMMRun(dataclasses.replace(engine, seed=seed, walkers=1), None, window,
                     [FunnelTerm(funnel, settings.frame_cv(AxialPosition))])
     context = run.simulation.context
     context.setParameter("lambda", lam)

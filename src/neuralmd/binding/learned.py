@@ -220,9 +220,7 @@ def sample_state(parts: OpenMMSystem, engine: OpenMMSettings, terms: Sequence, p
     """Positions (frames, n, 3) Å every ``every`` steps of an unbiased run of a copy of ``parts``
     from ``positions_nm`` with ``terms`` (the funnel) added, and the cells (frames, 3, 3) Å of a
     periodic system (else None). Nothing is written."""
-    system = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(parts.system))
-    copy = OpenMMSystem(parts.topology, system, positions_nm, parts.numbers)
-    probe = OpenMMRun(dataclasses.replace(engine, walkers=1), None, copy, terms)  # one context: the probe runs one
+    probe = OpenMMRun(dataclasses.replace(engine, walkers=1), None, parts.copy(positions_nm), terms)  # one context
     probe.sample_positions(max(every, steps // 5))  # equilibration, discarded
     return probe.sample_positions(steps, every)
 

@@ -248,9 +248,7 @@ def equilibrated(parts: OpenMMSystem, settings: BindSettings, engine: OpenMMSett
     if progress:
         Console(stderr=True).print(f"explicit solvent: minimisation and {settings.equilibrate_ps} ps of NPT "
                                    f"equilibration, the guest held bound")
-    system = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(parts.system))
-    probe = OpenMMRun(dataclasses.replace(engine, walkers=1), None, OpenMMSystem(parts.topology, system, parts.positions,
-                                                                              parts.numbers),
+    probe = OpenMMRun(dataclasses.replace(engine, walkers=1), None, parts.copy(),
                       [FunnelTerm(bound_funnel(settings), settings.frame_cv(AxialPosition))])
     context = probe.simulation.context
     openmm.LocalEnergyMinimizer.minimize(context, maxIterations=EQUILIBRATION_MINIMISE_ITERATIONS)
@@ -362,7 +360,7 @@ def unbound_start(parts: OpenMMSystem, settings: BindSettings, engine: OpenMMSet
     out = guest_on_plateau(parts, settings)
     if not parts.system.usesPeriodicBoundaryConditions():
         return out
-    system = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(parts.system))
+    system = parts.copy().system
     FunnelTerm(plateau_funnel(settings), settings.frame_cv(AxialPosition)).add_to(system)
     context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName(engine.platform))
     context.setPositions(out / NM_IN_A)

@@ -155,6 +155,13 @@ class OpenMMSystem:
             raise InputError(f"{settings.pdb} with force field {settings.forcefield}: {exc}") from None
         return cls(pdb.topology, system, pdb.positions, np.array([a.element.atomic_number for a in pdb.topology.atoms()]))
 
+    def copy(self, positions: Any = None) -> "OpenMMSystem":
+        """The same system with its own copy of the System, so forces added to it (an
+        :class:`OpenMMRun`'s terms, a restraint) leave this one alone; at ``positions`` (nm, or
+        an OpenMM Quantity; default this system's)."""
+        system = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(self.system))
+        return OpenMMSystem(self.topology, system, self.positions if positions is None else positions, self.numbers)
+
 
 class OpenMMRun(MDRun):
     """Langevin (BAOAB-type ``LangevinMiddleIntegrator``) MD in OpenMM.
