@@ -7,12 +7,15 @@ Parts (``--only``, each resumable with ``--resume``; results saved part by part 
   (a run that exists is continued with ``bind --resume`` up to ``--ns``), then
   ``neuralmd fes --binding``: ΔG° (1 M) ± block error, recrossings, ΔG°(t), wall time per ns.
 - ``peer``: umbrella sampling along the same funnel axis z, in the same funnel (so the standard
-  state correction is the same), windows every ``--us-spacing`` Å with k = ``--us-k``, each
-  started from the previous window's end; MBAR (pymbar) gives the unbiased weights and the same
-  ΔG° formula is applied; error from five time blocks. The issue names openmmtools' alchemical
-  absolute binding free energy as the first choice of peer; it installs here but its complex and
-  solvent legs (≈ 40 alchemical states) cost several times this peer's CPU time on 2 cores, so
-  umbrella sampling + MBAR, the other method the issue allows, is the peer (stated in the JSON).
+  state correction is the same), windows every ``--us-spacing`` Å with k = ``--us-k``, each started
+  from the previous window's end in one of two chains (``--us-chain``: up from the bound pose, down
+  from the unbound plateau; two calls run them side by side), saved one file per window under
+  ``--us-dir`` (in ``results/``, so the windows outlive the work folder); MBAR (pymbar) gives the
+  unbiased weights and the same ΔG° formula is applied; error from five time blocks; the PMF along z
+  is saved with it. The issue names openmmtools' alchemical absolute binding free energy as the
+  first choice of peer; it installs here but its complex and solvent legs (≈ 40 alchemical states)
+  cost several times this peer's CPU time on 2 cores, so umbrella sampling + MBAR, the other method
+  the issue allows, is the peer (stated in the JSON).
 - ``mlmm``: the guest's conformations from MM MD of the complex (bound and unbound), GFN2-xTB
   labels (``neuralmd label``), a neuralmd model of the guest (``neuralmd train``), and the MM ->
   ML/MM correction to ΔG° of the distance-CV seed-0 run (``bind --ml-correction``'s code: λ
@@ -134,37 +137,51 @@ def umbrella_window(args: argparse.Namespace, parts, settings, centre: float, st
 
 
 def peer(args: argparse.Namespace, saved: dict[str, Any]) -> dict[str, Any]:
-    """Umbrella windows (resumed window by window from ``work_dir/us``) and the MBAR estimate."""
+    """Umbrella windows and the MBAR estimate. Windows are saved one by one in ``--us-dir`` (kept
+    with the results, so a later session continues them) as two chains that can run side by side
+    (``--us-chain``): ``up`` from the crystal pose through the lower half of the windows, each
+    window started from the previous one's end, and ``down`` from the guest on the unbound plateau
+    through the upper half, top first. Until every window exists the estimate is not made."""
+    from neuralmd.binding.runs import guest_on_plateau
     from neuralmd.binding.system import positions_A
 
     parts, settings = _bind_settings(args)
     funnel = settings.make_funnel()
     centres = np.arange(funnel.lower_z_A + 0.5, funnel.upper_z_A - 0.49, args.us_spacing)
-    folder = args.work_dir / "us"
+    half = len(centres) // 2
+    chains = {"up": (list(range(half)), positions_A(parts) / 10.0),
+              "down": (list(range(len(centres) - 1, half - 1, -1)), guest_on_plateau(parts, settings) / 10.0)}
+    folder = args.us_dir
     folder.mkdir(parents=True, exist_ok=True)
-    start = positions_A(parts) / 10.0
-    wall = 0.0
-    for k, centre in enumerate(centres):
-        path = folder / f"window_{k:03d}.npz"
-        if path.exists():
-            data = np.load(path)
-            start, wall = data["final_nm"], wall + float(data["wall_s"])
-            continue
-        log(f"umbrella window {k + 1}/{len(centres)} at z = {centre:.2f} Å")
-        z, start, seconds = umbrella_window(args, parts, settings, float(centre), start, seed=k)
-        np.savez(path, z=z, final_nm=start, wall_s=seconds, centre=centre)
-        wall += seconds
-    samples = [np.load(folder / f"window_{k:03d}.npz")["z"] for k in range(len(centres))]
-    dg, err = us_binding_free_energy(samples, centres, args.us_k, settings, funnel)
-    return {"method": "umbrella sampling along the funnel axis + MBAR (pymbar), same funnel and standard-state "
-                      "correction; openmmtools ABFE not run (CPU cost on 2 cores)",
-            "dG_kjmol": dg, "dG_err_kjmol": err, "cpu_hours": wall * args.threads / 3600,
-            "windows": len(centres), "ns_per_window": args.us_ns, "k_kjmol_A2": args.us_k}
+    for name in ("up", "down") if args.us_chain == "both" else (args.us_chain,):
+        order, start = chains[name]
+        for k in order:
+            path = folder / f"window_{k:03d}.npz"
+            if path.exists():
+                start = np.load(path)["final_nm"]
+                continue
+            log(f"umbrella window {k + 1}/{len(centres)} at z = {centres[k]:.2f} Å ({name} chain)")
+            z, start, seconds = umbrella_window(args, parts, settings, float(centres[k]), start, seed=k)
+            tmp = path.with_suffix(".tmp.npz")
+            np.savez_compressed(tmp, z=z.astype(np.float32), final_nm=start, wall_s=seconds, centre=centres[k])
+            tmp.replace(path)
+    done = [folder / f"window_{k:03d}.npz" for k in range(len(centres)) if (folder / f"window_{k:03d}.npz").exists()]
+    out = {"method": "umbrella sampling along the funnel axis + MBAR (pymbar), same funnel and standard-state "
+                     "correction; openmmtools ABFE not run (CPU cost on 2 cores)",
+           "windows": len(centres), "windows_done": len(done), "ns_per_window": args.us_ns, "k_kjmol_A2": args.us_k,
+           "cpu_hours": sum(float(np.load(f)["wall_s"]) for f in done) * args.threads / 3600}
+    if len(done) < len(centres):
+        log(f"umbrella: {len(done)} of {len(centres)} windows; no estimate yet")
+        return {**saved.get("peer", {}), **out}
+    samples = [np.load(folder / f"window_{k:03d}.npz")["z"].astype(float) for k in range(len(centres))]
+    dg, err, pmf = us_binding_free_energy(samples, centres, args.us_k, settings, funnel)
+    return {**out, "dG_kjmol": dg, "dG_err_kjmol": err, "pmf": pmf}
 
 
 def us_binding_free_energy(samples: list[np.ndarray], centres: np.ndarray, k: float, settings, funnel,
-                           blocks: int = 5) -> tuple[float, float]:
-    """ΔG° from umbrella windows by MBAR, with the error of ``blocks`` time blocks."""
+                           blocks: int = 5, bin_A: float = 0.25) -> tuple[float, float, list[list[float]]]:
+    """ΔG° from umbrella windows by MBAR, with the error of ``blocks`` time blocks, and the PMF
+    along z (kJ/mol, zero on the unbound plateau; [z Å, F] per ``bin_A`` bin)."""
     import pymbar
     from scipy.special import logsumexp
 
@@ -175,20 +192,31 @@ def us_binding_free_energy(samples: list[np.ndarray], centres: np.ndarray, k: fl
     lo, hi = settings.unbound_z_A
     shift = funnel_correction_kjmol(funnel.cross_section_A2(TEMPERATURE_K), hi - lo, TEMPERATURE_K)
 
-    def estimate(parts: list[np.ndarray]) -> float:
+    def log_weights(parts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The samples' z and their unbiased log weights (logs: the well and the plateau differ by
+        tens of orders of magnitude)."""
         z = np.concatenate(parts)
         n_k = np.array([len(p) for p in parts])
         u_kn = 0.5 * k * (z[None, :] - centres[:, None]) ** 2 / kT
         mbar = pymbar.MBAR(u_kn, n_k, solver_protocol="robust")
-        log_w = -logsumexp(mbar.f_k[:, None] - u_kn + np.log(n_k)[:, None], axis=0)  # unbiased weights
-        w = np.exp(log_w - log_w.max())
-        bound, unbound = w[z < settings.bound_z_A].sum(), w[(z >= lo) & (z < hi)].sum()
-        return float(-kT * np.log(bound / unbound) + shift)
+        return z, -logsumexp(mbar.f_k[:, None] - u_kn + np.log(n_k)[:, None], axis=0)
+
+    def estimate(parts: list[np.ndarray]) -> float:
+        z, log_w = log_weights(parts)
+        bound, unbound = logsumexp(log_w[z < settings.bound_z_A]), logsumexp(log_w[(z >= lo) & (z < hi)])
+        return float(-kT * (bound - unbound) + shift)
 
     whole = estimate(samples)
     cuts = [np.array_split(s, blocks) for s in samples]
     per_block = [estimate([c[b] for c in cuts]) for b in range(blocks)]
-    return whole, float(np.std(per_block, ddof=1) / np.sqrt(blocks))
+    z, log_w = log_weights(samples)
+    index = np.floor((z - z.min()) / bin_A).astype(int)
+    seen = np.unique(index)
+    free = np.array([-kT * logsumexp(log_w[index == i]) for i in seen])
+    centre_z = z.min() + (seen + 0.5) * bin_A
+    free -= free[(centre_z >= lo) & (centre_z < hi)].mean()
+    pmf = [[round(float(a), 3), round(float(b), 2)] for a, b in zip(centre_z, free)]
+    return whole, float(np.std(per_block, ddof=1) / np.sqrt(blocks)), pmf
 
 
 # --- the ML/MM correction: a GFN2-xTB model of the guest -----------------------------------------
@@ -304,6 +332,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--us-k", type=float, default=40.0, help="umbrella stiffness (kJ/mol/Å²)")
     p.add_argument("--us-ns", type=float, default=1.0, help="production per window (ns)")
     p.add_argument("--us-equil-ps", type=float, default=100.0)
+    p.add_argument("--us-chain", choices=("up", "down", "both"), default="both",
+                   help="umbrella: the lower half of the windows from the bound pose (up), the upper half from "
+                        "the unbound plateau (down), or both; two calls with up and down run side by side")
+    p.add_argument("--us-dir", type=Path, default=HERE / "results" / "binding_us",
+                   help="umbrella windows, one file each (kept with the results)")
     p.add_argument("--mlmm-frames", type=int, default=200, help="ML/MM: guest frames per state (1 ps apart)")
     p.add_argument("--mlmm-train-min", type=float, default=10.0, help="ML/MM: training minutes of the guest model")
     p.add_argument("--mlmm-ps", type=float, default=100.0, help="ML/MM: MD per λ window and state (ps)")
