@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tomllib
 
 import torch
 from ase.build import molecule
@@ -76,3 +77,16 @@ def test_options_that_do_not_apply_are_refused_not_ignored(tmp_path, trained_mod
     assert_input_error(run("md", str(trained_model), "--structure", str(tmp_path / "twenty.xyz"), "-o",
                            str(tmp_path / "a")), "20 frames for 1 replica", "--replicas 20")
     assert not (tmp_path / "a").exists()
+
+
+def test_resume_continues_in_the_runs_own_precision(tmp_path, trained_model):
+    write(tmp_path / "ethanol.xyz", molecule("CH3CH2OH"))
+    out = tmp_path / "md"
+    first = run("md", str(trained_model), "--structure", str(tmp_path / "ethanol.xyz"), "--steps", "20",
+                "--report-every", "10", "--no-float64", "--threads", "1", "-o", str(out))
+    assert first.returncode == 0, first.stderr
+    assert tomllib.loads((out / "md.toml").read_text())["float64"] is False
+    resumed = run("md", "--resume", str(out), "--steps", "40", "--threads", "1")  # no flag: the run's own float32
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((out / "results.json").read_text())["steps"] == 40
+    assert_input_error(run("md", "--resume", str(out), "--steps", "60", "--float64"), "float32", "--no-float64")

@@ -156,7 +156,8 @@ def md(
                                                                                "and log rows"),
     checkpoint_every: int = typer.Option(default(MDSettings, "checkpoint_every"), help="steps between checkpoints"),
     seed: int = typer.Option(default(MDSettings, "seed")),
-    float64: bool = typer.Option(True, help="evaluate the model in float64 (exact energy conservation)"),
+    float64: bool = typer.Option(True, help="evaluate the model in float64 (exact energy conservation); "
+                                                   "--resume: the run's own unless given"),
     export_xyz: bool = typer.Option(False, help="also write each replica's trajectory as extxyz (traj_XXX.xyz)"),
     compile: bool = typer.Option(False, "--compile", help="compile the model for these molecules (all-pairs graph "
                                                           "+ torch.compile): faster steps after ~30 s of compiling; "
@@ -174,7 +175,6 @@ def md(
     from ..rundir import engine_of
     from ..threads import set_threads
 
-    dtype = torch.float64 if float64 else None
     if resume is not None:
         refuse_with_resume(ctx, ["structure", "output", "config", "engine", "pdb", "forcefield", "platform", "ensemble",
                                  "temperature", "timestep_fs", "friction_per_ps", "thermostat", "tau_ps", "replicas",
@@ -185,14 +185,17 @@ def md(
         potential = None
         if native:
             check_device(device)
-            potential = load_potential(model or start.load_md_settings(resume).model_path, dtype=dtype, device=device)
+            stored = start.load_md_settings(resume)
+            in_float64 = float64 if given(ctx, "float64") else stored.float64
+            potential = load_potential(model or stored.model_path, dtype=torch.float64 if in_float64 else None,
+                                       device=device)
         return run_resumed(resume, steps if given(ctx, "steps") else None, potential, export_xyz)
     if output is None:
         raise InputError("md: give -o RUN_DIR (or --resume RUN_DIR)")
     common = {**run_options(friction_per_ps, seed, report_every, checkpoint_every, timestep_fs),
               "total_steps": ("steps", steps)}
     if wants_openmm(ctx, engine, config):
-        refuse_given(ctx, ["model", "structure", "replicas", "ensemble", "thermostat", "tau_ps", "pressure_bar",
+        refuse_given(ctx, ["model", "structure", "replicas", "ensemble", "thermostat", "tau_ps", "pressure_bar", "float64",
                            "tau_p_ps", "compressibility_per_bar", "barostat", "compile", "device"],
                      "not used by the OpenMM engine (one PDB system, Langevin dynamics)")
         set_threads(threads or 1)  # torch only evaluates CVs here; one thread is fastest
@@ -211,7 +214,7 @@ def md(
         "barostat": ("barostat", barostat),
         "model_path": ("model", str(model.resolve()) if model else ""),
         "structure": ("structure", str(structure.resolve()) if structure else ""),
-        "replicas": ("replicas", replicas), "compile": ("compile", compile)})
+        "replicas": ("replicas", replicas), "compile": ("compile", compile), "float64": ("float64", float64)})
     if not settings.model_path or not settings.structure:
         raise InputError("md: give MODEL --structure FILE -o RUN_DIR (or --config FILE.toml, or --resume RUN_DIR)")
     if settings.ensemble == "npt" and not given(ctx, "thermostat"):
@@ -220,7 +223,7 @@ def md(
 
     refuse_existing(output, "an MD run")
     settings.validate()
-    potential = load_potential(settings.model_path, dtype=dtype, device=device)
+    potential = load_potential(settings.model_path, dtype=torch.float64 if settings.float64 else None, device=device)
     sim = start.start_native(settings, output, potential, progress=True)
     sim.run()
     finish(sim, f"{sim.state.batch.n_systems} replica(s)", export_xyz)

@@ -73,6 +73,9 @@ class MDSettings(RunSettings):
     #: compile the model for this batch of molecules (see neuralmd.models.compiled): faster
     #: steps after a compilation of tens of seconds
     compile: bool = False
+    #: the command line's precision of the model: float64 (exact energy conservation) or the
+    #: model's own (False: ``--no-float64``); ``md --resume`` continues in the stored one
+    float64: bool = True
 
     def validate(self) -> None:
         super().validate()
