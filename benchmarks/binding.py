@@ -18,8 +18,8 @@ Parts (``--only``, each resumable with ``--resume``; results saved part by part 
   the issue allows, is the peer (stated in the JSON).
 - ``mlmm``: the guest's conformations from MM MD of the complex (bound and unbound), GFN2-xTB
   labels (``neuralmd label``), a neuralmd model of the guest (``neuralmd train``), and the MM ->
-  ML/MM correction to ΔG° of the distance-CV seed-0 run (``bind --ml-correction``'s code: λ
-  windows in both states, MBAR, overlap).
+  ML/MM correction to ΔG° (``bind --ml-correction``'s code on a run of the complex with the OPES
+  runs' settings: λ windows in both states, MBAR, overlap).
 - ``explicit``: the learned-CV run (seed 0) of the complex in its TIP3P box (PME, Monte Carlo
   barostat; the CV's descriptors gain the guest's and the site's water coordination), up to
   ``--explicit-ns`` and continued by later calls: ns/day, ΔG° so far.
@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -256,15 +257,20 @@ def guest_frames(args: argparse.Namespace, path: Path) -> int:
 
 def mlmm(args: argparse.Namespace) -> dict[str, Any]:
     """GFN2-xTB labels of the guest's conformations (``neuralmd label``), a neuralmd model of the
-    guest (``neuralmd train``, ``--mlmm-train-min``), then the MM -> ML/MM correction of the
-    distance-CV seed-0 run (what ``bind --ml-correction`` runs), with MBAR's overlap."""
+    guest (``neuralmd train``, ``--mlmm-train-min``), then the MM -> ML/MM correction (what ``bind
+    --ml-correction`` runs) of a binding run of the complex with the OPES runs' settings (a 2 ps
+    distance-CV run: the correction samples its own bound and unbound states), with MBAR's overlap."""
     from neuralmd.binding.correction import correct_binding
 
     folder = args.work_dir / "mlmm"
     folder.mkdir(parents=True, exist_ok=True)
-    run_dir = args.work_dir / "opes-distance-0"
+    run_dir = folder / "complex"  # the correction needs the run's system and states, not its OPES history
     if not (run_dir / "checkpoint.pt").exists():
-        raise SystemExit(f"{run_dir}: the distance-CV seed-0 run is needed first (--only opes)")
+        shutil.rmtree(run_dir, ignore_errors=True)
+        cmd = [NEURALMD, "bind", *complex_args(), "--cv", "distance", "--seed", str(args.seed_mlmm), "--ns", "0.002",
+               "--temperature", str(TEMPERATURE_K), "--barrier-kjmol", str(args.barrier), "-o", str(run_dir)]
+        log(" ".join(cmd))
+        subprocess.run(cmd, check=True, env=env(args.threads))
     charge = guest_frames(args, folder / "guest.xyz")
     labelled, model = folder / "guest-xtb.xyz", folder / "model" / "model.pt"
     steps = [("label", labelled, [NEURALMD, "label", str(folder / "guest.xyz"), "--method", "xtb", "--charge",
