@@ -23,8 +23,8 @@ Parts (``--only``, each resumable with ``--resume``; results saved part by part 
 - ``explicit``: the learned-CV run (seed 0) of the complex in its TIP3P box (PME, Monte Carlo
   barostat; the CV's descriptors gain the guest's and the site's water coordination), up to
   ``--explicit-ns`` and continued by later calls: ns/day, ΔG° so far.
-- ``report``: ns to reach and stay within 4 kJ/mol of the peer (per run, medians per CV), and
-  the results table.
+- ``report``: ns to reach and stay within 4 kJ/mol of the peer (per run, medians per CV), the
+  results table, and ``binding_pmf.png`` beside the results file (the PMFs along z, ΔG°(t)).
 
 Run dirs under ``--work-dir``; every run stores what it needs to continue.
 """
@@ -95,7 +95,7 @@ def opes_run(args: argparse.Namespace, cv: str, seed: int, solvent: str = "obc2"
     report = json.loads((run / "binding.json").read_text())
     return {**out, "dG_kjmol": report["dG_kjmol"], "dG_err_kjmol": report["dG_err_kjmol"],
             "recrossings": report["recrossings"], "converged": report["converged"], "curve": report["curve"],
-            "escaped_frames": report["escaped"]["frames"]}
+            "pmf": report["pmf"], "escaped_frames": report["escaped"]["frames"]}
 
 
 # --- the peer: umbrella sampling along z in the same funnel, MBAR ------------------------------
@@ -322,6 +322,38 @@ def report(data: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
+def plot(data: dict[str, Any], path: Path) -> None:
+    """``path`` (PNG): the PMFs along z (the peer's and each OPES run's reweighted one) and ΔG°(t)
+    of every run against the peer's value ± 4 kJ/mol."""
+    from neuralmd.analysis.plots import plt, save_figure
+
+    peer_out, runs = data.get("peer", {}), data.get("runs", [])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
+    if "pmf" in peer_out:
+        z, w = np.array(peer_out["pmf"]).T
+        left.plot(z, w, color="k", lw=2, label="umbrella + MBAR (peer)")
+    styles = {"learned": "-", "distance": "--"}
+    for r in runs:
+        label = f"{r['cv']} CV, seed {r['seed']}"
+        if r.get("pmf"):
+            w = np.array([np.nan if v is None else v for v in r["pmf"]["W_kjmol"]])
+            left.plot(r["pmf"]["z_A"], w, styles[r["cv"]], color=f"C{r['seed']}", label=label)
+        if r["curve"]:
+            t, g = np.array(r["curve"]).T
+            right.plot(t, g, styles[r["cv"]], color=f"C{r['seed']}", label=label)
+    left.set_xlabel("z along the funnel axis (Å)")
+    left.set_ylabel("PMF (kJ/mol, 0 on the plateau)")
+    left.legend(fontsize=7)
+    if "dG_kjmol" in peer_out:
+        ref = peer_out["dG_kjmol"]
+        right.axhspan(ref - TOLERANCE_KJMOL, ref + TOLERANCE_KJMOL, color="0.85", label="peer ± 4 kJ/mol")
+    right.axhline(EXPERIMENT_KJMOL, color="r", lw=0.8, label="experiment (298 K, water)")
+    right.set_xlabel("simulated ns (one walker)")
+    right.set_ylabel("ΔG° (kJ/mol)")
+    right.legend(fontsize=7)
+    save_figure(fig, path)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", default="opes,peer,report", help="parts to run, comma-separated")
@@ -385,6 +417,7 @@ def main(argv: list[str] | None = None) -> None:
         save()
     if "report" in parts:
         data["summary"] = report(data)
+        plot(data, args.out.with_name(args.out.stem + "_pmf.png"))
         data.setdefault("ml_mm_correction_kjmol", None)
         data.setdefault("explicit", None)
         save()
