@@ -40,10 +40,10 @@ def toy_engine(**changes) -> OpenMMSettings:
 
 @pytest.mark.parametrize("depth, cv, walkers", [(30.0, "axial", 2), (30.0, "distance", 1), (0.0, "axial", 1)])
 def test_opes_in_the_funnel_recovers_the_exact_binding_free_energy(tmp_path, depth, cv, walkers):
-    """A 30 kJ/mol well (ΔG° ≈ -10 kJ/mol) biased along the axis by two walkers sharing the bias,
-    or along the centroid distance, and a guest without a well (ΔG° = -kT ln(V_bound / V°): the
-    funnel's own volume below bound_z); 2 ns in all."""
-    settings = toy_settings(depth, cv=cv)
+    """A 30 kJ/mol well (ΔG° ≈ -10 kJ/mol) biased along the axis by two walkers sharing the bias
+    (one started bound, one on the plateau), or along the centroid distance, and a guest without
+    a well (ΔG° = -kT ln(V_bound / V°): the funnel's own volume below bound_z); 2 ns in all."""
+    settings = toy_settings(depth, cv=cv, unbound_walkers=walkers // 2)
     run = start_binding(toy_complex(depth), settings, toy_engine(seed=3, walkers=walkers), tmp_path / "run")
     run.run(1_000_000 // walkers)
     report = binding_report(tmp_path / "run", skip_ns=0.2)
@@ -59,6 +59,23 @@ def test_opes_in_the_funnel_recovers_the_exact_binding_free_energy(tmp_path, dep
         volume = STANDARD_VOLUME_A3 * math.exp(-report["dG_kjmol"] / kT_kjmol(300.0))
         exact_volume = STANDARD_VOLUME_A3 * math.exp(-exact / kT_kjmol(300.0))
         assert volume == pytest.approx(exact_volume, rel=0.15)
+
+
+def test_unbound_walkers_start_on_the_plateau_and_the_others_at_the_pose(tmp_path):
+    """--unbound-walkers 1 of 3: the last walker's first colvar row is on the unbound plateau,
+    the others' in the bound state; every walker bound or all unbound is refused up front."""
+    settings = toy_settings(30.0, unbound_walkers=1)
+    start_binding(toy_complex(30.0), settings, toy_engine(walkers=3), tmp_path / "run").run(100)
+    colvar = read_colvar(tmp_path / "run" / "colvar.csv")
+    first = {r: colvar["z"][colvar["replica"] == r][0] for r in range(3)}
+    lo, hi = settings.unbound_z_A
+    assert first[0] < settings.bound_z_A and first[1] < settings.bound_z_A
+    assert lo - 1.0 < first[2] < hi + 1.0
+    for n, walkers in ((1, 1), (-1, 2)):
+        with pytest.raises(InputError, match="unbound walkers"):
+            start_binding(toy_complex(30.0), toy_settings(30.0, unbound_walkers=n), toy_engine(walkers=walkers),
+                          tmp_path / f"refused{n}")
+        assert not (tmp_path / f"refused{n}").exists()
 
 
 def test_the_free_guest_volume_of_a_stiff_funnel_is_the_frustum():

@@ -61,7 +61,9 @@ class BindSettings:
     else (a solvated box as tleap or PDBFixer writes it has gaps at its faces: CB7–B2's TIP3P
     box starts at 0.72 g/cm³). ``sigma``: the initial kernel width in the CV's unit (0: from the learned CV's
     fluctuations). ``bound_z_A``: the guest is bound below this z; ``unbound_z_A``: the plateau
-    [low, high] where it is free.
+    [low, high] where it is free. ``unbound_walkers``: of the run's walkers, this many start with
+    the guest on the plateau (:func:`unbound_start`), the others from the pose, so the shared bias
+    grows in both states from the first step instead of meeting the plateau at its floor.
     """
 
     host: list[int] = field(default_factory=list)
@@ -79,6 +81,7 @@ class BindSettings:
     cv_range: list[float] = field(default_factory=list)
     bound_z_A: float = 0.0
     unbound_z_A: list[float] = field(default_factory=list)
+    unbound_walkers: int = 0
 
     def make_funnel(self) -> Funnel:
         try:
@@ -202,6 +205,9 @@ def start_binding(parts: OpenMMSystem, settings: BindSettings, engine: OpenMMSet
     if bad:
         raise InputError(f"atom index {bad[0]} but the system has {n} atoms")
     check_start(settings, positions_A(parts))
+    if not 0 <= settings.unbound_walkers < engine.walkers:
+        raise InputError(f"unbound walkers: {settings.unbound_walkers}; expected 0 to {engine.walkers - 1} of the "
+                         f"{engine.walkers} walker(s) (one at least starts bound)")
     if parts.system.usesPeriodicBoundaryConditions() and settings.equilibrate_ps > 0:
         parts = equilibrated(parts, settings, engine, progress)
     learned = train_learned_cv(parts, settings, engine, progress) if settings.cv == "learned" else None
@@ -219,6 +225,8 @@ def start_binding(parts: OpenMMSystem, settings: BindSettings, engine: OpenMMSet
             shutil.copyfile(ml_guest, run_dir / GUEST_MODEL)
         terms, reporters = _terms_and_reporters(settings, engine, run_dir, parts.numbers)
         run = OpenMMRun(engine, run_dir, parts, terms, reporters, progress)
+        if settings.unbound_walkers:
+            start_unbound(run, parts, settings, engine)
         atomic_write_text(system_xml, run_dir / SYSTEM_XML)
         save_config(settings, run_dir / BIND_SETTINGS)
         if source is not None:
@@ -366,6 +374,16 @@ def unbound_start(parts: OpenMMSystem, settings: BindSettings, engine: OpenMMSet
     context.setPositions(out / NM_IN_A)
     openmm.LocalEnergyMinimizer.minimize(context, maxIterations=SWAP_MINIMISE_ITERATIONS)
     return np.asarray(context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.angstrom))
+
+
+def start_unbound(run: OpenMMRun, parts: OpenMMSystem, settings: BindSettings, engine: OpenMMSettings) -> None:
+    """Move the last ``settings.unbound_walkers`` walkers of a new ``run`` onto the unbound plateau
+    (:func:`unbound_start`), their velocities drawn there with the walker's own seed."""
+    positions = unbound_start(parts, settings, engine) / NM_IN_A
+    for k in range(engine.walkers - settings.unbound_walkers, engine.walkers):
+        context = run.simulations[k].context
+        context.setPositions(positions * unit.nanometer)
+        context.setVelocitiesToTemperature(engine.temperature_K * unit.kelvin, engine.seed + 1 + k)
 
 
 def load_settings(run_dir: str | Path) -> tuple[BindSettings, OpenMMSettings]:

@@ -111,6 +111,8 @@ def bind(
     unbound_z: Optional[str] = typer.Option(None, help="unbound plateau LOW:HIGH in z (Å; default the 7 Å below the "
                                                        "last)"),
     walkers: int = typer.Option(1, help="OPES walkers sharing the bias (one OpenMM context each, run in turn)"),
+    unbound_walkers: int = typer.Option(0, help="of the walkers, this many start with the guest on the unbound "
+                                                "plateau (the bias then grows in both states from the start)"),
     ml_guest: Optional[Path] = typer.Option(None, help="a neuralmd model.pt for the guest's internal energy (ML/MM, "
                                                        "mechanical embedding; host and solvent stay MM)"),
     ml_correction: Optional[Path] = typer.Option(None, help="after the run: the MM -> ML/MM correction to ΔG° for this "
@@ -147,7 +149,8 @@ def bind(
     if resume is not None:
         refuse_with_resume(ctx, ["output", "prmtop", "inpcrd", "pdb", "forcefield", "solvent", "host_residue",
                                  "guest_residue", "host_atoms", "guest_atoms", "cv", "barrier_kjmol", "sigma", "pace",
-                                 "cv_train_ps", "cv_method", "equilibrate_ps", "ml_guest", "walkers", *FUNNEL_OPTIONS,
+                                 "cv_train_ps", "cv_method", "equilibrate_ps", "ml_guest", "walkers", "unbound_walkers",
+                                 *FUNNEL_OPTIONS,
                                  "bound_z",
                                  "unbound_z", "temperature", "pressure_bar", "timestep_fs", "friction_per_ps",
                                  "report_every", "checkpoint_every", "seed", "platform"], resume)
@@ -187,6 +190,7 @@ def bind(
         settings = build_settings(parts, spec, cv.value, funnel, barrier_kjmol=barrier_kjmol, pace=pace,
                                   sigma=sigma if sigma is not None else (0.0 if cv == BindCV.learned else 0.5),
                                   cv_train_ps=cv_train_ps, cv_method=cv_method, equilibrate_ps=equilibrate_ps)
+        settings.unbound_walkers = unbound_walkers
         if bound_z is not None:
             settings.bound_z_A = bound_z
         if unbound_z is not None:
