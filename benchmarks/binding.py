@@ -68,10 +68,14 @@ def complex_args(solvent: str = "obc2") -> list[str]:
 
 
 def opes_run(args: argparse.Namespace, cv: str, seed: int, solvent: str = "obc2") -> dict[str, Any]:
-    """One funnel OPES run (started or continued up to ``args.ns``, ``args.explicit_ns`` in
-    explicit solvent) and its analysis."""
-    run = args.work_dir / (f"opes-{cv}-{seed}" + ("-explicit" if solvent == "explicit" else ""))
-    ns = args.explicit_ns if solvent == "explicit" else args.ns
+    """One funnel OPES run with ``args.walkers`` walkers sharing the bias, ``args.unbound_walkers``
+    of them started on the unbound plateau (started or continued up to ``args.ns``,
+    ``args.explicit_ns`` in explicit solvent, simulated ns of all walkers together) and its
+    analysis; times in the result (``ns``, the ΔG°(t) curve, per ns) count every walker."""
+    walkers, unbound = args.walkers, args.unbound_walkers
+    protocol = "" if walkers == 1 else f"-w{walkers}u{unbound}"
+    run = args.work_dir / (f"opes-{cv}-{seed}{protocol}" + ("-explicit" if solvent == "explicit" else ""))
+    ns = (args.explicit_ns if solvent == "explicit" else args.ns) / walkers
     if (run / "checkpoint.pt").exists():
         stored = tomllib.loads((run / "bind.toml").read_text())["barrier_kjmol"]
         if stored != args.barrier:
@@ -80,22 +84,29 @@ def opes_run(args: argparse.Namespace, cv: str, seed: int, solvent: str = "obc2"
         cmd = [NEURALMD, "bind", "--resume", str(run), "--ns", str(ns)]
     else:
         cmd = [NEURALMD, "bind", *complex_args(solvent), "--cv", cv, "--seed", str(seed), "--ns", str(ns),
-               "--temperature", str(TEMPERATURE_K), "--barrier-kjmol", str(args.barrier), "-o", str(run)]
+               "--walkers", str(walkers), "--unbound-walkers", str(unbound), "--temperature", str(TEMPERATURE_K),
+               "--barrier-kjmol", str(args.barrier), "-o", str(run)]
     log(" ".join(cmd))
     subprocess.run(cmd, check=True, env=env(args.threads))
     analysis = subprocess.run([NEURALMD, "fes", str(run), "--binding", "--skip-ns", str(args.skip_ns)],
                               env=env(args.threads), capture_output=True, text=True)
     results = json.loads((run / "results.json").read_text())
-    ns = results["time_ps"] / 1000
-    out = {"cv": cv, "seed": seed, "barrier_kjmol": args.barrier, "ns": ns, "wall_s_per_ns": results["wall_seconds"] / ns,
-           "command": " ".join(cmd)}
+    ns = results["time_ps"] / 1000 * walkers
+    out = {"cv": cv, "seed": seed, "walkers": walkers, "unbound_walkers": unbound, "barrier_kjmol": args.barrier,
+           "ns": ns, "wall_s_per_ns": results["wall_seconds"] / ns, "command": " ".join(cmd)}
     if analysis.returncode != 0:  # e.g. the guest has not left the host yet
         return {**out, "dG_kjmol": None, "dG_err_kjmol": None, "recrossings": 0, "curve": [],
                 "analysis": analysis.stderr.strip()}
     report = json.loads((run / "binding.json").read_text())
     return {**out, "dG_kjmol": report["dG_kjmol"], "dG_err_kjmol": report["dG_err_kjmol"],
-            "recrossings": report["recrossings"], "converged": report["converged"], "curve": report["curve"],
-            "pmf": report["pmf"], "escaped_frames": report["escaped"]["frames"]}
+            "recrossings": report["recrossings"], "converged": report["converged"],
+            "curve": [[t * walkers, g] for t, g in report["curve"]], "pmf": report["pmf"],
+            "escaped_frames": report["escaped"]["frames"]}
+
+
+def protocol(run: dict[str, Any]) -> tuple[int, int]:
+    """A run's walkers and unbound walkers (runs saved before walkers were recorded had one)."""
+    return run.get("walkers", 1), run.get("unbound_walkers", 0)
 
 
 # --- the peer: umbrella sampling along z in the same funnel, MBAR ------------------------------
@@ -305,16 +316,18 @@ def time_to_tolerance(curve: list[list[float]], reference: float, tolerance: flo
 
 
 def report(data: dict[str, Any]) -> dict[str, Any]:
+    """ns to the peer ± 4 kJ/mol per run, and per CV and protocol (``"learned, 2 walkers (1
+    unbound)"``) the medians over seeds."""
     runs, ref = data.get("runs", []), data.get("peer", {}).get("dG_kjmol")
     for r in runs:
         r["ns_to_4kjmol"] = time_to_tolerance(r["curve"], ref) if ref is not None else None
     summary = {}
-    for cv in ("learned", "distance"):
-        mine = [r for r in runs if r["cv"] == cv]
+    for cv, walkers, unbound in sorted({(r["cv"], *protocol(r)) for r in runs}):
+        mine = [r for r in runs if (r["cv"], *protocol(r)) == (cv, walkers, unbound)]
         if mine:
             times = [r["ns_to_4kjmol"] if r["ns_to_4kjmol"] is not None else float("inf") for r in mine]
             values = [r for r in mine if r["dG_kjmol"] is not None]
-            summary[cv] = {"runs": len(mine), "analysed": len(values),
+            summary[f"{cv}, {walkers} walker(s) ({unbound} unbound)"] = {"runs": len(mine), "analysed": len(values),
                            "median_dG_kjmol": float(np.median([r["dG_kjmol"] for r in values])) if values else None,
                            "median_ns_to_4kjmol": float(np.median(times)),
                            "median_err_kjmol": float(np.median([r["dG_err_kjmol"] for r in values])) if values else None,
@@ -334,13 +347,14 @@ def plot(data: dict[str, Any], path: Path) -> None:
         left.plot(z, w, color="k", lw=2, label="umbrella + MBAR (peer)")
     styles = {"learned": "-", "distance": "--"}
     for r in runs:
-        label = f"{r['cv']} CV, seed {r['seed']}"
+        walkers, unbound = protocol(r)
+        label = f"{r['cv']} CV, seed {r['seed']}, {walkers}w/{unbound}u"
         if r.get("pmf"):
             w = np.array([np.nan if v is None else v for v in r["pmf"]["W_kjmol"]])
-            left.plot(r["pmf"]["z_A"], w, styles[r["cv"]], color=f"C{r['seed']}", label=label)
+            left.plot(r["pmf"]["z_A"], w, styles[r["cv"]], color=f"C{r['seed'] + 3 * (walkers > 1)}", label=label)
         if r["curve"]:
             t, g = np.array(r["curve"]).T
-            right.plot(t, g, styles[r["cv"]], color=f"C{r['seed']}", label=label)
+            right.plot(t, g, styles[r["cv"]], color=f"C{r['seed'] + 3 * (walkers > 1)}", label=label)
     left.set_xlabel("z along the funnel axis (Å)")
     left.set_ylabel("PMF (kJ/mol, 0 on the plateau)")
     left.legend(fontsize=7)
@@ -348,7 +362,7 @@ def plot(data: dict[str, Any], path: Path) -> None:
         ref = peer_out["dG_kjmol"]
         right.axhspan(ref - TOLERANCE_KJMOL, ref + TOLERANCE_KJMOL, color="0.85", label="peer ± 4 kJ/mol")
     right.axhline(EXPERIMENT_KJMOL, color="r", lw=0.8, label="experiment (298 K, water)")
-    right.set_xlabel("simulated ns (one walker)")
+    right.set_xlabel("simulated ns (all walkers)")
     right.set_ylabel("ΔG° (kJ/mol)")
     right.legend(fontsize=7)
     save_figure(fig, path)
@@ -359,7 +373,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--only", default="opes,peer,report", help="parts to run, comma-separated")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--resume", action="store_true", help="keep what the results file already holds")
-    p.add_argument("--ns", type=float, default=20.0, help="simulated ns per OPES run")
+    p.add_argument("--ns", type=float, default=20.0, help="simulated ns per OPES run (all walkers together)")
+    p.add_argument("--walkers", type=int, default=2, help="OPES walkers sharing the bias")
+    p.add_argument("--unbound-walkers", type=int, default=1, help="of them, started on the unbound plateau")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--cvs", default="learned,distance")
     p.add_argument("--barrier", type=float, default=80.0,
@@ -396,10 +412,10 @@ def main(argv: list[str] | None = None) -> None:
         args.out.write_text(json.dumps(data, indent=1))
 
     if "opes" in parts:
-        done = {(r["cv"], r["seed"]): r for r in data.get("runs", [])}
+        done = {(r["cv"], r["seed"], *protocol(r)): r for r in data.get("runs", [])}
         for seed in (int(s) for s in args.seeds.split(",")):  # seed-major: partial results compare the CVs
             for cv in args.cvs.split(","):
-                done[(cv, seed)] = opes_run(args, cv, seed)
+                done[(cv, seed, args.walkers, args.unbound_walkers)] = opes_run(args, cv, seed)
                 data["runs"] = list(done.values())
                 save()
     if "peer" in parts:
