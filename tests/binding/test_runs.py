@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from neuralmd.binding.analysis import binding_report
+from neuralmd.binding.analysis import axis_pmf, binding_report
 from neuralmd.binding.funnel import STANDARD_VOLUME_A3
 from neuralmd.binding.runs import BindSettings, resume_binding, start_binding
 from neuralmd.errors import InputError
@@ -59,6 +59,23 @@ def test_opes_in_the_funnel_recovers_the_exact_binding_free_energy(tmp_path, dep
         volume = STANDARD_VOLUME_A3 * math.exp(-report["dG_kjmol"] / kT_kjmol(300.0))
         exact_volume = STANDARD_VOLUME_A3 * math.exp(-exact / kT_kjmol(300.0))
         assert volume == pytest.approx(exact_volume, rel=0.15)
+
+
+def test_axis_pmf_keeps_a_plateau_weighted_1e_21_of_the_well():
+    """A run stuck outside: frames on the plateau carry OPES weights exp(−120 kJ/mol / kT) ≈ 1e-21
+    of the well's. The PMF must still show the plateau (at 0) and the well at −120 kJ/mol less
+    kT ln of the frame counts, bin by bin (np.histogram with explicit edges rounded it to 0: NaN)."""
+    kT = kT_kjmol(300.0)
+    rng = np.random.default_rng(0)
+    z = np.concatenate([rng.uniform(-1.0, 1.0, 4000), rng.uniform(10.0, 20.0, 20000)])
+    weights = np.where(z < 5.0, 1.0, math.exp(-120.0 / kT))
+    centres, w = axis_pmf(z, weights, (-2.0, 22.0), (12.0, 19.0), 12, 300.0)
+    counts = np.histogram(z, bins=12, range=(-2.0, 22.0))[0]
+    plateau = (centres >= 12.0) & (centres < 19.0)
+    assert np.isfinite(w[counts > 0]).all() and np.isnan(w[counts == 0]).all()
+    assert abs(w[plateau].mean()) < 1e-9
+    expected_well = -120.0 - kT * (np.log(counts[1]) - np.log(counts[plateau]).mean())  # bin 1: 0 ≤ z < 2 Å
+    assert w[1] == pytest.approx(expected_well, abs=1e-6)
 
 
 def test_unbound_walkers_start_on_the_plateau_and_the_others_at_the_pose(tmp_path):

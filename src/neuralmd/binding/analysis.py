@@ -26,7 +26,7 @@ import numpy as np
 from ..errors import InputError
 from ..sampling.colvar import read_colvar
 from ..sampling.convergence import MIN_BLOCKS, basin_report
-from ..sampling.fes import kT_kjmol
+from ..sampling.fes import fes, kT_kjmol
 from ..rundir import COLVAR, ML_CORRECTION
 from .funnel import STANDARD_VOLUME_A3
 from .runs import load_settings
@@ -66,6 +66,18 @@ def stuck_outside(z: np.ndarray, t_ns: np.ndarray, bias_kjmol: np.ndarray, bound
             f"outside where the bias is at its floor (median {median:.1f} kJ/mol, -BARRIER = {floor:g})")
 
 
+def axis_pmf(z: np.ndarray, weights: np.ndarray, span_A: tuple[float, float], plateau_A: tuple[float, float],
+             bins: int, temperature: float) -> tuple[np.ndarray, np.ndarray]:
+    """The reweighted PMF along the funnel axis: bin centres (Å) over ``span_A`` and W (kJ/mol,
+    NaN where no frame fell) with its mean over the bins inside ``plateau_A`` at zero (its minimum
+    if none is). Weights may span tens of orders of magnitude (a plateau biased −120 kJ/mol is
+    ~1e-21 of the well): the bins are summed by :func:`~neuralmd.sampling.fes.fes` one by one, not
+    by cumulative differences as ``np.histogram`` with explicit edges does, which rounds them to 0."""
+    (centres,), pmf = fes(z, weights, [bins], [span_A], temperature)
+    plateau = (centres >= plateau_A[0]) & (centres < plateau_A[1]) & np.isfinite(pmf)
+    return centres, pmf - (pmf[plateau].mean() if plateau.any() else np.nanmin(pmf))
+
+
 def binding_report(run_dir: str | Path, skip_ns: float = 0.0, blocks: int = 0, bins: int = 80) -> dict:
     """ΔG°bind and its diagnostics for the binding run in ``run_dir`` (frames before ``skip_ns``
     dropped). Keys: ``dG_kjmol``, ``dG_err_kjmol``, ``converged``, ``reason``, ``recrossings``,
@@ -102,13 +114,7 @@ def binding_report(run_dir: str | Path, skip_ns: float = 0.0, blocks: int = 0, b
     area = funnel.cross_section_A2(temperature)
     shift = funnel_correction_kjmol(area, hi - lo, temperature)
     report = basin_report(z[:, None], weights, t_ns, unbound, bound, temperature, segments=replica, blocks=blocks)
-    edges = np.linspace(funnel.lower_z_A - 1.0, funnel.upper_z_A + 1.0, bins + 1)
-    hist, _ = np.histogram(z, bins=edges, weights=weights)
-    centres = 0.5 * (edges[1:] + edges[:-1])
-    with np.errstate(divide="ignore"):
-        pmf = -kT * np.log(hist / hist.sum())
-    plateau = (centres >= lo) & (centres < hi) & np.isfinite(pmf)
-    pmf = pmf - (pmf[plateau].mean() if plateau.any() else np.nanmin(pmf[np.isfinite(pmf)]))
+    centres, pmf = axis_pmf(z, weights, (funnel.lower_z_A - 1.0, funnel.upper_z_A + 1.0), (lo, hi), bins, temperature)
     sigma = math.sqrt(kT / funnel.k_kjmol_A2)
     excess = np.maximum.reduce([rho - funnel.radius(z), z - funnel.upper_z_A, funnel.lower_z_A - z])
     escaped = excess > ESCAPE_WIDTHS * sigma
