@@ -324,20 +324,17 @@ def report(data: dict[str, Any]) -> dict[str, Any]:
         r["ns_to_4kjmol"] = time_to_tolerance(r["curve"], ref) if ref is not None else None
     uncurved = data.get("runs_without_curves", {}).get("runs", [])
     summary = {}
-    for cv, walkers, unbound in sorted({(r["cv"], *protocol(r)) for r in runs + uncurved}):
-        mine = [r for r in runs if (r["cv"], *protocol(r)) == (cv, walkers, unbound)]
-        values = [r for r in mine + uncurved if (r["cv"], *protocol(r)) == (cv, walkers, unbound)
-                  and r["dG_kjmol"] is not None]
+    for key in sorted({(r["cv"], *protocol(r)) for r in runs + uncurved}):
+        mine, lost = ([r for r in group if (r["cv"], *protocol(r)) == key] for group in (runs, uncurved))
+        values = [r for r in mine + lost if r["dG_kjmol"] is not None]
         times = [r["ns_to_4kjmol"] if r["ns_to_4kjmol"] is not None else float("inf") for r in mine]
         median_time = float(np.median(times)) if times else float("inf")
-        summary[f"{cv}, {walkers} walker(s) ({unbound} unbound)"] = {
-            "runs": len(mine), "runs_without_curves": len(values) - len([r for r in mine if r["dG_kjmol"] is not None]),
-            "seeds": sorted(r["seed"] for r in values),
+        summary["{}, {} walker(s) ({} unbound)".format(*key)] = {
+            "runs": len(mine), "runs_without_curves": len(lost), "seeds": sorted(r["seed"] for r in values),
             "median_dG_kjmol": float(np.median([r["dG_kjmol"] for r in values])) if values else None,
             "median_ns_to_4kjmol": median_time if np.isfinite(median_time) else None,
             "median_err_kjmol": float(np.median([r["dG_err_kjmol"] for r in values])) if values else None,
-            "wall_s_per_ns": float(np.median([r["wall_s_per_ns"] for r in mine + uncurved
-                                              if (r["cv"], *protocol(r)) == (cv, walkers, unbound)]))}
+            "wall_s_per_ns": float(np.median([r["wall_s_per_ns"] for r in mine + lost]))}
     return summary
 
 
